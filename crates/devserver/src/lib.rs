@@ -1,0 +1,16 @@
+//! A Pylon-protocol development server (PROTOCOL.md §14) with fault
+//! injection, for tests, benchmarks and the demo. It keeps everything in
+//! memory and answers like the real server where clients can tell:
+//! change-log retention, pull paging and filtering, 410 bodies, entity
+//! routes, auth routes and error envelopes.
+//!
+//! Faults are switched at run time through `POST /__control/faults`.
+
+mod control;
+mod log;
+mod policy;
+mod query;
+mod server;
+mod store;
+
+pub use server::{spawn, Config, Handle};

@@ -1,0 +1,39 @@
+//! Read policies, in the two forms tests need: `"true"` and
+//! `"auth.userId == data.<field>"` (PROTOCOL §16.3).
+
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone)]
+pub enum ReadRule {
+    Anyone,
+    OwnerField(String),
+    Nobody,
+}
+
+impl ReadRule {
+    pub fn parse(expr: &str) -> ReadRule {
+        let e = expr.trim();
+        if e == "true" {
+            return ReadRule::Anyone;
+        }
+        if let Some(field) = e.strip_prefix("auth.userId == data.") {
+            return ReadRule::OwnerField(field.trim().to_string());
+        }
+        ReadRule::Nobody
+    }
+
+    /// `data` is what the server has at hand: the row, or an event's data.
+    pub fn allows(&self, user_id: Option<&str>, is_admin: bool, data: Option<&Map<String, Value>>) -> bool {
+        if is_admin {
+            return true;
+        }
+        match self {
+            ReadRule::Anyone => true,
+            ReadRule::Nobody => false,
+            ReadRule::OwnerField(f) => match (user_id, data.and_then(|d| d.get(f)).and_then(Value::as_str)) {
+                (Some(u), Some(owner)) => u == owner,
+                _ => false,
+            },
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! HTTP routing (axum) for the API of PROTOCOL.md §5–§9 and the control routes.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{to_bytes, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Map, Value};
+
+use crate::control::{FailRule, Faults};
+use crate::log::{ChangeLog, Pull};
+use crate::query::Query;
+use crate::store::{default_manifest, Auth, Session, Store};
+
+pub struct Config {
+    /// 0 picks a free port.
+    pub port: u16,
+    pub manifest: Option<Value>,
+    pub admin_token: Option<String>,
+    /// Change-log events kept (the real server keeps 10,000).
+    pub retention: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { port: 0, manifest: None, admin_token: None, retention: 10_000 }
+    }
+}
+
+struct World {
+    store: Store,
+    log: ChangeLog,
+    faults: Faults,
+}
+
+struct App {
+    world: Mutex<World>,
+    started: Instant,
+}
+
+/// A running server.
+pub struct Handle {
+    pub port: u16,
+    pub url: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Handle {
+    /// Stops listening and drops every connection.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Starts the server on 127.0.0.1.
+pub async fn spawn(cfg: Config) -> Result<Handle, String> {
+    let store = Store::new(cfg.manifest.unwrap_or_else(default_manifest), cfg.admin_token)?;
+    let app = Arc::new(App {
+        world: Mutex::new(World { store, log: ChangeLog::new(cfg.retention.max(1)), faults: Faults::default() }),
+        started: Instant::now(),
+    });
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", cfg.port))
+        .await
+        .map_err(|e| format!("cannot listen on port {}: {e}", cfg.port))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let router = Router::new().fallback(handle).with_state(app);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok(Handle { port, url: format!("http://127.0.0.1:{port}"), shutdown: Some(tx), task })
+}
+
+fn error(status: u16, code: &str, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, ok_json(&json!({ "error": { "code": code, "message": message } }))).into_response()
+}
+
+fn ok_json(v: &Value) -> ([(header::HeaderName, &'static str); 1], String) {
+    ([(header::CONTENT_TYPE, "application/json")], v.to_string())
+}
+
+fn json_response(status: u16, v: Value) -> Response {
+    (StatusCode::from_u16(status).unwrap(), ok_json(&v)).into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::to_string)
+}
+
+/// The server's naive query parsing: text after `name=` up to the next `&`.
+fn query_param<'a>(uri: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!("{name}=");
+    let start = uri.find(&key)? + key.len();
+    Some(uri[start..].split('&').next().unwrap_or(""))
+}
+
+async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+    let method = req.method().clone();
+    let uri = req.uri().to_string();
+    let path = req.uri().path().to_string();
+    let headers = req.headers().clone();
+    let body = match to_bytes(req.into_body(), 10 << 20).await {
+        Ok(b) => b,
+        Err(_) => return error(413, "PAYLOAD_TOO_LARGE", "request body too large"),
+    };
+    if let Some(rest) = path.strip_prefix("/__control/") {
+        return control(&app, &method, rest, &body);
+    }
+    let (rule, delay) = {
+        let mut w = app.world.lock().unwrap();
+        (w.faults.take(method.as_str(), &path), w.faults.delay_ms)
+    };
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(rule) = &rule {
+        if !rule.after_apply {
+            return failure(&app, rule);
+        }
+    }
+    let resp = route(&app, &method, &uri, &path, &headers, &body);
+    match rule {
+        Some(rule) => failure(&app, &rule),
+        None => resp,
+    }
+}
+
+fn failure(app: &App, rule: &FailRule) -> Response {
+    if rule.malformed {
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"changes\":[{\"seq\":").into_response();
+    }
+    match rule.status {
+        410 => {
+            let head = app.world.lock().unwrap().log.head();
+            json_response(410, json!({ "error": { "code": "RESYNC_REQUIRED",
+                "message": "cursor is older than the oldest retained seq; client must re-sync",
+                "oldest_seq": head + 1 } }))
+        }
+        429 => {
+            let mut r = error(429, "RATE_LIMITED", "Too many requests.");
+            if let Some(s) = rule.retry_after {
+                r.headers_mut().insert(header::RETRY_AFTER, s.to_string().parse().unwrap());
+            }
+            r
+        }
+        s => error(s, if s >= 500 { "INTERNAL_ERROR" } else { "INJECTED_FAULT" }, "injected fault"),
+    }
+}
+
+fn parse_object(body: &Bytes) -> Result<Map<String, Value>, Response> {
+    let text = if body.is_empty() { &b"{}"[..] } else { &body[..] };
+    match serde_json::from_slice::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(error(400, "INVALID_DATA", "body must be a JSON object")),
+        Err(e) => Err(error(400, "INVALID_JSON", &format!("invalid JSON: {e}"))),
+    }
+}
+
+fn route(app: &App, method: &Method, uri: &str, path: &str, headers: &HeaderMap, body: &Bytes) -> Response {
+    let mut guard = app.world.lock().unwrap();
+    let w = &mut *guard;
+    let token = bearer(headers);
+    let auth = w.store.auth(token.as_deref());
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if method == Method::OPTIONS {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    match (method.as_str(), segs.as_slice()) {
+        ("GET", ["health"]) => json_response(
+            200,
+            json!({ "status": "ok", "version": "0.1.0", "uptime_secs": app.started.elapsed().as_secs() }),
+        ),
+        ("GET", ["api", "manifest"]) => json_response(200, w.store.public_manifest()),
+        ("GET", ["api", "auth", "me"]) => json_response(200, auth.to_json()),
+        ("POST", ["api", "auth", "guest"]) => {
+            let t = w.store.new_token();
+            let user = format!("guest_{}", &w.store.new_id()[8..40]);
+            w.store.sessions.insert(t.clone(), Session { user_id: user.clone(), tenant_id: None });
+            json_response(201, json!({ "guest": true, "token": t, "user_id": user }))
+        }
+        ("POST", ["api", "auth", "session"]) => {
+            let b = match parse_object(body) {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let Some(user) = b.get("user_id").and_then(Value::as_str) else {
+                return error(400, "MISSING_USER_ID", "user_id is required");
+            };
+            let t = w.store.new_token();
+            w.store.sessions.insert(t.clone(), Session { user_id: user.to_string(), tenant_id: None });
+            json_response(201, json!({ "token": t, "user_id": user }))
+        }
+        ("POST", ["api", "auth", "select-org"]) => select_org(w, token.as_deref(), &auth, body),
+        ("GET", ["api", "sync", "pull"]) => pull(w, uri, &auth),
+        ("POST", ["api", "sync", "push"]) if !auth.is_admin => {
+            error(403, "FORBIDDEN", "this endpoint requires admin auth (PYLON_ADMIN_TOKEN)")
+        }
+        (_, ["api", "entities", e, rest @ ..]) => entities(w, method, uri, e, rest, &auth, body),
+        ("POST", ["api", "query", e]) => query(w, e, &auth, body),
+        ("POST", ["api", "fn", name]) => match *name {
+            "echo" => match parse_object(body) {
+                Ok(b) => json_response(200, Value::Object(b)),
+                Err(r) => r,
+            },
+            "fail" => error(400, "FN_FAILED", "the function threw"),
+            _ => error(404, "FN_NOT_FOUND", &format!("function {name:?} not found")),
+        },
+        _ => error(404, "NOT_FOUND", &format!("no route for {method} {path}")),
+    }
+}
+
+fn select_org(w: &mut World, token: Option<&str>, auth: &Auth, body: &Bytes) -> Response {
+    let (Some(token), Some(user)) = (token, auth.user_id.clone()) else {
+        return error(401, "UNAUTHENTICATED", "missing bearer token");
+    };
+    let b = match parse_object(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let org = match b.get("orgId") {
+        None => return error(400, "MISSING_ORG_ID", "orgId is required"),
+        Some(Value::Null) => None,
+        Some(v) => Some(v.as_str().unwrap_or_default().to_string()),
+    };
+    if let Some(org) = &org {
+        let member = w.store.rows.get("OrgMember").is_some_and(|rows| {
+            rows.values().any(|r| {
+                r.get("userId").and_then(Value::as_str) == Some(user.as_str())
+                    && r.get("orgId").and_then(Value::as_str) == Some(org.as_str())
+            })
+        });
+        if !member {
+            return error(403, "NOT_A_MEMBER", "not a member of that organization");
+        }
+    }
+    if let Some(s) = w.store.sessions.get_mut(token) {
+        s.tenant_id = org.clone();
+    }
+    json_response(200, json!({ "tenantId": org }))
+}
+
+fn pull(w: &mut World, uri: &str, auth: &Auth) -> Response {
+    let since = query_param(uri, "since").and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let page_size = w.faults.page_size.unwrap_or(100).clamp(1, 100);
+    match w.log.pull(since, page_size) {
+        Pull::Gone { oldest_seq } => json_response(
+            410,
+            json!({ "error": { "code": "RESYNC_REQUIRED",
+                "message": format!("cursor last_seq={since} is older than the oldest retained seq={oldest_seq}; client must re-sync"),
+                "oldest_seq": oldest_seq } }),
+        ),
+        Pull::Page { events, cursor, has_more } => {
+            // cursor and has_more are computed before filtering, as on the real server
+            let changes: Vec<Value> = events
+                .into_iter()
+                .filter(|e| w.store.can_read(&e.entity, auth, e.data.as_ref()))
+                .map(|e| e.to_json())
+                .collect();
+            json_response(200, json!({ "changes": changes, "cursor": { "last_seq": cursor }, "has_more": has_more }))
+        }
+    }
+}
+
+fn entities(w: &mut World, method: &Method, uri: &str, e: &str, rest: &[&str], auth: &Auth, body: &Bytes) -> Response {
+    let Some(entity) = w.store.entity(e).cloned() else {
+        return error(400, "ENTITY_NOT_FOUND", &format!("unknown entity {e:?}"));
+    };
+    let row_policy = matches!(entity.read, Some(crate::policy::ReadRule::OwnerField(_))) && !auth.is_admin;
+    match (method.as_str(), rest) {
+        ("GET", []) => {
+            if row_policy {
+                return error(403, "POLICY_DENIED", "Access denied by policy");
+            }
+            let rows: Vec<Value> = w
+                .store
+                .rows
+                .get(e)
+                .into_iter()
+                .flat_map(|m| m.values())
+                .map(|r| Value::Object(entity.read_back(r)))
+                .collect();
+            let n = rows.len();
+            json_response(200, json!({ "data": rows, "count": n, "offset": 0, "limit": null }))
+        }
+        ("GET", ["cursor"]) => {
+            let limit = query_param(uri, "limit").and_then(|s| s.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
+            let after = query_param(uri, "after").unwrap_or("").to_string();
+            let page: Vec<Map<String, Value>> = w
+                .store
+                .rows
+                .get(e)
+                .into_iter()
+                .flat_map(|m| m.range::<String, _>((std::ops::Bound::Excluded(after.clone()), std::ops::Bound::Unbounded)))
+                .take(limit + 1)
+                .filter(|(_, r)| w.store.can_read(e, auth, Some(r)))
+                .map(|(_, r)| entity.read_back(r))
+                .collect();
+            let has_more = page.len() > limit;
+            let page: Vec<_> = page.into_iter().take(limit).collect();
+            let next = page.last().and_then(|r| r.get("id").cloned()).unwrap_or(Value::Null);
+            json_response(200, json!({ "data": page, "next_cursor": next, "has_more": has_more }))
+        }
+        ("POST", []) => {
+            let mut data = match parse_object(body) {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            if let Some(f) = data.keys().find(|k| !entity.has_field(k)) {
+                return error(400, "INVALID_COLUMN", &format!("unknown column {f:?} on {e}"));
+            }
+            if let Some(f) = entity.fields.iter().find(|f| !f.optional && data.get(&f.name).is_none_or(Value::is_null)) {
+                return error(400, "INSERT_FAILED", &format!("Insert into {e} failed: NOT NULL constraint failed: {e}.{}", f.name));
+            }
+            let id = w.store.new_id();
+            let event_data = data.clone();
+            data.insert("id".into(), json!(id));
+            w.store.rows.entry(e.to_string()).or_default().insert(id.clone(), data);
+            w.log.append(e, &id, "insert", Some(event_data));
+            json_response(201, json!({ "id": id }))
+        }
+        ("GET", [id]) => match w.store.rows.get(e).and_then(|m| m.get(*id)) {
+            Some(r) if w.store.can_read(e, auth, Some(r)) => json_response(200, Value::Object(entity.read_back(r))),
+            Some(_) => error(403, "POLICY_DENIED", "Access denied by policy"),
+            None => error(404, "NOT_FOUND", &format!("{e} with id \"{id}\" not found")),
+        },
+        ("PATCH", [id]) => {
+            let patch = match parse_object(body) {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            if let Some(f) = patch.keys().find(|k| !entity.has_field(k)) {
+                return error(400, "INVALID_COLUMN", &format!("unknown column {f:?} on {e}"));
+            }
+            let Some(row) = w.store.rows.get_mut(e).and_then(|m| m.get_mut(*id)).filter(|_| !patch.is_empty()) else {
+                return error(404, "NOT_FOUND", &format!("{e}/{id} not found"));
+            };
+            for (k, v) in &patch {
+                if k != "id" {
+                    row.insert(k.clone(), v.clone());
+                }
+            }
+            w.log.append(e, id, "update", Some(patch));
+            json_response(200, json!({ "updated": true }))
+        }
+        ("DELETE", [id]) => match w.store.rows.get_mut(e).and_then(|m| m.remove(*id)) {
+            Some(_) => {
+                w.log.append(e, id, "delete", None);
+                json_response(200, json!({ "deleted": true }))
+            }
+            None => error(404, "NOT_FOUND", &format!("{e}/{id} not found")),
+        },
+        _ => error(405, "METHOD_NOT_ALLOWED", "method not allowed"),
+    }
+}
+
+fn query(w: &mut World, e: &str, auth: &Auth, body: &Bytes) -> Response {
+    let Some(entity) = w.store.entity(e).cloned() else {
+        return error(400, "ENTITY_NOT_FOUND", &format!("unknown entity {e:?}"));
+    };
+    let filter = match parse_object(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let q = match Query::parse(&filter, &|f| entity.has_field(f)) {
+        Ok(q) => q,
+        Err(f) => return error(400, "INVALID_COLUMN", &format!("unknown column {f:?} on {e}")),
+    };
+    let mut rows: Vec<Map<String, Value>> = w
+        .store
+        .rows
+        .get(e)
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter(|r| w.store.can_read(e, auth, Some(r)))
+        .map(|r| entity.read_back(r))
+        .filter(|r| q.matches(r))
+        .collect();
+    q.sort(&mut rows);
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .skip(q.offset)
+        .take(q.limit.unwrap_or(usize::MAX))
+        .map(Value::Object)
+        .collect();
+    json_response(200, Value::Array(rows))
+}
+
+/// `/__control/…`: faults, restart, bulk seeding, state.
+fn control(app: &App, method: &Method, what: &str, body: &Bytes) -> Response {
+    let mut w = app.world.lock().unwrap();
+    let parsed: Value = serde_json::from_slice(if body.is_empty() { b"{}" } else { body }).unwrap_or(Value::Null);
+    match (method.as_str(), what) {
+        ("POST", "faults") => match serde_json::from_value::<Faults>(parsed) {
+            Ok(f) => {
+                w.faults = f;
+                json_response(200, json!({ "ok": true }))
+            }
+            Err(e) => error(400, "INVALID_FAULTS", &e.to_string()),
+        },
+        ("POST", "restart") => {
+            // PROTOCOL §4.3: a restarted server renumbers its log from 1 with
+            // one insert per existing row, in entity order then id order.
+            let World { store, log, .. } = &mut *w;
+            log.clear();
+            for entity in &store.entities {
+                for (id, row) in store.rows.get(&entity.name).into_iter().flatten() {
+                    log.append(&entity.name, id, "insert", Some(entity.read_back(row)));
+                }
+            }
+            json_response(200, json!({ "head": log.head() }))
+        }
+        ("POST", "seed") => {
+            let entity = parsed["entity"].as_str().unwrap_or_default().to_string();
+            if w.store.entity(&entity).is_none() {
+                return error(400, "ENTITY_NOT_FOUND", "unknown entity");
+            }
+            let count = parsed["count"].as_u64().unwrap_or(0);
+            let template = parsed["data"].as_object().cloned().unwrap_or_default();
+            let World { store, log, .. } = &mut *w;
+            for i in 0..count {
+                let id = store.new_id();
+                let mut data = template.clone();
+                for v in data.values_mut() {
+                    if let Value::String(s) = v {
+                        *s = s.replace("{i}", &i.to_string());
+                    }
+                }
+                let event_data = data.clone();
+                data.insert("id".into(), json!(id));
+                store.rows.entry(entity.clone()).or_default().insert(id.clone(), data);
+                log.append(&entity, &id, "insert", Some(event_data));
+            }
+            json_response(200, json!({ "head": log.head() }))
+        }
+        ("GET", "state") => {
+            let counts: Map<String, Value> = w
+                .store
+                .entities
+                .iter()
+                .map(|e| (e.name.clone(), json!(w.store.rows.get(&e.name).map_or(0, |m| m.len()))))
+                .collect();
+            json_response(200, json!({ "head": w.log.head(), "rows": counts }))
+        }
+        _ => error(404, "NOT_FOUND", "unknown control route"),
+    }
+}

@@ -1,0 +1,278 @@
+//! The HTTP side of the protocol: one typed method per route the engine uses
+//! (PROTOCOL.md §5, §7, §8, §9). No retry policy lives here; callers decide.
+
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::protocol::{Envelope, MeBody, PullPage, Row, Session};
+
+/// A `since` far above any real head: the server answers it with 410 and
+/// `oldest_seq = head + 1`, which tells us the head in one request.
+const HEAD_PROBE: u64 = 1 << 62;
+
+/// A client for one Pylon server.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// One entity of the public manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityInfo {
+    pub name: String,
+    /// Some policy governs it, so reads may be filtered per row.
+    pub has_policy: bool,
+}
+
+impl Api {
+    pub fn new(base_url: &str) -> Result<Api> {
+        let base = normalize_base(base_url)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| Error::Network(e.to_string()))?;
+        Ok(Api { http, base })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let req = self.http.request(method, format!("{}{}", self.base, path));
+        match token {
+            Some(t) if !t.is_empty() => req.bearer_auth(t),
+            _ => req,
+        }
+    }
+
+    /// One page of the change log after `since`.
+    pub async fn pull(&self, token: Option<&str>, since: u64) -> Result<PullPage> {
+        let req = self.request(Method::GET, &format!("/api/sync/pull?since={since}"), token);
+        send_json(req).await
+    }
+
+    /// The newest seq in the server's change log.
+    pub async fn head(&self, token: Option<&str>) -> Result<u64> {
+        match self.pull(token, HEAD_PROBE).await {
+            Err(Error::Resync { oldest_seq }) => Ok(oldest_seq.saturating_sub(1)),
+            Ok(page) => Err(Error::Protocol(format!(
+                "server accepted cursor {HEAD_PROBE} (answered {}); cannot learn the log head",
+                page.cursor.last_seq
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Entities the caller can see in the public manifest.
+    pub async fn entities(&self, token: Option<&str>) -> Result<Vec<EntityInfo>> {
+        let manifest: Value = send_json(self.request(Method::GET, "/api/manifest", token)).await?;
+        let names = manifest
+            .get("entities")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::Protocol("manifest has no entities array".into()))?;
+        let policied: Vec<&str> = manifest
+            .get("policies")
+            .and_then(Value::as_array)
+            .map(|ps| ps.iter().filter_map(|p| p.get("entity")?.as_str()).collect())
+            .unwrap_or_default();
+        names
+            .iter()
+            .map(|e| {
+                let name = e
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| Error::Protocol("manifest entity without a name".into()))?;
+                Ok(EntityInfo {
+                    name: name.to_string(),
+                    has_policy: policied.contains(&name),
+                })
+            })
+            .collect()
+    }
+
+    /// Rows of `entity` with `id > after`, ascending by id, at most `limit`
+    /// (`None`: all of them). Read policies are applied per row by the server.
+    pub async fn rows_after(
+        &self,
+        token: Option<&str>,
+        entity: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Row>> {
+        let mut filter = json!({ "$order": { "id": "asc" } });
+        if let Some(after) = after {
+            filter["id"] = json!({ "$gt": after });
+        }
+        if let Some(limit) = limit {
+            filter["$limit"] = json!(limit);
+        }
+        self.query(token, entity, &filter).await
+    }
+
+    /// `POST /api/query/<E>` with a filter object; returns the rows.
+    pub async fn query(&self, token: Option<&str>, entity: &str, filter: &Value) -> Result<Vec<Row>> {
+        check_entity(entity)?;
+        let req = self.request(Method::POST, &format!("/api/query/{entity}"), token).json(filter);
+        send_json(req).await
+    }
+
+    /// `GET /api/entities/<E>`: every row (the server does not filter per row).
+    pub async fn list(&self, token: Option<&str>, entity: &str) -> Result<Vec<Row>> {
+        check_entity(entity)?;
+        #[derive(serde::Deserialize)]
+        struct ListBody {
+            data: Vec<Row>,
+        }
+        let body: ListBody =
+            send_json(self.request(Method::GET, &format!("/api/entities/{entity}"), token)).await?;
+        Ok(body.data)
+    }
+
+    pub async fn get(&self, token: Option<&str>, entity: &str, id: &str) -> Result<Option<Row>> {
+        check_entity(entity)?;
+        check_id(id)?;
+        let req = self.request(Method::GET, &format!("/api/entities/{entity}/{id}"), token);
+        match send_json(req).await {
+            Ok(row) => Ok(Some(row)),
+            Err(Error::Http { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a row; returns the server's id.
+    pub async fn insert(&self, token: Option<&str>, entity: &str, data: &Row) -> Result<String> {
+        check_entity(entity)?;
+        #[derive(serde::Deserialize)]
+        struct Created {
+            id: String,
+        }
+        let req = self.request(Method::POST, &format!("/api/entities/{entity}"), token).json(data);
+        let created: Created = send_json(req).await?;
+        Ok(created.id)
+    }
+
+    pub async fn update(&self, token: Option<&str>, entity: &str, id: &str, patch: &Row) -> Result<()> {
+        check_entity(entity)?;
+        check_id(id)?;
+        let req = self
+            .request(Method::PATCH, &format!("/api/entities/{entity}/{id}"), token)
+            .json(patch);
+        send_json::<Value>(req).await.map(drop)
+    }
+
+    pub async fn delete(&self, token: Option<&str>, entity: &str, id: &str) -> Result<()> {
+        check_entity(entity)?;
+        check_id(id)?;
+        let req = self.request(Method::DELETE, &format!("/api/entities/{entity}/{id}"), token);
+        send_json::<Value>(req).await.map(drop)
+    }
+
+    /// `POST /api/fn/<name>`: the function's JSON result, as returned.
+    pub async fn call_fn(&self, token: Option<&str>, name: &str, args: &Value) -> Result<Value> {
+        if name.is_empty() || name.contains(['/', '?', '#', ' ']) {
+            return Err(Error::InvalidArg(format!("invalid function name {name:?}")));
+        }
+        let req = self.request(Method::POST, &format!("/api/fn/{name}"), token).json(args);
+        send_json(req).await
+    }
+
+    /// Who the token belongs to. An unknown token resolves as anonymous.
+    pub async fn me(&self, token: Option<&str>) -> Result<Session> {
+        let body: MeBody = send_json(self.request(Method::GET, "/api/auth/me", token)).await?;
+        Ok(body.into())
+    }
+}
+
+/// Strips a trailing slash and rejects anything that is not an http(s) URL.
+fn normalize_base(url: &str) -> Result<String> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| Error::InvalidArg(format!("baseUrl {url:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(Error::InvalidArg(format!(
+            "baseUrl must be an http:// or https:// URL, got {url:?}"
+        )));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+/// Entity names go into URL paths verbatim (the server does not decode them).
+pub fn check_entity(entity: &str) -> Result<()> {
+    if entity.is_empty() || !entity.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(Error::InvalidArg(format!(
+            "entity name must be letters, digits or _, got {entity:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Row ids go into URL paths verbatim.
+pub fn check_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > 512 || id.chars().any(|c| "/?#%".contains(c) || c.is_whitespace() || c.is_control()) {
+        return Err(Error::InvalidArg(format!("invalid row id {id:?}")));
+    }
+    Ok(())
+}
+
+async fn send_json<T: DeserializeOwned>(req: RequestBuilder) -> Result<T> {
+    let resp = req.send().await.map_err(network)?;
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let bytes = resp.bytes().await.map_err(network)?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Protocol(format!("unreadable {} response: {e}", status.as_u16()))
+        });
+    }
+    Err(http_error(status, retry_after, &bytes))
+}
+
+fn http_error(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Error {
+    let envelope = serde_json::from_slice::<Envelope>(body).ok();
+    if status == StatusCode::GONE {
+        let oldest_seq = envelope.as_ref().and_then(|e| e.error.oldest_seq).unwrap_or(0);
+        return Error::Resync { oldest_seq };
+    }
+    let (code, message, retry_secs) = match envelope {
+        Some(e) => (e.error.code, e.error.message, e.error.retry_after_secs),
+        None => (
+            status.canonical_reason().unwrap_or("HTTP_ERROR").to_uppercase().replace(' ', "_"),
+            String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            None,
+        ),
+    };
+    Error::Http {
+        status: status.as_u16(),
+        code,
+        message,
+        retry_after: retry_after.or(retry_secs.map(Duration::from_secs)),
+    }
+}
+
+fn network(e: reqwest::Error) -> Error {
+    // reqwest's Display names the URL, never headers, so no token can leak here.
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    if e.is_decode() {
+        Error::Protocol(msg)
+    } else {
+        Error::Network(msg)
+    }
+}

@@ -1,0 +1,62 @@
+//! Full-jitter exponential backoff: `random(0, min(cap, base·2^attempt))`.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Backoff {
+        Backoff { base, cap, attempt: 0 }
+    }
+
+    /// The ceiling of the next delay, before jitter.
+    pub fn window(&self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// The next delay; each call widens the window.
+    pub fn next_delay(&mut self) -> Duration {
+        let window = self.window();
+        self.attempt = self.attempt.saturating_add(1);
+        let ms = window.as_millis() as u64;
+        Duration::from_millis(if ms == 0 { 0 } else { rand::rng().random_range(0..=ms) })
+    }
+
+    /// Adds attempts at once (a 429 widens the window faster).
+    pub fn penalize(&mut self, attempts: u32) {
+        self.attempt = self.attempt.saturating_add(attempts);
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_stay_inside_a_doubling_capped_window() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        for attempt in 0..10u32 {
+            let ceiling = Duration::from_millis((100u64 << attempt).min(1000));
+            assert_eq!(b.window(), ceiling);
+            assert!(b.next_delay() <= ceiling);
+        }
+        b.reset();
+        assert_eq!(b.window(), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,347 @@
+//! SQLite persistence: the one durable truth. Server rows (with tombstones),
+//! the cursor, queued mutations and key-value storage live in one file, and
+//! every change the engine acknowledges is one committed transaction.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use crate::error::{Error, Result};
+use crate::protocol::{Kind, Row};
+use crate::queue::{Mutation, MutationError, Status};
+use crate::replica::{BaseRow, Effect};
+
+/// Marks a file as ours (`PRAGMA application_id`, "PYSN").
+const APPLICATION_ID: i32 = 0x5059_534E;
+const SCHEMA_VERSION: i32 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE rows (
+  entity TEXT NOT NULL,
+  row_id TEXT NOT NULL,
+  seq    INTEGER NOT NULL,
+  data   TEXT,              -- NULL: tombstone
+  PRIMARY KEY (entity, row_id)
+) WITHOUT ROWID;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE mutations (
+  ord        INTEGER PRIMARY KEY AUTOINCREMENT,
+  id         TEXT NOT NULL UNIQUE,
+  identity   TEXT NOT NULL,
+  entity     TEXT NOT NULL,
+  row_id     TEXT NOT NULL,
+  kind       TEXT NOT NULL,
+  data       TEXT,
+  status     TEXT NOT NULL,
+  error      TEXT,
+  attempts   INTEGER NOT NULL DEFAULT 0,
+  created_at INTEGER NOT NULL
+);
+";
+
+pub struct Db {
+    conn: Connection,
+}
+
+/// Everything `start()` needs from disk.
+pub struct Stored {
+    pub rows: Vec<(String, String, BaseRow)>,
+    pub mutations: Vec<Mutation>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path`, or an in-memory one.
+    pub fn open(path: Option<&Path>) -> Result<Db> {
+        let conn = match path {
+            Some(p) => {
+                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        Error::Storage(format!("cannot create directory {}: {e}", dir.display()))
+                    })?;
+                }
+                create_private(p)?;
+                Connection::open(p)?
+            }
+            None => Connection::open_in_memory()?,
+        };
+        let mut db = Db { conn };
+        db.prepare()?;
+        Ok(db)
+    }
+
+    fn prepare(&mut self) -> Result<()> {
+        let c = &self.conn;
+        c.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Reading the header is the first thing that fails on a foreign or damaged file.
+        let app_id: i32 = c.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+        let tables: i64 = c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+        let version: i32 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let _: String = c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        // NORMAL in WAL mode: a commit survives a crash of the process (kill -9);
+        // only an OS crash or power loss can lose the last commits.
+        c.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;")?;
+        if app_id == 0 && tables == 0 {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(&format!(
+                "PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version={SCHEMA_VERSION};"
+            ))?;
+            tx.commit()?;
+            return Ok(());
+        }
+        if app_id != APPLICATION_ID {
+            return Err(Error::Corrupt(
+                "the file is an SQLite database of another program; choose another dbPath".into(),
+            ));
+        }
+        if version != SCHEMA_VERSION {
+            return Err(Error::Corrupt(format!(
+                "schema version {version} is not supported by this version (expects {SCHEMA_VERSION})"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn cursor(&self) -> Result<u64> {
+        Ok(self.meta("cursor")?.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    pub fn load(&self) -> Result<Stored> {
+        let mut stmt = self.conn.prepare("SELECT entity, row_id, seq, data FROM rows")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<String>>(3)?))
+            })?
+            .map(|r| {
+                let (entity, id, seq, data) = r?;
+                let data = match data {
+                    Some(text) => Some(Arc::new(serde_json::from_str::<Row>(&text)?)),
+                    None => None,
+                };
+                Ok((entity, id, BaseRow { seq: seq as u64, data }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Stored { rows, mutations: self.mutations()? })
+    }
+
+    /// Every stored mutation, of every identity, in queue order.
+    pub fn mutations(&self) -> Result<Vec<Mutation>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT ord, id, identity, entity, row_id, kind, data, status, error, attempts, created_at
+             FROM mutations ORDER BY ord",
+        )?;
+        let out = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, Option<String>>(8)?,
+                    r.get::<_, i64>(9)?,
+                    r.get::<_, i64>(10)?,
+                ))
+            })?
+            .map(|r| {
+                let (order, id, identity, entity, row_id, kind, data, status, error, attempts, created_at) = r?;
+                Ok(Mutation {
+                    id,
+                    order,
+                    identity,
+                    entity,
+                    row_id,
+                    kind: Kind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("unknown mutation kind {kind:?}")))?,
+                    data: data.map(|d| serde_json::from_str(&d)).transpose()?,
+                    status: if status == "failed" { Status::Failed } else { Status::Pending },
+                    error: error.map(|e| parse_error(&e)),
+                    attempts: attempts as u32,
+                    created_at: created_at as u64,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(out)
+    }
+
+    pub fn kv_get(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn kv_entries(&self) -> Result<Vec<(String, String)>> {
+        let mut stmt = self.conn.prepare("SELECT key, value FROM kv ORDER BY key")?;
+        let out = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(out)
+    }
+
+    /// Runs `f` in one transaction; nothing is visible on disk unless it returns Ok.
+    pub fn write<T>(&mut self, f: impl FnOnce(&Writer<'_>) -> Result<T>) -> Result<T> {
+        let tx = self.conn.transaction()?;
+        let out = f(&Writer { tx: &tx })?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+/// Write operations, only available inside [`Db::write`].
+pub struct Writer<'a> {
+    tx: &'a Transaction<'a>,
+}
+
+impl Writer<'_> {
+    pub fn effects(&self, effects: &[Effect]) -> Result<()> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT OR REPLACE INTO rows (entity, row_id, seq, data) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for e in effects {
+            match e {
+                Effect::Put { entity, id, seq, data } => {
+                    stmt.execute(params![entity, id, *seq as i64, serde_json::to_string(&**data)?])?
+                }
+                Effect::Tombstone { entity, id, seq } => {
+                    stmt.execute(params![entity, id, *seq as i64, Option::<String>::None])?
+                }
+            };
+        }
+        Ok(())
+    }
+
+    pub fn delete_row(&self, entity: &str, id: &str) -> Result<()> {
+        self.tx
+            .prepare_cached("DELETE FROM rows WHERE entity = ?1 AND row_id = ?2")?
+            .execute([entity, id])?;
+        Ok(())
+    }
+
+    pub fn clear_entity(&self, entity: &str) -> Result<()> {
+        self.tx.prepare_cached("DELETE FROM rows WHERE entity = ?1")?.execute([entity])?;
+        Ok(())
+    }
+
+    pub fn clear_rows(&self) -> Result<()> {
+        self.tx.execute("DELETE FROM rows", [])?;
+        Ok(())
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.tx
+            .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+            .execute([key, value])?;
+        Ok(())
+    }
+
+    pub fn set_cursor(&self, seq: u64) -> Result<()> {
+        self.set_meta("cursor", &seq.to_string())
+    }
+
+    /// Stores a new mutation and gives it its queue position.
+    pub fn add_mutation(&self, m: &mut Mutation) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO mutations (id, identity, entity, row_id, kind, data, status, error, attempts, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                m.id,
+                m.identity,
+                m.entity,
+                m.row_id,
+                m.kind.as_str(),
+                m.data.as_ref().map(serde_json::to_string).transpose()?,
+                m.status.as_str(),
+                m.error.as_ref().map(format_error),
+                m.attempts,
+                m.created_at as i64,
+            ])?;
+        m.order = self.tx.last_insert_rowid();
+        Ok(())
+    }
+
+    /// Saves what may change on a queued mutation.
+    pub fn save_mutation(&self, m: &Mutation) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "UPDATE mutations SET identity = ?2, row_id = ?3, data = ?4, status = ?5, error = ?6, attempts = ?7
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                m.id,
+                m.identity,
+                m.row_id,
+                m.data.as_ref().map(serde_json::to_string).transpose()?,
+                m.status.as_str(),
+                m.error.as_ref().map(format_error),
+                m.attempts,
+            ])?;
+        Ok(())
+    }
+
+    pub fn delete_mutation(&self, id: &str) -> Result<()> {
+        self.tx.prepare_cached("DELETE FROM mutations WHERE id = ?1")?.execute([id])?;
+        Ok(())
+    }
+
+    /// Moves every mutation of one identity to another (a token's writes
+    /// made before its session was known, once it is).
+    pub fn adopt_mutations(&self, from: &str, to: &str) -> Result<usize> {
+        Ok(self
+            .tx
+            .execute("UPDATE mutations SET identity = ?2 WHERE identity = ?1", [from, to])?)
+    }
+
+    pub fn kv_set(&self, key: &str, value: Option<&str>) -> Result<()> {
+        match value {
+            Some(v) => self
+                .tx
+                .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")?
+                .execute([key, v])?,
+            None => self.tx.prepare_cached("DELETE FROM kv WHERE key = ?1")?.execute([key])?,
+        };
+        Ok(())
+    }
+}
+
+fn format_error(e: &MutationError) -> String {
+    serde_json::json!({ "code": e.code, "message": e.message, "status": e.status }).to_string()
+}
+
+fn parse_error(text: &str) -> MutationError {
+    let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    MutationError {
+        code: v["code"].as_str().unwrap_or("UNKNOWN").to_string(),
+        message: v["message"].as_str().unwrap_or(text).to_string(),
+        status: v["status"].as_u64().map(|s| s as u16),
+    }
+}
+
+/// Creates the file with owner-only permissions before SQLite opens it, so
+/// rows and queued writes are never readable by other users. SQLite gives
+/// the `-wal` and `-shm` files the same mode.
+fn create_private(path: &Path) -> Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+        .map(drop)
+        .map_err(|e| Error::Storage(format!("cannot open {}: {e}", path.display())))
+}

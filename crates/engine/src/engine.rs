@@ -1,0 +1,1227 @@
+//! The engine: owns the replica, the database and the queue, and runs the
+//! sync loop (session check → send queued writes → pull) on tokio.
+//!
+//! Locking: `db` serialises every durable change (held across the SQLite
+//! transaction); `state` guards the in-memory view and is only held briefly,
+//! so readers on the JS thread are never blocked by disk or network. Every
+//! change is written to SQLite first and applied to memory after the commit.
+//! `sync` serialises the network-facing work (session flips, sending writes,
+//! pulling), so a write's answer is always handled before later server
+//! changes are applied.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::api::{check_entity, check_id, Api};
+use crate::backoff::Backoff;
+use crate::db::{Db, Stored};
+use crate::error::{Error, Result};
+use crate::protocol::{ChangeEvent, Cursor, Hydration, Kind, PullPage, Row, Session};
+use crate::queue::{Mutation, MutationError, Queue, Status};
+use crate::replica::{BaseRow, Effect, Replica};
+use crate::snapshot::{self, Snapshot};
+
+/// Prefix of ids given to rows inserted locally until the server names them.
+pub const TEMP_PREFIX: &str = "_pending_";
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// How the engine follows the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Pull every `poll_interval`.
+    Poll,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub base_url: String,
+    pub transport: Transport,
+    pub poll_interval: Duration,
+    /// Base of the reconnect/retry backoff.
+    pub reconnect_delay: Duration,
+    pub token: Option<String>,
+    /// `None`: keep everything in memory.
+    pub db_path: Option<PathBuf>,
+    pub app_name: String,
+}
+
+impl Config {
+    pub fn new(base_url: &str) -> Config {
+        Config {
+            base_url: base_url.to_string(),
+            transport: Transport::Poll,
+            poll_interval: Duration::from_millis(1000),
+            reconnect_delay: Duration::from_millis(1000),
+            token: None,
+            db_path: None,
+            app_name: "default".into(),
+        }
+    }
+}
+
+/// Where the sync loop is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Stopped,
+    Starting,
+    Bootstrapping,
+    Syncing,
+    Idle,
+    Backoff,
+    Offline,
+    Closed,
+}
+
+/// Observable sync state.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    pub phase: Phase,
+    pub transport: &'static str,
+    pub cursor: u64,
+    pub pending: usize,
+    pub failed: usize,
+    /// Consecutive failed attempts (drives the backoff).
+    pub attempts: u32,
+    pub last_error: Option<ErrorInfo>,
+    /// Unix ms of the last pull that reached the head of the log.
+    pub last_synced_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorInfo {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(rename = "serverCode", skip_serializing_if = "Option::is_none")]
+    pub server_code: Option<String>,
+}
+
+impl From<&Error> for ErrorInfo {
+    fn from(e: &Error) -> Self {
+        ErrorInfo {
+            code: e.code().into(),
+            message: e.to_string(),
+            status: e.status(),
+            server_code: e.server_code().map(str::to_string),
+        }
+    }
+}
+
+/// What listeners are told. Store changes are coalesced: one event per applied batch.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Visible rows of these entities changed.
+    Change { entities: Vec<String> },
+    /// A mutation changed state: `pending` (queued), `applied`, `failed`, `removed`.
+    Mutation { status: &'static str, mutation: Mutation },
+    Status(SyncStatus),
+    /// Something went wrong in the background (`context`: "pull", "push", "session", "bootstrap").
+    Error { context: &'static str, error: Error },
+    /// The session changed (`None`: unknown).
+    Session(Option<Session>),
+    /// The replica was dropped and is being rebuilt (`reason`: "resync", "identity", "server").
+    Resync { reason: &'static str },
+    /// Bootstrap progress: rows fetched so far for `entity`.
+    Progress { entity: String, rows: usize, done: bool },
+}
+
+pub type Listener = Arc<dyn Fn(Event) + Send + Sync>;
+
+struct State {
+    replica: Replica,
+    queue: Queue,
+    cursor: u64,
+    /// Entities whose full snapshot is in the replica (the rest need bootstrapping).
+    covered: BTreeSet<String>,
+    session: Option<Session>,
+    /// Identity the stored rows belong to.
+    identity: String,
+    /// Fingerprint of the token that `session` was resolved with.
+    verified_fp: Option<String>,
+    /// Key of the queue in memory (the identity when verified, else the token's key).
+    queue_key: String,
+    /// Stored rows not yet shown because the token changed since they were stored.
+    quarantined: bool,
+    loaded: bool,
+    pending_hydration: Option<Hydration>,
+    status: SyncStatus,
+}
+
+struct Inner {
+    cfg: Config,
+    api: Api,
+    db: Mutex<Option<Db>>,
+    state: RwLock<State>,
+    token: RwLock<Option<String>>,
+    listener: RwLock<Option<Listener>>,
+    sync: tokio::sync::Mutex<()>,
+    wake: Notify,
+    stop: Notify,
+    /// Bumped by every reset, so work started before it is discarded.
+    epoch: AtomicU64,
+    running: AtomicBool,
+    closed: AtomicBool,
+    resyncs_in_a_row: AtomicU32,
+    loop_handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A sync engine for one server and one local database.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..10).map(|_| char::from_digit(rng.random_range(0..36), 36).unwrap()).collect()
+}
+
+/// A stable, non-reversible name for a token, so we can tell tokens apart
+/// without ever storing one.
+fn fingerprint(token: Option<&str>) -> String {
+    match token {
+        None => "anonymous".into(),
+        Some(t) => {
+            let digest = Sha256::digest(t.as_bytes());
+            digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+        }
+    }
+}
+
+const ANONYMOUS: &str = "user:|tenant:";
+
+fn token_key(fp: &str) -> String {
+    if fp == "anonymous" {
+        ANONYMOUS.into()
+    } else {
+        format!("token:{fp}")
+    }
+}
+
+impl Engine {
+    pub fn new(cfg: Config) -> Result<Engine> {
+        let api = Api::new(&cfg.base_url)?;
+        if cfg.app_name.is_empty() {
+            return Err(Error::InvalidArg("appName must not be empty".into()));
+        }
+        let token = cfg.token.clone().filter(|t| !t.is_empty());
+        let fp = fingerprint(token.as_deref());
+        let status = SyncStatus {
+            phase: Phase::Stopped,
+            transport: "poll",
+            cursor: 0,
+            pending: 0,
+            failed: 0,
+            attempts: 0,
+            last_error: None,
+            last_synced_at: None,
+        };
+        let state = State {
+            replica: Replica::new(),
+            queue: Queue::default(),
+            cursor: 0,
+            covered: BTreeSet::new(),
+            session: None,
+            identity: String::new(),
+            verified_fp: None,
+            queue_key: token_key(&fp),
+            quarantined: false,
+            loaded: false,
+            pending_hydration: None,
+            status,
+        };
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                cfg,
+                api,
+                db: Mutex::new(None),
+                state: RwLock::new(state),
+                token: RwLock::new(token),
+                listener: RwLock::new(None),
+                sync: tokio::sync::Mutex::new(()),
+                wake: Notify::new(),
+                stop: Notify::new(),
+                epoch: AtomicU64::new(0),
+                running: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                resyncs_in_a_row: AtomicU32::new(0),
+                loop_handle: Mutex::new(None),
+            }),
+        })
+    }
+
+    pub fn api(&self) -> &Api {
+        &self.inner.api
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    pub fn set_listener(&self, listener: Option<Listener>) {
+        *self.inner.listener.write().unwrap() = listener;
+    }
+
+    fn emit(&self, ev: Event) {
+        let l = self.inner.listener.read().unwrap().clone();
+        if let Some(l) = l {
+            l(ev);
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    pub fn list_json(&self, entity: &str) -> Arc<str> {
+        self.inner.state.write().unwrap().replica.list_json(entity)
+    }
+
+    pub fn list(&self, entity: &str) -> Arc<Vec<Arc<Row>>> {
+        self.inner.state.write().unwrap().replica.list(entity)
+    }
+
+    pub fn get(&self, entity: &str, id: &str) -> Option<Arc<Row>> {
+        self.inner.state.read().unwrap().replica.get(entity, id)
+    }
+
+    /// Changes whenever the visible rows of `entity` change.
+    pub fn entity_version(&self, entity: &str) -> u64 {
+        self.inner.state.read().unwrap().replica.entity_version(entity)
+    }
+
+    pub fn entities(&self) -> Vec<String> {
+        self.inner.state.read().unwrap().replica.entities()
+    }
+
+    pub fn cursor(&self) -> u64 {
+        self.inner.state.read().unwrap().cursor
+    }
+
+    pub fn status(&self) -> SyncStatus {
+        self.inner.state.read().unwrap().status.clone()
+    }
+
+    pub fn session(&self) -> Option<Session> {
+        self.inner.state.read().unwrap().session.clone()
+    }
+
+    pub fn mutations(&self) -> Vec<Mutation> {
+        self.inner.state.read().unwrap().queue.all().cloned().collect()
+    }
+
+    pub fn mutation(&self, id: &str) -> Option<Mutation> {
+        self.inner.state.read().unwrap().queue.get(id).cloned()
+    }
+
+    // ------------------------------------------------------------- database
+
+    /// Runs `f` with the open database on a blocking thread.
+    async fn with_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Engine, &mut Db) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.check_open()?;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = me.inner.db.lock().unwrap();
+            if guard.is_none() {
+                *guard = Some(Db::open(me.inner.cfg.db_path.as_deref())?);
+            }
+            f(&me, guard.as_mut().unwrap())
+        })
+        .await
+        .map_err(|e| Error::Storage(format!("database task failed: {e}")))?
+    }
+
+    /// Opens the database and loads it into memory, once.
+    async fn load(&self) -> Result<()> {
+        if self.inner.state.read().unwrap().loaded {
+            return Ok(());
+        }
+        self.with_db(|me, db| {
+            let mut st = me.inner.state.write().unwrap();
+            if st.loaded {
+                return Ok(());
+            }
+            let stored_fp = db.meta("token_fp")?;
+            let identity = db.meta("identity")?.unwrap_or_default();
+            let covered: BTreeSet<String> = match db.meta("covered")? {
+                Some(text) => serde_json::from_str(&text)?,
+                None => BTreeSet::new(),
+            };
+            let fp = fingerprint(me.inner.token.read().unwrap().as_deref());
+            let Stored { rows, mutations } = db.load()?;
+            st.identity = identity.clone();
+            st.cursor = db.cursor()?;
+            st.covered = covered;
+            // Rows stored under another token stay hidden until /api/auth/me
+            // says the new token is the same identity.
+            let same_token = stored_fp.as_deref() == Some(fp.as_str()) || (rows.is_empty() && st.cursor == 0);
+            st.queue_key = if same_token && !identity.is_empty() { identity } else { token_key(&fp) };
+            if same_token {
+                st.replica.load(rows);
+            } else {
+                st.quarantined = true;
+            }
+            let key = st.queue_key.clone();
+            st.queue = Queue::new(mutations.into_iter().filter(|m| m.identity == key));
+            let State { replica, queue, .. } = &mut *st;
+            replica.rebuild_overlay(queue);
+            st.loaded = true;
+            me.refresh_counts(&mut st);
+            Ok(())
+        })
+        .await?;
+        let hydration = self.inner.state.write().unwrap().pending_hydration.take();
+        if let Some(h) = hydration {
+            self.apply_hydration(h).await?;
+        }
+        let entities = self.entities();
+        if !entities.is_empty() {
+            self.emit(Event::Change { entities });
+        }
+        Ok(())
+    }
+
+    fn refresh_counts(&self, st: &mut State) {
+        st.status.pending = st.queue.pending_count();
+        st.status.failed = st.queue.len() - st.status.pending;
+        st.status.cursor = st.cursor;
+    }
+
+    fn set_phase(&self, phase: Phase, error: Option<&Error>, attempts: u32) {
+        let status = {
+            let mut st = self.inner.state.write().unwrap();
+            let changed = st.status.phase != phase
+                || st.status.attempts != attempts
+                || error.map(ErrorInfo::from) != st.status.last_error && error.is_some();
+            st.status.phase = phase;
+            st.status.attempts = attempts;
+            if let Some(e) = error {
+                st.status.last_error = Some(e.into());
+            }
+            if phase == Phase::Idle {
+                st.status.last_synced_at = Some(now_ms());
+            }
+            self.refresh_counts(&mut st);
+            if !changed {
+                return;
+            }
+            st.status.clone()
+        };
+        self.emit(Event::Status(status));
+    }
+
+    // ------------------------------------------------------------- lifecycle
+
+    /// The spec's `start()`: load the replica and the queue from disk, resolve
+    /// the session, catch up with the server, then follow it. Resolves after the
+    /// first sync attempt; when the server is unreachable it resolves anyway
+    /// (offline), reports the error as an event and keeps retrying.
+    pub async fn start(&self) -> Result<()> {
+        self.check_open()?;
+        if self.inner.running.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.set_phase(Phase::Starting, None, 0);
+        if let Err(e) = self.load().await {
+            self.inner.running.store(false, Ordering::SeqCst);
+            self.set_phase(Phase::Stopped, Some(&e), 0);
+            return Err(e);
+        }
+        let first = self.sync_once().await;
+        let mut backoff = Backoff::new(self.inner.cfg.reconnect_delay, BACKOFF_CAP);
+        let first_delay = self.after_sync(&first, &mut backoff);
+        if !self.inner.running.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let me = self.clone();
+        let handle = tokio::spawn(async move { me.run(backoff, first_delay).await });
+        *self.inner.loop_handle.lock().unwrap() = Some(handle);
+        match first {
+            Err(e) if !e.is_transient() && !matches!(e, Error::Resync { .. } | Error::Http { .. }) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops following the server; local reads and writes keep working.
+    pub async fn stop(&self) {
+        self.inner.running.store(false, Ordering::SeqCst);
+        self.inner.stop.notify_waiters();
+        let handle = self.inner.loop_handle.lock().unwrap().take();
+        if let Some(h) = handle {
+            h.abort();
+            let _ = h.await;
+        }
+        if !self.inner.closed.load(Ordering::SeqCst) {
+            self.set_phase(Phase::Stopped, None, 0);
+        }
+    }
+
+    /// Stops and releases the database; every later call fails with `ERR_SYNC_CLOSED`.
+    pub async fn close(&self) {
+        self.stop().await;
+        let _sync = self.inner.sync.lock().await;
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || me.inner.db.lock().unwrap().take()).await;
+        self.set_phase(Phase::Closed, None, 0);
+        self.set_listener(None);
+    }
+
+    async fn run(self, mut backoff: Backoff, mut delay: Duration) {
+        loop {
+            let woken = tokio::select! {
+                _ = tokio::time::sleep(delay) => false,
+                _ = self.inner.wake.notified(), if backoff.attempts() == 0 => true,
+                _ = self.inner.stop.notified() => return,
+            };
+            let _ = woken;
+            if !self.inner.running.load(Ordering::SeqCst) {
+                return;
+            }
+            let res = self.sync_once().await;
+            delay = self.after_sync(&res, &mut backoff);
+        }
+    }
+
+    /// Decides how long to wait after a sync attempt, and reports it.
+    fn after_sync(&self, res: &Result<()>, backoff: &mut Backoff) -> Duration {
+        match res {
+            Ok(()) => {
+                backoff.reset();
+                self.set_phase(Phase::Idle, None, 0);
+                self.inner.cfg.poll_interval
+            }
+            Err(e) => {
+                let context = match e {
+                    Error::Resync { .. } => "pull",
+                    _ => "sync",
+                };
+                self.emit(Event::Error { context, error: e.clone() });
+                let delay = match e {
+                    Error::Resync { .. } => {
+                        // the breaker: 2, 4, 8, 16, 30 s between repeated resyncs
+                        let n = self.inner.resyncs_in_a_row.load(Ordering::SeqCst).clamp(1, 5);
+                        BACKOFF_CAP.min(Duration::from_secs(1 << n))
+                    }
+                    Error::Http { status: 429, retry_after, .. } => {
+                        backoff.penalize(2);
+                        let jitter = backoff.next_delay();
+                        retry_after.map_or(jitter, |r| r.max(jitter.min(r + self.inner.cfg.reconnect_delay)))
+                    }
+                    _ => backoff.next_delay(),
+                };
+                let phase = if matches!(e, Error::Network(_)) { Phase::Offline } else { Phase::Backoff };
+                self.set_phase(phase, Some(e), backoff.attempts());
+                delay
+            }
+        }
+    }
+
+    /// One round: make sure the session is known, send queued writes, pull.
+    pub async fn sync_once(&self) -> Result<()> {
+        self.check_open()?;
+        let _sync = self.inner.sync.lock().await;
+        self.load().await?;
+        self.ensure_session().await?;
+        self.set_phase(Phase::Syncing, None, self.status().attempts);
+        self.flush().await?;
+        self.pull_to_head().await
+    }
+
+    /// Asks the loop to sync now (after a local write).
+    fn kick(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    // --------------------------------------------------------------- session
+
+    /// The bearer token requests are sent with now.
+    pub fn token(&self) -> Option<String> {
+        self.current_token()
+    }
+
+    fn current_token(&self) -> Option<String> {
+        self.inner.token.read().unwrap().clone()
+    }
+
+    /// Sets the bearer token (sign-in, sign-out, refresh). Queued writes of
+    /// one identity are never sent with another identity's token: until the
+    /// new token's session is resolved nothing is sent.
+    pub fn set_token(&self, token: Option<String>) {
+        let token = token.filter(|t| !t.is_empty());
+        let fp = fingerprint(token.as_deref());
+        *self.inner.token.write().unwrap() = token;
+        let changed = {
+            let st = self.inner.state.read().unwrap();
+            st.verified_fp.as_deref() != Some(fp.as_str())
+        };
+        if changed {
+            self.kick();
+        }
+    }
+
+    /// Re-reads the session from `/api/auth/me`; resets the replica when the
+    /// user or tenant changed. Returns the session.
+    pub async fn notify_session_changed(&self) -> Result<Option<Session>> {
+        self.check_open()?;
+        let _sync = self.inner.sync.lock().await;
+        self.load().await?;
+        self.inner.state.write().unwrap().verified_fp = None;
+        self.ensure_session().await?;
+        if self.inner.running.load(Ordering::SeqCst) {
+            self.kick();
+        }
+        Ok(self.session())
+    }
+
+    async fn ensure_session(&self) -> Result<()> {
+        let token = self.current_token();
+        let fp = fingerprint(token.as_deref());
+        if self.inner.state.read().unwrap().verified_fp.as_deref() == Some(fp.as_str()) {
+            return Ok(());
+        }
+        let session = match self.inner.api.me(token.as_deref()).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.emit(Event::Error { context: "session", error: e.clone() });
+                return Err(e);
+            }
+        };
+        if self.current_token().as_deref() != token.as_deref() {
+            // the token changed while we asked; the next round asks again
+            return Err(Error::Network("token changed while resolving the session".into()));
+        }
+        self.apply_session(session, fp).await
+    }
+
+    async fn apply_session(&self, session: Session, fp: String) -> Result<()> {
+        let identity = session.identity_key();
+        let flipped = {
+            let st = self.inner.state.read().unwrap();
+            !st.identity.is_empty() && st.identity != identity
+        };
+        let session_for_event = session.clone();
+        self.inner.epoch.fetch_add(u64::from(flipped), Ordering::SeqCst);
+        let entities = self
+            .with_db(move |me, db| {
+                let tkey = token_key(&fp);
+                let reload = db.write(|w| {
+                    if flipped {
+                        w.clear_rows()?;
+                        w.set_cursor(0)?;
+                        w.set_meta("covered", "[]")?;
+                    }
+                    w.set_meta("identity", &identity)?;
+                    w.set_meta("token_fp", &fp)?;
+                    if tkey != identity {
+                        w.adopt_mutations(&tkey, &identity)?;
+                    }
+                    Ok(())
+                });
+                reload?;
+                let stored = if !flipped && me.inner.state.read().unwrap().quarantined {
+                    Some(db.load()?.rows)
+                } else {
+                    None
+                };
+                let mutations = db.mutations()?;
+                let mut st = me.inner.state.write().unwrap();
+                let mut entities = st.replica.entities();
+                if flipped {
+                    st.replica.clear();
+                    st.cursor = 0;
+                    st.covered.clear();
+                }
+                if let Some(rows) = stored {
+                    st.replica.load(rows);
+                    st.quarantined = false;
+                }
+                st.quarantined = false;
+                st.identity = identity.clone();
+                st.queue_key = identity.clone();
+                st.verified_fp = Some(fp);
+                st.session = Some(session);
+                st.queue = Queue::new(mutations.into_iter().filter(|m| m.identity == identity));
+                let State { replica, queue, .. } = &mut *st;
+                replica.rebuild_overlay(queue);
+                for e in st.replica.entities() {
+                    if !entities.contains(&e) {
+                        entities.push(e);
+                    }
+                }
+                me.refresh_counts(&mut st);
+                Ok(entities)
+            })
+            .await?;
+        if flipped {
+            self.emit(Event::Resync { reason: "identity" });
+        }
+        self.emit(Event::Session(Some(session_for_event)));
+        self.emit(Event::Change { entities });
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- writes
+
+    /// Optimistic insert: returns the temporary id once the write is durable.
+    pub async fn insert(&self, entity: &str, data: Row) -> Result<String> {
+        check_entity(entity)?;
+        let temp = format!("{TEMP_PREFIX}{}_{}", now_ms(), random_suffix());
+        let mut data = data;
+        data.remove("id");
+        self.enqueue(entity, &temp, Kind::Insert, Some(data)).await?;
+        Ok(temp)
+    }
+
+    pub async fn update(&self, entity: &str, id: &str, patch: Row) -> Result<()> {
+        check_entity(entity)?;
+        check_id(id)?;
+        let mut patch = patch;
+        patch.remove("id");
+        if patch.is_empty() {
+            return Err(Error::InvalidArg("update needs at least one field to change".into()));
+        }
+        self.enqueue(entity, id, Kind::Update, Some(patch)).await
+    }
+
+    pub async fn delete(&self, entity: &str, id: &str) -> Result<()> {
+        check_entity(entity)?;
+        check_id(id)?;
+        self.enqueue(entity, id, Kind::Delete, None).await
+    }
+
+    async fn enqueue(&self, entity: &str, row_id: &str, kind: Kind, data: Option<Row>) -> Result<()> {
+        self.check_open()?;
+        self.load().await?;
+        let mut m = Mutation {
+            id: format!("mut_{}_{}", now_ms(), random_suffix()),
+            order: 0,
+            identity: String::new(),
+            entity: entity.to_string(),
+            row_id: row_id.to_string(),
+            kind,
+            data,
+            status: Status::Pending,
+            error: None,
+            attempts: 0,
+            created_at: now_ms(),
+        };
+        let m = self
+            .with_db(move |me, db| {
+                m.identity = me.inner.state.read().unwrap().queue_key.clone();
+                db.write(|w| w.add_mutation(&mut m))?;
+                let mut st = me.inner.state.write().unwrap();
+                if m.identity == st.queue_key {
+                    st.queue.push(m.clone());
+                    let State { replica, queue, .. } = &mut *st;
+                    replica.refresh(&m.entity, &m.row_id, queue);
+                    replica.bump(&[m.entity.clone()]);
+                }
+                me.refresh_counts(&mut st);
+                Ok(m)
+            })
+            .await?;
+        self.emit(Event::Change { entities: vec![m.entity.clone()] });
+        self.emit(Event::Mutation { status: "pending", mutation: m });
+        self.kick();
+        Ok(())
+    }
+
+    /// Removes a mutation (typically a failed one) and its optimistic effect.
+    pub async fn remove_mutation(&self, id: &str) -> Result<bool> {
+        let id = id.to_string();
+        let removed = self
+            .with_db(move |me, db| {
+                if me.inner.state.read().unwrap().queue.get(&id).is_none() {
+                    return Ok(None);
+                }
+                db.write(|w| w.delete_mutation(&id))?;
+                let mut st = me.inner.state.write().unwrap();
+                let m = st.queue.remove(&id);
+                if let Some(m) = &m {
+                    let State { replica, queue, .. } = &mut *st;
+                    replica.refresh(&m.entity, &m.row_id, queue);
+                    replica.bump(&[m.entity.clone()]);
+                }
+                me.refresh_counts(&mut st);
+                Ok(m)
+            })
+            .await?;
+        match removed {
+            Some(m) => {
+                self.emit(Event::Change { entities: vec![m.entity.clone()] });
+                self.emit(Event::Mutation { status: "removed", mutation: m });
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Puts a failed mutation back in the queue.
+    pub async fn retry_mutation(&self, id: &str) -> Result<()> {
+        let m = self.set_mutation_status(id, Status::Pending, None).await?;
+        self.emit(Event::Change { entities: vec![m.entity.clone()] });
+        self.emit(Event::Mutation { status: "pending", mutation: m });
+        self.kick();
+        Ok(())
+    }
+
+    async fn set_mutation_status(&self, id: &str, status: Status, error: Option<MutationError>) -> Result<Mutation> {
+        let id = id.to_string();
+        self.with_db(move |me, db| {
+            let mut m = me
+                .inner
+                .state
+                .read()
+                .unwrap()
+                .queue
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(format!("no mutation {id:?}")))?;
+            m.status = status;
+            m.error = error.clone();
+            if status == Status::Pending {
+                m.attempts = 0;
+            }
+            db.write(|w| w.save_mutation(&m))?;
+            let mut st = me.inner.state.write().unwrap();
+            st.queue.set_status(&id, status, error);
+            if status == Status::Pending {
+                st.queue.bump_attempts(&id);
+                st.queue.set_status(&id, status, None);
+            }
+            let State { replica, queue, .. } = &mut *st;
+            replica.refresh(&m.entity, &m.row_id, queue);
+            replica.bump(&[m.entity.clone()]);
+            me.refresh_counts(&mut st);
+            Ok(m)
+        })
+        .await
+    }
+
+    /// Sends queued writes, oldest first, through the REST entity routes.
+    async fn flush(&self) -> Result<()> {
+        loop {
+            let (next, token) = {
+                let st = self.inner.state.read().unwrap();
+                if st.queue_key != st.identity {
+                    return Ok(()); // identity not verified for this token yet
+                }
+                (st.queue.next_pending().cloned(), self.current_token())
+            };
+            let Some(m) = next else { return Ok(()) };
+            if m.row_id.starts_with(TEMP_PREFIX) && m.kind != Kind::Insert {
+                let err = MutationError {
+                    code: "DEPENDENCY_FAILED".into(),
+                    message: format!("the insert that created {} failed or was removed", m.row_id),
+                    status: None,
+                };
+                self.fail(&m, err).await?;
+                continue;
+            }
+            let api = &self.inner.api;
+            let t = token.as_deref();
+            let sent = match m.kind {
+                Kind::Insert => api.insert(t, &m.entity, m.data.as_ref().unwrap_or(&Row::new())).await.map(Some),
+                Kind::Update => api.update(t, &m.entity, &m.row_id, m.data.as_ref().unwrap_or(&Row::new())).await.map(|_| None),
+                Kind::Delete => match api.delete(t, &m.entity, &m.row_id).await {
+                    // already gone: the delete's goal holds
+                    Err(Error::Http { status: 404, .. }) => Ok(None),
+                    other => other.map(|_| None),
+                },
+            };
+            match sent {
+                Ok(server_id) => self.applied(&m, server_id).await?,
+                Err(e) if e.is_transient() => {
+                    let id = m.id.clone();
+                    self.with_db(move |me, db| {
+                        let mut st = me.inner.state.write().unwrap();
+                        st.queue.bump_attempts(&id);
+                        if let Some(m) = st.queue.get(&id) {
+                            db.write(|w| w.save_mutation(m))?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                    return Err(e);
+                }
+                Err(e) => {
+                    let err = MutationError {
+                        code: e.server_code().unwrap_or(e.code()).to_string(),
+                        message: e.to_string(),
+                        status: e.status(),
+                    };
+                    self.fail(&m, err).await?;
+                }
+            }
+        }
+    }
+
+    async fn fail(&self, m: &Mutation, error: MutationError) -> Result<()> {
+        let m = self.set_mutation_status(&m.id, Status::Failed, Some(error)).await?;
+        self.emit(Event::Change { entities: vec![m.entity.clone()] });
+        self.emit(Event::Mutation { status: "failed", mutation: m });
+        Ok(())
+    }
+
+    /// The server accepted `m`. For an insert, the temporary row becomes the
+    /// server's row in one step: on disk, in memory and in every queued
+    /// mutation that names the temporary id.
+    async fn applied(&self, m: &Mutation, server_id: Option<String>) -> Result<()> {
+        let m2 = m.clone();
+        let sid_for_event = server_id.clone();
+        let entities = self
+            .with_db(move |me, db| {
+                let m = m2;
+                let (base_row, remapped) = {
+                    let st = me.inner.state.read().unwrap();
+                    let base_row = match (&server_id, m.kind) {
+                        (Some(sid), Kind::Insert) if st.replica.base(&m.entity, sid).is_none() => {
+                            let mut row = m.data.clone().unwrap_or_default();
+                            row.insert("id".into(), Value::String(sid.clone()));
+                            Some(BaseRow { seq: 0, data: Some(Arc::new(row)) })
+                        }
+                        _ => None,
+                    };
+                    (base_row, ())
+                };
+                let _ = remapped;
+                let mut st = me.inner.state.write().unwrap();
+                let mut queue_after = std::mem::take(&mut st.queue);
+                queue_after.remove(&m.id);
+                let changed = match &server_id {
+                    Some(sid) => queue_after.remap(&m.entity, &m.row_id, sid),
+                    None => Vec::new(),
+                };
+                let write = db.write(|w| {
+                    w.delete_mutation(&m.id)?;
+                    if let (Some(sid), Some(row)) = (&server_id, &base_row) {
+                        w.effects(&[Effect::Put {
+                            entity: m.entity.clone(),
+                            id: sid.clone(),
+                            seq: row.seq,
+                            data: row.data.clone().unwrap(),
+                        }])?;
+                    }
+                    for c in &changed {
+                        w.save_mutation(c)?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = write {
+                    // put the queue back untouched: nothing changed on disk
+                    st.queue = Queue::new(db.mutations()?.into_iter().filter(|x| x.identity == st.queue_key));
+                    return Err(e);
+                }
+                st.queue = queue_after;
+                if let (Some(sid), Some(row)) = (&server_id, base_row) {
+                    st.replica.put_base(&m.entity, sid, row);
+                }
+                let State { replica, queue, .. } = &mut *st;
+                replica.refresh(&m.entity, &m.row_id, queue);
+                if let Some(sid) = &server_id {
+                    replica.refresh(&m.entity, sid, queue);
+                }
+                let mut entities = vec![m.entity.clone()];
+                for c in &changed {
+                    replica.refresh(&c.entity, &c.row_id, queue);
+                    if !entities.contains(&c.entity) {
+                        entities.push(c.entity.clone());
+                    }
+                }
+                replica.bump(&entities);
+                me.refresh_counts(&mut st);
+                Ok(entities)
+            })
+            .await?;
+        let mut done = m.clone();
+        if let Some(sid) = sid_for_event {
+            done.row_id = sid;
+        }
+        self.emit(Event::Change { entities });
+        self.emit(Event::Mutation { status: "applied", mutation: done });
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ pull
+
+    /// Pulls until the server says there is no more, bootstrapping first when
+    /// some readable entity has no snapshot in the replica yet.
+    async fn pull_to_head(&self) -> Result<()> {
+        loop {
+            match self.pull_pages().await {
+                Err(Error::Resync { oldest_seq }) => {
+                    let n = self.inner.resyncs_in_a_row.fetch_add(1, Ordering::SeqCst);
+                    self.reset_replica_inner("resync").await?;
+                    if n >= 1 {
+                        return Err(Error::Resync { oldest_seq });
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn pull_pages(&self) -> Result<()> {
+        self.bootstrap_if_needed().await?;
+        loop {
+            let (since, epoch) = (self.cursor(), self.inner.epoch.load(Ordering::SeqCst));
+            let token = self.current_token();
+            let page = self.inner.api.pull(token.as_deref(), since).await?;
+            self.inner.resyncs_in_a_row.store(0, Ordering::SeqCst);
+            let more = page.has_more;
+            self.apply_page(page, since, epoch).await?;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies one page of changes and moves the cursor, in one transaction.
+    async fn apply_page(&self, page: PullPage, since: u64, epoch: u64) -> Result<()> {
+        let PullPage { mut changes, cursor, .. } = page;
+        if cursor.last_seq < since {
+            return Err(Error::Protocol(format!(
+                "server moved the cursor backwards ({since} → {})",
+                cursor.last_seq
+            )));
+        }
+        changes.retain(|c| c.seq > since && c.seq <= cursor.last_seq);
+        self.apply_changes(changes, Some(cursor.last_seq), epoch).await
+    }
+
+    /// Merges server changes (and the new cursor, if any) durably, then in memory.
+    pub(crate) async fn apply_changes(&self, changes: Vec<ChangeEvent>, cursor: Option<u64>, epoch: u64) -> Result<()> {
+        let (mut effects, missing) = self.inner.state.read().unwrap().replica.plan(&changes);
+        if !missing.is_empty() {
+            let token = self.current_token();
+            for m in missing {
+                if let Some(mut row) = self.inner.api.get(token.as_deref(), &m.entity, &m.id).await? {
+                    row.insert("id".into(), Value::String(m.id.clone()));
+                    effects.push(Effect::Put { entity: m.entity, id: m.id, seq: m.seq, data: Arc::new(row) });
+                }
+            }
+        }
+        let entities = self
+            .with_db(move |me, db| {
+                if me.inner.epoch.load(Ordering::SeqCst) != epoch {
+                    return Ok(Vec::new()); // reset meanwhile: these changes belong to the old replica
+                }
+                db.write(|w| {
+                    w.effects(&effects)?;
+                    if let Some(c) = cursor {
+                        w.set_cursor(c)?;
+                    }
+                    Ok(())
+                })?;
+                let mut st = me.inner.state.write().unwrap();
+                if let Some(c) = cursor {
+                    st.cursor = c;
+                }
+                let State { replica, queue, .. } = &mut *st;
+                let touched = replica.commit(&effects, queue);
+                me.refresh_counts(&mut st);
+                Ok(touched)
+            })
+            .await?;
+        if !entities.is_empty() {
+            self.emit(Event::Change { entities });
+        }
+        Ok(())
+    }
+
+    async fn bootstrap_if_needed(&self) -> Result<()> {
+        let token = self.current_token();
+        let covered = self.inner.state.read().unwrap().covered.clone();
+        let infos = match self.inner.api.entities(token.as_deref()).await {
+            Ok(i) => i,
+            // a server without a manifest route: replaying the log is all we can do
+            Err(Error::Http { status: 404, .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let wanted: Vec<_> = infos.into_iter().filter(|i| !covered.contains(&i.name)).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        self.set_phase(Phase::Bootstrapping, None, 0);
+        let epoch = self.inner.epoch.load(Ordering::SeqCst);
+        let me = self.clone();
+        let snap = snapshot::take(&self.inner.api, token.as_deref(), &wanted, &move |entity, rows, done| {
+            me.emit(Event::Progress { entity: entity.to_string(), rows, done })
+        })
+        .await?;
+        self.install_snapshot(snap, epoch, false).await
+    }
+
+    /// Replaces the snapshot's entities wholesale. A fresh replica (or
+    /// `adopt_head`) takes the head the snapshot was read after as its cursor;
+    /// a replica that already follows the log keeps its cursor, since
+    /// replaying from there is harmless.
+    async fn install_snapshot(&self, snap: Snapshot, epoch: u64, adopt_head: bool) -> Result<()> {
+        let entities: Vec<String> = snap.rows.keys().cloned().collect();
+        let changed = entities.clone();
+        self.with_db(move |me, db| {
+            if me.inner.epoch.load(Ordering::SeqCst) != epoch {
+                return Ok(());
+            }
+            let (cursor, mut covered) = {
+                let st = me.inner.state.read().unwrap();
+                (if st.cursor == 0 || adopt_head { snap.head } else { st.cursor }, st.covered.clone())
+            };
+            covered.extend(entities.iter().cloned());
+            let mut tables: BTreeMap<String, BTreeMap<String, BaseRow>> = BTreeMap::new();
+            db.write(|w| {
+                for (entity, rows) in &snap.rows {
+                    w.clear_entity(entity)?;
+                    let effects: Vec<Effect> = rows
+                        .iter()
+                        .map(|(id, r)| Effect::Put { entity: entity.clone(), id: id.clone(), seq: 0, data: r.clone() })
+                        .collect();
+                    w.effects(&effects)?;
+                }
+                w.set_cursor(cursor)?;
+                w.set_meta("covered", &serde_json::to_string(&covered)?)?;
+                Ok(())
+            })?;
+            for (entity, rows) in snap.rows {
+                tables.insert(
+                    entity,
+                    rows.into_iter().map(|(id, data)| (id, BaseRow { seq: 0, data: Some(data) })).collect(),
+                );
+            }
+            let mut st = me.inner.state.write().unwrap();
+            st.cursor = cursor;
+            st.covered = covered;
+            let State { replica, queue, .. } = &mut *st;
+            replica.replace_entities(tables, queue);
+            me.refresh_counts(&mut st);
+            Ok(())
+        })
+        .await?;
+        self.emit(Event::Change { entities: changed });
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------- reset
+
+    /// Drops every row and tombstone (memory and disk), cursor 0. Queued
+    /// writes stay. Does not pull.
+    pub async fn reset_replica(&self) -> Result<()> {
+        self.check_open()?;
+        self.load().await?;
+        self.reset_replica_inner("reset").await
+    }
+
+    async fn reset_replica_inner(&self, reason: &'static str) -> Result<()> {
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        let entities = self
+            .with_db(|me, db| {
+                db.write(|w| {
+                    w.clear_rows()?;
+                    w.set_cursor(0)?;
+                    w.set_meta("covered", "[]")
+                })?;
+                let mut st = me.inner.state.write().unwrap();
+                let entities = st.replica.entities();
+                st.replica.clear();
+                st.cursor = 0;
+                st.covered.clear();
+                let State { replica, queue, .. } = &mut *st;
+                replica.rebuild_overlay(queue);
+                me.refresh_counts(&mut st);
+                Ok(entities)
+            })
+            .await?;
+        if reason != "reset" {
+            self.emit(Event::Resync { reason });
+        }
+        self.emit(Event::Change { entities });
+        Ok(())
+    }
+
+    // ------------------------------------------------------------- hydration
+
+    /// Seeds rows and the cursor (from `get_server_data`). Before `start()` the
+    /// data is applied when the database is loaded; the hydrated entities are
+    /// then not bootstrapped again.
+    pub async fn hydrate(&self, h: Hydration) -> Result<()> {
+        self.check_open()?;
+        for (entity, rows) in &h.entities {
+            check_entity(entity)?;
+            for r in rows {
+                match r.get("id") {
+                    Some(Value::String(id)) if !id.is_empty() => {}
+                    _ => return Err(Error::InvalidArg(format!("hydration row of {entity} has no string id"))),
+                }
+            }
+        }
+        if !self.inner.state.read().unwrap().loaded {
+            self.inner.state.write().unwrap().pending_hydration = Some(h);
+            return Ok(());
+        }
+        self.apply_hydration(h).await
+    }
+
+    async fn apply_hydration(&self, h: Hydration) -> Result<()> {
+        let epoch = self.inner.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut rows: BTreeMap<String, BTreeMap<String, Arc<Row>>> = BTreeMap::new();
+        for (entity, list) in h.entities {
+            let table = rows.entry(entity).or_default();
+            for r in list {
+                let id = r["id"].as_str().unwrap_or_default().to_string();
+                table.insert(id, Arc::new(r));
+            }
+        }
+        // the hydration's cursor replaces ours; replaying from it is harmless
+        let head = h.cursor.last_seq;
+        self.install_snapshot(Snapshot { head, rows }, epoch, true).await
+    }
+}
+
+/// Rows of `entities` and a cursor they are consistent with: the log head is
+/// read first, the rows after it, so pulling from the cursor replays whatever
+/// changed while the rows were read.
+pub async fn get_server_data(base_url: &str, entities: &[String], token: Option<&str>) -> Result<Hydration> {
+    let api = Api::new(base_url)?;
+    for e in entities {
+        check_entity(e)?;
+    }
+    let infos: Vec<crate::api::EntityInfo> = entities
+        .iter()
+        .map(|name| crate::api::EntityInfo { name: name.clone(), has_policy: true })
+        .collect();
+    let snap = snapshot::take(&api, token, &infos, &|_, _, _| {}).await?;
+    Ok(Hydration {
+        entities: snap
+            .rows
+            .into_iter()
+            .map(|(e, rows)| (e, rows.into_values().map(|r| (*r).clone()).collect()))
+            .collect(),
+        cursor: Cursor { last_seq: snap.head },
+    })
+}

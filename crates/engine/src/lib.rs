@@ -1,0 +1,18 @@
+//! pylon-sync engine: a durable local replica of a Pylon app, kept in sync
+//! over the Pylon protocol. Pure Rust; the Node binding lives elsewhere.
+
+pub mod api;
+pub mod backoff;
+pub mod db;
+pub mod engine;
+pub mod error;
+pub mod infinite;
+pub mod protocol;
+pub mod queue;
+pub mod replica;
+pub mod snapshot;
+
+pub use engine::{get_server_data, Config, Engine, Event, Listener, Phase, SyncStatus, Transport};
+pub use error::{Error, Result};
+pub use protocol::{ChangeEvent, Cursor, Hydration, Kind, Row, Session};
+pub use queue::{Mutation, MutationError, Status as MutationStatus};

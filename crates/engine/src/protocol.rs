@@ -1,0 +1,131 @@
+//! Wire types of the Pylon sync protocol (see PROTOCOL.md §3, §5, §9).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A row: a JSON object. The row id lives in `"id"`.
+pub type Row = Map<String, Value>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Insert => "insert",
+            Kind::Update => "update",
+            Kind::Delete => "delete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "insert" => Some(Kind::Insert),
+            "update" => Some(Kind::Update),
+            "delete" => Some(Kind::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the server's change log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    pub seq: u64,
+    pub entity: String,
+    pub row_id: String,
+    pub kind: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Row>,
+    #[serde(default)]
+    pub timestamp: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub last_seq: u64,
+}
+
+/// `GET /api/sync/pull` answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PullPage {
+    pub changes: Vec<ChangeEvent>,
+    pub cursor: Cursor,
+    #[serde(default)]
+    pub has_more: bool,
+}
+
+/// What `/api/auth/me` says about the caller, in the spec's shape.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    pub user_id: Option<String>,
+    pub tenant_id: Option<String>,
+    pub is_admin: bool,
+    pub roles: Vec<String>,
+}
+
+impl Session {
+    /// The part of a session that decides which rows are visible.
+    /// Rows and queued writes are kept per identity key.
+    pub fn identity_key(&self) -> String {
+        format!(
+            "user:{}|tenant:{}",
+            self.user_id.as_deref().unwrap_or(""),
+            self.tenant_id.as_deref().unwrap_or("")
+        )
+    }
+}
+
+/// The raw `/api/auth/me` body (snake_case, optional members).
+#[derive(Debug, Deserialize)]
+pub(crate) struct MeBody {
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    #[serde(default)]
+    pub is_admin: bool,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+impl From<MeBody> for Session {
+    fn from(b: MeBody) -> Self {
+        Session {
+            user_id: b.user_id,
+            tenant_id: b.tenant_id,
+            is_admin: b.is_admin,
+            roles: b.roles,
+        }
+    }
+}
+
+/// Data for `hydrate`: rows per entity and the cursor they are consistent with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Hydration {
+    pub entities: std::collections::BTreeMap<String, Vec<Row>>,
+    pub cursor: Cursor,
+}
+
+/// The JSON error envelope `{"error":{"code","message","oldest_seq"?}}`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Envelope {
+    pub error: EnvelopeError,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct EnvelopeError {
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub oldest_seq: Option<u64>,
+    #[serde(default)]
+    pub retry_after_secs: Option<u64>,
+}

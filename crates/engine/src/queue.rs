@@ -1,0 +1,219 @@
+//! The mutation queue: local writes waiting for the server, in the order they
+//! were made. Failed mutations stay (without effect) until removed or retried.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::protocol::{Kind, Row};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// Why the server refused a mutation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MutationError {
+    pub code: String,
+    pub message: String,
+    pub status: Option<u16>,
+}
+
+/// One local write.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mutation {
+    pub id: String,
+    /// Position in the queue (SQLite rowid): later writes have larger orders.
+    #[serde(skip)]
+    pub order: i64,
+    /// The identity the write was made under; it is only ever sent with that identity's token.
+    #[serde(skip)]
+    pub identity: String,
+    pub entity: String,
+    pub row_id: String,
+    pub kind: Kind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Row>,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<MutationError>,
+    pub attempts: u32,
+    pub created_at: u64,
+}
+
+type RowKey = (String, String);
+
+/// The active identity's mutations.
+#[derive(Debug, Default)]
+pub struct Queue {
+    items: BTreeMap<i64, Mutation>,
+    by_id: HashMap<String, i64>,
+    pending_by_row: HashMap<RowKey, BTreeSet<i64>>,
+}
+
+impl Queue {
+    pub fn new(mutations: impl IntoIterator<Item = Mutation>) -> Queue {
+        let mut q = Queue::default();
+        for m in mutations {
+            q.push(m);
+        }
+        q
+    }
+
+    pub fn push(&mut self, m: Mutation) {
+        self.by_id.insert(m.id.clone(), m.order);
+        if m.status == Status::Pending {
+            self.pending_by_row.entry(key(&m)).or_default().insert(m.order);
+        }
+        self.items.insert(m.order, m);
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<Mutation> {
+        let order = self.by_id.remove(id)?;
+        let m = self.items.remove(&order)?;
+        self.unindex(&m);
+        Some(m)
+    }
+
+    fn unindex(&mut self, m: &Mutation) {
+        let k = key(m);
+        if let Some(set) = self.pending_by_row.get_mut(&k) {
+            set.remove(&m.order);
+            if set.is_empty() {
+                self.pending_by_row.remove(&k);
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Mutation> {
+        self.by_id.get(id).and_then(|o| self.items.get(o))
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Mutation> {
+        self.items.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending_by_row.values().map(BTreeSet::len).sum()
+    }
+
+    /// The oldest pending mutation: the next one to send.
+    pub fn next_pending(&self) -> Option<&Mutation> {
+        self.items.values().find(|m| m.status == Status::Pending)
+    }
+
+    /// Pending mutations of one row, oldest first.
+    pub fn pending_for<'a>(&'a self, entity: &str, row_id: &str) -> impl Iterator<Item = &'a Mutation> + 'a {
+        self.pending_by_row
+            .get(&(entity.to_string(), row_id.to_string()))
+            .into_iter()
+            .flat_map(move |set| set.iter().filter_map(|o| self.items.get(o)))
+    }
+
+    pub fn has_pending_for(&self, entity: &str, row_id: &str) -> bool {
+        self.pending_by_row.contains_key(&(entity.to_string(), row_id.to_string()))
+    }
+
+    /// Changes status (and error); keeps the row index right.
+    pub fn set_status(&mut self, id: &str, status: Status, error: Option<MutationError>) -> Option<&Mutation> {
+        let order = *self.by_id.get(id)?;
+        let m = self.items.get(&order)?.clone();
+        self.unindex(&m);
+        let m = self.items.get_mut(&order)?;
+        m.status = status;
+        m.error = error;
+        if status == Status::Pending {
+            self.pending_by_row.entry(key(m)).or_default().insert(order);
+        }
+        self.items.get(&order)
+    }
+
+    pub fn bump_attempts(&mut self, id: &str) {
+        if let Some(m) = self.by_id.get(id).and_then(|o| self.items.get_mut(o)) {
+            m.attempts += 1;
+        }
+    }
+
+    /// Replaces a temporary id by the server's id in every queued mutation:
+    /// as the target row and wherever it appears as a value in the data.
+    /// Returns the mutations that changed.
+    pub fn remap(&mut self, entity: &str, temp: &str, server: &str) -> Vec<Mutation> {
+        let mut changed = Vec::new();
+        let orders: Vec<i64> = self.items.keys().copied().collect();
+        for order in orders {
+            let before = self.items[&order].clone();
+            let mut m = before.clone();
+            if m.entity == entity && m.row_id == temp {
+                m.row_id = server.to_string();
+            }
+            if let Some(data) = m.data.as_mut() {
+                for v in data.values_mut() {
+                    if v.as_str() == Some(temp) {
+                        *v = Value::String(server.to_string());
+                    }
+                }
+            }
+            if m != before {
+                self.unindex(&before);
+                if m.status == Status::Pending {
+                    self.pending_by_row.entry(key(&m)).or_default().insert(order);
+                }
+                self.items.insert(order, m.clone());
+                changed.push(m);
+            }
+        }
+        changed
+    }
+}
+
+fn key(m: &Mutation) -> RowKey {
+    (m.entity.clone(), m.row_id.clone())
+}
+
+/// The row as the user should see it: the server's row with the pending
+/// mutations applied in order. `None` means the row does not exist.
+pub fn project<'a>(base: Option<&Row>, row_id: &str, pending: impl Iterator<Item = &'a Mutation>) -> Option<Row> {
+    let mut row = base.cloned();
+    for m in pending {
+        match m.kind {
+            Kind::Insert => {
+                let mut r = m.data.clone().unwrap_or_default();
+                r.insert("id".into(), Value::String(row_id.to_string()));
+                row = Some(r);
+            }
+            Kind::Update => {
+                if let (Some(r), Some(patch)) = (row.as_mut(), m.data.as_ref()) {
+                    for (k, v) in patch {
+                        if k != "id" {
+                            r.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+            Kind::Delete => row = None,
+        }
+    }
+    row
+}

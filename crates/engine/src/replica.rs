@@ -1,0 +1,316 @@
+//! The in-memory replica: the server's rows per entity plus the visible effect
+//! of pending local writes. Pure data, no I/O: every change is first planned as
+//! a list of [`Effect`]s, persisted, then committed here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::protocol::{ChangeEvent, Kind, Row};
+use crate::queue::{project, Queue};
+
+/// A server row, or a tombstone (`data: None`) that remembers the delete's seq.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaseRow {
+    /// Seq of the last change applied to it; 0 for rows from a snapshot-less
+    /// source (hydration, an acknowledged local insert) that any event may replace.
+    pub seq: u64,
+    pub data: Option<Arc<Row>>,
+}
+
+/// A durable change to the server rows, planned before it is persisted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Put { entity: String, id: String, seq: u64, data: Arc<Row> },
+    Tombstone { entity: String, id: String, seq: u64 },
+}
+
+impl Effect {
+    pub fn entity(&self) -> &str {
+        match self {
+            Effect::Put { entity, .. } | Effect::Tombstone { entity, .. } => entity,
+        }
+    }
+    pub fn id(&self) -> &str {
+        match self {
+            Effect::Put { id, .. } | Effect::Tombstone { id, .. } => id,
+        }
+    }
+}
+
+/// An update for a row we do not hold: the full row must be fetched first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Missing {
+    pub entity: String,
+    pub id: String,
+    pub seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    base: BTreeMap<String, BaseRow>,
+    /// Rows whose visible state differs from `base` because of pending writes.
+    overlay: BTreeMap<String, Option<Arc<Row>>>,
+    version: u64,
+    visible: Option<Arc<Vec<Arc<Row>>>>,
+    json: Option<Arc<str>>,
+}
+
+impl Table {
+    fn touch(&mut self) {
+        self.version += 1;
+        self.visible = None;
+        self.json = None;
+    }
+
+    fn base_row(&self, id: &str) -> Option<&Row> {
+        self.base.get(id).and_then(|b| b.data.as_deref())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Replica {
+    tables: HashMap<String, Table>,
+    /// Bumped on every change of any table; lets readers cache cheaply.
+    version: u64,
+}
+
+impl Replica {
+    pub fn new() -> Replica {
+        Replica::default()
+    }
+
+    /// Loads stored rows (rows and tombstones) without planning.
+    pub fn load(&mut self, rows: impl IntoIterator<Item = (String, String, BaseRow)>) {
+        for (entity, id, row) in rows {
+            self.tables.entry(entity).or_default().base.insert(id, row);
+        }
+        for t in self.tables.values_mut() {
+            t.touch();
+        }
+        self.version += 1;
+    }
+
+    /// Drops every row, tombstone and overlay. Versions keep growing so caches invalidate.
+    pub fn clear(&mut self) {
+        for t in self.tables.values_mut() {
+            t.base.clear();
+            t.overlay.clear();
+            t.touch();
+        }
+        self.version += 1;
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn entity_version(&self, entity: &str) -> u64 {
+        self.tables.get(entity).map_or(0, |t| t.version)
+    }
+
+    pub fn entities(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tables.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Visible row.
+    pub fn get(&self, entity: &str, id: &str) -> Option<Arc<Row>> {
+        let t = self.tables.get(entity)?;
+        match t.overlay.get(id) {
+            Some(v) => v.clone(),
+            None => t.base.get(id).and_then(|b| b.data.clone()),
+        }
+    }
+
+    pub fn base(&self, entity: &str, id: &str) -> Option<&BaseRow> {
+        self.tables.get(entity)?.base.get(id)
+    }
+
+    /// Visible rows ordered by id (server ids are time-ordered; temporary ids sort last).
+    pub fn list(&mut self, entity: &str) -> Arc<Vec<Arc<Row>>> {
+        let Some(t) = self.tables.get_mut(entity) else {
+            return Arc::new(Vec::new());
+        };
+        if let Some(v) = &t.visible {
+            return v.clone();
+        }
+        let mut rows = Vec::with_capacity(t.base.len() + t.overlay.len());
+        let mut overlay = t.overlay.iter().peekable();
+        for (id, b) in &t.base {
+            while let Some((oid, o)) = overlay.next_if(|(oid, _)| oid.as_str() < id.as_str()) {
+                let _ = oid;
+                rows.extend(o.clone());
+            }
+            match overlay.next_if(|(oid, _)| *oid == id) {
+                Some((_, o)) => rows.extend(o.clone()),
+                None => rows.extend(b.data.clone()),
+            }
+        }
+        rows.extend(overlay.filter_map(|(_, o)| o.clone()));
+        let rows = Arc::new(rows);
+        t.visible = Some(rows.clone());
+        rows
+    }
+
+    /// Visible rows as one JSON array, cached until the entity changes.
+    pub fn list_json(&mut self, entity: &str) -> Arc<str> {
+        if let Some(j) = self.tables.get(entity).and_then(|t| t.json.clone()) {
+            return j;
+        }
+        let rows = self.list(entity);
+        let json: Arc<str> = serde_json::to_string(&*rows).expect("rows serialize").into();
+        if let Some(t) = self.tables.get_mut(entity) {
+            t.json = Some(json.clone());
+        }
+        json
+    }
+
+    pub fn row_count(&self, entity: &str) -> usize {
+        self.tables.get(entity).map_or(0, |t| t.base.values().filter(|b| b.data.is_some()).count())
+    }
+
+    /// Works out what a batch of server changes does to the stored rows,
+    /// following the merge rules: an event at or below a row's seq (or its
+    /// tombstone's) is stale and ignored; insert replaces the row; update
+    /// patches it; delete leaves a tombstone. Updates of rows we do not hold
+    /// are returned as [`Missing`] so the caller can fetch the full row.
+    pub fn plan(&self, events: &[ChangeEvent]) -> (Vec<Effect>, Vec<Missing>) {
+        let mut scratch: HashMap<(&str, &str), BaseRow> = HashMap::new();
+        let mut effects = Vec::new();
+        let mut missing: Vec<Missing> = Vec::new();
+        for ev in events {
+            let k = (ev.entity.as_str(), ev.row_id.as_str());
+            let current = scratch
+                .get(&k)
+                .cloned()
+                .or_else(|| self.base(&ev.entity, &ev.row_id).cloned());
+            if current.as_ref().is_some_and(|c| ev.seq <= c.seq) {
+                continue;
+            }
+            let next = match (ev.kind, &ev.data) {
+                (Kind::Insert, Some(data)) => {
+                    let mut row = data.clone();
+                    row.insert("id".into(), Value::String(ev.row_id.clone()));
+                    BaseRow { seq: ev.seq, data: Some(Arc::new(row)) }
+                }
+                (Kind::Update, Some(patch)) => match current.as_ref().and_then(|c| c.data.as_deref()) {
+                    Some(row) => {
+                        let mut row = row.clone();
+                        for (f, v) in patch {
+                            if f != "id" {
+                                row.insert(f.clone(), v.clone());
+                            }
+                        }
+                        BaseRow { seq: ev.seq, data: Some(Arc::new(row)) }
+                    }
+                    None => {
+                        if current.is_none() {
+                            missing.retain(|m| (m.entity.as_str(), m.id.as_str()) != k);
+                            missing.push(Missing { entity: ev.entity.clone(), id: ev.row_id.clone(), seq: ev.seq });
+                        }
+                        continue;
+                    }
+                },
+                (Kind::Delete, _) => {
+                    missing.retain(|m| (m.entity.as_str(), m.id.as_str()) != k);
+                    BaseRow { seq: ev.seq, data: None }
+                }
+                // insert/update without data carry nothing to apply
+                _ => continue,
+            };
+            scratch.insert(k, next);
+        }
+        for ((entity, id), row) in scratch {
+            effects.push(match row.data {
+                Some(data) => Effect::Put { entity: entity.into(), id: id.into(), seq: row.seq, data },
+                None => Effect::Tombstone { entity: entity.into(), id: id.into(), seq: row.seq },
+            });
+        }
+        // a later insert makes an earlier missing update moot
+        missing.retain(|m| !effects.iter().any(|e| e.entity() == m.entity && e.id() == m.id));
+        (effects, missing)
+    }
+
+    /// Applies persisted effects and refreshes the visible rows they touch.
+    /// Returns the entities that changed.
+    pub fn commit(&mut self, effects: &[Effect], queue: &Queue) -> Vec<String> {
+        let mut touched: Vec<String> = Vec::new();
+        for e in effects {
+            let t = self.tables.entry(e.entity().to_string()).or_default();
+            let row = match e {
+                Effect::Put { seq, data, .. } => BaseRow { seq: *seq, data: Some(data.clone()) },
+                Effect::Tombstone { seq, .. } => BaseRow { seq: *seq, data: None },
+            };
+            t.base.insert(e.id().to_string(), row);
+            if !touched.iter().any(|x| x == e.entity()) {
+                touched.push(e.entity().to_string());
+            }
+        }
+        for e in effects {
+            self.refresh(e.entity(), e.id(), queue);
+        }
+        self.bump(&touched);
+        touched
+    }
+
+    /// Recomputes the visible row of one key from its base row and the pending mutations.
+    pub fn refresh(&mut self, entity: &str, id: &str, queue: &Queue) {
+        let t = self.tables.entry(entity.to_string()).or_default();
+        if !queue.has_pending_for(entity, id) {
+            if t.overlay.remove(id).is_some() {
+                t.touch();
+            }
+            return;
+        }
+        let base = t.base_row(id).cloned();
+        let visible = project(base.as_ref(), id, queue.pending_for(entity, id));
+        if visible == base {
+            t.overlay.remove(id);
+        } else {
+            t.overlay.insert(id.to_string(), visible.map(Arc::new));
+        }
+        t.touch();
+    }
+
+    /// Replaces one base row by another id (an acknowledged insert getting its server id).
+    pub fn put_base(&mut self, entity: &str, id: &str, row: BaseRow) {
+        self.tables.entry(entity.to_string()).or_default().base.insert(id.to_string(), row);
+    }
+
+    /// Marks entities as changed so list caches are rebuilt and readers notice.
+    pub fn bump(&mut self, entities: &[String]) {
+        for e in entities {
+            self.tables.entry(e.clone()).or_default().touch();
+        }
+        self.version += 1;
+    }
+
+    /// Replaces the rows of the snapshot's entities wholesale; their tombstones go.
+    pub fn replace_entities(&mut self, snapshot: BTreeMap<String, BTreeMap<String, BaseRow>>, queue: &Queue) {
+        for (entity, rows) in snapshot {
+            self.tables.entry(entity).or_default().base = rows;
+        }
+        self.rebuild_overlay(queue);
+    }
+
+    /// Recomputes every overlay from the queue (after load, reset or identity change).
+    pub fn rebuild_overlay(&mut self, queue: &Queue) {
+        for t in self.tables.values_mut() {
+            t.overlay.clear();
+        }
+        let keys: Vec<(String, String)> = queue
+            .all()
+            .map(|m| (m.entity.clone(), m.row_id.clone()))
+            .collect();
+        for (e, id) in keys {
+            self.refresh(&e, &id, queue);
+        }
+        for t in self.tables.values_mut() {
+            t.touch();
+        }
+        self.version += 1;
+    }
+}

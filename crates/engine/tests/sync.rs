@@ -1,0 +1,235 @@
+//! The engine against the dev server over real sockets, with a real SQLite file.
+
+use std::time::Duration;
+
+use pylon_devserver::{spawn, Config as ServerConfig, Handle};
+use pylon_sync_engine::{Config, Engine, Error, Event, MutationStatus, Row};
+use serde_json::{json, Value};
+
+async fn server() -> Handle {
+    spawn(ServerConfig::default()).await.unwrap()
+}
+
+fn row(v: Value) -> Row {
+    v.as_object().unwrap().clone()
+}
+
+fn config(url: &str, db: Option<&std::path::Path>) -> Config {
+    let mut c = Config::new(url);
+    c.poll_interval = Duration::from_millis(50);
+    c.reconnect_delay = Duration::from_millis(20);
+    c.db_path = db.map(|p| p.to_path_buf());
+    c
+}
+
+async fn control(url: &str, what: &str, body: Value) -> Value {
+    reqwest::Client::new()
+        .post(format!("{url}/__control/{what}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn rest(url: &str, method: reqwest::Method, path: &str, body: Value) -> Value {
+    reqwest::Client::new()
+        .request(method, format!("{url}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap_or(Value::Null)
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_gets_every_row_beyond_the_log_retention() {
+    let srv = server().await;
+    let seeded = control(&srv.url, "seed", json!({ "entity": "Todo", "count": 25_000, "data": { "title": "t{i}", "done": false } })).await;
+    assert_eq!(seeded["head"], 25_000);
+    let engine = Engine::new(config(&srv.url, None)).unwrap();
+    engine.start().await.unwrap();
+    assert_eq!(engine.list("Todo").len(), 25_000, "a pull from 0 would only see the last 10,000");
+    assert_eq!(engine.cursor(), 25_000);
+    engine.close().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_gets_the_server_id_and_survives_restart() {
+    let srv = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("replica.db");
+    let engine = Engine::new(config(&srv.url, Some(&db))).unwrap();
+    let seen_both = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let e2 = engine.clone();
+        let flag = seen_both.clone();
+        engine.set_listener(Some(std::sync::Arc::new(move |ev| {
+            if let Event::Change { .. } = ev {
+                if e2.list("Todo").len() > 1 {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        })));
+    }
+    engine.start().await.unwrap();
+    let temp = engine.insert("Todo", row(json!({ "title": "one", "done": false }))).await.unwrap();
+    assert!(temp.starts_with("_pending_"));
+    assert_eq!(engine.get("Todo", &temp).unwrap()["title"], "one");
+    eventually("the insert to be acknowledged", || engine.mutations().is_empty()).await;
+    let rows = engine.list("Todo");
+    assert_eq!(rows.len(), 1);
+    let id = rows[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 40);
+    assert!(!seen_both.load(std::sync::atomic::Ordering::SeqCst), "a listener saw the temp row and the server row at once");
+    // an update queued while offline survives a restart and is sent afterwards
+    engine.stop().await;
+    engine.update("Todo", &id, row(json!({ "done": true }))).await.unwrap();
+    engine.close().await;
+    let engine = Engine::new(config(&srv.url, Some(&db))).unwrap();
+    assert_eq!(engine.mutations().len(), 0, "nothing is loaded before start");
+    engine.start().await.unwrap();
+    eventually("the queued update to reach the server", || engine.mutations().is_empty()).await;
+    let server_row = rest(&srv.url, reqwest::Method::GET, &format!("/api/entities/Todo/{id}"), Value::Null).await;
+    assert_eq!(server_row["done"], 1);
+    assert_eq!(engine.get("Todo", &id).unwrap()["done"], true);
+    engine.close().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_insert_is_kept_failed_and_its_effect_undone() {
+    let srv = server().await;
+    let engine = Engine::new(config(&srv.url, None)).unwrap();
+    engine.start().await.unwrap();
+    // title is required: the server answers 400 INSERT_FAILED
+    let temp = engine.insert("Todo", row(json!({ "done": false }))).await.unwrap();
+    eventually("the insert to fail", || engine.mutations().first().is_some_and(|m| m.status == MutationStatus::Failed)).await;
+    let m = engine.mutations().remove(0);
+    assert_eq!(m.error.as_ref().unwrap().code, "INSERT_FAILED");
+    assert!(engine.get("Todo", &temp).is_none(), "the optimistic row must be undone");
+    // an update of the failed insert's row cannot be sent and fails too
+    engine.update("Todo", &temp, row(json!({ "title": "x" }))).await.unwrap();
+    eventually("the dependent update to fail", || engine.mutations().iter().all(|m| m.status == MutationStatus::Failed)).await;
+    assert_eq!(engine.mutations()[1].error.as_ref().unwrap().code, "DEPENDENCY_FAILED");
+    assert!(engine.remove_mutation(&m.id).await.unwrap());
+    assert_eq!(engine.mutations().len(), 1);
+    engine.close().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_keep_writes_and_cursor() {
+    let srv = server().await;
+    let engine = Engine::new(config(&srv.url, None)).unwrap();
+    engine.start().await.unwrap();
+    control(&srv.url, "faults", json!({ "rules": [
+        { "path": "/api/entities", "status": 503, "count": 2 },
+        { "path": "/api/sync/pull", "malformed": true, "count": 1 },
+        { "path": "/api/sync/pull", "status": 429, "retryAfter": 1, "count": 1 } ] })).await;
+    engine.insert("Todo", row(json!({ "title": "a", "done": false }))).await.unwrap();
+    eventually("the insert to get through", || engine.mutations().is_empty()).await;
+    eventually("the pull to catch up", || engine.cursor() == 1).await;
+    assert_eq!(engine.list("Todo").len(), 1);
+    engine.close().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_and_server_restart_rebuild_the_replica() {
+    let srv = server().await;
+    control(&srv.url, "seed", json!({ "entity": "Todo", "count": 3, "data": { "title": "t{i}", "done": false } })).await;
+    let engine = Engine::new(config(&srv.url, None)).unwrap();
+    engine.start().await.unwrap();
+    assert_eq!(engine.list("Todo").len(), 3);
+    // a delete, then a restart that renumbers the log to 2 events: our cursor (4) is ahead → 410
+    let id = engine.list("Todo")[0]["id"].as_str().unwrap().to_string();
+    rest(&srv.url, reqwest::Method::DELETE, &format!("/api/entities/Todo/{id}"), Value::Null).await;
+    eventually("the delete to arrive", || engine.list("Todo").len() == 2).await;
+    control(&srv.url, "restart", json!({})).await;
+    rest(&srv.url, reqwest::Method::POST, "/api/entities/Todo", json!({ "title": "new", "done": true })).await;
+    eventually("a rebuilt replica", || engine.list("Todo").len() == 3 && engine.cursor() == 3).await;
+    engine.close().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_flip_resets_and_parks_the_old_identitys_writes() {
+    let srv = server().await;
+    let alice = rest(&srv.url, reqwest::Method::POST, "/api/auth/session", json!({ "user_id": "alice" })).await;
+    let bob = rest(&srv.url, reqwest::Method::POST, "/api/auth/session", json!({ "user_id": "bob" })).await;
+    for (user, body) in [("alice", "a's note"), ("bob", "b's note")] {
+        let token = if user == "alice" { &alice["token"] } else { &bob["token"] };
+        reqwest::Client::new()
+            .post(format!("{}/api/entities/Note", srv.url))
+            .bearer_auth(token.as_str().unwrap())
+            .json(&json!({ "body": body, "userId": user }))
+            .send()
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&srv.url, Some(&dir.path().join("r.db")));
+    cfg.token = alice["token"].as_str().map(str::to_string);
+    let engine = Engine::new(cfg).unwrap();
+    engine.start().await.unwrap();
+    let notes = engine.list("Note");
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0]["body"], "a's note");
+    // alice writes while the server refuses writes; then bob signs in
+    control(&srv.url, "faults", json!({ "rules": [{ "path": "/api/entities/Note", "method": "POST", "status": 503 }] })).await;
+    engine.insert("Note", row(json!({ "body": "a2", "userId": "alice" }))).await.unwrap();
+    engine.set_token(bob["token"].as_str().map(str::to_string));
+    let session = engine.notify_session_changed().await.unwrap().unwrap();
+    assert_eq!(session.user_id.as_deref(), Some("bob"));
+    control(&srv.url, "faults", json!({})).await;
+    eventually("bob's replica", || {
+        let n = engine.list("Note");
+        n.len() == 1 && n[0]["body"] == "b's note"
+    })
+    .await;
+    assert!(engine.mutations().is_empty(), "alice's queued write must not be visible to bob");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let server_state = control(&srv.url, "state", Value::Null).await;
+    let _ = server_state;
+    let all = reqwest::Client::new().get(format!("{}/__control/state", srv.url)).send().await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(all["rows"]["Note"], 2, "alice's write must not be sent with bob's token");
+    // alice returns: her write goes out with her token
+    engine.set_token(alice["token"].as_str().map(str::to_string));
+    engine.notify_session_changed().await.unwrap();
+    eventually("alice's parked write to be sent", || engine.mutations().is_empty() && engine.list("Note").len() == 2).await;
+    engine.close().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_engine_and_bad_input_give_typed_errors() {
+    assert!(matches!(Engine::new(Config::new("ftp://x")), Err(Error::InvalidArg(_))));
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("foreign.db");
+    std::fs::write(&foreign, b"this is not a database, just text that is long enough to look like a header....").unwrap();
+    let srv = server().await;
+    let engine = Engine::new(config(&srv.url, Some(&foreign))).unwrap();
+    let err = engine.start().await.unwrap_err();
+    assert_eq!(err.code(), "ERR_SYNC_CORRUPT", "{err}");
+    let engine = Engine::new(config(&srv.url, None)).unwrap();
+    assert_eq!(engine.insert("Bad Name", Row::new()).await.unwrap_err().code(), "ERR_SYNC_INVALID_ARG");
+    engine.close().await;
+    assert_eq!(engine.insert("Todo", Row::new()).await.unwrap_err().code(), "ERR_SYNC_CLOSED");
+    srv.stop().await;
+}
