@@ -74,7 +74,6 @@ pub enum Phase {
     Stopped,
     Starting,
     Bootstrapping,
-    Syncing,
     Idle,
     Backoff,
     Offline,
@@ -548,7 +547,6 @@ impl Engine {
         let _sync = self.inner.sync.lock().await;
         self.load().await?;
         self.ensure_session().await?;
-        self.set_phase(Phase::Syncing, None, self.status().attempts);
         self.flush().await?;
         self.pull_to_head().await
     }

@@ -1,0 +1,223 @@
+//! `NativeEngine`: the engine as a JS class. Reads are synchronous and only
+//! touch memory; everything that waits on disk or network returns a Promise.
+
+use std::sync::Arc;
+
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+use pylon_sync_engine::infinite::{Direction, InfiniteQuery};
+use pylon_sync_engine::{Engine, Event, Mutation};
+use serde_json::{json, Value};
+
+use crate::convert;
+use crate::error::{settle, to_js, Result};
+use crate::query::NativeInfiniteQuery;
+
+#[napi]
+pub struct NativeEngine {
+    engine: Engine,
+}
+
+/// The JS shape of a queued mutation (`{ id, status, change, error? }`, as upstream).
+pub fn mutation_json(m: &Mutation) -> Value {
+    let mut v = json!({
+        "id": m.id,
+        "status": m.status.as_str(),
+        "change": { "entity": m.entity, "row_id": m.row_id, "kind": m.kind.as_str(), "data": m.data },
+        "attempts": m.attempts,
+        "createdAt": m.created_at,
+    });
+    if let Some(e) = &m.error {
+        v["error"] = json!(e.message);
+        v["errorCode"] = json!(e.code);
+        v["httpStatus"] = json!(e.status);
+    }
+    v
+}
+
+fn event_json(ev: &Event) -> String {
+    let v = match ev {
+        Event::Change { entities } => json!({ "type": "change", "entities": entities }),
+        Event::Mutation { status, mutation } => {
+            let mut m = mutation_json(mutation);
+            m["status"] = json!(status);
+            json!({ "type": "mutation", "mutation": m })
+        }
+        Event::Status(s) => json!({ "type": "status", "status": s }),
+        Event::Error { context, error } => json!({ "type": "error", "context": context,
+            "error": { "code": error.code(), "message": error.to_string(), "status": error.status(),
+                       "serverCode": error.server_code() } }),
+        Event::Session(s) => json!({ "type": "session", "session": s }),
+        Event::Resync { reason } => json!({ "type": "resync", "reason": reason }),
+        Event::Progress { entity, rows, done } => {
+            json!({ "type": "progress", "entity": entity, "rows": rows, "done": done })
+        }
+    };
+    v.to_string()
+}
+
+#[napi]
+impl NativeEngine {
+    #[napi(constructor)]
+    pub fn new(base_url: String, options: Option<Value>) -> Result<Self> {
+        let cfg = convert::config(&base_url, options.unwrap_or(Value::Null)).map_err(to_js)?;
+        Ok(NativeEngine { engine: Engine::new(cfg).map_err(to_js)? })
+    }
+
+    /// Registers the one event sink (JSON strings). The function is weak: it
+    /// never keeps the process alive on its own.
+    #[napi]
+    pub fn on_event(&self, callback: Function<String, ()>) -> Result<()> {
+        let tsfn: ThreadsafeFunction<String, (), String, Status, false, true> = callback
+            .build_threadsafe_function()
+            .weak::<true>()
+            .callee_handled::<false>()
+            .build()
+            .map_err(|e| to_js(pylon_sync_engine::Error::InvalidArg(e.to_string())))?;
+        let tsfn = Arc::new(tsfn);
+        self.engine.set_listener(Some(Arc::new(move |ev: Event| {
+            tsfn.call(event_json(&ev), ThreadsafeFunctionCallMode::NonBlocking);
+        })));
+        Ok(())
+    }
+
+    #[napi]
+    pub async fn start(&self) -> Value {
+        settle(self.engine.start().await)
+    }
+
+    #[napi]
+    pub async fn stop(&self) -> Value {
+        self.engine.stop().await;
+        settle(Ok(()))
+    }
+
+    #[napi]
+    pub async fn close(&self) -> Value {
+        self.engine.close().await;
+        settle(Ok(()))
+    }
+
+    /// Runs one sync round now (session, writes, pull); rejects on failure.
+    #[napi]
+    pub async fn sync(&self) -> Value {
+        settle(self.engine.sync_once().await)
+    }
+
+    #[napi]
+    pub fn list_json(&self, entity: String) -> String {
+        self.engine.list_json(&entity).to_string()
+    }
+
+    #[napi]
+    pub fn get_json(&self, entity: String, id: String) -> Option<String> {
+        self.engine.get(&entity, &id).map(|r| serde_json::to_string(&*r).expect("rows serialize"))
+    }
+
+    /// Changes whenever the visible rows of `entity` change.
+    #[napi]
+    pub fn version(&self, entity: String) -> f64 {
+        self.engine.entity_version(&entity) as f64
+    }
+
+    #[napi]
+    pub fn entities(&self) -> Vec<String> {
+        self.engine.entities()
+    }
+
+    #[napi]
+    pub fn cursor(&self) -> f64 {
+        self.engine.cursor() as f64
+    }
+
+    #[napi]
+    pub fn status_json(&self) -> String {
+        serde_json::to_string(&self.engine.status()).expect("status serializes")
+    }
+
+    #[napi]
+    pub fn session_json(&self) -> String {
+        serde_json::to_string(&self.engine.session()).expect("session serializes")
+    }
+
+    #[napi]
+    pub fn mutations_json(&self) -> String {
+        Value::Array(self.engine.mutations().iter().map(mutation_json).collect()).to_string()
+    }
+
+    #[napi]
+    pub fn set_token(&self, token: Option<Value>) -> Result<()> {
+        self.engine.set_token(convert::token(token).map_err(to_js)?);
+        Ok(())
+    }
+
+    #[napi]
+    pub async fn insert(&self, entity: String, data: Value) -> Value {
+        match convert::object(data, "data") {
+            Ok(data) => settle(self.engine.insert(&entity, data).await),
+            Err(e) => settle::<()>(Err(e)),
+        }
+    }
+
+    #[napi]
+    pub async fn update(&self, entity: String, id: String, patch: Value) -> Value {
+        match convert::object(patch, "patch") {
+            Ok(patch) => settle(self.engine.update(&entity, &id, patch).await),
+            Err(e) => settle::<()>(Err(e)),
+        }
+    }
+
+    #[napi]
+    pub async fn delete(&self, entity: String, id: String) -> Value {
+        settle(self.engine.delete(&entity, &id).await)
+    }
+
+    #[napi]
+    pub async fn remove_mutation(&self, id: String) -> Value {
+        settle(self.engine.remove_mutation(&id).await)
+    }
+
+    #[napi]
+    pub async fn retry_mutation(&self, id: String) -> Value {
+        settle(self.engine.retry_mutation(&id).await)
+    }
+
+    #[napi]
+    pub async fn notify_session_changed(&self) -> Value {
+        settle(self.engine.notify_session_changed().await)
+    }
+
+    #[napi]
+    pub async fn reset_replica(&self) -> Value {
+        settle(self.engine.reset_replica().await)
+    }
+
+    #[napi]
+    pub async fn hydrate(&self, data: Value) -> Value {
+        match convert::hydration(data) {
+            Ok(h) => settle(self.engine.hydrate(h).await),
+            Err(e) => settle::<()>(Err(e)),
+        }
+    }
+
+    #[napi]
+    pub fn create_infinite_query(
+        &self,
+        entity: String,
+        page_size: Option<f64>,
+        order_field: Option<String>,
+        descending: Option<bool>,
+    ) -> Result<NativeInfiniteQuery> {
+        let size = page_size.unwrap_or(20.0);
+        if !size.is_finite() || size.fract() != 0.0 || size < 1.0 {
+            return Err(to_js(pylon_sync_engine::Error::InvalidArg(format!(
+                "pageSize must be a positive integer, got {size}"
+            ))));
+        }
+        let dir = if descending.unwrap_or(false) { Direction::Desc } else { Direction::Asc };
+        let q = InfiniteQuery::new(self.engine.clone(), &entity, size as usize, order_field.map(|f| (f, dir)))
+            .map_err(to_js)?;
+        Ok(NativeInfiniteQuery::new(q))
+    }
+}

@@ -1,0 +1,393 @@
+'use strict'
+// The JavaScript API of the spec, on top of the native classes in index.js.
+// Only JS-side concerns live here: storage adapters, listener sets and
+// unsubscribe functions, caching of parsed rows, and Error objects.
+
+const native = require('./index.js')
+
+/** An engine failure. `code` is stable (ERR_SYNC_*); `status`/`serverCode` come from HTTP answers. */
+class SyncError extends Error {
+  constructor(info) {
+    super(info.message)
+    this.name = 'SyncError'
+    this.code = info.code
+    if (info.status != null) this.status = info.status
+    if (info.serverCode != null) this.serverCode = info.serverCode
+  }
+}
+
+async function settle(promise) {
+  const outcome = await promise
+  if (outcome.ok) return outcome.value
+  throw new SyncError(outcome.error)
+}
+
+function invalid(message) {
+  return new SyncError({ code: 'ERR_SYNC_INVALID_ARG', message: `invalid argument: ${message}` })
+}
+
+function tokenStorageKey(appName) {
+  return !appName || appName === 'default' ? 'pylon_token' : `pylon:${appName}:token`
+}
+
+// ---------------------------------------------------------------- storage
+
+function memoryStorage(seed, onWrite) {
+  const map = new Map(Object.entries(seed || {}))
+  const watchers = new Set()
+  const changed = (key, value) => {
+    if (onWrite) Promise.resolve(onWrite(key, value)).catch(() => {})
+    for (const w of watchers) w(key, value)
+  }
+  return {
+    get: (key) => (map.has(key) ? map.get(key) : null),
+    set: (key, value) => {
+      map.set(key, String(value))
+      changed(key, String(value))
+    },
+    remove: (key) => {
+      map.delete(key)
+      changed(key, null)
+    },
+    // lets an engine see token changes at once
+    _watch: (fn) => {
+      watchers.add(fn)
+      return () => watchers.delete(fn)
+    },
+  }
+}
+
+/** `localStorage` when the host has one, else an in-memory map. */
+function defaultStorage() {
+  try {
+    const ls = globalThis.localStorage
+    if (ls && typeof ls.getItem === 'function') {
+      return {
+        get: (k) => ls.getItem(k),
+        set: (k, v) => ls.setItem(k, v),
+        remove: (k) => ls.removeItem(k),
+      }
+    }
+  } catch {
+    // a host that throws on access has no usable localStorage
+  }
+  return memoryStorage()
+}
+
+/** An in-memory storage seeded from `seed`, calling `onWrite(key, value | null)` on every change. */
+function createWriteThroughStorage(seed, onWrite) {
+  if (seed != null && typeof seed !== 'object') throw invalid('seed must be an object')
+  if (typeof onWrite !== 'function') throw invalid('onWrite must be a function')
+  return memoryStorage(seed, onWrite)
+}
+
+// ------------------------------------------------------------------ store
+
+class Store {
+  constructor(engine) {
+    this._engine = engine
+    this._cache = new Map() // entity -> { version, rows, byId }
+  }
+
+  _entry(entity) {
+    if (typeof entity !== 'string') throw invalid('entity must be a string')
+    const version = this._engine._native.version(entity)
+    let entry = this._cache.get(entity)
+    if (!entry || entry.version !== version) {
+      const rows = JSON.parse(this._engine._native.listJson(entity))
+      Object.freeze(rows)
+      entry = { version, rows, byId: null }
+      this._cache.set(entity, entry)
+    }
+    return entry
+  }
+
+  /** Visible rows of `entity` (server rows merged with pending local writes), ordered by id. */
+  list(entity) {
+    return this._entry(entity).rows
+  }
+
+  /** One visible row, or null. */
+  get(entity, id) {
+    if (typeof id !== 'string') throw invalid('id must be a string')
+    const entry = this._entry(entity)
+    if (!entry.byId) entry.byId = new Map(entry.rows.map((r) => [r.id, r]))
+    return entry.byId.get(id) ?? null
+  }
+
+  /** Calls `listener()` after every change of the visible rows. Returns an unsubscribe function. */
+  subscribe(listener) {
+    return this._engine._on('change', listener)
+  }
+}
+
+class Mutations {
+  constructor(engine) {
+    this._engine = engine
+  }
+
+  /** Queued mutations (pending and failed), oldest first. */
+  list() {
+    return JSON.parse(this._engine._native.mutationsJson())
+  }
+
+  get(id) {
+    return this.list().find((m) => m.id === id) ?? null
+  }
+
+  /** Drops a mutation and undoes its optimistic effect. Resolves whether it existed. */
+  remove(id) {
+    if (typeof id !== 'string') return Promise.reject(invalid('id must be a string'))
+    return settle(this._engine._native.removeMutation(id))
+  }
+
+  /** Puts a failed mutation back in the queue. */
+  retry(id) {
+    if (typeof id !== 'string') return Promise.reject(invalid('id must be a string'))
+    return settle(this._engine._native.retryMutation(id))
+  }
+
+  /** `listener({ id, status, change, error })` on every transition. Returns an unsubscribe function. */
+  subscribe(listener) {
+    return this._engine._on('mutation', listener)
+  }
+}
+
+/** The spec's helper: calls `listener({ status, change, error })` for every queue transition. */
+function mutationQueueListener(mutations, listener) {
+  if (!(mutations instanceof Mutations)) throw invalid('mutationQueueListener expects engine.mutations')
+  if (typeof listener !== 'function') throw invalid('listener must be a function')
+  return mutations.subscribe(listener)
+}
+
+// ----------------------------------------------------------- infinite query
+
+class InfiniteQuery {
+  constructor(nativeQuery) {
+    this._q = nativeQuery
+    this._listeners = new Set()
+    this._data = []
+  }
+
+  get data() {
+    return this._data
+  }
+
+  get hasMore() {
+    return this._q.hasMore()
+  }
+
+  get loading() {
+    return this._q.loading()
+  }
+
+  async loadMore() {
+    const loaded = await settle(this._q.loadMore())
+    if (loaded) this._refresh()
+  }
+
+  reset() {
+    this._q.reset()
+    this._refresh()
+  }
+
+  subscribe(listener) {
+    if (typeof listener !== 'function') throw invalid('listener must be a function')
+    this._listeners.add(listener)
+    return () => this._listeners.delete(listener)
+  }
+
+  _refresh() {
+    this._data = Object.freeze(JSON.parse(this._q.dataJson()))
+    for (const l of [...this._listeners]) l()
+  }
+}
+
+// ----------------------------------------------------------------- engine
+
+const OWN_OPTIONS = ['storage']
+
+class SyncEngine {
+  constructor(baseUrl, options = {}) {
+    if (typeof baseUrl !== 'string') throw invalid('baseUrl must be a string')
+    if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+      throw invalid('options must be an object')
+    }
+    const storage = options.storage ?? defaultStorage()
+    for (const m of ['get', 'set', 'remove']) {
+      if (typeof storage[m] !== 'function') throw invalid(`storage.${m} must be a function`)
+    }
+    const nativeOptions = {}
+    for (const [k, v] of Object.entries(options)) if (!OWN_OPTIONS.includes(k) && v !== undefined) nativeOptions[k] = v
+    this._native = new native.NativeEngine(baseUrl, nativeOptions)
+    this._storage = storage
+    this._tokenKey = tokenStorageKey(options.appName)
+    this._fixedToken = typeof options.token === 'string'
+    this._listeners = new Map()
+    this._hydrating = Promise.resolve()
+    this._native.onEvent((json) => this._dispatch(JSON.parse(json)))
+    this._unwatch = typeof storage._watch === 'function' ? storage._watch((key) => key === this._tokenKey && this._readToken()) : null
+    this._readToken()
+    this.store = new Store(this)
+    this.mutations = new Mutations(this)
+  }
+
+  _readToken() {
+    if (this._fixedToken) return
+    const token = this._storage.get(this._tokenKey)
+    this._native.setToken(typeof token === 'string' && token !== '' ? token : null)
+  }
+
+  _on(type, listener) {
+    if (typeof listener !== 'function') throw invalid('listener must be a function')
+    let set = this._listeners.get(type)
+    if (!set) this._listeners.set(type, (set = new Set()))
+    set.add(listener)
+    return () => set.delete(listener)
+  }
+
+  _dispatch(ev) {
+    const set = this._listeners.get(ev.type)
+    if (!set || set.size === 0) return
+    const arg =
+      ev.type === 'change' ? undefined
+      : ev.type === 'mutation' ? ev.mutation
+      : ev.type === 'status' ? ev.status
+      : ev.type === 'error' ? Object.assign(new SyncError(ev.error), { context: ev.context })
+      : ev.type === 'session' ? ev.session
+      : ev
+    for (const l of [...set]) {
+      try {
+        l(arg)
+      } catch (e) {
+        // a throwing listener must not stop the others
+        queueMicrotask(() => {
+          throw e
+        })
+      }
+    }
+  }
+
+  /**
+   * Subscribe to engine events: 'status', 'error', 'session', 'resync', 'progress', 'change', 'mutation'.
+   * Returns an unsubscribe function.
+   */
+  on(type, listener) {
+    const known = ['status', 'error', 'session', 'resync', 'progress', 'change', 'mutation']
+    if (!known.includes(type)) throw invalid(`unknown event ${JSON.stringify(type)}; one of ${known.join(', ')}`)
+    return this._on(type, listener)
+  }
+
+  /** Loads the replica and queue from disk, resolves the session, catches up, then follows the server. */
+  async start() {
+    this._readToken()
+    await this._hydrating
+    return settle(this._native.start())
+  }
+
+  stop() {
+    return settle(this._native.stop())
+  }
+
+  async close() {
+    if (this._unwatch) this._unwatch()
+    await settle(this._native.close())
+    this._listeners.clear()
+  }
+
+  /** Runs one sync round now (session, queued writes, pull). Rejects when it fails. */
+  sync() {
+    this._readToken()
+    return settle(this._native.sync())
+  }
+
+  /** Current sync state: phase, transport, cursor, pending/failed counts, last error. */
+  get status() {
+    return JSON.parse(this._native.statusJson())
+  }
+
+  get cursor() {
+    return this._native.cursor()
+  }
+
+  /** Optimistic insert: resolves the temporary id once the write is durable on disk. */
+  insert(entity, data) {
+    this._readToken()
+    return settle(this._native.insert(entity, data))
+  }
+
+  update(entity, id, patch) {
+    this._readToken()
+    return settle(this._native.update(entity, id, patch))
+  }
+
+  delete(entity, id) {
+    this._readToken()
+    return settle(this._native.delete(entity, id))
+  }
+
+  /** Re-reads the token and `/api/auth/me`; resets the replica when the user or tenant changed. */
+  async notifySessionChanged() {
+    this._readToken()
+    return settle(this._native.notifySessionChanged())
+  }
+
+  /** `{ userId, tenantId, isAdmin, roles }`, or null before the session is known. */
+  resolvedSession() {
+    return JSON.parse(this._native.sessionJson())
+  }
+
+  /** Drops every row (memory and disk) and sets the cursor to 0. Does not pull. */
+  resetReplica() {
+    return settle(this._native.resetReplica())
+  }
+
+  /** Seeds rows and cursor from `getServerData`. Call before `start()`; `start()` waits for it. */
+  hydrate(data) {
+    const p = settle(this._native.hydrate(data))
+    this._hydrating = p.catch(() => {})
+    return p
+  }
+
+  /** Server pages with keyset pagination: no row skipped or repeated across pages. */
+  createInfiniteQuery(entity, options = {}) {
+    if (options === null || typeof options !== 'object') throw invalid('options must be an object')
+    const { pageSize, order } = options
+    if (pageSize !== undefined && typeof pageSize !== 'number') throw invalid('pageSize must be a number')
+    let field
+    let descending
+    if (order !== undefined) {
+      const entries = order && typeof order === 'object' ? Object.entries(order) : []
+      if (entries.length !== 1 || !['asc', 'desc'].includes(entries[0][1])) {
+        throw invalid('order must look like { field: "asc" | "desc" }')
+      }
+      field = entries[0][0]
+      descending = entries[0][1] === 'desc'
+    }
+    return new InfiniteQuery(this._native.createInfiniteQuery(entity, pageSize, field, descending))
+  }
+}
+
+function createSyncEngine(baseUrl, options) {
+  return new SyncEngine(baseUrl, options)
+}
+
+// ------------------------------------------------------------ direct calls
+
+const direct = (fn) => (...args) => settle(fn(...args))
+
+module.exports = {
+  createSyncEngine,
+  SyncEngine,
+  SyncError,
+  defaultStorage,
+  createWriteThroughStorage,
+  mutationQueueListener,
+  getServerData: (baseUrl, entities, options) => settle(native.getServerData(baseUrl, entities, options)),
+  fetchList: direct(native.directFetchList),
+  fetchById: direct(native.directFetchById),
+  insert: direct(native.directInsert),
+  update: direct(native.directUpdate),
+  remove: direct(native.directRemove),
+  callFn: direct(native.directCallFn),
+}

@@ -1,0 +1,19 @@
+// ESM entry: the same module as sync.js.
+import sync from './sync.js'
+
+export const {
+  createSyncEngine,
+  SyncEngine,
+  SyncError,
+  defaultStorage,
+  createWriteThroughStorage,
+  mutationQueueListener,
+  getServerData,
+  fetchList,
+  fetchById,
+  insert,
+  update,
+  remove,
+  callFn,
+} = sync
+export default sync
