@@ -1,0 +1,257 @@
+'use strict'
+// The engine against the dev server: bootstrap, optimistic writes, durability,
+// failures of every kind, identity, hydration, pagination.
+const { test } = require('node:test')
+const assert = require('node:assert/strict')
+const path = require('node:path')
+const { spawn } = require('node:child_process')
+const sync = require('../sync.js')
+const { startDevserver, api, tempDir, eventually, root } = require('./helpers.js')
+
+const { createSyncEngine, createWriteThroughStorage, mutationQueueListener, getServerData } = sync
+
+function engine(url, opts = {}) {
+  return createSyncEngine(url, { persist: false, pollInterval: 30, reconnectDelay: 20, ...opts })
+}
+
+test('a fresh engine gets every row, also beyond the 10,000-event log', async () => {
+  const srv = await startDevserver()
+  try {
+    await srv.control('seed', { entity: 'Todo', count: 12000, data: { title: 't{i}', done: false } })
+    const e = engine(srv.url)
+    const progress = []
+    e.on('progress', (p) => progress.push(p))
+    await e.start()
+    assert.equal(e.store.list('Todo').length, 12000)
+    assert.equal(e.cursor, 12000)
+    assert.ok(progress.some((p) => p.entity === 'Todo' && p.done && p.rows === 12000))
+    // an unchanged entity is served from the cache: the same array
+    assert.equal(e.store.list('Todo'), e.store.list('Todo'))
+    await e.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
+test('insert shows a temp row, then the server row, never both', async () => {
+  const srv = await startDevserver()
+  try {
+    const e = engine(srv.url)
+    await e.start()
+    let both = false
+    e.store.subscribe(() => {
+      if (e.store.list('Todo').length > 1) both = true
+    })
+    const temp = await e.insert('Todo', { title: 'one', done: false })
+    assert.match(temp, /^_pending_/)
+    assert.equal(e.store.get('Todo', temp).title, 'one')
+    await eventually('the server id', () => e.store.list('Todo')[0]?.id.length === 40)
+    assert.equal(e.store.get('Todo', temp), null)
+    assert.equal(e.mutations.list().length, 0)
+    assert.equal(both, false)
+    const id = e.store.list('Todo')[0].id
+    await e.update('Todo', id, { done: true })
+    assert.equal(e.store.get('Todo', id).done, true)
+    await eventually('the update on the server', async () => (await api(srv.url, 'GET', `/api/entities/Todo/${id}`)).body.done === 1)
+    await e.delete('Todo', id)
+    assert.equal(e.store.get('Todo', id), null)
+    await eventually('the delete on the server', async () => (await api(srv.url, 'GET', `/api/entities/Todo/${id}`)).status === 404)
+    await e.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
+test('a rejected write is marked failed, undone, kept until removed, and can be retried', async () => {
+  const srv = await startDevserver()
+  try {
+    const e = engine(srv.url)
+    await e.start()
+    const seen = []
+    const off = mutationQueueListener(e.mutations, ({ status, change, error }) => seen.push({ status, kind: change.kind, error }))
+    const temp = await e.insert('Todo', { done: false }) // no title: 400 INSERT_FAILED
+    await eventually('the failure', () => seen.some((s) => s.status === 'failed'))
+    const [m] = e.mutations.list()
+    assert.equal(m.status, 'failed')
+    assert.equal(m.errorCode, 'INSERT_FAILED')
+    assert.match(seen.find((s) => s.status === 'failed').error, /NOT NULL/)
+    assert.equal(e.store.get('Todo', temp), null)
+    await e.mutations.retry(m.id)
+    await eventually('the second failure', () => e.mutations.get(m.id)?.status === 'failed')
+    assert.equal(await e.mutations.remove(m.id), true)
+    assert.equal(await e.mutations.remove(m.id), false)
+    assert.deepEqual(e.mutations.list(), [])
+    off()
+    await e.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
+test('5xx, 429, malformed JSON and 410 are survived with nothing lost', async () => {
+  const srv = await startDevserver()
+  try {
+    await srv.control('seed', { entity: 'Todo', count: 3, data: { title: 't{i}', done: false } })
+    const e = engine(srv.url)
+    const errors = []
+    const resyncs = []
+    e.on('error', (err) => errors.push(err.code))
+    e.on('resync', (r) => resyncs.push(r.reason))
+    await e.start()
+    await srv.control('faults', {
+      rules: [
+        { path: '/api/entities/Todo', method: 'POST', status: 500, count: 2 },
+        { path: '/api/sync/pull', status: 429, retryAfter: 1, count: 1 },
+        { path: '/api/sync/pull', malformed: true, count: 1 },
+        { path: '/api/sync/pull', status: 410, count: 1 },
+      ],
+    })
+    await e.insert('Todo', { title: 'survivor', done: false })
+    await eventually(
+      'the write, every fault and a full resync',
+      () => resyncs.length === 1 && e.mutations.list().length === 0 && e.store.list('Todo').length === 4 && e.cursor === 4,
+      15000,
+    )
+    assert.ok(errors.includes('ERR_SYNC_SERVER'), `errors: ${errors}`)
+    assert.ok(errors.includes('ERR_SYNC_RATE_LIMITED'), `errors: ${errors}`)
+    assert.ok(errors.includes('ERR_SYNC_PROTOCOL'), `errors: ${errors}`)
+    assert.deepEqual(resyncs, ['resync'])
+    await e.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
+test('writes made while the server is down reach it when it is back, after a restart of the engine', async () => {
+  const dir = tempDir()
+  const dbPath = path.join(dir, 'replica.db')
+  let srv = await startDevserver()
+  const port = new URL(srv.url).port
+  const e = engine(srv.url, { persist: true, dbPath })
+  await e.start()
+  await srv.stop()
+  const temp = await e.insert('Todo', { title: 'offline', done: false })
+  await eventually('the engine to notice', () => ['offline', 'backoff'].includes(e.status.phase))
+  await e.close()
+  srv = await startDevserver(['--port', port])
+  try {
+    const again = engine(srv.url, { persist: true, dbPath })
+    await again.start()
+    await eventually('the offline write on the server', async () => (await api(srv.url, 'POST', '/api/query/Todo', {})).body.length === 1)
+    await eventually('the server row locally', () => again.store.list('Todo')[0]?.title === 'offline' && again.store.get('Todo', temp) === null)
+    await again.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
+test('kill -9 after insert resolved loses and duplicates nothing', async () => {
+  const dir = tempDir()
+  const dbPath = path.join(dir, 'replica.db')
+  const srv = await startDevserver()
+  try {
+    // the child writes while the server refuses writes, so every write is only on disk
+    await srv.control('faults', { rules: [{ path: '/api/entities', method: 'POST', status: 503 }] })
+    const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'writer.js'), srv.url, dbPath], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    })
+    const resolved = []
+    await new Promise((resolve) => {
+      child.stdout.on('data', (d) => {
+        for (const line of String(d).split('\n').filter(Boolean)) resolved.push(line)
+        if (resolved.length >= 25) {
+          child.kill('SIGKILL')
+          resolve()
+        }
+      })
+    })
+    await new Promise((r) => (child.exitCode !== null ? r() : child.once('exit', r)))
+    await srv.control('faults', {})
+    const e = engine(srv.url, { persist: true, dbPath })
+    await e.start()
+    await eventually('the queue to drain', () => e.mutations.list().length === 0)
+    const titles = (await api(srv.url, 'POST', '/api/query/Todo', {})).body.map((r) => r.title)
+    for (const t of resolved) assert.ok(titles.includes(t), `resolved write ${t} was lost`)
+    assert.equal(new Set(titles).size, titles.length, 'a write was sent twice')
+    await e.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
+test('identity flip: the new user never sees the old rows or sends the old writes', async () => {
+  const srv = await startDevserver()
+  try {
+    const alice = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'alice' })).body.token
+    const bob = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'bob' })).body.token
+    await api(srv.url, 'POST', '/api/entities/Note', { body: 'alice secret', userId: 'alice' }, alice)
+    await api(srv.url, 'POST', '/api/entities/Note', { body: 'bob note', userId: 'bob' }, bob)
+    const storage = createWriteThroughStorage({ pylon_token: alice }, () => {})
+    const e = engine(srv.url, { storage })
+    await e.start()
+    assert.equal(e.resolvedSession().userId, 'alice')
+    assert.deepEqual(e.store.list('Note').map((n) => n.body), ['alice secret'])
+    storage.set('pylon_token', bob)
+    const session = await e.notifySessionChanged()
+    assert.equal(session.userId, 'bob')
+    await eventually("bob's rows", () => e.store.list('Note').length === 1 && e.store.list('Note')[0].body === 'bob note')
+    await e.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
+test('getServerData + hydrate: start() does not bootstrap the hydrated entities', async () => {
+  const srv = await startDevserver()
+  try {
+    await srv.control('seed', { entity: 'Todo', count: 150, data: { title: 't{i}', done: false } })
+    const data = await getServerData(srv.url, ['Todo'], {})
+    assert.equal(data.entities.Todo.length, 150)
+    assert.equal(data.cursor.last_seq, 150)
+    const e = engine(srv.url)
+    const progress = []
+    e.on('progress', (p) => progress.push(p.entity))
+    e.hydrate(data)
+    await e.start()
+    assert.equal(e.store.list('Todo').length, 150)
+    assert.ok(!progress.includes('Todo'), `bootstrapped again: ${progress}`)
+    await assert.rejects(e.hydrate({ entities: { Todo: [{ title: 'no id' }] }, cursor: { last_seq: 1 } }), { code: 'ERR_SYNC_INVALID_ARG' })
+    await e.resetReplica()
+    assert.equal(e.store.list('Todo').length, 0)
+    assert.equal(e.cursor, 0)
+    await e.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
+test('infinite query: no row skipped or repeated when rows change between pages', async () => {
+  const srv = await startDevserver()
+  try {
+    await srv.control('seed', { entity: 'Todo', count: 10, data: { title: 't{i}', done: false } })
+    const e = engine(srv.url)
+    const q = e.createInfiniteQuery('Todo', { pageSize: 4 })
+    let notified = 0
+    q.subscribe(() => notified++)
+    await q.loadMore()
+    assert.equal(q.data.length, 4)
+    // delete a row already shown and insert a new one between pages
+    await api(srv.url, 'DELETE', `/api/entities/Todo/${q.data[0].id}`)
+    await api(srv.url, 'POST', '/api/entities/Todo', { title: 'late', done: false })
+    while (q.hasMore) await q.loadMore()
+    const ids = q.data.map((r) => r.id)
+    assert.equal(new Set(ids).size, ids.length)
+    assert.equal(ids.length, 11)
+    assert.ok(q.data.some((r) => r.title === 'late'))
+    q.reset()
+    assert.equal(q.data.length, 0)
+    assert.ok(notified >= 4)
+    const byTitle = e.createInfiniteQuery('Todo', { pageSize: 3, order: { title: 'desc' } })
+    while (byTitle.hasMore) await byTitle.loadMore()
+    const titles = byTitle.data.map((r) => r.title)
+    assert.deepEqual(titles, [...titles].sort().reverse())
+    await e.close()
+  } finally {
+    await srv.stop()
+  }
+})
