@@ -217,6 +217,12 @@ class SyncEngine {
     for (const m of ['get', 'set', 'remove']) {
       if (typeof storage[m] !== 'function') throw invalid(`storage.${m} must be a function`)
     }
+    // NaN and Infinity would cross into Rust as null; catch them here
+    for (const k of ['pollInterval', 'reconnectDelay']) {
+      if (typeof options[k] === 'number' && !Number.isFinite(options[k])) {
+        throw invalid(`${k} must be a finite number of milliseconds, got ${options[k]}`)
+      }
+    }
     const nativeOptions = {}
     for (const [k, v] of Object.entries(options)) if (!OWN_OPTIONS.includes(k) && v !== undefined) nativeOptions[k] = v
     this._native = new native.NativeEngine(baseUrl, nativeOptions)
