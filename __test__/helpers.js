@@ -73,3 +73,72 @@ async function eventually(what, check, timeoutMs = 10000) {
 }
 
 module.exports = { startDevserver, control, api, tempDir, eventually, root }
+
+// ------------------------------------------------------------- real server
+
+const net = require('node:net')
+
+function portFree(port) {
+  return new Promise((resolve) => {
+    const s = net.createServer()
+    s.once('error', () => resolve(false))
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)))
+  })
+}
+
+/** A port P with P, P+1 and P+2 free (the real server also listens on P+1 and P+2). */
+async function freePortTriple() {
+  for (;;) {
+    const p = 20000 + Math.floor(Math.random() * 30000)
+    if ((await portFree(p)) && (await portFree(p + 1)) && (await portFree(p + 2))) return p
+  }
+}
+
+function which(bin) {
+  for (const dir of (process.env.PATH || '').split(path.delimiter)) {
+    const p = path.join(dir, bin)
+    if (fs.existsSync(p)) return p
+  }
+  return null
+}
+
+/**
+ * Starts the real `pylon` server (PROTOCOL §16) with the fixture app, an
+ * in-memory database and an admin token. Resolves null when `pylon` is not installed.
+ */
+async function startPylon() {
+  const bin = process.env.PYLON_BIN || which('pylon')
+  if (!bin) return null
+  const dir = tempDir()
+  fs.copyFileSync(path.join(__dirname, 'fixtures', 'pylon-app', 'app.ts'), path.join(dir, 'app.ts'))
+  const port = await freePortTriple()
+  const adminToken = 'admin-' + Math.random().toString(36).slice(2)
+  const env = {
+    ...process.env,
+    PATH: `${path.join(root, 'node_modules', '.bin')}${path.delimiter}${process.env.PATH}`,
+    PYLON_DEV_MODE: '1',
+    PYLON_DB_PATH: ':memory:',
+    PYLON_JOBS_IN_MEMORY: '1',
+    PYLON_FILES_DIR: path.join(dir, 'uploads'),
+    PYLON_ADMIN_TOKEN: adminToken,
+    RUST_LOG: 'warn',
+  }
+  const child = spawn(bin, ['start', 'app.ts', '--port', String(port)], { cwd: dir, env, stdio: 'ignore' })
+  const url = `http://127.0.0.1:${port}`
+  await eventually('pylon to answer /health', async () => {
+    if (child.exitCode !== null) throw new Error(`pylon exited with ${child.exitCode}`)
+    return fetch(`${url}/health`).then((r) => r.ok, () => false)
+  }, 60000)
+  return {
+    url,
+    adminToken,
+    stop: () =>
+      new Promise((done) => {
+        if (child.exitCode !== null) return done()
+        child.once('exit', () => done())
+        child.kill('SIGKILL')
+      }),
+  }
+}
+
+module.exports.startPylon = startPylon

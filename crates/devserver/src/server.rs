@@ -301,6 +301,9 @@ fn entities(w: &mut World, method: &Method, uri: &str, e: &str, rest: &[&str], a
             json_response(200, json!({ "data": rows, "count": n, "offset": 0, "limit": null }))
         }
         ("GET", ["cursor"]) => {
+            if row_policy {
+                return error(403, "POLICY_DENIED", "Access denied by policy");
+            }
             let limit = query_param(uri, "limit").and_then(|s| s.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
             let after = query_param(uri, "after").unwrap_or("").to_string();
             let page: Vec<Map<String, Value>> = w
@@ -375,6 +378,11 @@ fn query(w: &mut World, e: &str, auth: &Auth, body: &Bytes) -> Response {
     let Some(entity) = w.store.entity(e).cloned() else {
         return error(400, "ENTITY_NOT_FOUND", &format!("unknown entity {e:?}"));
     };
+    // like the real server: an entity under a row-level read policy is
+    // checked without a row first, which denies every non-admin
+    if matches!(entity.read, Some(crate::policy::ReadRule::OwnerField(_))) && !auth.is_admin {
+        return error(403, "POLICY_DENIED", "Access denied by policy");
+    }
     let filter = match parse_object(body) {
         Ok(b) => b,
         Err(r) => return r,

@@ -1089,9 +1089,18 @@ impl Engine {
             }
             let (cursor, mut covered) = {
                 let st = me.inner.state.read().unwrap();
-                (if st.cursor == 0 || adopt_head { snap.head } else { st.cursor }, st.covered.clone())
+                let cursor = if adopt_head {
+                    snap.head
+                } else if st.cursor == 0 && snap.log_only.is_empty() {
+                    snap.head
+                } else {
+                    // an entity only the log can fill: a fresh replica replays what the log still has
+                    st.cursor
+                };
+                (cursor, st.covered.clone())
             };
             covered.extend(entities.iter().cloned());
+            covered.extend(snap.log_only.iter().cloned());
             let mut tables: BTreeMap<String, BTreeMap<String, BaseRow>> = BTreeMap::new();
             db.write(|w| {
                 for (entity, rows) in &snap.rows {
@@ -1197,7 +1206,7 @@ impl Engine {
         }
         // the hydration's cursor replaces ours; replaying from it is harmless
         let head = h.cursor.last_seq;
-        self.install_snapshot(Snapshot { head, rows }, epoch, true).await
+        self.install_snapshot(Snapshot { head, rows, log_only: Vec::new() }, epoch, true).await
     }
 }
 
