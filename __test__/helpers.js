@@ -108,7 +108,10 @@ function which(bin) {
  */
 async function startPylon() {
   const bin = process.env.PYLON_BIN || which('pylon')
-  if (!bin) return null
+  if (!bin) {
+    if (process.env.PYLON_REQUIRED) throw new Error('pylon is required (PYLON_REQUIRED is set) but not on PATH')
+    return null
+  }
   const dir = tempDir()
   fs.copyFileSync(path.join(__dirname, 'fixtures', 'pylon-app', 'app.ts'), path.join(dir, 'app.ts'))
   const port = await freePortTriple()

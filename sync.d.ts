@@ -1,0 +1,180 @@
+// Public types of pylon-sync-native (the spec's @pylonsync/sync API).
+
+/** A row: a JSON object whose `id` is the row id. */
+export type Row = { id: string; [field: string]: unknown }
+
+/** Every error the engine reports. */
+export type SyncErrorCode =
+  | 'ERR_SYNC_NETWORK'
+  | 'ERR_SYNC_AUTH'
+  | 'ERR_SYNC_NOT_FOUND'
+  | 'ERR_SYNC_RATE_LIMITED'
+  | 'ERR_SYNC_SERVER'
+  | 'ERR_SYNC_REJECTED'
+  | 'ERR_SYNC_RESYNC'
+  | 'ERR_SYNC_PROTOCOL'
+  | 'ERR_SYNC_STORAGE'
+  | 'ERR_SYNC_CORRUPT'
+  | 'ERR_SYNC_CLOSED'
+  | 'ERR_SYNC_INVALID_ARG'
+
+export declare class SyncError extends Error {
+  readonly code: SyncErrorCode
+  /** HTTP status, for errors the server answered. */
+  readonly status?: number
+  /** The server's own code (`POLICY_DENIED`, `INSERT_FAILED`, …). */
+  readonly serverCode?: string
+  /** Where a background error happened ("sync", "pull", "session"), for `error` events. */
+  readonly context?: string
+}
+
+/** Synchronous key-value storage; the token is read from `pylon_token` (or `pylon:<appName>:token`). */
+export interface Storage {
+  get(key: string): string | null
+  set(key: string, value: string): void
+  remove(key: string): void
+}
+
+export interface SyncEngineConfig {
+  /** Only "poll" is available in this version; leaving it unset picks the best available. */
+  transport?: 'websocket' | 'sse' | 'poll'
+  wsUrl?: string
+  /** ms between polls (default 1000). */
+  pollInterval?: number
+  /** Base of the full-jitter retry backoff, ms (default 1000). */
+  reconnectDelay?: number
+  /** Bearer token; overrides storage. */
+  token?: string
+  /** Keep the replica and queued writes in SQLite (default true). */
+  persist?: boolean
+  /** SQLite file; default `$XDG_DATA_HOME/pylon-sync/<appName>/<host_port>.db`. */
+  dbPath?: string
+  appName?: string
+  storage?: Storage
+}
+
+export interface Session {
+  userId: string | null
+  tenantId: string | null
+  isAdmin: boolean
+  roles: string[]
+}
+
+export interface Change {
+  entity: string
+  row_id: string
+  kind: 'insert' | 'update' | 'delete'
+  data?: Record<string, unknown> | null
+}
+
+export interface PendingMutation {
+  id: string
+  status: 'pending' | 'failed'
+  change: Change
+  /** Why the server refused it (failed mutations). */
+  error?: string
+  errorCode?: string
+  httpStatus?: number | null
+  attempts: number
+  createdAt: number
+}
+
+/** A queue transition, as passed to `mutationQueueListener`. */
+export interface MutationEvent extends Omit<PendingMutation, 'status'> {
+  status: 'pending' | 'applied' | 'failed' | 'removed'
+}
+
+export interface SyncStatus {
+  phase: 'stopped' | 'starting' | 'bootstrapping' | 'idle' | 'backoff' | 'offline' | 'closed'
+  transport: 'poll'
+  cursor: number
+  pending: number
+  failed: number
+  attempts: number
+  lastError: { code: SyncErrorCode; message: string; status?: number; serverCode?: string } | null
+  lastSyncedAt: number | null
+}
+
+export interface Hydration {
+  entities: Record<string, Row[]>
+  cursor: { last_seq: number }
+}
+
+export interface Store {
+  /** Visible rows (server rows with pending local writes applied), ordered by id. Frozen; cached until the entity changes. */
+  list(entity: string): readonly Row[]
+  get(entity: string, id: string): Row | null
+  /** Fires after every change of the visible rows. */
+  subscribe(listener: () => void): () => void
+}
+
+export interface Mutations {
+  list(): PendingMutation[]
+  get(id: string): PendingMutation | null
+  /** Drops a mutation and undoes its optimistic effect; resolves whether it existed. */
+  remove(id: string): Promise<boolean>
+  /** Re-queues a failed mutation. */
+  retry(id: string): Promise<void>
+  subscribe(listener: (event: MutationEvent) => void): () => void
+}
+
+export interface InfiniteQuery {
+  readonly data: readonly Row[]
+  readonly hasMore: boolean
+  readonly loading: boolean
+  loadMore(): Promise<void>
+  subscribe(listener: () => void): () => void
+  /** Forgets every page and notifies subscribers. */
+  reset(): void
+}
+
+export interface EngineEvents {
+  status: SyncStatus
+  error: SyncError
+  session: Session | null
+  resync: { type: 'resync'; reason: 'resync' | 'identity' | 'server' }
+  progress: { type: 'progress'; entity: string; rows: number; done: boolean }
+  change: undefined
+  mutation: MutationEvent
+}
+
+export declare class SyncEngine {
+  readonly store: Store
+  readonly mutations: Mutations
+  readonly status: SyncStatus
+  readonly cursor: number
+  start(): Promise<void>
+  stop(): Promise<void>
+  close(): Promise<void>
+  /** One sync round now; rejects when it fails. */
+  sync(): Promise<void>
+  /** Resolves the temporary id once the write is durable on disk. */
+  insert(entity: string, data: Record<string, unknown>): Promise<string>
+  update(entity: string, id: string, patch: Record<string, unknown>): Promise<void>
+  delete(entity: string, id: string): Promise<void>
+  notifySessionChanged(): Promise<Session | null>
+  resolvedSession(): Session | null
+  resetReplica(): Promise<void>
+  hydrate(data: Hydration): Promise<void>
+  createInfiniteQuery(entity: string, options?: { pageSize?: number; order?: Record<string, 'asc' | 'desc'> }): InfiniteQuery
+  on<K extends keyof EngineEvents>(type: K, listener: (event: EngineEvents[K]) => void): () => void
+}
+
+export declare function createSyncEngine(baseUrl: string, options?: SyncEngineConfig): SyncEngine
+export declare function defaultStorage(): Storage
+export declare function createWriteThroughStorage(
+  seed: Record<string, string> | null | undefined,
+  onWrite: (key: string, value: string | null) => void | Promise<void>,
+): Storage
+export declare function mutationQueueListener(mutations: Mutations, listener: (event: MutationEvent) => void): () => void
+export declare function getServerData(baseUrl: string, entities: string[], options?: { token?: string }): Promise<Hydration>
+
+export interface DirectOptions {
+  token?: string
+}
+export declare function fetchList(baseUrl: string, entity: string, options?: DirectOptions): Promise<Row[]>
+export declare function fetchById(baseUrl: string, entity: string, id: string, options?: DirectOptions): Promise<Row | null>
+export declare function insert(baseUrl: string, entity: string, data: Record<string, unknown>, options?: DirectOptions): Promise<{ id: string }>
+export declare function update(baseUrl: string, entity: string, id: string, patch: Record<string, unknown>, options?: DirectOptions): Promise<void>
+export declare function remove(baseUrl: string, entity: string, id: string, options?: DirectOptions): Promise<void>
+export declare function callFn(baseUrl: string, name: string, args?: Record<string, unknown>, options?: DirectOptions): Promise<unknown>
