@@ -42,9 +42,12 @@ test('insert shows a temp row, then the server row, never both', async () => {
     e.store.subscribe(() => {
       if (e.store.list('Todo').length > 1) both = true
     })
+    // hold the server's answer back so the temp row is observable
+    await srv.control('faults', { delayMs: 300 })
     const temp = await e.insert('Todo', { title: 'one', done: false })
     assert.match(temp, /^_pending_/)
     assert.equal(e.store.get('Todo', temp).title, 'one')
+    await srv.control('faults', {})
     await eventually('the server id', () => e.store.list('Todo')[0]?.id.length === 40)
     assert.equal(e.store.get('Todo', temp), null)
     assert.equal(e.mutations.list().length, 0)

@@ -345,3 +345,73 @@ fn create_private(path: &Path) -> Result<()> {
         .map(drop)
         .map_err(|e| Error::Storage(format!("cannot open {}: {e}", path.display())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rows_tombstones_cursor_and_mutations_round_trip_through_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested").join("r.db");
+        let mut m = Mutation {
+            id: "m1".into(),
+            order: 0,
+            identity: "user:a|tenant:".into(),
+            entity: "Todo".into(),
+            row_id: "_pending_1".into(),
+            kind: Kind::Insert,
+            data: Some(json!({ "title": "x" }).as_object().unwrap().clone()),
+            status: Status::Pending,
+            error: None,
+            attempts: 0,
+            created_at: 5,
+        };
+        {
+            let mut db = Db::open(Some(&path)).unwrap();
+            db.write(|w| {
+                w.effects(&[
+                    Effect::Put { entity: "Todo".into(), id: "a".into(), seq: 3, data: Arc::new(json!({ "id": "a" }).as_object().unwrap().clone()) },
+                    Effect::Tombstone { entity: "Todo".into(), id: "b".into(), seq: 4 },
+                ])?;
+                w.set_cursor(4)?;
+                w.add_mutation(&mut m)
+            })
+            .unwrap();
+            m.status = Status::Failed;
+            m.error = Some(MutationError { code: "INSERT_FAILED".into(), message: "no".into(), status: Some(400) });
+            db.write(|w| w.save_mutation(&m)).unwrap();
+            // a failing transaction leaves nothing behind
+            let err = db.write(|w| {
+                w.set_cursor(99)?;
+                Err::<(), _>(Error::Storage("boom".into()))
+            });
+            assert!(err.is_err());
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let db = Db::open(Some(&path)).unwrap();
+        assert_eq!(db.cursor().unwrap(), 4);
+        let stored = db.load().unwrap();
+        let mut rows = stored.rows;
+        rows.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(rows[0].2.seq, 3);
+        assert!(rows[1].2.data.is_none(), "tombstones persist");
+        assert_eq!(stored.mutations, vec![m]);
+    }
+
+    #[test]
+    fn foreign_and_garbage_files_are_typed_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let foreign = dir.path().join("foreign.db");
+        rusqlite::Connection::open(&foreign).unwrap().execute_batch("CREATE TABLE t (x)").unwrap();
+        assert!(matches!(Db::open(Some(&foreign)), Err(Error::Corrupt(_))));
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![7u8; 4096]).unwrap();
+        assert!(matches!(Db::open(Some(&garbage)), Err(Error::Corrupt(_))));
+    }
+}

@@ -493,12 +493,12 @@ impl Engine {
 
     async fn run(self, mut backoff: Backoff, mut delay: Duration) {
         loop {
-            let woken = tokio::select! {
-                _ = tokio::time::sleep(delay) => false,
-                _ = self.inner.wake.notified(), if backoff.attempts() == 0 => true,
+            // a local write wakes the loop early, except while backing off
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.inner.wake.notified(), if backoff.attempts() == 0 => {}
                 _ = self.inner.stop.notified() => return,
-            };
-            let _ = woken;
+            }
             if !self.inner.running.load(Ordering::SeqCst) {
                 return;
             }
@@ -628,7 +628,7 @@ impl Engine {
         let entities = self
             .with_db(move |me, db| {
                 let tkey = token_key(&fp);
-                let reload = db.write(|w| {
+                db.write(|w| {
                     if flipped {
                         w.clear_rows()?;
                         w.set_cursor(0)?;
@@ -640,8 +640,7 @@ impl Engine {
                         w.adopt_mutations(&tkey, &identity)?;
                     }
                     Ok(())
-                });
-                reload?;
+                })?;
                 let stored = if !flipped && me.inner.state.read().unwrap().quarantined {
                     Some(db.load()?.rows)
                 } else {
@@ -657,7 +656,6 @@ impl Engine {
                 }
                 if let Some(rows) = stored {
                     st.replica.load(rows);
-                    st.quarantined = false;
                 }
                 st.quarantined = false;
                 st.identity = identity.clone();
@@ -896,20 +894,16 @@ impl Engine {
         let entities = self
             .with_db(move |me, db| {
                 let m = m2;
-                let (base_row, remapped) = {
-                    let st = me.inner.state.read().unwrap();
-                    let base_row = match (&server_id, m.kind) {
-                        (Some(sid), Kind::Insert) if st.replica.base(&m.entity, sid).is_none() => {
-                            let mut row = m.data.clone().unwrap_or_default();
-                            row.insert("id".into(), Value::String(sid.clone()));
-                            Some(BaseRow { seq: 0, data: Some(Arc::new(row)) })
-                        }
-                        _ => None,
-                    };
-                    (base_row, ())
-                };
-                let _ = remapped;
                 let mut st = me.inner.state.write().unwrap();
+                // the row as we sent it, until the server's insert event replaces it
+                let base_row = match (&server_id, m.kind) {
+                    (Some(sid), Kind::Insert) if st.replica.base(&m.entity, sid).is_none() => {
+                        let mut row = m.data.clone().unwrap_or_default();
+                        row.insert("id".into(), Value::String(sid.clone()));
+                        Some(BaseRow { seq: 0, data: Some(Arc::new(row)) })
+                    }
+                    _ => None,
+                };
                 let mut queue_after = std::mem::take(&mut st.queue);
                 queue_after.remove(&m.id);
                 let changed = match &server_id {

@@ -314,3 +314,147 @@ impl Replica {
         self.version += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{Mutation, Status};
+    use serde_json::json;
+
+    fn ev(seq: u64, id: &str, kind: Kind, data: Option<Value>) -> ChangeEvent {
+        ChangeEvent {
+            seq,
+            entity: "Todo".into(),
+            row_id: id.into(),
+            kind,
+            data: data.map(|d| d.as_object().unwrap().clone()),
+            timestamp: String::new(),
+        }
+    }
+
+    fn apply(r: &mut Replica, q: &Queue, events: &[ChangeEvent]) -> Vec<Missing> {
+        let (effects, missing) = r.plan(events);
+        r.commit(&effects, q);
+        missing
+    }
+
+    fn title(r: &Replica, id: &str) -> Option<Value> {
+        r.get("Todo", id).map(|row| row["title"].clone())
+    }
+
+    #[test]
+    fn insert_update_delete_in_one_batch() {
+        let (mut r, q) = (Replica::new(), Queue::default());
+        apply(&mut r, &q, &[
+            ev(1, "a", Kind::Insert, Some(json!({ "title": "x", "done": false }))),
+            ev(2, "a", Kind::Update, Some(json!({ "done": true }))),
+            ev(3, "b", Kind::Insert, Some(json!({ "title": "y" }))),
+            ev(4, "b", Kind::Delete, None),
+        ]);
+        assert_eq!(r.get("Todo", "a").unwrap()["done"], true);
+        assert_eq!(r.get("Todo", "a").unwrap()["id"], "a");
+        assert!(r.get("Todo", "b").is_none());
+        assert_eq!(r.list("Todo").len(), 1);
+    }
+
+    #[test]
+    fn a_tombstone_blocks_older_replays_but_not_newer_changes() {
+        let (mut r, q) = (Replica::new(), Queue::default());
+        apply(&mut r, &q, &[ev(5, "a", Kind::Insert, Some(json!({ "title": "x" }))), ev(6, "a", Kind::Delete, None)]);
+        // replayed out of order: older insert and update must not resurrect it
+        apply(&mut r, &q, &[ev(5, "a", Kind::Insert, Some(json!({ "title": "x" }))), ev(4, "a", Kind::Update, Some(json!({ "title": "z" })))]);
+        assert!(r.get("Todo", "a").is_none());
+        assert_eq!(r.base("Todo", "a").unwrap().seq, 6);
+        apply(&mut r, &q, &[ev(9, "a", Kind::Insert, Some(json!({ "title": "again" })))]);
+        assert_eq!(title(&r, "a"), Some(json!("again")));
+    }
+
+    #[test]
+    fn stale_and_duplicate_events_are_ignored() {
+        let (mut r, q) = (Replica::new(), Queue::default());
+        apply(&mut r, &q, &[ev(1, "a", Kind::Insert, Some(json!({ "title": "one" }))), ev(3, "a", Kind::Update, Some(json!({ "title": "three" })))]);
+        apply(&mut r, &q, &[ev(2, "a", Kind::Update, Some(json!({ "title": "two" }))), ev(3, "a", Kind::Update, Some(json!({ "title": "three" })))]);
+        assert_eq!(title(&r, "a"), Some(json!("three")));
+    }
+
+    #[test]
+    fn an_update_of_an_unknown_row_asks_for_the_row_instead_of_inventing_it() {
+        let (mut r, q) = (Replica::new(), Queue::default());
+        let missing = apply(&mut r, &q, &[ev(7, "ghost", Kind::Update, Some(json!({ "title": "partial" })))]);
+        assert_eq!(missing, vec![Missing { entity: "Todo".into(), id: "ghost".into(), seq: 7 }]);
+        assert!(r.get("Todo", "ghost").is_none());
+        // a delete after it in the same batch settles it
+        let missing = apply(&mut r, &q, &[ev(8, "g2", Kind::Update, Some(json!({ "t": 1 }))), ev(9, "g2", Kind::Delete, None)]);
+        assert!(missing.is_empty());
+    }
+
+    fn mutation(order: i64, id: &str, kind: Kind, data: Option<Value>) -> Mutation {
+        Mutation {
+            id: format!("m{order}"),
+            order,
+            identity: String::new(),
+            entity: "Todo".into(),
+            row_id: id.into(),
+            kind,
+            data: data.map(|d| d.as_object().unwrap().clone()),
+            status: Status::Pending,
+            error: None,
+            attempts: 0,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn pending_writes_stay_on_top_of_server_changes_and_undo_cleanly() {
+        let mut r = Replica::new();
+        let mut q = Queue::default();
+        apply(&mut r, &q, &[ev(1, "a", Kind::Insert, Some(json!({ "title": "server", "done": false })))]);
+        q.push(mutation(1, "a", Kind::Update, Some(json!({ "done": true }))));
+        r.refresh("Todo", "a", &q);
+        assert_eq!(r.get("Todo", "a").unwrap()["done"], true);
+        // a server change to another field merges under the pending write
+        apply(&mut r, &q, &[ev(2, "a", Kind::Update, Some(json!({ "title": "renamed" })))]);
+        let row = r.get("Todo", "a").unwrap();
+        assert_eq!((row["title"].clone(), row["done"].clone()), (json!("renamed"), json!(true)));
+        // the write fails: its effect goes, the server's state shows
+        q.set_status("m1", Status::Failed, None);
+        r.refresh("Todo", "a", &q);
+        assert_eq!(r.get("Todo", "a").unwrap()["done"], false);
+        // a pending delete hides the row
+        q.push(mutation(2, "a", Kind::Delete, None));
+        r.refresh("Todo", "a", &q);
+        assert!(r.get("Todo", "a").is_none());
+        assert!(r.list("Todo").is_empty());
+    }
+
+    #[test]
+    fn temp_rows_list_after_server_rows_and_remap_moves_dependents() {
+        let mut r = Replica::new();
+        let mut q = Queue::default();
+        apply(&mut r, &q, &[ev(1, "000000000000000018eb00000000000000000001", Kind::Insert, Some(json!({ "title": "old" })))]);
+        q.push(mutation(1, "_pending_1_x", Kind::Insert, Some(json!({ "title": "new" }))));
+        q.push(mutation(2, "_pending_1_x", Kind::Update, Some(json!({ "title": "newer" }))));
+        q.push(mutation(3, "other", Kind::Update, Some(json!({ "parent": "_pending_1_x" }))));
+        r.rebuild_overlay(&q);
+        let ids: Vec<String> = r.list("Todo").iter().map(|row| row["id"].as_str().unwrap().to_string()).collect();
+        assert_eq!(ids, vec!["000000000000000018eb00000000000000000001", "_pending_1_x"]);
+        assert_eq!(title(&r, "_pending_1_x"), Some(json!("newer")));
+        q.remove("m1");
+        let changed = q.remap("Todo", "_pending_1_x", "server2");
+        assert_eq!(changed.len(), 2);
+        assert_eq!(q.get("m2").unwrap().row_id, "server2");
+        assert_eq!(q.get("m3").unwrap().data.as_ref().unwrap()["parent"], "server2");
+    }
+
+    #[test]
+    fn list_json_is_cached_until_the_entity_changes() {
+        let (mut r, q) = (Replica::new(), Queue::default());
+        apply(&mut r, &q, &[ev(1, "a", Kind::Insert, Some(json!({ "title": "x" })))]);
+        let first = r.list_json("Todo");
+        assert!(Arc::ptr_eq(&first, &r.list_json("Todo")));
+        let v = r.entity_version("Todo");
+        apply(&mut r, &q, &[ev(2, "a", Kind::Update, Some(json!({ "title": "y" })))]);
+        assert!(r.entity_version("Todo") > v);
+        assert!(!Arc::ptr_eq(&first, &r.list_json("Todo")));
+    }
+}
