@@ -233,3 +233,40 @@ async fn closed_engine_and_bad_input_give_typed_errors() {
     assert_eq!(engine.insert("Todo", Row::new()).await.unwrap_err().code(), "ERR_SYNC_CLOSED");
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_switch_resets_the_replica() {
+    let srv = server().await;
+    let alice = rest(&srv.url, reqwest::Method::POST, "/api/auth/session", json!({ "user_id": "alice" })).await;
+    let token = alice["token"].as_str().unwrap().to_string();
+    rest(&srv.url, reqwest::Method::POST, "/api/entities/OrgMember", json!({ "userId": "alice", "orgId": "org_1" })).await;
+    let mut cfg = config(&srv.url, None);
+    cfg.token = Some(token.clone());
+    let engine = Engine::new(cfg).unwrap();
+    let resets = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let r2 = resets.clone();
+    engine.set_listener(Some(std::sync::Arc::new(move |ev| {
+        if let Event::Resync { reason: "identity" } = ev {
+            r2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    })));
+    engine.start().await.unwrap();
+    assert_eq!(engine.session().unwrap().tenant_id, None);
+    let selected = reqwest::Client::new()
+        .post(format!("{}/api/auth/select-org", srv.url))
+        .bearer_auth(&token)
+        .json(&json!({ "orgId": "org_1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(selected.status(), 200);
+    let session = engine.notify_session_changed().await.unwrap().unwrap();
+    assert_eq!(session.tenant_id.as_deref(), Some("org_1"));
+    assert_eq!(resets.load(std::sync::atomic::Ordering::SeqCst), 1, "a tenant change must reset the replica");
+    // same token, same tenant: no reset
+    engine.notify_session_changed().await.unwrap();
+    assert_eq!(resets.load(std::sync::atomic::Ordering::SeqCst), 1);
+    eventually("the replica rebuilt", || engine.list("OrgMember").len() == 1).await;
+    engine.close().await;
+    srv.stop().await;
+}
