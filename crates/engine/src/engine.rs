@@ -125,11 +125,11 @@ pub enum Event {
     /// A mutation changed state: `pending` (queued), `applied`, `failed`, `removed`.
     Mutation { status: &'static str, mutation: Mutation },
     Status(SyncStatus),
-    /// Something went wrong in the background (`context`: "pull", "push", "session", "bootstrap").
+    /// A sync round failed (`context`: "pull" for a repeated resync, else "sync").
     Error { context: &'static str, error: Error },
     /// The session changed (`None`: unknown).
     Session(Option<Session>),
-    /// The replica was dropped and is being rebuilt (`reason`: "resync", "identity", "server").
+    /// The replica was dropped and is being rebuilt (`reason`: "resync" after a 410, "identity" after a flip).
     Resync { reason: &'static str },
     /// Bootstrap progress: rows fetched so far for `entity`.
     Progress { entity: String, rows: usize, done: bool },
@@ -148,6 +148,10 @@ struct State {
     identity: String,
     /// Fingerprint of the token that `session` was resolved with.
     verified_fp: Option<String>,
+    /// That token. Every request that reads into the replica or sends a
+    /// queued write uses it, never a newer unverified one, so a token
+    /// change mid-round cannot mix identities.
+    verified_token: Option<String>,
     /// Key of the queue in memory (the identity when verified, else the token's key).
     queue_key: String,
     /// Stored rows not yet shown because the token changed since they were stored.
@@ -172,6 +176,9 @@ struct Inner {
     running: AtomicBool,
     closed: AtomicBool,
     resyncs_in_a_row: AtomicU32,
+    /// The epoch in which every manifest entity was found covered: the
+    /// manifest is read once per replica generation, not on every poll.
+    complete_in_epoch: AtomicU64,
     loop_handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -239,6 +246,7 @@ impl Engine {
             session: None,
             identity: String::new(),
             verified_fp: None,
+            verified_token: None,
             queue_key: token_key(&fp),
             quarantined: false,
             loaded: false,
@@ -260,6 +268,7 @@ impl Engine {
                 running: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 resyncs_in_a_row: AtomicU32::new(0),
+                complete_in_epoch: AtomicU64::new(u64::MAX),
                 loop_handle: Mutex::new(None),
             }),
         })
@@ -524,7 +533,8 @@ impl Engine {
                 let delay = match e {
                     Error::Resync { .. } => {
                         // the breaker: 2, 4, 8, 16, 30 s between repeated resyncs
-                        let n = self.inner.resyncs_in_a_row.load(Ordering::SeqCst).clamp(1, 5);
+                        // (the first 410 of a series was retried at once)
+                        let n = self.inner.resyncs_in_a_row.load(Ordering::SeqCst).saturating_sub(1).clamp(1, 5);
                         BACKOFF_CAP.min(Duration::from_secs(1 << n))
                     }
                     Error::Http { status: 429, retry_after, .. } => {
@@ -567,6 +577,11 @@ impl Engine {
         self.inner.token.read().unwrap().clone()
     }
 
+    /// The token the current session was verified with (see `State::verified_token`).
+    fn session_token(&self) -> Option<String> {
+        self.inner.state.read().unwrap().verified_token.clone()
+    }
+
     /// Sets the bearer token (sign-in, sign-out, refresh). Queued writes of
     /// one identity are never sent with another identity's token: until the
     /// new token's session is resolved nothing is sent.
@@ -575,8 +590,11 @@ impl Engine {
         let fp = fingerprint(token.as_deref());
         *self.inner.token.write().unwrap() = token;
         let changed = {
-            let st = self.inner.state.read().unwrap();
-            st.verified_fp.as_deref() != Some(fp.as_str())
+            let mut st = self.inner.state.write().unwrap();
+            let verified = st.verified_fp.as_deref() == Some(fp.as_str());
+            // writes made from now on belong to the new token until its session is known
+            st.queue_key = if verified { st.identity.clone() } else { token_key(&fp) };
+            !verified
         };
         if changed {
             self.kick();
@@ -603,21 +621,15 @@ impl Engine {
         if self.inner.state.read().unwrap().verified_fp.as_deref() == Some(fp.as_str()) {
             return Ok(());
         }
-        let session = match self.inner.api.me(token.as_deref()).await {
-            Ok(s) => s,
-            Err(e) => {
-                self.emit(Event::Error { context: "session", error: e.clone() });
-                return Err(e);
-            }
-        };
+        let session = self.inner.api.me(token.as_deref()).await?;
         if self.current_token().as_deref() != token.as_deref() {
             // the token changed while we asked; the next round asks again
             return Err(Error::Network("token changed while resolving the session".into()));
         }
-        self.apply_session(session, fp).await
+        self.apply_session(session, token, fp).await
     }
 
-    async fn apply_session(&self, session: Session, fp: String) -> Result<()> {
+    async fn apply_session(&self, session: Session, token: Option<String>, fp: String) -> Result<()> {
         let identity = session.identity_key();
         let flipped = {
             let st = self.inner.state.read().unwrap();
@@ -661,6 +673,7 @@ impl Engine {
                 st.identity = identity.clone();
                 st.queue_key = identity.clone();
                 st.verified_fp = Some(fp);
+                st.verified_token = token;
                 st.session = Some(session);
                 st.queue = Queue::new(mutations.into_iter().filter(|m| m.identity == identity));
                 let State { replica, queue, .. } = &mut *st;
@@ -806,11 +819,7 @@ impl Engine {
             }
             db.write(|w| w.save_mutation(&m))?;
             let mut st = me.inner.state.write().unwrap();
-            st.queue.set_status(&id, status, error);
-            if status == Status::Pending {
-                st.queue.bump_attempts(&id);
-                st.queue.set_status(&id, status, None);
-            }
+            st.queue.replace(m.clone());
             let State { replica, queue, .. } = &mut *st;
             replica.refresh(&m.entity, &m.row_id, queue);
             replica.bump(&[m.entity.clone()]);
@@ -828,7 +837,7 @@ impl Engine {
                 if st.queue_key != st.identity {
                     return Ok(()); // identity not verified for this token yet
                 }
-                (st.queue.next_pending().cloned(), self.current_token())
+                (st.queue.next_pending().cloned(), st.verified_token.clone())
             };
             let Some(m) = next else { return Ok(()) };
             if m.row_id.starts_with(TEMP_PREFIX) && m.kind != Kind::Insert {
@@ -854,13 +863,11 @@ impl Engine {
             match sent {
                 Ok(server_id) => self.applied(&m, server_id).await?,
                 Err(e) if e.is_transient() => {
-                    let id = m.id.clone();
+                    let mut m = m;
+                    m.attempts += 1;
                     self.with_db(move |me, db| {
-                        let mut st = me.inner.state.write().unwrap();
-                        st.queue.bump_attempts(&id);
-                        if let Some(m) = st.queue.get(&id) {
-                            db.write(|w| w.save_mutation(m))?;
-                        }
+                        db.write(|w| w.save_mutation(&m))?;
+                        me.inner.state.write().unwrap().queue.replace(m);
                         Ok(())
                     })
                     .await?;
@@ -894,23 +901,25 @@ impl Engine {
         let entities = self
             .with_db(move |me, db| {
                 let m = m2;
-                let mut st = me.inner.state.write().unwrap();
-                // the row as we sent it, until the server's insert event replaces it
-                let base_row = match (&server_id, m.kind) {
-                    (Some(sid), Kind::Insert) if st.replica.base(&m.entity, sid).is_none() => {
-                        let mut row = m.data.clone().unwrap_or_default();
-                        row.insert("id".into(), Value::String(sid.clone()));
-                        Some(BaseRow { seq: 0, data: Some(Arc::new(row)) })
-                    }
-                    _ => None,
+                // plan from the current state, persist, then change memory
+                let (base_row, changed) = {
+                    let st = me.inner.state.read().unwrap();
+                    // the row as we sent it, until the server's insert event replaces it
+                    let base_row = match (&server_id, m.kind) {
+                        (Some(sid), Kind::Insert) if st.replica.base(&m.entity, sid).is_none() => {
+                            let mut row = m.data.clone().unwrap_or_default();
+                            row.insert("id".into(), Value::String(sid.clone()));
+                            Some(BaseRow { seq: 0, data: Some(Arc::new(row)) })
+                        }
+                        _ => None,
+                    };
+                    let changed: Vec<Mutation> = match &server_id {
+                        Some(sid) => st.queue.remapped(&m.entity, &m.row_id, sid).into_iter().filter(|c| c.id != m.id).collect(),
+                        None => Vec::new(),
+                    };
+                    (base_row, changed)
                 };
-                let mut queue_after = std::mem::take(&mut st.queue);
-                queue_after.remove(&m.id);
-                let changed = match &server_id {
-                    Some(sid) => queue_after.remap(&m.entity, &m.row_id, sid),
-                    None => Vec::new(),
-                };
-                let write = db.write(|w| {
+                db.write(|w| {
                     w.delete_mutation(&m.id)?;
                     if let (Some(sid), Some(row)) = (&server_id, &base_row) {
                         w.effects(&[Effect::Put {
@@ -924,13 +933,12 @@ impl Engine {
                         w.save_mutation(c)?;
                     }
                     Ok(())
-                });
-                if let Err(e) = write {
-                    // put the queue back untouched: nothing changed on disk
-                    st.queue = Queue::new(db.mutations()?.into_iter().filter(|x| x.identity == st.queue_key));
-                    return Err(e);
+                })?;
+                let mut st = me.inner.state.write().unwrap();
+                st.queue.remove(&m.id);
+                for c in &changed {
+                    st.queue.replace(c.clone());
                 }
-                st.queue = queue_after;
                 if let (Some(sid), Some(row)) = (&server_id, base_row) {
                     st.replica.put_base(&m.entity, sid, row);
                 }
@@ -983,7 +991,7 @@ impl Engine {
         self.bootstrap_if_needed().await?;
         loop {
             let (since, epoch) = (self.cursor(), self.inner.epoch.load(Ordering::SeqCst));
-            let token = self.current_token();
+            let token = self.session_token();
             let page = self.inner.api.pull(token.as_deref(), since).await?;
             self.inner.resyncs_in_a_row.store(0, Ordering::SeqCst);
             let more = page.has_more;
@@ -1011,7 +1019,7 @@ impl Engine {
     pub(crate) async fn apply_changes(&self, changes: Vec<ChangeEvent>, cursor: Option<u64>, epoch: u64) -> Result<()> {
         let (mut effects, missing) = self.inner.state.read().unwrap().replica.plan(&changes);
         if !missing.is_empty() {
-            let token = self.current_token();
+            let token = self.session_token();
             for m in missing {
                 if let Some(mut row) = self.inner.api.get(token.as_deref(), &m.entity, &m.id).await? {
                     row.insert("id".into(), Value::String(m.id.clone()));
@@ -1048,26 +1056,32 @@ impl Engine {
     }
 
     async fn bootstrap_if_needed(&self) -> Result<()> {
-        let token = self.current_token();
+        let epoch = self.inner.epoch.load(Ordering::SeqCst);
+        if self.inner.complete_in_epoch.load(Ordering::SeqCst) == epoch {
+            return Ok(());
+        }
+        let token = self.session_token();
         let covered = self.inner.state.read().unwrap().covered.clone();
         let infos = match self.inner.api.entities(token.as_deref()).await {
             Ok(i) => i,
             // a server without a manifest route: replaying the log is all we can do
-            Err(Error::Http { status: 404, .. }) => return Ok(()),
+            Err(Error::Http { status: 404, .. }) => Vec::new(),
             Err(e) => return Err(e),
         };
         let wanted: Vec<_> = infos.into_iter().filter(|i| !covered.contains(&i.name)).collect();
         if wanted.is_empty() {
+            self.inner.complete_in_epoch.store(epoch, Ordering::SeqCst);
             return Ok(());
         }
         self.set_phase(Phase::Bootstrapping, None, 0);
-        let epoch = self.inner.epoch.load(Ordering::SeqCst);
         let me = self.clone();
         let snap = snapshot::take(&self.inner.api, token.as_deref(), &wanted, &move |entity, rows, done| {
             me.emit(Event::Progress { entity: entity.to_string(), rows, done })
         })
         .await?;
-        self.install_snapshot(snap, epoch, false).await
+        self.install_snapshot(snap, epoch, false).await?;
+        self.inner.complete_in_epoch.store(epoch, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Replaces the snapshot's entities wholesale. A fresh replica (or

@@ -136,34 +136,19 @@ impl Queue {
         self.pending_by_row.contains_key(&(entity.to_string(), row_id.to_string()))
     }
 
-    /// Changes status (and error); keeps the row index right.
-    pub fn set_status(&mut self, id: &str, status: Status, error: Option<MutationError>) -> Option<&Mutation> {
-        let order = *self.by_id.get(id)?;
-        let m = self.items.get(&order)?.clone();
-        self.unindex(&m);
-        let m = self.items.get_mut(&order)?;
-        m.status = status;
-        m.error = error;
-        if status == Status::Pending {
-            self.pending_by_row.entry(key(m)).or_default().insert(order);
-        }
-        self.items.get(&order)
-    }
-
-    pub fn bump_attempts(&mut self, id: &str) {
-        if let Some(m) = self.by_id.get(id).and_then(|o| self.items.get_mut(o)) {
-            m.attempts += 1;
+    /// Puts a changed copy of a queued mutation in its place (same id, same order).
+    pub fn replace(&mut self, m: Mutation) {
+        if self.remove(&m.id).is_some() {
+            self.push(m);
         }
     }
 
-    /// Replaces a temporary id by the server's id in every queued mutation:
+    /// The mutations that name a temporary id, rewritten to the server's id:
     /// as the target row and wherever it appears as a value in the data.
-    /// Returns the mutations that changed.
-    pub fn remap(&mut self, entity: &str, temp: &str, server: &str) -> Vec<Mutation> {
+    /// Pure: the caller persists them, then `replace`s them in.
+    pub fn remapped(&self, entity: &str, temp: &str, server: &str) -> Vec<Mutation> {
         let mut changed = Vec::new();
-        let orders: Vec<i64> = self.items.keys().copied().collect();
-        for order in orders {
-            let before = self.items[&order].clone();
+        for before in self.items.values() {
             let mut m = before.clone();
             if m.entity == entity && m.row_id == temp {
                 m.row_id = server.to_string();
@@ -175,12 +160,7 @@ impl Queue {
                     }
                 }
             }
-            if m != before {
-                self.unindex(&before);
-                if m.status == Status::Pending {
-                    self.pending_by_row.entry(key(&m)).or_default().insert(order);
-                }
-                self.items.insert(order, m.clone());
+            if &m != before {
                 changed.push(m);
             }
         }

@@ -417,7 +417,9 @@ mod tests {
         let row = r.get("Todo", "a").unwrap();
         assert_eq!((row["title"].clone(), row["done"].clone()), (json!("renamed"), json!(true)));
         // the write fails: its effect goes, the server's state shows
-        q.set_status("m1", Status::Failed, None);
+        let mut failed = q.get("m1").unwrap().clone();
+        failed.status = Status::Failed;
+        q.replace(failed);
         r.refresh("Todo", "a", &q);
         assert_eq!(r.get("Todo", "a").unwrap()["done"], false);
         // a pending delete hides the row
@@ -440,8 +442,12 @@ mod tests {
         assert_eq!(ids, vec!["000000000000000018eb00000000000000000001", "_pending_1_x"]);
         assert_eq!(title(&r, "_pending_1_x"), Some(json!("newer")));
         q.remove("m1");
-        let changed = q.remap("Todo", "_pending_1_x", "server2");
+        let changed = q.remapped("Todo", "_pending_1_x", "server2");
         assert_eq!(changed.len(), 2);
+        assert_eq!(q.get("m2").unwrap().row_id, "_pending_1_x", "remapped() only plans");
+        for m in changed {
+            q.replace(m);
+        }
         assert_eq!(q.get("m2").unwrap().row_id, "server2");
         assert_eq!(q.get("m3").unwrap().data.as_ref().unwrap()["parent"], "server2");
     }

@@ -195,24 +195,26 @@ async fn identity_flip_resets_and_parks_the_old_identitys_writes() {
     control(&srv.url, "faults", json!({ "rules": [{ "path": "/api/entities/Note", "method": "POST", "status": 503 }] })).await;
     engine.insert("Note", row(json!({ "body": "a2", "userId": "alice" }))).await.unwrap();
     engine.set_token(bob["token"].as_str().map(str::to_string));
+    // written after the token change, before its session is known: bob's write
+    engine.insert("Note", row(json!({ "body": "b2", "userId": "bob" }))).await.unwrap();
     let session = engine.notify_session_changed().await.unwrap().unwrap();
     assert_eq!(session.user_id.as_deref(), Some("bob"));
     control(&srv.url, "faults", json!({})).await;
-    eventually("bob's replica", || {
-        let n = engine.list("Note");
-        n.len() == 1 && n[0]["body"] == "b's note"
+    eventually("bob's replica with bob's own write", || {
+        let mut bodies: Vec<String> = engine.list("Note").iter().map(|n| n["body"].as_str().unwrap().to_string()).collect();
+        bodies.sort();
+        bodies == ["b's note", "b2"] && engine.mutations().is_empty()
     })
     .await;
-    assert!(engine.mutations().is_empty(), "alice's queued write must not be visible to bob");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let server_state = control(&srv.url, "state", Value::Null).await;
-    let _ = server_state;
     let all = reqwest::Client::new().get(format!("{}/__control/state", srv.url)).send().await.unwrap().json::<Value>().await.unwrap();
-    assert_eq!(all["rows"]["Note"], 2, "alice's write must not be sent with bob's token");
+    assert_eq!(all["rows"]["Note"], 3, "alice's write must not be sent with bob's token");
     // alice returns: her write goes out with her token
     engine.set_token(alice["token"].as_str().map(str::to_string));
     engine.notify_session_changed().await.unwrap();
     eventually("alice's parked write to be sent", || engine.mutations().is_empty() && engine.list("Note").len() == 2).await;
+    let all = reqwest::Client::new().get(format!("{}/__control/state", srv.url)).send().await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(all["rows"]["Note"], 4);
     engine.close().await;
     srv.stop().await;
 }
