@@ -278,10 +278,6 @@ impl Engine {
         &self.inner.api
     }
 
-    pub fn config(&self) -> &Config {
-        &self.inner.cfg
-    }
-
     pub fn set_listener(&self, listener: Option<Listener>) {
         *self.inner.listener.write().unwrap() = listener;
     }
@@ -338,10 +334,6 @@ impl Engine {
 
     pub fn mutations(&self) -> Vec<Mutation> {
         self.inner.state.read().unwrap().queue.all().cloned().collect()
-    }
-
-    pub fn mutation(&self, id: &str) -> Option<Mutation> {
-        self.inner.state.read().unwrap().queue.get(id).cloned()
     }
 
     // ------------------------------------------------------------- database
@@ -749,7 +741,6 @@ impl Engine {
                     st.queue.push(m.clone());
                     let State { replica, queue, .. } = &mut *st;
                     replica.refresh(&m.entity, &m.row_id, queue);
-                    replica.bump(&[m.entity.clone()]);
                 }
                 me.refresh_counts(&mut st);
                 Ok(m)
@@ -775,7 +766,6 @@ impl Engine {
                 if let Some(m) = &m {
                     let State { replica, queue, .. } = &mut *st;
                     replica.refresh(&m.entity, &m.row_id, queue);
-                    replica.bump(&[m.entity.clone()]);
                 }
                 me.refresh_counts(&mut st);
                 Ok(m)
@@ -822,7 +812,6 @@ impl Engine {
             st.queue.replace(m.clone());
             let State { replica, queue, .. } = &mut *st;
             replica.refresh(&m.entity, &m.row_id, queue);
-            replica.bump(&[m.entity.clone()]);
             me.refresh_counts(&mut st);
             Ok(m)
         })
@@ -1097,14 +1086,9 @@ impl Engine {
             }
             let (cursor, mut covered) = {
                 let st = me.inner.state.read().unwrap();
-                let cursor = if adopt_head {
-                    snap.head
-                } else if st.cursor == 0 && snap.log_only.is_empty() {
-                    snap.head
-                } else {
-                    // an entity only the log can fill: a fresh replica replays what the log still has
-                    st.cursor
-                };
+                // a replica that follows the log keeps its cursor; so does a fresh
+                // one with an entity only the log can fill (it replays from 0)
+                let cursor = if adopt_head || (st.cursor == 0 && snap.log_only.is_empty()) { snap.head } else { st.cursor };
                 (cursor, st.covered.clone())
             };
             covered.extend(entities.iter().cloned());

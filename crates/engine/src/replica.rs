@@ -72,8 +72,6 @@ impl Table {
 #[derive(Debug, Default)]
 pub struct Replica {
     tables: HashMap<String, Table>,
-    /// Bumped on every change of any table; lets readers cache cheaply.
-    version: u64,
 }
 
 impl Replica {
@@ -89,7 +87,6 @@ impl Replica {
         for t in self.tables.values_mut() {
             t.touch();
         }
-        self.version += 1;
     }
 
     /// Drops every row, tombstone and overlay. Versions keep growing so caches invalidate.
@@ -99,11 +96,6 @@ impl Replica {
             t.overlay.clear();
             t.touch();
         }
-        self.version += 1;
-    }
-
-    pub fn version(&self) -> u64 {
-        self.version
     }
 
     pub fn entity_version(&self, entity: &str) -> u64 {
@@ -140,8 +132,8 @@ impl Replica {
         let mut rows = Vec::with_capacity(t.base.len() + t.overlay.len());
         let mut overlay = t.overlay.iter().peekable();
         for (id, b) in &t.base {
-            while let Some((oid, o)) = overlay.next_if(|(oid, _)| oid.as_str() < id.as_str()) {
-                let _ = oid;
+            // rows that exist only locally (pending inserts) sort in by id
+            while let Some((_, o)) = overlay.next_if(|(oid, _)| oid.as_str() < id.as_str()) {
                 rows.extend(o.clone());
             }
             match overlay.next_if(|(oid, _)| *oid == id) {
@@ -166,10 +158,6 @@ impl Replica {
             t.json = Some(json.clone());
         }
         json
-    }
-
-    pub fn row_count(&self, entity: &str) -> usize {
-        self.tables.get(entity).map_or(0, |t| t.base.values().filter(|b| b.data.is_some()).count())
     }
 
     /// Works out what a batch of server changes does to the stored rows,
@@ -275,7 +263,7 @@ impl Replica {
         t.touch();
     }
 
-    /// Replaces one base row by another id (an acknowledged insert getting its server id).
+    /// Sets one server row directly (an acknowledged insert, under its server id).
     pub fn put_base(&mut self, entity: &str, id: &str, row: BaseRow) {
         self.tables.entry(entity.to_string()).or_default().base.insert(id.to_string(), row);
     }
@@ -285,7 +273,6 @@ impl Replica {
         for e in entities {
             self.tables.entry(e.clone()).or_default().touch();
         }
-        self.version += 1;
     }
 
     /// Replaces the rows of the snapshot's entities wholesale; their tombstones go.
@@ -311,7 +298,6 @@ impl Replica {
         for t in self.tables.values_mut() {
             t.touch();
         }
-        self.version += 1;
     }
 }
 
