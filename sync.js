@@ -89,11 +89,17 @@ class Store {
     this._cache = new Map() // entity -> { version, rows, byId }
   }
 
-  _entry(entity) {
+  /** The cached rows of `entity` if they are still current, else null. */
+  _fresh(entity) {
     if (typeof entity !== 'string') throw invalid('entity must be a string')
-    const version = this._engine._native.version(entity)
-    let entry = this._cache.get(entity)
-    if (!entry || entry.version !== version) {
+    const entry = this._cache.get(entity)
+    return entry && entry.version === this._engine._native.version(entity) ? entry : null
+  }
+
+  _entry(entity) {
+    let entry = this._fresh(entity)
+    if (!entry) {
+      const version = this._engine._native.version(entity)
       const rows = JSON.parse(this._engine._native.listJson(entity))
       Object.freeze(rows)
       entry = { version, rows, byId: null }
@@ -110,7 +116,12 @@ class Store {
   /** One visible row, or null. */
   get(entity, id) {
     if (typeof id !== 'string') throw invalid('id must be a string')
-    const entry = this._entry(entity)
+    const entry = this._fresh(entity)
+    if (!entry) {
+      // one row from native; the whole list is only parsed when someone lists it
+      const json = this._engine._native.getJson(entity, id)
+      return json === null ? null : JSON.parse(json)
+    }
     if (!entry.byId) entry.byId = new Map(entry.rows.map((r) => [r.id, r]))
     return entry.byId.get(id) ?? null
   }
@@ -229,6 +240,7 @@ class SyncEngine {
     this._storage = storage
     this._tokenKey = tokenStorageKey(options.appName)
     this._fixedToken = typeof options.token === 'string'
+    this._token = undefined // last token handed to native
     this._listeners = new Map()
     this._hydrating = Promise.resolve()
     this._native.onEvent((json) => this._dispatch(JSON.parse(json)))
@@ -240,8 +252,11 @@ class SyncEngine {
 
   _readToken() {
     if (this._fixedToken) return
-    const token = this._storage.get(this._tokenKey)
-    this._native.setToken(typeof token === 'string' && token !== '' ? token : null)
+    const raw = this._storage.get(this._tokenKey)
+    const token = typeof raw === 'string' && raw !== '' ? raw : null
+    if (token === this._token) return
+    this._token = token
+    this._native.setToken(token)
   }
 
   _on(type, listener) {
