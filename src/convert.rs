@@ -57,9 +57,8 @@ fn string<'a>(opts: &'a Row, key: &str) -> Result<Option<&'a str>> {
     }
 }
 
-const KNOWN: &[&str] = &[
-    "transport", "wsUrl", "pollInterval", "reconnectDelay", "token", "persist", "appName", "storage", "dbPath",
-];
+const KNOWN: &[&str] =
+    &["transport", "wsUrl", "pollInterval", "reconnectDelay", "token", "persist", "appName", "storage", "dbPath"];
 
 /// `createSyncEngine(baseUrl, options)` → engine config. `persist` defaults to
 /// true and then uses `default_db_path`.

@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use crate::stream::{EventFaults, StreamFaults};
+
 /// Makes matching requests fail before they are handled.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -45,6 +47,18 @@ pub struct Faults {
     /// Delay before every API answer, in ms.
     #[serde(default)]
     pub delay_ms: Option<u64>,
+    /// WebSocket connections made from now on.
+    #[serde(default)]
+    pub ws: StreamFaults,
+    /// SSE connections made from now on.
+    #[serde(default)]
+    pub sse: StreamFaults,
+    /// Change events on every stream.
+    #[serde(default)]
+    pub events: EventFaults,
+    /// SSE keepalive comment period (the real server: 30,000).
+    #[serde(default)]
+    pub sse_keepalive_ms: Option<u64>,
 }
 
 impl Faults {

@@ -35,9 +35,15 @@ pub struct ChangeLog {
 
 /// What a pull asks of the log, before read filtering.
 pub enum Pull<'a> {
-    Page { events: Vec<&'a Event>, cursor: u64, has_more: bool },
+    Page {
+        events: Vec<&'a Event>,
+        cursor: u64,
+        has_more: bool,
+    },
     /// 410 with `oldest_seq`.
-    Gone { oldest_seq: u64 },
+    Gone {
+        oldest_seq: u64,
+    },
 }
 
 impl ChangeLog {
@@ -49,12 +55,15 @@ impl ChangeLog {
         self.head
     }
 
-    pub fn append(&mut self, entity: &str, row_id: &str, kind: &'static str, data: Option<Map<String, Value>>) -> Event {
+    pub fn append(
+        &mut self,
+        entity: &str,
+        row_id: &str,
+        kind: &'static str,
+        data: Option<Map<String, Value>>,
+    ) -> Event {
         self.head += 1;
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let ev = Event {
             seq: self.head,
             entity: entity.to_string(),

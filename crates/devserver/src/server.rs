@@ -14,6 +14,7 @@ use crate::control::{FailRule, Faults};
 use crate::log::{ChangeLog, Pull};
 use crate::query::Query;
 use crate::store::{default_manifest, Auth, Session, Store};
+use crate::stream::{crdt_frame, serve_sse, serve_ws, Hub, Outbound};
 
 pub struct Config {
     /// 0 picks a free port.
@@ -30,23 +31,44 @@ impl Default for Config {
     }
 }
 
-struct World {
-    store: Store,
+pub(crate) struct World {
+    pub(crate) store: Store,
     log: ChangeLog,
-    faults: Faults,
+    pub(crate) faults: Faults,
+    hub: Arc<Hub>,
 }
 
-struct App {
-    world: Mutex<World>,
+impl World {
+    /// Appends a write to the log and broadcasts it on the streams (with a
+    /// CRDT frame for subscribers of a CRDT-mode row).
+    fn record(&mut self, entity: &str, row_id: &str, kind: &'static str, data: Option<Map<String, Value>>) {
+        let mut ev = self.log.append(entity, row_id, kind, data);
+        ev.timestamp = String::new(); // streams carry an empty timestamp (§10.3)
+        self.hub.send(Outbound::Event(ev.to_json().to_string().into()));
+        let Some(e) = self.store.entity(entity).filter(|e| e.crdt && kind != "delete") else {
+            return;
+        };
+        if let Some(row) = self.store.rows.get(entity).and_then(|m| m.get(row_id)) {
+            let payload = Value::Object(e.read_back(row)).to_string();
+            let frame = crdt_frame(entity, row_id, payload.as_bytes());
+            self.hub.send(Outbound::Crdt { entity: entity.into(), row_id: row_id.into(), frame });
+        }
+    }
+}
+
+pub(crate) struct App {
+    pub(crate) world: Mutex<World>,
+    pub(crate) hub: Arc<Hub>,
     started: Instant,
 }
 
-/// A running server.
+/// A running server: HTTP on `port`, WebSocket on `port + 1`, SSE on `port + 2`.
 pub struct Handle {
     pub port: u16,
     pub url: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    hub: Arc<Hub>,
 }
 
 impl Handle {
@@ -55,32 +77,54 @@ impl Handle {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.task.abort();
-        let _ = (&mut self.task).await;
+        self.hub.drop_all();
+        for t in &mut self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
     }
+}
+
+/// Three consecutive ports starting at `port` (0: any free ones).
+async fn bind_ports(port: u16) -> Result<[tokio::net::TcpListener; 3], String> {
+    use rand::Rng;
+    use tokio::net::TcpListener;
+    for _ in 0..100 {
+        // bind(0) may hand out the same port again, so pick candidates ourselves
+        let p = if port == 0 { rand::rng().random_range(20_000..60_000) } else { port };
+        let bind = |n: u16| TcpListener::bind(("127.0.0.1", p.saturating_add(n)));
+        match (bind(0).await, bind(1).await, bind(2).await) {
+            (Ok(http), Ok(ws), Ok(sse)) => return Ok([http, ws, sse]),
+            _ if port != 0 => return Err(format!("ports {p}, {} and {} must be free", p + 1, p + 2)),
+            _ => continue,
+        }
+    }
+    Err("no three consecutive free ports".into())
 }
 
 /// Starts the server on 127.0.0.1.
 pub async fn spawn(cfg: Config) -> Result<Handle, String> {
     let store = Store::new(cfg.manifest.unwrap_or_else(default_manifest), cfg.admin_token)?;
+    let hub = Arc::new(Hub::default());
+    let log = ChangeLog::new(cfg.retention.max(1));
     let app = Arc::new(App {
-        world: Mutex::new(World { store, log: ChangeLog::new(cfg.retention.max(1)), faults: Faults::default() }),
+        world: Mutex::new(World { store, log, faults: Faults::default(), hub: hub.clone() }),
+        hub: hub.clone(),
         started: Instant::now(),
     });
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", cfg.port))
-        .await
-        .map_err(|e| format!("cannot listen on port {}: {e}", cfg.port))?;
+    let [listener, ws, sse] = bind_ports(cfg.port).await?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-    let router = Router::new().fallback(handle).with_state(app);
+    let router = Router::new().fallback(handle).with_state(app.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
+    let http = tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async {
                 let _ = rx.await;
             })
             .await;
     });
-    Ok(Handle { port, url: format!("http://127.0.0.1:{port}"), shutdown: Some(tx), task })
+    let tasks = vec![http, tokio::spawn(serve_ws(app.clone(), ws)), tokio::spawn(serve_sse(app, sse))];
+    Ok(Handle { port, url: format!("http://127.0.0.1:{port}"), shutdown: Some(tx), tasks, hub })
 }
 
 fn error(status: u16, code: &str, message: &str) -> Response {
@@ -97,12 +141,7 @@ fn json_response(status: u16, v: Value) -> Response {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::to_string)
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::to_string)
 }
 
 /// The server's naive query parsing: text after `name=` up to the next `&`.
@@ -145,14 +184,18 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
 
 fn failure(app: &App, rule: &FailRule) -> Response {
     if rule.malformed {
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"changes\":[{\"seq\":").into_response();
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"changes\":[{\"seq\":")
+            .into_response();
     }
     match rule.status {
         410 => {
             let head = app.world.lock().unwrap().log.head();
-            json_response(410, json!({ "error": { "code": "RESYNC_REQUIRED",
+            json_response(
+                410,
+                json!({ "error": { "code": "RESYNC_REQUIRED",
                 "message": "cursor is older than the oldest retained seq; client must re-sync",
-                "oldest_seq": head + 1 } }))
+                "oldest_seq": head + 1 } }),
+            )
         }
         429 => {
             let mut r = error(429, "RATE_LIMITED", "Too many requests.");
@@ -311,7 +354,9 @@ fn entities(w: &mut World, method: &Method, uri: &str, e: &str, rest: &[&str], a
                 .rows
                 .get(e)
                 .into_iter()
-                .flat_map(|m| m.range::<String, _>((std::ops::Bound::Excluded(after.clone()), std::ops::Bound::Unbounded)))
+                .flat_map(|m| {
+                    m.range::<String, _>((std::ops::Bound::Excluded(after.clone()), std::ops::Bound::Unbounded))
+                })
                 .take(limit + 1)
                 .filter(|(_, r)| w.store.can_read(e, auth, Some(r)))
                 .map(|(_, r)| entity.read_back(r))
@@ -329,14 +374,19 @@ fn entities(w: &mut World, method: &Method, uri: &str, e: &str, rest: &[&str], a
             if let Some(f) = data.keys().find(|k| !entity.has_field(k)) {
                 return error(400, "INVALID_COLUMN", &format!("unknown column {f:?} on {e}"));
             }
-            if let Some(f) = entity.fields.iter().find(|f| !f.optional && data.get(&f.name).is_none_or(Value::is_null)) {
-                return error(400, "INSERT_FAILED", &format!("Insert into {e} failed: NOT NULL constraint failed: {e}.{}", f.name));
+            if let Some(f) = entity.fields.iter().find(|f| !f.optional && data.get(&f.name).is_none_or(Value::is_null))
+            {
+                return error(
+                    400,
+                    "INSERT_FAILED",
+                    &format!("Insert into {e} failed: NOT NULL constraint failed: {e}.{}", f.name),
+                );
             }
             let id = w.store.new_id();
             let event_data = data.clone();
             data.insert("id".into(), json!(id));
             w.store.rows.entry(e.to_string()).or_default().insert(id.clone(), data);
-            w.log.append(e, &id, "insert", Some(event_data));
+            w.record(e, &id, "insert", Some(event_data));
             json_response(201, json!({ "id": id }))
         }
         ("GET", [id]) => match w.store.rows.get(e).and_then(|m| m.get(*id)) {
@@ -360,12 +410,12 @@ fn entities(w: &mut World, method: &Method, uri: &str, e: &str, rest: &[&str], a
                     row.insert(k.clone(), v.clone());
                 }
             }
-            w.log.append(e, id, "update", Some(patch));
+            w.record(e, id, "update", Some(patch));
             json_response(200, json!({ "updated": true }))
         }
         ("DELETE", [id]) => match w.store.rows.get_mut(e).and_then(|m| m.remove(*id)) {
             Some(_) => {
-                w.log.append(e, id, "delete", None);
+                w.record(e, id, "delete", None);
                 json_response(200, json!({ "deleted": true }))
             }
             None => error(404, "NOT_FOUND", &format!("{e}/{id} not found")),
@@ -402,12 +452,8 @@ fn query(w: &mut World, e: &str, auth: &Auth, body: &Bytes) -> Response {
         .filter(|r| q.matches(r))
         .collect();
     q.sort(&mut rows);
-    let rows: Vec<Value> = rows
-        .into_iter()
-        .skip(q.offset)
-        .take(q.limit.unwrap_or(usize::MAX))
-        .map(Value::Object)
-        .collect();
+    let rows: Vec<Value> =
+        rows.into_iter().skip(q.offset).take(q.limit.unwrap_or(usize::MAX)).map(Value::Object).collect();
     json_response(200, Value::Array(rows))
 }
 
@@ -426,7 +472,8 @@ fn control(app: &App, method: &Method, what: &str, body: &Bytes) -> Response {
         ("POST", "restart") => {
             // PROTOCOL §4.3: a restarted server renumbers its log from 1 with
             // one insert per existing row, in entity order then id order.
-            let World { store, log, .. } = &mut *w;
+            let World { store, log, hub, .. } = &mut *w;
+            hub.drop_all(); // a restarted server drops its sockets without a close frame
             log.clear();
             for entity in &store.entities {
                 for (id, row) in store.rows.get(&entity.name).into_iter().flatten() {
@@ -442,9 +489,8 @@ fn control(app: &App, method: &Method, what: &str, body: &Bytes) -> Response {
             }
             let count = parsed["count"].as_u64().unwrap_or(0);
             let template = parsed["data"].as_object().cloned().unwrap_or_default();
-            let World { store, log, .. } = &mut *w;
             for i in 0..count {
-                let id = store.new_id();
+                let id = w.store.new_id();
                 let mut data = template.clone();
                 for v in data.values_mut() {
                     if let Value::String(s) = v {
@@ -453,10 +499,10 @@ fn control(app: &App, method: &Method, what: &str, body: &Bytes) -> Response {
                 }
                 let event_data = data.clone();
                 data.insert("id".into(), json!(id));
-                store.rows.entry(entity.clone()).or_default().insert(id.clone(), data);
-                log.append(&entity, &id, "insert", Some(event_data));
+                w.store.rows.entry(entity.clone()).or_default().insert(id.clone(), data);
+                w.record(&entity, &id, "insert", Some(event_data));
             }
-            json_response(200, json!({ "head": log.head() }))
+            json_response(200, json!({ "head": w.log.head() }))
         }
         ("GET", "state") => {
             let counts: Map<String, Value> = w
@@ -465,7 +511,40 @@ fn control(app: &App, method: &Method, what: &str, body: &Bytes) -> Response {
                 .iter()
                 .map(|e| (e.name.clone(), json!(w.store.rows.get(&e.name).map_or(0, |m| m.len()))))
                 .collect();
-            json_response(200, json!({ "head": w.log.head(), "rows": counts }))
+            let hub = &app.hub;
+            let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::SeqCst);
+            json_response(
+                200,
+                json!({ "head": w.log.head(), "rows": counts,
+                "ws": { "accepted": n(&hub.ws_accepted), "open": n(&hub.ws_open) },
+                "sse": { "accepted": n(&hub.sse_accepted), "open": n(&hub.sse_open) } }),
+            )
+        }
+        ("GET", "frames") => {
+            let frames: Vec<Value> = app
+                .hub
+                .received
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|r| json!({ "connection": r.connection, "user": r.user, "frame": r.frame }))
+                .collect();
+            json_response(200, Value::Array(frames))
+        }
+        ("POST", "drop") => {
+            app.hub.drop_all();
+            json_response(200, json!({ "ok": true }))
+        }
+        // raw frames to every stream: {"text": "..."} or {"binary": [bytes]}
+        ("POST", "emit") => {
+            if let Some(t) = parsed["text"].as_str() {
+                app.hub.send(Outbound::Raw(t.into()));
+            }
+            if let Some(b) = parsed["binary"].as_array() {
+                let bytes: Vec<u8> = b.iter().map(|x| x.as_u64().unwrap_or(0) as u8).collect();
+                app.hub.send(Outbound::RawBinary(bytes.into()));
+            }
+            json_response(200, json!({ "ok": true }))
         }
         _ => error(404, "NOT_FOUND", "unknown control route"),
     }

@@ -19,6 +19,9 @@ pub struct Entity {
     pub fields: Vec<Field>,
     /// `None`: no policy, everyone may read.
     pub read: Option<ReadRule>,
+    /// CRDT mode (the real server's default unless the manifest says
+    /// `crdt: false`): subscribed WebSocket clients get binary frames.
+    pub crdt: bool,
 }
 
 impl Entity {
@@ -98,12 +101,10 @@ impl Store {
                 .filter(|p| p["entity"].as_str() == Some(name.as_str()))
                 .find_map(|p| p["allowRead"].as_str().or(p["allow"].as_str()).map(ReadRule::parse))
                 .or_else(|| {
-                    policies
-                        .iter()
-                        .any(|p| p["entity"].as_str() == Some(name.as_str()))
-                        .then_some(ReadRule::Anyone)
+                    policies.iter().any(|p| p["entity"].as_str() == Some(name.as_str())).then_some(ReadRule::Anyone)
                 });
-            entities.push(Entity { name, fields, read });
+            let crdt = e["crdt"].as_bool() != Some(false);
+            entities.push(Entity { name, fields, read, crdt });
         }
         if entities.is_empty() {
             return Err("manifest needs at least one entity".into());
@@ -124,10 +125,8 @@ impl Store {
 
     /// 32 hex digits of nanoseconds + 8 of a counter: time-ordered, like the real server.
     pub fn new_id(&self) -> String {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let n = self.counter.fetch_add(1, Ordering::SeqCst);
         format!("{nanos:032x}{:08x}", n as u32)
     }
@@ -141,17 +140,21 @@ impl Store {
 
     pub fn auth(&self, token: Option<&str>) -> Auth {
         match token {
-            Some(t) if self.admin_token.as_deref() == Some(t) => Auth {
-                user_id: Some("__admin__".into()),
-                tenant_id: None,
-                is_admin: true,
-            },
+            Some(t) if self.admin_token.as_deref() == Some(t) => {
+                Auth { user_id: Some("__admin__".into()), tenant_id: None, is_admin: true }
+            }
             Some(t) => match self.sessions.get(t) {
                 Some(s) => Auth { user_id: Some(s.user_id.clone()), tenant_id: s.tenant_id.clone(), is_admin: false },
                 None => Auth::default(),
             },
             None => Auth::default(),
         }
+    }
+
+    /// Auth of a WebSocket connection (sessions only).
+    pub fn auth_user(&self, user: &str) -> Auth {
+        let tenant_id = self.sessions.values().find(|s| s.user_id == user).and_then(|s| s.tenant_id.clone());
+        Auth { user_id: Some(user.to_string()), tenant_id, is_admin: false }
     }
 
     pub fn can_read(&self, entity: &str, auth: &Auth, data: Option<&Map<String, Value>>) -> bool {
@@ -177,7 +180,7 @@ impl Store {
 }
 
 /// The manifest used when none is given: the test app of PROTOCOL §16.3,
-/// plus a `Note` entity under a row-level read policy.
+/// plus a `Note` entity under a row-level read policy and a CRDT-mode `Doc`.
 pub fn default_manifest() -> Value {
     json!({
         "manifest_version": 1, "name": "synctest", "version": "0.1.0",
@@ -185,13 +188,15 @@ pub fn default_manifest() -> Value {
             { "name": "Todo", "fields": [
                 { "name": "title", "type": "string", "optional": false, "unique": false },
                 { "name": "done", "type": "bool", "optional": false, "unique": false },
-                { "name": "userId", "type": "string", "optional": true, "unique": false } ], "indexes": [] },
+                { "name": "userId", "type": "string", "optional": true, "unique": false } ], "indexes": [], "crdt": false },
             { "name": "OrgMember", "fields": [
                 { "name": "userId", "type": "string", "optional": false, "unique": false },
-                { "name": "orgId", "type": "string", "optional": false, "unique": false } ], "indexes": [] },
+                { "name": "orgId", "type": "string", "optional": false, "unique": false } ], "indexes": [], "crdt": false },
             { "name": "Note", "fields": [
                 { "name": "body", "type": "string", "optional": false, "unique": false },
-                { "name": "userId", "type": "string", "optional": true, "unique": false } ], "indexes": [] }
+                { "name": "userId", "type": "string", "optional": true, "unique": false } ], "indexes": [], "crdt": false },
+            { "name": "Doc", "fields": [
+                { "name": "title", "type": "string", "optional": false, "unique": false } ], "indexes": [] }
         ],
         "routes": [], "queries": [], "actions": [],
         "policies": [

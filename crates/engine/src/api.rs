@@ -90,10 +90,7 @@ impl Api {
                     .get("name")
                     .and_then(Value::as_str)
                     .ok_or_else(|| Error::Protocol("manifest entity without a name".into()))?;
-                Ok(EntityInfo {
-                    name: name.to_string(),
-                    has_policy: policied.contains(&name),
-                })
+                Ok(EntityInfo { name: name.to_string(), has_policy: policied.contains(&name) })
             })
             .collect()
     }
@@ -131,8 +128,7 @@ impl Api {
         struct ListBody {
             data: Vec<Row>,
         }
-        let body: ListBody =
-            send_json(self.request(Method::GET, &format!("/api/entities/{entity}"), token)).await?;
+        let body: ListBody = send_json(self.request(Method::GET, &format!("/api/entities/{entity}"), token)).await?;
         Ok(body.data)
     }
 
@@ -162,9 +158,7 @@ impl Api {
     pub async fn update(&self, token: Option<&str>, entity: &str, id: &str, patch: &Row) -> Result<()> {
         check_entity(entity)?;
         check_id(id)?;
-        let req = self
-            .request(Method::PATCH, &format!("/api/entities/{entity}/{id}"), token)
-            .json(patch);
+        let req = self.request(Method::PATCH, &format!("/api/entities/{entity}/{id}"), token).json(patch);
         send_json::<Value>(req).await.map(drop)
     }
 
@@ -193,12 +187,10 @@ impl Api {
 
 /// Strips a trailing slash and rejects anything that is not an http(s) URL.
 fn normalize_base(url: &str) -> Result<String> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| Error::InvalidArg(format!("baseUrl {url:?} is not a URL: {e}")))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| Error::InvalidArg(format!("baseUrl {url:?} is not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(Error::InvalidArg(format!(
-            "baseUrl must be an http:// or https:// URL, got {url:?}"
-        )));
+        return Err(Error::InvalidArg(format!("baseUrl must be an http:// or https:// URL, got {url:?}")));
     }
     Ok(url.trim_end_matches('/').to_string())
 }
@@ -206,16 +198,15 @@ fn normalize_base(url: &str) -> Result<String> {
 /// Entity names go into URL paths verbatim (the server does not decode them).
 pub fn check_entity(entity: &str) -> Result<()> {
     if entity.is_empty() || !entity.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(Error::InvalidArg(format!(
-            "entity name must be letters, digits or _, got {entity:?}"
-        )));
+        return Err(Error::InvalidArg(format!("entity name must be letters, digits or _, got {entity:?}")));
     }
     Ok(())
 }
 
 /// Row ids go into URL paths verbatim.
 pub fn check_id(id: &str) -> Result<()> {
-    if id.is_empty() || id.len() > 512 || id.chars().any(|c| "/?#%".contains(c) || c.is_whitespace() || c.is_control()) {
+    if id.is_empty() || id.len() > 512 || id.chars().any(|c| "/?#%".contains(c) || c.is_whitespace() || c.is_control())
+    {
         return Err(Error::InvalidArg(format!("invalid row id {id:?}")));
     }
     Ok(())
@@ -232,9 +223,8 @@ async fn send_json<T: DeserializeOwned>(req: RequestBuilder) -> Result<T> {
         .map(Duration::from_secs);
     let bytes = resp.bytes().await.map_err(network)?;
     if status.is_success() {
-        return serde_json::from_slice(&bytes).map_err(|e| {
-            Error::Protocol(format!("unreadable {} response: {e}", status.as_u16()))
-        });
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Protocol(format!("unreadable {} response: {e}", status.as_u16())));
     }
     Err(http_error(status, retry_after, &bytes))
 }

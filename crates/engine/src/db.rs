@@ -57,9 +57,8 @@ impl Db {
         let conn = match path {
             Some(p) => {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        Error::Storage(format!("cannot create directory {}: {e}", dir.display()))
-                    })?;
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| Error::Storage(format!("cannot create directory {}: {e}", dir.display())))?;
                 }
                 create_private(p)?;
                 Connection::open(p)?
@@ -105,10 +104,7 @@ impl Db {
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .optional()?)
+        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
 
     pub fn cursor(&self) -> Result<u64> {
@@ -119,7 +115,12 @@ impl Db {
         let mut stmt = self.conn.prepare("SELECT entity, row_id, seq, data FROM rows")?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<String>>(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
             })?
             .map(|r| {
                 let (entity, id, seq, data) = r?;
@@ -163,7 +164,8 @@ impl Db {
                     identity,
                     entity,
                     row_id,
-                    kind: Kind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("unknown mutation kind {kind:?}")))?,
+                    kind: Kind::parse(&kind)
+                        .ok_or_else(|| Error::Corrupt(format!("unknown mutation kind {kind:?}")))?,
                     data: data.map(|d| serde_json::from_str(&d)).transpose()?,
                     status: if status == "failed" { Status::Failed } else { Status::Pending },
                     error: error.map(|e| parse_error(&e)),
@@ -176,17 +178,12 @@ impl Db {
     }
 
     pub fn kv_get(&self, key: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
-            .optional()?)
+        Ok(self.conn.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
 
     pub fn kv_entries(&self) -> Result<Vec<(String, String)>> {
         let mut stmt = self.conn.prepare("SELECT key, value FROM kv ORDER BY key")?;
-        let out = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let out = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(out)
     }
 
@@ -206,9 +203,9 @@ pub struct Writer<'a> {
 
 impl Writer<'_> {
     pub fn effects(&self, effects: &[Effect]) -> Result<()> {
-        let mut stmt = self.tx.prepare_cached(
-            "INSERT OR REPLACE INTO rows (entity, row_id, seq, data) VALUES (?1, ?2, ?3, ?4)",
-        )?;
+        let mut stmt = self
+            .tx
+            .prepare_cached("INSERT OR REPLACE INTO rows (entity, row_id, seq, data) VALUES (?1, ?2, ?3, ?4)")?;
         for e in effects {
             match e {
                 Effect::Put { entity, id, seq, data } => {
@@ -223,9 +220,7 @@ impl Writer<'_> {
     }
 
     pub fn delete_row(&self, entity: &str, id: &str) -> Result<()> {
-        self.tx
-            .prepare_cached("DELETE FROM rows WHERE entity = ?1 AND row_id = ?2")?
-            .execute([entity, id])?;
+        self.tx.prepare_cached("DELETE FROM rows WHERE entity = ?1 AND row_id = ?2")?.execute([entity, id])?;
         Ok(())
     }
 
@@ -240,9 +235,7 @@ impl Writer<'_> {
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        self.tx
-            .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
-            .execute([key, value])?;
+        self.tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?.execute([key, value])?;
         Ok(())
     }
 
@@ -300,17 +293,14 @@ impl Writer<'_> {
     /// Moves every mutation of one identity to another (a token's writes
     /// made before its session was known, once it is).
     pub fn adopt_mutations(&self, from: &str, to: &str) -> Result<usize> {
-        Ok(self
-            .tx
-            .execute("UPDATE mutations SET identity = ?2 WHERE identity = ?1", [from, to])?)
+        Ok(self.tx.execute("UPDATE mutations SET identity = ?2 WHERE identity = ?1", [from, to])?)
     }
 
     pub fn kv_set(&self, key: &str, value: Option<&str>) -> Result<()> {
         match value {
-            Some(v) => self
-                .tx
-                .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")?
-                .execute([key, v])?,
+            Some(v) => {
+                self.tx.prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")?.execute([key, v])?
+            }
             None => self.tx.prepare_cached("DELETE FROM kv WHERE key = ?1")?.execute([key])?,
         };
         Ok(())
@@ -341,9 +331,7 @@ fn create_private(path: &Path) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    opts.open(path)
-        .map(drop)
-        .map_err(|e| Error::Storage(format!("cannot open {}: {e}", path.display())))
+    opts.open(path).map(drop).map_err(|e| Error::Storage(format!("cannot open {}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -372,7 +360,12 @@ mod tests {
             let mut db = Db::open(Some(&path)).unwrap();
             db.write(|w| {
                 w.effects(&[
-                    Effect::Put { entity: "Todo".into(), id: "a".into(), seq: 3, data: Arc::new(json!({ "id": "a" }).as_object().unwrap().clone()) },
+                    Effect::Put {
+                        entity: "Todo".into(),
+                        id: "a".into(),
+                        seq: 3,
+                        data: Arc::new(json!({ "id": "a" }).as_object().unwrap().clone()),
+                    },
                     Effect::Tombstone { entity: "Todo".into(), id: "b".into(), seq: 4 },
                 ])?;
                 w.set_cursor(4)?;

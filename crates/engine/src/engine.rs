@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
@@ -26,17 +26,27 @@ use crate::db::{Db, Stored};
 use crate::error::{Error, Result};
 use crate::protocol::{ChangeEvent, Cursor, Hydration, Kind, PullPage, Row, Session};
 use crate::queue::{Mutation, MutationError, Queue, Status};
+use crate::realtime::{Connection, Peer, Realtime};
 use crate::replica::{BaseRow, Effect, Replica};
 use crate::snapshot::{self, Snapshot};
+use crate::transport::{BinaryFrame, Liveness, Which};
 
 /// Prefix of ids given to rows inserted locally until the server names them.
 pub const TEMP_PREFIX: &str = "_pending_";
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// With a live stream, pull at least this often anyway: streams are hints
+/// and may silently miss events (§10.6).
+const SAFETY_PULL: Duration = Duration::from_secs(30);
 
 /// How the engine follows the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// Pull every `poll_interval`.
+    /// WebSocket; SSE when it cannot connect or keeps dying; polling after
+    /// that; better transports are probed again later.
+    Auto,
+    WebSocket,
+    Sse,
+    /// Pull every `poll_interval`, no stream.
     Poll,
 }
 
@@ -48,6 +58,14 @@ pub struct Config {
     /// Base of the reconnect/retry backoff.
     pub reconnect_delay: Duration,
     pub token: Option<String>,
+    /// Overrides the WebSocket URL derived from `base_url` (port + 1).
+    pub ws_url: Option<String>,
+    /// Overrides the SSE URL derived from `base_url` (port + 2, `/events`).
+    pub sse_url: Option<String>,
+    pub liveness: Liveness,
+    /// After falling back to a lesser transport, try a better one again this
+    /// long later (doubling while it keeps failing, up to 10 min).
+    pub probe_interval: Duration,
     /// `None`: keep everything in memory.
     pub db_path: Option<PathBuf>,
     pub app_name: String,
@@ -57,10 +75,14 @@ impl Config {
     pub fn new(base_url: &str) -> Config {
         Config {
             base_url: base_url.to_string(),
-            transport: Transport::Poll,
+            transport: Transport::Auto,
             poll_interval: Duration::from_millis(1000),
             reconnect_delay: Duration::from_millis(1000),
             token: None,
+            ws_url: None,
+            sse_url: None,
+            liveness: Liveness { ping_interval: Duration::from_secs(15), ping_timeout: Duration::from_secs(10) },
+            probe_interval: Duration::from_secs(60),
             db_path: None,
             app_name: "default".into(),
         }
@@ -121,18 +143,46 @@ impl From<&Error> for ErrorInfo {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// Visible rows of these entities changed.
-    Change { entities: Vec<String> },
+    Change {
+        entities: Vec<String>,
+    },
     /// A mutation changed state: `pending` (queued), `applied`, `failed`, `removed`.
-    Mutation { status: &'static str, mutation: Mutation },
+    Mutation {
+        status: &'static str,
+        mutation: Mutation,
+    },
     Status(SyncStatus),
     /// A sync round failed (`context`: "pull" for a repeated resync, else "sync").
-    Error { context: &'static str, error: Error },
+    Error {
+        context: &'static str,
+        error: Error,
+    },
     /// The session changed (`None`: unknown).
     Session(Option<Session>),
     /// The replica was dropped and is being rebuilt (`reason`: "resync" after a 410, "identity" after a flip).
-    Resync { reason: &'static str },
+    Resync {
+        reason: &'static str,
+    },
     /// Bootstrap progress: rows fetched so far for `entity`.
-    Progress { entity: String, rows: usize, done: bool },
+    Progress {
+        entity: String,
+        rows: usize,
+        done: bool,
+    },
+    /// The realtime connection changed state or transport.
+    Connection(Connection),
+    /// Other engines' presence changed; the full current list.
+    Presence(Vec<Peer>),
+    /// A message published on a topic by another engine.
+    Topic {
+        topic: String,
+        from: Option<String>,
+        data: Value,
+    },
+    /// A rooms API event (join, leave, room presence, broadcast), as sent.
+    Room(Map<String, Value>),
+    /// A binary (CRDT) frame.
+    Binary(BinaryFrame),
 }
 
 pub type Listener = Arc<dyn Fn(Event) + Send + Sync>;
@@ -143,6 +193,10 @@ struct State {
     cursor: u64,
     /// Entities whose full snapshot is in the replica (the rest need bootstrapping).
     covered: BTreeSet<String>,
+    /// Entities no policy governs: everyone may read every row, so their
+    /// stream events can be applied as they arrive (the rest are confirmed by
+    /// a pull, which the server filters).
+    open: BTreeSet<String>,
     session: Option<Session>,
     /// Identity the stored rows belong to.
     identity: String,
@@ -161,8 +215,9 @@ struct State {
     status: SyncStatus,
 }
 
-struct Inner {
-    cfg: Config,
+pub(crate) struct Inner {
+    pub(crate) cfg: Config,
+    pub(crate) rt: Realtime,
     api: Api,
     db: Mutex<Option<Db>>,
     state: RwLock<State>,
@@ -188,7 +243,7 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -230,7 +285,12 @@ impl Engine {
         let fp = fingerprint(token.as_deref());
         let status = SyncStatus {
             phase: Phase::Stopped,
-            transport: "poll",
+            transport: match cfg.transport {
+                Transport::Auto => "auto",
+                Transport::WebSocket => "websocket",
+                Transport::Sse => "sse",
+                Transport::Poll => "poll",
+            },
             cursor: 0,
             pending: 0,
             failed: 0,
@@ -243,6 +303,7 @@ impl Engine {
             queue: Queue::default(),
             cursor: 0,
             covered: BTreeSet::new(),
+            open: BTreeSet::new(),
             session: None,
             identity: String::new(),
             verified_fp: None,
@@ -253,8 +314,14 @@ impl Engine {
             pending_hydration: None,
             status,
         };
+        let first = match cfg.transport {
+            Transport::Sse => Which::Sse,
+            Transport::Poll => Which::Poll,
+            Transport::Auto | Transport::WebSocket => Which::WebSocket,
+        };
         Ok(Engine {
             inner: Arc::new(Inner {
+                rt: Realtime::new(format!("c_{}_{}", now_ms(), random_suffix()), first),
                 cfg,
                 api,
                 db: Mutex::new(None),
@@ -274,6 +341,10 @@ impl Engine {
         })
     }
 
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
     pub fn api(&self) -> &Api {
         &self.inner.api
     }
@@ -282,7 +353,7 @@ impl Engine {
         *self.inner.listener.write().unwrap() = listener;
     }
 
-    fn emit(&self, ev: Event) {
+    pub(crate) fn emit(&self, ev: Event) {
         let l = self.inner.listener.read().unwrap().clone();
         if let Some(l) = l {
             l(ev);
@@ -461,6 +532,7 @@ impl Engine {
         let me = self.clone();
         let handle = tokio::spawn(async move { me.run(backoff, first_delay).await });
         *self.inner.loop_handle.lock().unwrap() = Some(handle);
+        self.start_realtime();
         match first {
             Err(e) if !e.is_transient() && !matches!(e, Error::Resync { .. } | Error::Http { .. }) => Err(e),
             _ => Ok(()),
@@ -476,6 +548,7 @@ impl Engine {
             h.abort();
             let _ = h.await;
         }
+        self.stop_realtime().await;
         if !self.inner.closed.load(Ordering::SeqCst) {
             self.set_phase(Phase::Stopped, None, 0);
         }
@@ -514,7 +587,12 @@ impl Engine {
             Ok(()) => {
                 backoff.reset();
                 self.set_phase(Phase::Idle, None, 0);
-                self.inner.cfg.poll_interval
+                if self.inner.rt.streaming() {
+                    // the stream brings changes; an occasional pull catches what it missed
+                    self.inner.cfg.poll_interval.max(SAFETY_PULL)
+                } else {
+                    self.inner.cfg.poll_interval
+                }
             }
             Err(e) => {
                 let context = match e {
@@ -554,7 +632,7 @@ impl Engine {
     }
 
     /// Asks the loop to sync now (after a local write).
-    fn kick(&self) {
+    pub(crate) fn kick(&self) {
         self.inner.wake.notify_one();
     }
 
@@ -570,7 +648,7 @@ impl Engine {
     }
 
     /// The token the current session was verified with (see `State::verified_token`).
-    fn session_token(&self) -> Option<String> {
+    pub(crate) fn session_token(&self) -> Option<String> {
         self.inner.state.read().unwrap().verified_token.clone()
     }
 
@@ -623,9 +701,10 @@ impl Engine {
 
     async fn apply_session(&self, session: Session, token: Option<String>, fp: String) -> Result<()> {
         let identity = session.identity_key();
-        let flipped = {
+        let (flipped, new_token) = {
             let st = self.inner.state.read().unwrap();
-            !st.identity.is_empty() && st.identity != identity
+            let known = !st.identity.is_empty();
+            (known && st.identity != identity, known && fingerprint(st.verified_token.as_deref()) != fp)
         };
         let session_for_event = session.clone();
         self.inner.epoch.fetch_add(u64::from(flipped), Ordering::SeqCst);
@@ -645,11 +724,8 @@ impl Engine {
                     }
                     Ok(())
                 })?;
-                let stored = if !flipped && me.inner.state.read().unwrap().quarantined {
-                    Some(db.load()?.rows)
-                } else {
-                    None
-                };
+                let stored =
+                    if !flipped && me.inner.state.read().unwrap().quarantined { Some(db.load()?.rows) } else { None };
                 let mutations = db.mutations()?;
                 let mut st = me.inner.state.write().unwrap();
                 let mut entities = st.replica.entities();
@@ -679,6 +755,10 @@ impl Engine {
                 Ok(entities)
             })
             .await?;
+        if flipped || new_token {
+            // the stream was opened with the previous token
+            self.restart_realtime(flipped);
+        }
         if flipped {
             self.emit(Event::Resync { reason: "identity" });
         }
@@ -842,7 +922,9 @@ impl Engine {
             let t = token.as_deref();
             let sent = match m.kind {
                 Kind::Insert => api.insert(t, &m.entity, m.data.as_ref().unwrap_or(&Row::new())).await.map(Some),
-                Kind::Update => api.update(t, &m.entity, &m.row_id, m.data.as_ref().unwrap_or(&Row::new())).await.map(|_| None),
+                Kind::Update => {
+                    api.update(t, &m.entity, &m.row_id, m.data.as_ref().unwrap_or(&Row::new())).await.map(|_| None)
+                }
                 Kind::Delete => match api.delete(t, &m.entity, &m.row_id).await {
                     // already gone: the delete's goal holds
                     Err(Error::Http { status: 404, .. }) => Ok(None),
@@ -903,7 +985,9 @@ impl Engine {
                         _ => None,
                     };
                     let changed: Vec<Mutation> = match &server_id {
-                        Some(sid) => st.queue.remapped(&m.entity, &m.row_id, sid).into_iter().filter(|c| c.id != m.id).collect(),
+                        Some(sid) => {
+                            st.queue.remapped(&m.entity, &m.row_id, sid).into_iter().filter(|c| c.id != m.id).collect()
+                        }
                         None => Vec::new(),
                     };
                     (base_row, changed)
@@ -995,13 +1079,51 @@ impl Engine {
     async fn apply_page(&self, page: PullPage, since: u64, epoch: u64) -> Result<()> {
         let PullPage { mut changes, cursor, .. } = page;
         if cursor.last_seq < since {
-            return Err(Error::Protocol(format!(
-                "server moved the cursor backwards ({since} → {})",
-                cursor.last_seq
-            )));
+            return Err(Error::Protocol(format!("server moved the cursor backwards ({since} → {})", cursor.last_seq)));
         }
         changes.retain(|c| c.seq > since && c.seq <= cursor.last_seq);
         self.apply_changes(changes, Some(cursor.last_seq), epoch).await
+    }
+
+    /// Change events from a stream. The stream is a hint (not gap-free, not
+    /// policy-filtered): a run of events that continues the cursor exactly
+    /// and touches only entities everyone may read is applied as a pull page
+    /// would be; anything else (a gap, a protected entity, an entity not
+    /// bootstrapped yet) asks for a pull instead. Events at or below the
+    /// cursor are duplicates.
+    pub(crate) async fn apply_stream(&self, mut events: Vec<ChangeEvent>) {
+        let _sync = self.inner.sync.lock().await;
+        events.sort_by_key(|e| e.seq);
+        events.dedup_by_key(|e| e.seq);
+        let (run, pull, epoch) = {
+            let st = self.inner.state.read().unwrap();
+            let usable = st.loaded && !st.quarantined && st.session.is_some();
+            let mut next = st.cursor + 1;
+            let mut run = Vec::new();
+            let mut pull = false;
+            for e in events {
+                if e.seq < next {
+                    continue;
+                }
+                if usable && e.seq == next && st.open.contains(&e.entity) && st.covered.contains(&e.entity) {
+                    next += 1;
+                    run.push(e);
+                } else {
+                    pull = true;
+                    break;
+                }
+            }
+            (run, pull, self.inner.epoch.load(Ordering::SeqCst))
+        };
+        let mut pull = pull;
+        if let Some(last) = run.last().map(|e| e.seq) {
+            if self.apply_changes(run, Some(last), epoch).await.is_err() {
+                pull = true; // the pull reports the failure, with backoff
+            }
+        }
+        if pull {
+            self.kick();
+        }
     }
 
     /// Merges server changes (and the new cursor, if any) durably, then in memory.
@@ -1057,6 +1179,8 @@ impl Engine {
             Err(Error::Http { status: 404, .. }) => Vec::new(),
             Err(e) => return Err(e),
         };
+        self.inner.state.write().unwrap().open =
+            infos.iter().filter(|i| !i.has_policy).map(|i| i.name.clone()).collect();
         let wanted: Vec<_> = infos.into_iter().filter(|i| !covered.contains(&i.name)).collect();
         if wanted.is_empty() {
             self.inner.complete_in_epoch.store(epoch, Ordering::SeqCst);
@@ -1088,7 +1212,8 @@ impl Engine {
                 let st = me.inner.state.read().unwrap();
                 // a replica that follows the log keeps its cursor; so does a fresh
                 // one with an entity only the log can fill (it replays from 0)
-                let cursor = if adopt_head || (st.cursor == 0 && snap.log_only.is_empty()) { snap.head } else { st.cursor };
+                let cursor =
+                    if adopt_head || (st.cursor == 0 && snap.log_only.is_empty()) { snap.head } else { st.cursor };
                 (cursor, st.covered.clone())
             };
             covered.extend(entities.iter().cloned());
@@ -1210,10 +1335,8 @@ pub async fn get_server_data(base_url: &str, entities: &[String], token: Option<
     for e in entities {
         check_entity(e)?;
     }
-    let infos: Vec<crate::api::EntityInfo> = entities
-        .iter()
-        .map(|name| crate::api::EntityInfo { name: name.clone(), has_policy: true })
-        .collect();
+    let infos: Vec<crate::api::EntityInfo> =
+        entities.iter().map(|name| crate::api::EntityInfo { name: name.clone(), has_policy: true }).collect();
     let snap = snapshot::take(&api, token, &infos, &|_, _, _| {}).await?;
     Ok(Hydration {
         entities: snap

@@ -12,12 +12,7 @@ pub enum Error {
     Network(String),
     /// The server answered with an HTTP error (envelope `{"error":{code,message}}`).
     #[error("server answered {status} {code}: {message}")]
-    Http {
-        status: u16,
-        code: String,
-        message: String,
-        retry_after: Option<Duration>,
-    },
+    Http { status: u16, code: String, message: String, retry_after: Option<Duration> },
     /// The change log no longer covers our cursor (410).
     #[error("server requires a resync (oldest retained seq {oldest_seq})")]
     Resync { oldest_seq: u64 },

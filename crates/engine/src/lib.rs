@@ -9,10 +9,14 @@ pub mod error;
 pub mod infinite;
 pub mod protocol;
 pub mod queue;
+pub mod realtime;
 pub mod replica;
 pub mod snapshot;
+pub mod transport;
 
 pub use engine::{get_server_data, Config, Engine, Event, Listener, Phase, SyncStatus, Transport};
 pub use error::{Error, Result};
 pub use protocol::{ChangeEvent, Cursor, Hydration, Kind, Row, Session};
 pub use queue::{Mutation, MutationError, Status as MutationStatus};
+pub use realtime::{ConnState, Connection, Peer};
+pub use transport::{BinaryFrame, BinaryHeader, Liveness, Which};

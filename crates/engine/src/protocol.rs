@@ -74,11 +74,7 @@ impl Session {
     /// The part of a session that decides which rows are visible.
     /// Rows and queued writes are kept per identity key.
     pub fn identity_key(&self) -> String {
-        format!(
-            "user:{}|tenant:{}",
-            self.user_id.as_deref().unwrap_or(""),
-            self.tenant_id.as_deref().unwrap_or("")
-        )
+        format!("user:{}|tenant:{}", self.user_id.as_deref().unwrap_or(""), self.tenant_id.as_deref().unwrap_or(""))
     }
 }
 
@@ -96,12 +92,7 @@ pub(crate) struct MeBody {
 
 impl From<MeBody> for Session {
     fn from(b: MeBody) -> Self {
-        Session {
-            user_id: b.user_id,
-            tenant_id: b.tenant_id,
-            is_admin: b.is_admin,
-            roles: b.roles,
-        }
+        Session { user_id: b.user_id, tenant_id: b.tenant_id, is_admin: b.is_admin, roles: b.roles }
     }
 }
 

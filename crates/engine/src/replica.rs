@@ -171,10 +171,7 @@ impl Replica {
         let mut missing: Vec<Missing> = Vec::new();
         for ev in events {
             let k = (ev.entity.as_str(), ev.row_id.as_str());
-            let current = scratch
-                .get(&k)
-                .cloned()
-                .or_else(|| self.base(&ev.entity, &ev.row_id).cloned());
+            let current = scratch.get(&k).cloned().or_else(|| self.base(&ev.entity, &ev.row_id).cloned());
             if current.as_ref().is_some_and(|c| ev.seq <= c.seq) {
                 continue;
             }
@@ -288,10 +285,7 @@ impl Replica {
         for t in self.tables.values_mut() {
             t.overlay.clear();
         }
-        let keys: Vec<(String, String)> = queue
-            .all()
-            .map(|m| (m.entity.clone(), m.row_id.clone()))
-            .collect();
+        let keys: Vec<(String, String)> = queue.all().map(|m| (m.entity.clone(), m.row_id.clone())).collect();
         for (e, id) in keys {
             self.refresh(&e, &id, queue);
         }
@@ -331,12 +325,16 @@ mod tests {
     #[test]
     fn insert_update_delete_in_one_batch() {
         let (mut r, q) = (Replica::new(), Queue::default());
-        apply(&mut r, &q, &[
-            ev(1, "a", Kind::Insert, Some(json!({ "title": "x", "done": false }))),
-            ev(2, "a", Kind::Update, Some(json!({ "done": true }))),
-            ev(3, "b", Kind::Insert, Some(json!({ "title": "y" }))),
-            ev(4, "b", Kind::Delete, None),
-        ]);
+        apply(
+            &mut r,
+            &q,
+            &[
+                ev(1, "a", Kind::Insert, Some(json!({ "title": "x", "done": false }))),
+                ev(2, "a", Kind::Update, Some(json!({ "done": true }))),
+                ev(3, "b", Kind::Insert, Some(json!({ "title": "y" }))),
+                ev(4, "b", Kind::Delete, None),
+            ],
+        );
         assert_eq!(r.get("Todo", "a").unwrap()["done"], true);
         assert_eq!(r.get("Todo", "a").unwrap()["id"], "a");
         assert!(r.get("Todo", "b").is_none());
@@ -348,7 +346,14 @@ mod tests {
         let (mut r, q) = (Replica::new(), Queue::default());
         apply(&mut r, &q, &[ev(5, "a", Kind::Insert, Some(json!({ "title": "x" }))), ev(6, "a", Kind::Delete, None)]);
         // replayed out of order: older insert and update must not resurrect it
-        apply(&mut r, &q, &[ev(5, "a", Kind::Insert, Some(json!({ "title": "x" }))), ev(4, "a", Kind::Update, Some(json!({ "title": "z" })))]);
+        apply(
+            &mut r,
+            &q,
+            &[
+                ev(5, "a", Kind::Insert, Some(json!({ "title": "x" }))),
+                ev(4, "a", Kind::Update, Some(json!({ "title": "z" }))),
+            ],
+        );
         assert!(r.get("Todo", "a").is_none());
         assert_eq!(r.base("Todo", "a").unwrap().seq, 6);
         apply(&mut r, &q, &[ev(9, "a", Kind::Insert, Some(json!({ "title": "again" })))]);
@@ -358,8 +363,22 @@ mod tests {
     #[test]
     fn stale_and_duplicate_events_are_ignored() {
         let (mut r, q) = (Replica::new(), Queue::default());
-        apply(&mut r, &q, &[ev(1, "a", Kind::Insert, Some(json!({ "title": "one" }))), ev(3, "a", Kind::Update, Some(json!({ "title": "three" })))]);
-        apply(&mut r, &q, &[ev(2, "a", Kind::Update, Some(json!({ "title": "two" }))), ev(3, "a", Kind::Update, Some(json!({ "title": "three" })))]);
+        apply(
+            &mut r,
+            &q,
+            &[
+                ev(1, "a", Kind::Insert, Some(json!({ "title": "one" }))),
+                ev(3, "a", Kind::Update, Some(json!({ "title": "three" }))),
+            ],
+        );
+        apply(
+            &mut r,
+            &q,
+            &[
+                ev(2, "a", Kind::Update, Some(json!({ "title": "two" }))),
+                ev(3, "a", Kind::Update, Some(json!({ "title": "three" }))),
+            ],
+        );
         assert_eq!(title(&r, "a"), Some(json!("three")));
     }
 
@@ -370,7 +389,8 @@ mod tests {
         assert_eq!(missing, vec![Missing { entity: "Todo".into(), id: "ghost".into(), seq: 7 }]);
         assert!(r.get("Todo", "ghost").is_none());
         // a delete after it in the same batch settles it
-        let missing = apply(&mut r, &q, &[ev(8, "g2", Kind::Update, Some(json!({ "t": 1 }))), ev(9, "g2", Kind::Delete, None)]);
+        let missing =
+            apply(&mut r, &q, &[ev(8, "g2", Kind::Update, Some(json!({ "t": 1 }))), ev(9, "g2", Kind::Delete, None)]);
         assert!(missing.is_empty());
     }
 
@@ -419,7 +439,11 @@ mod tests {
     fn temp_rows_list_after_server_rows_and_remap_moves_dependents() {
         let mut r = Replica::new();
         let mut q = Queue::default();
-        apply(&mut r, &q, &[ev(1, "000000000000000018eb00000000000000000001", Kind::Insert, Some(json!({ "title": "old" })))]);
+        apply(
+            &mut r,
+            &q,
+            &[ev(1, "000000000000000018eb00000000000000000001", Kind::Insert, Some(json!({ "title": "old" })))],
+        );
         q.push(mutation(1, "_pending_1_x", Kind::Insert, Some(json!({ "title": "new" }))));
         q.push(mutation(2, "_pending_1_x", Kind::Update, Some(json!({ "title": "newer" }))));
         q.push(mutation(3, "other", Kind::Update, Some(json!({ "parent": "_pending_1_x" }))));

@@ -2,64 +2,21 @@
 
 use std::time::Duration;
 
-use pylon_devserver::{spawn, Config as ServerConfig, Handle};
+mod common;
+
+use common::{config, control, eventually, rest, row, server};
 use pylon_sync_engine::{Config, Engine, Error, Event, MutationStatus, Row};
 use serde_json::{json, Value};
-
-async fn server() -> Handle {
-    spawn(ServerConfig::default()).await.unwrap()
-}
-
-fn row(v: Value) -> Row {
-    v.as_object().unwrap().clone()
-}
-
-fn config(url: &str, db: Option<&std::path::Path>) -> Config {
-    let mut c = Config::new(url);
-    c.poll_interval = Duration::from_millis(50);
-    c.reconnect_delay = Duration::from_millis(20);
-    c.db_path = db.map(|p| p.to_path_buf());
-    c
-}
-
-async fn control(url: &str, what: &str, body: Value) -> Value {
-    reqwest::Client::new()
-        .post(format!("{url}/__control/{what}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn rest(url: &str, method: reqwest::Method, path: &str, body: Value) -> Value {
-    reqwest::Client::new()
-        .request(method, format!("{url}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap_or(Value::Null)
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_gets_every_row_beyond_the_log_retention() {
     let srv = server().await;
-    let seeded = control(&srv.url, "seed", json!({ "entity": "Todo", "count": 25_000, "data": { "title": "t{i}", "done": false } })).await;
+    let seeded = control(
+        &srv.url,
+        "seed",
+        json!({ "entity": "Todo", "count": 25_000, "data": { "title": "t{i}", "done": false } }),
+    )
+    .await;
     assert_eq!(seeded["head"], 25_000);
     let engine = Engine::new(config(&srv.url, None)).unwrap();
     engine.start().await.unwrap();
@@ -96,7 +53,10 @@ async fn insert_gets_the_server_id_and_survives_restart() {
     assert_eq!(rows.len(), 1);
     let id = rows[0]["id"].as_str().unwrap().to_string();
     assert_eq!(id.len(), 40);
-    assert!(!seen_both.load(std::sync::atomic::Ordering::SeqCst), "a listener saw the temp row and the server row at once");
+    assert!(
+        !seen_both.load(std::sync::atomic::Ordering::SeqCst),
+        "a listener saw the temp row and the server row at once"
+    );
     // an update queued while offline survives a restart and is sent afterwards
     engine.stop().await;
     engine.update("Todo", &id, row(json!({ "done": true }))).await.unwrap();
@@ -119,13 +79,17 @@ async fn rejected_insert_is_kept_failed_and_its_effect_undone() {
     engine.start().await.unwrap();
     // title is required: the server answers 400 INSERT_FAILED
     let temp = engine.insert("Todo", row(json!({ "done": false }))).await.unwrap();
-    eventually("the insert to fail", || engine.mutations().first().is_some_and(|m| m.status == MutationStatus::Failed)).await;
+    eventually("the insert to fail", || engine.mutations().first().is_some_and(|m| m.status == MutationStatus::Failed))
+        .await;
     let m = engine.mutations().remove(0);
     assert_eq!(m.error.as_ref().unwrap().code, "INSERT_FAILED");
     assert!(engine.get("Todo", &temp).is_none(), "the optimistic row must be undone");
     // an update of the failed insert's row cannot be sent and fails too
     engine.update("Todo", &temp, row(json!({ "title": "x" }))).await.unwrap();
-    eventually("the dependent update to fail", || engine.mutations().iter().all(|m| m.status == MutationStatus::Failed)).await;
+    eventually("the dependent update to fail", || {
+        engine.mutations().iter().all(|m| m.status == MutationStatus::Failed)
+    })
+    .await;
     assert_eq!(engine.mutations()[1].error.as_ref().unwrap().code, "DEPENDENCY_FAILED");
     assert!(engine.remove_mutation(&m.id).await.unwrap());
     assert_eq!(engine.mutations().len(), 1);
@@ -138,10 +102,15 @@ async fn transient_failures_keep_writes_and_cursor() {
     let srv = server().await;
     let engine = Engine::new(config(&srv.url, None)).unwrap();
     engine.start().await.unwrap();
-    control(&srv.url, "faults", json!({ "rules": [
+    control(
+        &srv.url,
+        "faults",
+        json!({ "rules": [
         { "path": "/api/entities", "status": 503, "count": 2 },
         { "path": "/api/sync/pull", "malformed": true, "count": 1 },
-        { "path": "/api/sync/pull", "status": 429, "retryAfter": 1, "count": 1 } ] })).await;
+        { "path": "/api/sync/pull", "status": 429, "retryAfter": 1, "count": 1 } ] }),
+    )
+    .await;
     engine.insert("Todo", row(json!({ "title": "a", "done": false }))).await.unwrap();
     eventually("the insert to get through", || engine.mutations().is_empty()).await;
     eventually("the pull to catch up", || engine.cursor() == 1).await;
@@ -153,7 +122,8 @@ async fn transient_failures_keep_writes_and_cursor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resync_and_server_restart_rebuild_the_replica() {
     let srv = server().await;
-    control(&srv.url, "seed", json!({ "entity": "Todo", "count": 3, "data": { "title": "t{i}", "done": false } })).await;
+    control(&srv.url, "seed", json!({ "entity": "Todo", "count": 3, "data": { "title": "t{i}", "done": false } }))
+        .await;
     let engine = Engine::new(config(&srv.url, None)).unwrap();
     engine.start().await.unwrap();
     assert_eq!(engine.list("Todo").len(), 3);
@@ -192,7 +162,12 @@ async fn identity_flip_resets_and_parks_the_old_identitys_writes() {
     assert_eq!(notes.len(), 1);
     assert_eq!(notes[0]["body"], "a's note");
     // alice writes while the server refuses writes; then bob signs in
-    control(&srv.url, "faults", json!({ "rules": [{ "path": "/api/entities/Note", "method": "POST", "status": 503 }] })).await;
+    control(
+        &srv.url,
+        "faults",
+        json!({ "rules": [{ "path": "/api/entities/Note", "method": "POST", "status": 503 }] }),
+    )
+    .await;
     engine.insert("Note", row(json!({ "body": "a2", "userId": "alice" }))).await.unwrap();
     engine.set_token(bob["token"].as_str().map(str::to_string));
     // written after the token change, before its session is known: bob's write
@@ -201,19 +176,35 @@ async fn identity_flip_resets_and_parks_the_old_identitys_writes() {
     assert_eq!(session.user_id.as_deref(), Some("bob"));
     control(&srv.url, "faults", json!({})).await;
     eventually("bob's replica with bob's own write", || {
-        let mut bodies: Vec<String> = engine.list("Note").iter().map(|n| n["body"].as_str().unwrap().to_string()).collect();
+        let mut bodies: Vec<String> =
+            engine.list("Note").iter().map(|n| n["body"].as_str().unwrap().to_string()).collect();
         bodies.sort();
         bodies == ["b's note", "b2"] && engine.mutations().is_empty()
     })
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let all = reqwest::Client::new().get(format!("{}/__control/state", srv.url)).send().await.unwrap().json::<Value>().await.unwrap();
+    let all = reqwest::Client::new()
+        .get(format!("{}/__control/state", srv.url))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
     assert_eq!(all["rows"]["Note"], 3, "alice's write must not be sent with bob's token");
     // alice returns: her write goes out with her token
     engine.set_token(alice["token"].as_str().map(str::to_string));
     engine.notify_session_changed().await.unwrap();
-    eventually("alice's parked write to be sent", || engine.mutations().is_empty() && engine.list("Note").len() == 2).await;
-    let all = reqwest::Client::new().get(format!("{}/__control/state", srv.url)).send().await.unwrap().json::<Value>().await.unwrap();
+    eventually("alice's parked write to be sent", || engine.mutations().is_empty() && engine.list("Note").len() == 2)
+        .await;
+    let all = reqwest::Client::new()
+        .get(format!("{}/__control/state", srv.url))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
     assert_eq!(all["rows"]["Note"], 4);
     engine.close().await;
     srv.stop().await;
@@ -224,7 +215,8 @@ async fn closed_engine_and_bad_input_give_typed_errors() {
     assert!(matches!(Engine::new(Config::new("ftp://x")), Err(Error::InvalidArg(_))));
     let dir = tempfile::tempdir().unwrap();
     let foreign = dir.path().join("foreign.db");
-    std::fs::write(&foreign, b"this is not a database, just text that is long enough to look like a header....").unwrap();
+    std::fs::write(&foreign, b"this is not a database, just text that is long enough to look like a header....")
+        .unwrap();
     let srv = server().await;
     let engine = Engine::new(config(&srv.url, Some(&foreign))).unwrap();
     let err = engine.start().await.unwrap_err();
@@ -241,7 +233,8 @@ async fn tenant_switch_resets_the_replica() {
     let srv = server().await;
     let alice = rest(&srv.url, reqwest::Method::POST, "/api/auth/session", json!({ "user_id": "alice" })).await;
     let token = alice["token"].as_str().unwrap().to_string();
-    rest(&srv.url, reqwest::Method::POST, "/api/entities/OrgMember", json!({ "userId": "alice", "orgId": "org_1" })).await;
+    rest(&srv.url, reqwest::Method::POST, "/api/entities/OrgMember", json!({ "userId": "alice", "orgId": "org_1" }))
+        .await;
     let mut cfg = config(&srv.url, None);
     cfg.token = Some(token.clone());
     let engine = Engine::new(cfg).unwrap();

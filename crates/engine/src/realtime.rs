@@ -1,0 +1,632 @@
+//! Following the server in real time. One task per running engine picks a
+//! transport (WebSocket, else SSE, else polling — or the one the user
+//! pinned), keeps it alive, reconnects with full-jitter backoff, and routes
+//! what arrives: change events to the replica (as hints, see
+//! `Engine::apply_stream`), presence, topics, room events and CRDT frames to
+//! their own APIs.
+//!
+//! Presence over the real server has no membership list and its disconnect
+//! notices do not say who left, so engines keep it consistent among
+//! themselves: every presence frame carries the engine's `clientId`; after a
+//! disconnect notice (or our own reconnect) peers are asked to re-announce,
+//! and those silent for `PRESENCE_GRACE` are dropped.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::Notify;
+use tokio::time::{sleep, sleep_until, Instant};
+
+use crate::backoff::Backoff;
+use crate::engine::{now_ms, Engine, ErrorInfo, Event, Transport};
+use crate::error::Error;
+use crate::protocol::ChangeEvent;
+use crate::transport::{self, sse, ws, Inbound, Which};
+
+/// A connection that lived this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(5);
+/// Connections that die (or never open) this many times in a row make the
+/// automatic mode step down a transport.
+const STEP_DOWN_AFTER: u32 = 3;
+/// Failed probes double the wait up to this.
+const PROBE_MAX: Duration = Duration::from_secs(600);
+/// Peers asked to re-announce their presence have this long to answer.
+const PRESENCE_GRACE: Duration = Duration::from_secs(2);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnState {
+    /// Not following the server (engine stopped).
+    Offline,
+    Connecting,
+    Open,
+    /// Waiting before the next attempt.
+    Backoff,
+}
+
+/// What `engine.connection` shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connection {
+    pub state: ConnState,
+    pub transport: Which,
+    /// Failed attempts since the last stable connection.
+    pub attempts: u32,
+    pub last_error: Option<ErrorInfo>,
+    /// Unix ms of the last state change.
+    pub since: u64,
+    /// Frames received and ignored: malformed, or of a type we do not know.
+    pub ignored: u64,
+}
+
+/// Another engine's presence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Peer {
+    /// The sender's user id, stamped by the server.
+    pub from: Option<String>,
+    pub client_id: Option<String>,
+    pub data: Value,
+    #[serde(skip)]
+    seen: u64,
+}
+
+#[derive(Default)]
+struct Presence {
+    mine: Option<Value>,
+    peers: BTreeMap<String, Peer>,
+}
+
+pub(crate) struct Realtime {
+    pub client_id: String,
+    status: Mutex<Connection>,
+    /// Frames to send on the open WebSocket.
+    out: Mutex<Option<UnboundedSender<String>>>,
+    presence: Mutex<Presence>,
+    /// Refcounted CRDT subscriptions by (entity, row id).
+    crdt: Mutex<BTreeMap<(String, String), u32>>,
+    /// Reconnect now (identity flip), without counting an attempt.
+    restart: Notify,
+    ignored: AtomicU64,
+    handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Realtime {
+    pub fn new(client_id: String, transport: Which) -> Realtime {
+        Realtime {
+            client_id,
+            status: Mutex::new(Connection {
+                state: ConnState::Offline,
+                transport,
+                attempts: 0,
+                last_error: None,
+                since: now_ms(),
+                ignored: 0,
+            }),
+            out: Mutex::new(None),
+            presence: Mutex::new(Presence::default()),
+            crdt: Mutex::new(BTreeMap::new()),
+            restart: Notify::new(),
+            ignored: AtomicU64::new(0),
+            handle: Mutex::new(None),
+        }
+    }
+
+    pub fn status(&self) -> Connection {
+        let mut s = self.status.lock().unwrap().clone();
+        s.ignored = self.ignored.load(Ordering::Relaxed);
+        s
+    }
+
+    /// A live stream is delivering changes (polling can slow down).
+    pub fn streaming(&self) -> bool {
+        let s = self.status.lock().unwrap();
+        s.state == ConnState::Open && s.transport != Which::Poll
+    }
+
+    /// Sends on the open WebSocket; false when there is none.
+    fn send(&self, frame: Value) -> bool {
+        match &*self.out.lock().unwrap() {
+            Some(tx) => tx.send(frame.to_string()).is_ok(),
+            None => false,
+        }
+    }
+
+    fn presence_frame(&self, event: &str, data: Option<&Value>) -> Value {
+        let mut f = json!({ "type": "presence", "event": event, "clientId": self.client_id });
+        if let Some(d) = data {
+            f["data"] = d.clone();
+        }
+        f
+    }
+
+    fn announce(&self) {
+        let mine = self.presence.lock().unwrap().mine.clone();
+        if let Some(d) = mine {
+            self.send(self.presence_frame("update", Some(&d)));
+        }
+    }
+
+    pub fn peers(&self) -> Vec<Peer> {
+        self.presence.lock().unwrap().peers.values().cloned().collect()
+    }
+}
+
+/// Which transport to use next, in automatic mode: step down after repeated
+/// failures, probe one step up again later.
+struct Ladder {
+    pinned: Option<Which>,
+    level: Which,
+    failures: u32,
+    probing: bool,
+    probe_at: Instant,
+    probe_every: Duration,
+    probe_first: Duration,
+}
+
+fn up(w: Which) -> Which {
+    match w {
+        Which::Poll => Which::Sse,
+        _ => Which::WebSocket,
+    }
+}
+
+fn down(w: Which) -> Which {
+    match w {
+        Which::WebSocket => Which::Sse,
+        _ => Which::Poll,
+    }
+}
+
+impl Ladder {
+    fn new(pinned: Option<Which>, probe_first: Duration) -> Ladder {
+        Ladder {
+            pinned,
+            level: Which::WebSocket,
+            failures: 0,
+            probing: false,
+            probe_at: Instant::now(),
+            probe_every: probe_first,
+            probe_first,
+        }
+    }
+
+    /// `top`: the best transport possible now (WebSocket needs a user session).
+    fn pick(&mut self, top: Which) -> Which {
+        if let Some(p) = self.pinned {
+            return p;
+        }
+        self.level = self.level.max(top);
+        if self.level > top && Instant::now() >= self.probe_at {
+            self.probing = true;
+            return up(self.level).max(top);
+        }
+        self.level
+    }
+
+    /// When a connection on a step below `top` should end, to probe a
+    /// higher one. A probe that succeeds below `top` keeps probing later.
+    fn deadline(&self, which: Which, top: Which) -> Option<Instant> {
+        if self.pinned.is_some() || which <= top {
+            return None;
+        }
+        Some(if self.probing { Instant::now() + self.probe_first } else { self.probe_at })
+    }
+
+    fn opened(&mut self, which: Which) {
+        if self.probing {
+            self.probing = false;
+            self.level = which;
+            self.failures = 0;
+            self.probe_every = self.probe_first;
+            self.probe_at = Instant::now() + self.probe_every;
+        }
+    }
+
+    /// Records how a connection ended; true when the next one should be
+    /// tried at once (a failed probe, or a step down).
+    fn ended(&mut self, opened: bool, stable: bool) -> bool {
+        if self.pinned.is_some() {
+            return false;
+        }
+        if self.probing {
+            self.probing = false;
+            if !opened {
+                self.probe_every = (self.probe_every * 2).min(PROBE_MAX.max(self.probe_first));
+                self.probe_at = Instant::now() + self.probe_every;
+                return true;
+            }
+        }
+        if stable {
+            self.failures = 0;
+            return false;
+        }
+        self.failures += 1;
+        if self.failures >= STEP_DOWN_AFTER && self.level != Which::Poll {
+            self.level = down(self.level);
+            self.failures = 0;
+            self.probe_at = Instant::now() + self.probe_every;
+            return true;
+        }
+        false
+    }
+}
+
+enum End {
+    Died(Error),
+    Restart,
+    Probe,
+}
+
+/// Aborts the task when dropped (the applier dies with the follower).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Engine {
+    /// Starts following the server in real time (no-op when polling is pinned).
+    pub(crate) fn start_realtime(&self) {
+        let rt = &self.inner().rt;
+        if self.inner().cfg.transport == Transport::Poll {
+            self.set_connection(ConnState::Open, Which::Poll, 0, None);
+            return;
+        }
+        let me = self.clone();
+        let task = tokio::spawn(async move { me.follow().await });
+        if let Some(old) = rt.handle.lock().unwrap().replace(task) {
+            old.abort();
+        }
+    }
+
+    pub(crate) async fn stop_realtime(&self) {
+        let rt = &self.inner().rt;
+        let task = rt.handle.lock().unwrap().take();
+        if let Some(t) = task {
+            t.abort();
+            let _ = t.await;
+        }
+        *rt.out.lock().unwrap() = None;
+        let transport = rt.status().transport;
+        self.set_connection(ConnState::Offline, transport, 0, None);
+    }
+
+    /// Reconnects at once with the current token. After an identity flip,
+    /// presence is forgotten: it belonged to the previous identity.
+    pub(crate) fn restart_realtime(&self, flipped: bool) {
+        let rt = &self.inner().rt;
+        if flipped {
+            let had_peers = {
+                let mut p = rt.presence.lock().unwrap();
+                p.mine = None;
+                !std::mem::take(&mut p.peers).is_empty()
+            };
+            if had_peers {
+                self.emit(Event::Presence(Vec::new()));
+            }
+        }
+        if rt.handle.lock().unwrap().as_ref().is_some_and(|h| !h.is_finished()) {
+            rt.restart.notify_one();
+        }
+    }
+
+    fn set_connection(&self, state: ConnState, transport: Which, attempts: u32, error: Option<&Error>) {
+        let rt = &self.inner().rt;
+        let status = {
+            let mut s = rt.status.lock().unwrap();
+            let last_error = match error {
+                Some(e) => Some(ErrorInfo::from(e)),
+                None if state == ConnState::Open => None,
+                None => s.last_error.clone(),
+            };
+            if s.state == state && s.transport == transport && s.attempts == attempts && s.last_error == last_error {
+                return;
+            }
+            *s = Connection { state, transport, attempts, last_error, since: now_ms(), ignored: 0 };
+            drop(s);
+            rt.status()
+        };
+        self.emit(Event::Connection(status));
+    }
+
+    /// The connect–run–back off loop.
+    async fn follow(self) {
+        let rt = &self.inner().rt;
+        let pinned = match self.inner().cfg.transport {
+            Transport::Poll => return,
+            Transport::Auto => None,
+            Transport::WebSocket => Some(Which::WebSocket),
+            Transport::Sse => Some(Which::Sse),
+        };
+        let probe_first = self.inner().cfg.probe_interval;
+        let (tx, rx) = unbounded_channel::<ChangeEvent>();
+        let _applier = AbortOnDrop(tokio::spawn(self.clone().apply_stream_loop(rx)));
+        let mut ladder = Ladder::new(pinned, probe_first);
+        let mut backoff = Backoff::new(self.inner().cfg.reconnect_delay, BACKOFF_CAP);
+        loop {
+            let top = if self.stream_user() { Which::WebSocket } else { Which::Sse };
+            let which = ladder.pick(top);
+            if which == Which::Poll {
+                self.set_connection(ConnState::Open, Which::Poll, backoff.attempts(), None);
+                tokio::select! {
+                    _ = sleep_until(ladder.probe_at) => {}
+                    _ = rt.restart.notified() => ladder = Ladder::new(pinned, probe_first),
+                }
+                continue;
+            }
+            self.set_connection(ConnState::Connecting, which, backoff.attempts(), None);
+            let (out_tx, mut out_rx) = unbounded_channel();
+            let mut opened: Option<Instant> = None;
+            let probe = ladder.deadline(which, top);
+            let end = tokio::select! {
+                e = self.connect_and_run(which, &tx, out_tx, &mut out_rx, &mut opened, &mut ladder) => End::Died(e),
+                _ = rt.restart.notified() => End::Restart,
+                _ = sleep_until(probe.unwrap_or_else(Instant::now)), if probe.is_some() => End::Probe,
+            };
+            *rt.out.lock().unwrap() = None;
+            if opened.is_some() {
+                self.kick(); // pull at once and poll until a stream is open again
+            }
+            let err = match end {
+                End::Restart => {
+                    ladder = Ladder::new(pinned, probe_first);
+                    continue;
+                }
+                End::Probe => continue,
+                End::Died(e) => e,
+            };
+            let stable = opened.is_some_and(|t| t.elapsed() >= STABLE);
+            if stable {
+                backoff.reset();
+            }
+            match &err {
+                Error::Http { status: 429, .. } => backoff.penalize(3),
+                Error::Http { status: 401, .. } => {
+                    self.emit(Event::Error { context: "connection", error: err.clone() })
+                }
+                _ => {}
+            }
+            let at_once = ladder.ended(opened.is_some(), stable);
+            let delay = if at_once { Duration::ZERO } else { backoff.next_delay() };
+            self.set_connection(ConnState::Backoff, which, backoff.attempts(), Some(&err));
+            tokio::select! {
+                _ = sleep(delay) => {}
+                _ = rt.restart.notified() => ladder = Ladder::new(pinned, probe_first),
+            }
+        }
+    }
+
+    /// A WebSocket needs a user session (the server accepts neither
+    /// anonymous clients nor admin tokens there).
+    fn stream_user(&self) -> bool {
+        self.stream_token().is_some() && self.session().is_none_or(|s| s.user_id.is_some())
+    }
+
+    fn stream_token(&self) -> Option<String> {
+        self.session_token().or_else(|| self.token())
+    }
+
+    async fn connect_and_run(
+        &self,
+        which: Which,
+        changes: &UnboundedSender<ChangeEvent>,
+        out_tx: UnboundedSender<String>,
+        out_rx: &mut UnboundedReceiver<String>,
+        opened: &mut Option<Instant>,
+        ladder: &mut Ladder,
+    ) -> Error {
+        let cfg = &self.inner().cfg;
+        let live = cfg.liveness;
+        let token = self.stream_token();
+        let on_frame = |f: Inbound| self.on_inbound(f, changes);
+        match which {
+            Which::WebSocket => {
+                let url = match &cfg.ws_url {
+                    Some(u) => u.clone(),
+                    None => match transport::derive_url(&cfg.base_url, transport::ws_scheme, 1, "/") {
+                        Ok(u) => u,
+                        Err(e) => return e,
+                    },
+                };
+                let socket = match ws::connect(&url, token.as_deref(), live.ping_timeout).await {
+                    Ok(s) => s,
+                    Err(e) => return e,
+                };
+                *opened = Some(Instant::now());
+                ladder.opened(which);
+                self.opened(which, Some(out_tx));
+                ws::run(socket, live, out_rx, &on_frame).await
+            }
+            Which::Sse => {
+                let url = match &cfg.sse_url {
+                    Some(u) => u.clone(),
+                    None => match transport::derive_url(&cfg.base_url, transport::http_scheme, 2, "/events") {
+                        Ok(u) => u,
+                        Err(e) => return e,
+                    },
+                };
+                let stream = match sse::connect(&url, token.as_deref(), live.ping_timeout).await {
+                    Ok(s) => s,
+                    Err(e) => return e,
+                };
+                *opened = Some(Instant::now());
+                ladder.opened(which);
+                self.opened(which, None);
+                sse::run(stream, live, &on_frame).await
+            }
+            Which::Poll => Error::InvalidArg("polling has no connection".into()),
+        }
+    }
+
+    /// A stream opened: re-send what the server forgot, catch up by pulling.
+    fn opened(&self, which: Which, out: Option<UnboundedSender<String>>) {
+        let rt = &self.inner().rt;
+        *rt.out.lock().unwrap() = out;
+        if which == Which::WebSocket {
+            let subs: Vec<(String, String)> = rt.crdt.lock().unwrap().keys().cloned().collect();
+            for (entity, row) in subs {
+                rt.send(json!({ "type": "crdt-subscribe", "entity": entity, "rowId": row }));
+            }
+            rt.announce();
+            rt.send(rt.presence_frame("sync", None));
+            self.sweep_presence_later(now_ms());
+        }
+        self.set_connection(ConnState::Open, which, rt.status().attempts, None);
+        self.kick();
+    }
+
+    fn on_inbound(&self, frame: Inbound, changes: &UnboundedSender<ChangeEvent>) {
+        let rt = &self.inner().rt;
+        match frame {
+            Inbound::Change(ev) => {
+                let _ = changes.send(ev);
+            }
+            Inbound::Presence { client_id, .. } if client_id.as_deref() == Some(rt.client_id.as_str()) => {}
+            Inbound::Presence { event, .. } if event == "sync" => rt.announce(),
+            Inbound::Presence { from, client_id, event, data } => {
+                let key = client_id.clone().unwrap_or_else(|| format!("user:{}", from.as_deref().unwrap_or("")));
+                let changed = {
+                    let mut p = rt.presence.lock().unwrap();
+                    if event == "leave" {
+                        p.peers.remove(&key).is_some()
+                    } else {
+                        let peer = Peer { from, client_id, data, seen: now_ms() };
+                        let same = p.peers.get(&key).is_some_and(|old| old.data == peer.data && old.from == peer.from);
+                        p.peers.insert(key, peer);
+                        !same
+                    }
+                };
+                if changed {
+                    self.emit(Event::Presence(rt.peers()));
+                }
+            }
+            Inbound::Disconnect { .. } => {
+                // someone left, we cannot tell who: those still here re-announce
+                rt.announce();
+                self.sweep_presence_later(now_ms());
+            }
+            Inbound::Topic { topic, from, data } => self.emit(Event::Topic { topic, from, data }),
+            Inbound::Room(m) => self.emit(Event::Room(m)),
+            Inbound::Binary(f) => self.emit(Event::Binary(f)),
+            Inbound::Unknown | Inbound::Malformed => {
+                rt.ignored.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Drops, after the grace period, peers not heard from since `asked_at`.
+    fn sweep_presence_later(&self, asked_at: u64) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            sleep(PRESENCE_GRACE).await;
+            let rt = &me.inner().rt;
+            let removed = {
+                let mut p = rt.presence.lock().unwrap();
+                let before = p.peers.len();
+                // peers without a client id (other client libraries) cannot answer; keep them
+                p.peers.retain(|_, peer| peer.client_id.is_none() || peer.seen >= asked_at);
+                before != p.peers.len()
+            };
+            if removed {
+                me.emit(Event::Presence(rt.peers()));
+            }
+        });
+    }
+
+    // ------------------------------------------------------- public surface
+
+    pub fn connection(&self) -> Connection {
+        self.inner().rt.status()
+    }
+
+    /// This engine's id in presence frames.
+    pub fn client_id(&self) -> &str {
+        &self.inner().rt.client_id
+    }
+
+    /// Presence of the other engines connected to the server.
+    pub fn presence(&self) -> Vec<Peer> {
+        self.inner().rt.peers()
+    }
+
+    /// Sets (or with `None` withdraws) this engine's presence. It is sent now
+    /// when a WebSocket is open, and again after every reconnect.
+    pub fn set_presence(&self, data: Option<Value>) {
+        let rt = &self.inner().rt;
+        let previous = std::mem::replace(&mut rt.presence.lock().unwrap().mine, data.clone());
+        match data {
+            Some(d) => {
+                rt.send(rt.presence_frame("update", Some(&d)));
+            }
+            None if previous.is_some() => {
+                rt.send(rt.presence_frame("leave", None));
+            }
+            None => {}
+        }
+    }
+
+    /// Publishes to a topic over the open WebSocket; false when none is open
+    /// (topic messages are not queued: they are about now).
+    pub fn publish_topic(&self, topic: &str, data: Value) -> bool {
+        self.inner().rt.send(json!({ "type": "topic", "topic": topic, "data": data }))
+    }
+
+    /// Refcounted: the first subscriber sends `crdt-subscribe`, and it is
+    /// re-sent after every reconnect.
+    pub fn subscribe_crdt(&self, entity: &str, row_id: &str) {
+        let rt = &self.inner().rt;
+        let first = {
+            let mut subs = rt.crdt.lock().unwrap();
+            let n = subs.entry((entity.to_string(), row_id.to_string())).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        if first {
+            rt.send(json!({ "type": "crdt-subscribe", "entity": entity, "rowId": row_id }));
+        }
+    }
+
+    /// The last unsubscriber sends `crdt-unsubscribe`; extra calls are no-ops.
+    pub fn unsubscribe_crdt(&self, entity: &str, row_id: &str) {
+        let rt = &self.inner().rt;
+        let last = {
+            let mut subs = rt.crdt.lock().unwrap();
+            let key = (entity.to_string(), row_id.to_string());
+            match subs.get_mut(&key) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    subs.remove(&key);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            rt.send(json!({ "type": "crdt-unsubscribe", "entity": entity, "rowId": row_id }));
+        }
+    }
+
+    /// Active CRDT subscriptions with their counts.
+    pub fn crdt_subscriptions(&self) -> Vec<(String, String, u32)> {
+        self.inner().rt.crdt.lock().unwrap().iter().map(|((e, r), n)| (e.clone(), r.clone(), *n)).collect()
+    }
+
+    async fn apply_stream_loop(self, mut rx: UnboundedReceiver<ChangeEvent>) {
+        let mut batch = Vec::new();
+        while rx.recv_many(&mut batch, 1024).await > 0 {
+            self.apply_stream(std::mem::take(&mut batch)).await;
+        }
+    }
+}
