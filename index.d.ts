@@ -16,6 +16,16 @@ export declare class NativeEngine {
    * never keeps the process alive on its own.
    */
   onEvent(callback: (arg: string) => void): void
+  /** Registers the sink of binary (CRDT) frames: `(bytes, headerJson | null)`. Weak, like `onEvent`. */
+  onBinary(callback: (arg0: Buffer, arg1?: string | undefined | null) => void): void
+  connectionJson(): string
+  presenceJson(): string
+  clientId(): string
+  /** `data`: any JSON value; null withdraws this engine's presence. */
+  setPresence(data?: any | undefined | null): void
+  publishTopic(topic: string, data?: any | undefined | null): boolean
+  subscribeCrdt(entity: string, rowId: string): void
+  unsubscribeCrdt(entity: string, rowId: string): void
   start(): Promise<any>
   stop(): Promise<any>
   close(): Promise<any>

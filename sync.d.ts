@@ -36,9 +36,22 @@ export interface Storage {
 }
 
 export interface SyncEngineConfig {
-  /** Only "poll" is available in this version; leaving it unset picks the best available. */
-  transport?: 'websocket' | 'sse' | 'poll'
+  /**
+   * "auto" (default): WebSocket, falling back to SSE and then polling when a
+   * transport cannot connect or keeps dying, and probing back up later.
+   * Any other value pins that transport.
+   */
+  transport?: 'auto' | 'websocket' | 'sse' | 'poll'
+  /** WebSocket URL (default: the base URL's host, port + 1). */
   wsUrl?: string
+  /** SSE URL (default: the base URL's host, port + 2, path /events). */
+  sseUrl?: string
+  /** ms between WebSocket pings (default 15000); SSE counts as dead after 2 × this + pingTimeout of silence. */
+  pingInterval?: number
+  /** ms a ping may go unanswered before the connection is replaced (default 10000). */
+  pingTimeout?: number
+  /** ms before a better transport is tried again after falling back (default 60000, doubling up to 10 min). */
+  probeInterval?: number
   /** ms between polls (default 1000). */
   pollInterval?: number
   /** Base of the full-jitter retry backoff, ms (default 1000). */
@@ -86,13 +99,59 @@ export interface MutationEvent extends Omit<PendingMutation, 'status'> {
 
 export interface SyncStatus {
   phase: 'stopped' | 'starting' | 'bootstrapping' | 'idle' | 'backoff' | 'offline' | 'closed'
-  transport: 'poll'
+  /** The configured transport; `connection.transport` is the one in use. */
+  transport: 'auto' | 'websocket' | 'sse' | 'poll'
   cursor: number
   pending: number
   failed: number
   attempts: number
-  lastError: { code: SyncErrorCode; message: string; status?: number; serverCode?: string } | null
+  lastError: ErrorInfo | null
   lastSyncedAt: number | null
+}
+
+export interface ErrorInfo {
+  code: SyncErrorCode
+  message: string
+  status?: number
+  serverCode?: string
+}
+
+/** The realtime connection. */
+export interface Connection {
+  /** `offline`: not following (stopped); `open` with transport "poll": polling. */
+  state: 'offline' | 'connecting' | 'open' | 'backoff'
+  transport: 'websocket' | 'sse' | 'poll'
+  /** Failed attempts since the last connection that stayed up 5 s. */
+  attempts: number
+  lastError: ErrorInfo | null
+  /** Unix ms of the last state change. */
+  since: number
+  /** Frames ignored so far: malformed, or of an unknown type. */
+  ignored: number
+}
+
+/** Another engine's presence. */
+export interface Peer {
+  /** User id of the sender, stamped by the server. */
+  from: string | null
+  clientId: string | null
+  data: unknown
+}
+
+/** A decoded binary (CRDT) frame. */
+export interface BinaryFrame {
+  /** 0x10 snapshot, 0x11 update. */
+  type: number
+  entity: string
+  rowId: string
+  /** The CRDT bytes (a view into the raw frame). */
+  payload: Uint8Array
+}
+
+export interface TopicMessage {
+  topic: string
+  from: string | null
+  data: unknown
 }
 
 export interface Hydration {
@@ -104,7 +163,7 @@ export interface Store {
   /** Visible rows (server rows with pending local writes applied), ordered by id. Frozen; cached until the entity changes. */
   list(entity: string): readonly Row[]
   get(entity: string, id: string): Row | null
-  /** Fires after every change of the visible rows. */
+  /** Fires after every change of the visible rows, and when other engines' presence changes. */
   subscribe(listener: () => void): () => void
 }
 
@@ -136,6 +195,11 @@ export interface EngineEvents {
   progress: { type: 'progress'; entity: string; rows: number; done: boolean }
   change: undefined
   mutation: MutationEvent
+  connection: Connection
+  presence: Peer[]
+  topic: TopicMessage
+  /** Rooms API events (`join`, `leave`, room `presence`, `broadcast`), as the server sent them. */
+  room: Record<string, unknown>
 }
 
 export declare class SyncEngine {
@@ -143,6 +207,12 @@ export declare class SyncEngine {
   readonly mutations: Mutations
   readonly status: SyncStatus
   readonly cursor: number
+  readonly connection: Connection
+  /** A WebSocket is open. */
+  readonly connected: boolean
+  readonly clientId: string
+  /** Other engines' presence. */
+  readonly presence: Peer[]
   start(): Promise<void>
   stop(): Promise<void>
   close(): Promise<void>
@@ -158,6 +228,14 @@ export declare class SyncEngine {
   hydrate(data: Hydration): Promise<void>
   createInfiniteQuery(entity: string, options?: { pageSize?: number; order?: Record<string, 'asc' | 'desc'> }): InfiniteQuery
   on<K extends keyof EngineEvents>(type: K, listener: (event: EngineEvents[K]) => void): () => void
+  /** Any JSON value; null withdraws it. Re-sent after every reconnect. */
+  setPresence(data: unknown): void
+  /** False when no WebSocket is open (nothing is queued). */
+  publishTopic(topic: string, data: unknown): boolean
+  onTopic(topic: string, handler: (data: unknown, meta: { topic: string; from: string | null }) => void): () => void
+  onBinaryFrame(handler: (bytes: Uint8Array, frame: BinaryFrame | null) => void): () => void
+  subscribeCrdt(entity: string, rowId: string): void
+  unsubscribeCrdt(entity: string, rowId: string): void
 }
 
 export declare function createSyncEngine(baseUrl: string, options?: SyncEngineConfig): SyncEngine

@@ -16,6 +16,19 @@ class SyncError extends Error {
   }
 }
 
+/** Calls every listener; one that throws does not stop the others. */
+function callAll(listeners, args) {
+  for (const l of [...listeners]) {
+    try {
+      l(...args)
+    } catch (e) {
+      queueMicrotask(() => {
+        throw e
+      })
+    }
+  }
+}
+
 async function settle(promise) {
   const outcome = await promise
   if (outcome.ok) return outcome.value
@@ -24,6 +37,11 @@ async function settle(promise) {
 
 function invalid(message) {
   return new SyncError({ code: 'ERR_SYNC_INVALID_ARG', message: `invalid argument: ${message}` })
+}
+
+function checkRow(entity, rowId) {
+  if (typeof entity !== 'string') throw invalid('entity must be a string')
+  if (typeof rowId !== 'string') throw invalid('rowId must be a string')
 }
 
 function tokenStorageKey(appName) {
@@ -126,9 +144,18 @@ class Store {
     return entry.byId.get(id) ?? null
   }
 
-  /** Calls `listener()` after every change of the visible rows. Returns an unsubscribe function. */
+  /**
+   * Calls `listener()` after every change of the visible rows, and when
+   * other engines' presence changes (as the spec's store notifier does).
+   * Returns an unsubscribe function.
+   */
   subscribe(listener) {
-    return this._engine._on('change', listener)
+    const offChange = this._engine._on('change', listener)
+    const offPresence = this._engine._on('presence', () => listener())
+    return () => {
+      offChange()
+      offPresence()
+    }
   }
 }
 
@@ -229,7 +256,7 @@ class SyncEngine {
       if (typeof storage[m] !== 'function') throw invalid(`storage.${m} must be a function`)
     }
     // NaN and Infinity would cross into Rust as null; catch them here
-    for (const k of ['pollInterval', 'reconnectDelay']) {
+    for (const k of ['pollInterval', 'reconnectDelay', 'pingInterval', 'pingTimeout', 'probeInterval']) {
       if (typeof options[k] === 'number' && !Number.isFinite(options[k])) {
         throw invalid(`${k} must be a finite number of milliseconds, got ${options[k]}`)
       }
@@ -242,6 +269,8 @@ class SyncEngine {
     this._fixedToken = typeof options.token === 'string'
     this._token = undefined // last token handed to native
     this._listeners = new Map()
+    this._topics = new Map() // topic -> Set of handlers
+    this._binary = new Set()
     this._hydrating = Promise.resolve()
     this._native.onEvent((json) => this._dispatch(JSON.parse(json)))
     this._unwatch = typeof storage._watch === 'function' ? storage._watch((key) => key === this._tokenKey && this._readToken()) : null
@@ -268,6 +297,10 @@ class SyncEngine {
   }
 
   _dispatch(ev) {
+    if (ev.type === 'topic') {
+      const handlers = this._topics.get(ev.topic)
+      if (handlers) callAll(handlers, [ev.data, { topic: ev.topic, from: ev.from }])
+    }
     const set = this._listeners.get(ev.type)
     if (!set || set.size === 0) return
     const arg =
@@ -276,25 +309,23 @@ class SyncEngine {
       : ev.type === 'status' ? ev.status
       : ev.type === 'error' ? Object.assign(new SyncError(ev.error), { context: ev.context })
       : ev.type === 'session' ? ev.session
+      : ev.type === 'connection' ? ev.connection
+      : ev.type === 'presence' ? ev.peers
+      : ev.type === 'topic' ? { topic: ev.topic, from: ev.from, data: ev.data }
+      : ev.type === 'room' ? ev.event
       : ev
-    for (const l of [...set]) {
-      try {
-        l(arg)
-      } catch (e) {
-        // a throwing listener must not stop the others
-        queueMicrotask(() => {
-          throw e
-        })
-      }
-    }
+    callAll(set, [arg])
   }
 
   /**
-   * Subscribe to engine events: 'status', 'error', 'session', 'resync', 'progress', 'change', 'mutation'.
-   * Returns an unsubscribe function.
+   * Subscribe to engine events: 'status', 'error', 'session', 'resync', 'progress', 'change', 'mutation',
+   * 'connection', 'presence', 'topic', 'room'. Returns an unsubscribe function.
    */
   on(type, listener) {
-    const known = ['status', 'error', 'session', 'resync', 'progress', 'change', 'mutation']
+    const known = [
+      'status', 'error', 'session', 'resync', 'progress', 'change', 'mutation',
+      'connection', 'presence', 'topic', 'room',
+    ]
     if (!known.includes(type)) throw invalid(`unknown event ${JSON.stringify(type)}; one of ${known.join(', ')}`)
     return this._on(type, listener)
   }
@@ -314,6 +345,8 @@ class SyncEngine {
     if (this._unwatch) this._unwatch()
     await settle(this._native.close())
     this._listeners.clear()
+    this._topics.clear()
+    this._binary.clear()
   }
 
   /** Runs one sync round now (session, queued writes, pull). Rejects when it fails. */
@@ -329,6 +362,85 @@ class SyncEngine {
 
   get cursor() {
     return this._native.cursor()
+  }
+
+  /** The realtime connection: `{ state, transport, attempts, lastError, since, ignored }`. */
+  get connection() {
+    return JSON.parse(this._native.connectionJson())
+  }
+
+  /** True while a WebSocket is open (as upstream's `connected`). */
+  get connected() {
+    const c = this.connection
+    return c.state === 'open' && c.transport === 'websocket'
+  }
+
+  /** This engine's id in presence frames. */
+  get clientId() {
+    return this._native.clientId()
+  }
+
+  /** Other engines' presence: `[{ from, clientId, data }]`. */
+  get presence() {
+    return JSON.parse(this._native.presenceJson())
+  }
+
+  /** Sets this engine's presence (any JSON value; null withdraws it). Re-sent after every reconnect. */
+  setPresence(data) {
+    this._native.setPresence(data === undefined ? null : data)
+  }
+
+  /** Publishes on a topic over the open WebSocket. Returns false when none is open (nothing is queued). */
+  publishTopic(topic, data) {
+    if (typeof topic !== 'string' || topic === '') throw invalid('topic must be a non-empty string')
+    return this._native.publishTopic(topic, data === undefined ? null : data)
+  }
+
+  /** `handler(data, { topic, from })` for each message on `topic` (this engine's own included). Returns an unsubscribe function. */
+  onTopic(topic, handler) {
+    if (typeof topic !== 'string' || topic === '') throw invalid('topic must be a non-empty string')
+    if (typeof handler !== 'function') throw invalid('handler must be a function')
+    let set = this._topics.get(topic)
+    if (!set) this._topics.set(topic, (set = new Set()))
+    set.add(handler)
+    return () => {
+      set.delete(handler)
+      if (set.size === 0 && this._topics.get(topic) === set) this._topics.delete(topic)
+    }
+  }
+
+  /**
+   * `handler(bytes, frame)` for every binary (CRDT) frame: `bytes` is the raw frame,
+   * `frame` is `{ type, entity, rowId, payload }` (null if the header does not decode).
+   * Returns an unregister function.
+   */
+  onBinaryFrame(handler) {
+    if (typeof handler !== 'function') throw invalid('handler must be a function')
+    if (this._binary.size === 0 && !this._binarySink) {
+      this._binarySink = true
+      this._native.onBinary((bytes, header) => {
+        let frame = null
+        if (header !== null) {
+          const h = JSON.parse(header)
+          frame = { type: h.frameType, entity: h.entity, rowId: h.rowId, payload: bytes.subarray(h.payloadOffset) }
+        }
+        callAll(this._binary, [bytes, frame])
+      })
+    }
+    this._binary.add(handler)
+    return () => this._binary.delete(handler)
+  }
+
+  /** Refcounted: frames for the row keep coming until every subscriber unsubscribed. */
+  subscribeCrdt(entity, rowId) {
+    checkRow(entity, rowId)
+    this._native.subscribeCrdt(entity, rowId)
+  }
+
+  /** Extra calls are no-ops. */
+  unsubscribeCrdt(entity, rowId) {
+    checkRow(entity, rowId)
+    this._native.unsubscribeCrdt(entity, rowId)
   }
 
   /** Optimistic insert: resolves the temporary id once the write is durable on disk. */

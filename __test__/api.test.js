@@ -19,6 +19,11 @@ test('wrong config gives ERR_SYNC_INVALID_ARG naming the option', () => {
     [['http://127.0.0.1:1', { pollInterval: -5 }], /pollInterval/],
     [['http://127.0.0.1:1', { persist: 'yes' }], /persist/],
     [['http://127.0.0.1:1', { transport: 'carrier-pigeon' }], /transport/],
+    [['http://127.0.0.1:1', { wsUrl: 'http://127.0.0.1:2' }], /wsUrl/],
+    [['http://127.0.0.1:1', { sseUrl: 'ws://127.0.0.1:3' }], /sseUrl/],
+    [['http://127.0.0.1:1', { pingInterval: Infinity }], /pingInterval/],
+    [['http://127.0.0.1:1', { pingTimeout: 0 }], /pingTimeout/],
+    [['http://127.0.0.1:1', { probeInterval: '1s' }], /probeInterval/],
     [['http://127.0.0.1:1', { tokn: 'x' }], /unknown option/],
     [['http://127.0.0.1:1', { storage: {} }], /storage\.get/],
     [['http://127.0.0.1:1', null], /options/],
@@ -38,6 +43,17 @@ test('bad write arguments reject with typed errors and queue nothing', async () 
   assert.deepEqual(e.mutations.list(), [])
   assert.throws(() => e.store.list(5), { code: 'ERR_SYNC_INVALID_ARG' })
   assert.throws(() => e.on('nope', () => {}), { code: 'ERR_SYNC_INVALID_ARG' })
+  // realtime calls: bad arguments throw; without a socket nothing is sent and nothing queues
+  assert.throws(() => e.subscribeCrdt('Doc', 42), { code: 'ERR_SYNC_INVALID_ARG' })
+  assert.throws(() => e.subscribeCrdt('bad name', 'x'), { code: 'ERR_SYNC_INVALID_ARG' })
+  assert.throws(() => e.publishTopic('', {}), { code: 'ERR_SYNC_INVALID_ARG' })
+  assert.throws(() => e.onTopic('t', 'not a function'), { code: 'ERR_SYNC_INVALID_ARG' })
+  assert.throws(() => e.onBinaryFrame(null), { code: 'ERR_SYNC_INVALID_ARG' })
+  assert.equal(e.publishTopic('t', { a: 1 }), false)
+  e.setPresence({ here: true })
+  assert.deepEqual(e.presence, [])
+  assert.equal(e.connection.state, 'offline')
+  assert.equal(e.connected, false)
   await e.close()
   await assert.rejects(e.insert('Todo', {}), { code: 'ERR_SYNC_CLOSED' })
   await assert.rejects(e.start(), { code: 'ERR_SYNC_CLOSED' })

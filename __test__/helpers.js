@@ -9,11 +9,13 @@ const root = path.join(__dirname, '..')
 
 function devserverBinary() {
   if (process.env.PYLON_DEVSERVER) return process.env.PYLON_DEVSERVER
-  for (const profile of ['release', 'debug']) {
-    const p = path.join(root, 'target', profile, 'pylon-devserver')
-    if (fs.existsSync(p)) return p
-  }
-  throw new Error('pylon-devserver is not built: run `cargo build -p pylon-devserver`')
+  // the most recently built one: a stale release build must not shadow a fresh debug build
+  const built = ['release', 'debug']
+    .map((profile) => path.join(root, 'target', profile, 'pylon-devserver'))
+    .filter((p) => fs.existsSync(p))
+    .sort((x, y) => fs.statSync(y).mtimeMs - fs.statSync(x).mtimeMs)
+  if (built.length === 0) throw new Error('pylon-devserver is not built: run `cargo build -p pylon-devserver`')
+  return built[0]
 }
 
 /** Starts a dev server on a free port; resolves { url, control, stop }. */
@@ -145,3 +147,24 @@ async function startPylon() {
 }
 
 module.exports.startPylon = startPylon
+
+/**
+ * The servers a shared scenario runs against: the dev server always, the
+ * real `pylon` when it is installed (required under PYLON_REQUIRED). Each
+ * `start()` resolves `{ url, stop, login(user) }`, or null to skip.
+ */
+function servers() {
+  const login = (url) => async (user) => (await api(url, 'POST', '/api/auth/session', { user_id: user })).body.token
+  return [
+    { name: 'dev server', start: async () => {
+      const s = await startDevserver()
+      return { ...s, login: login(s.url) }
+    } },
+    { name: 'real pylon', start: async () => {
+      const s = await startPylon()
+      return s && { ...s, login: login(s.url) }
+    } },
+  ]
+}
+
+module.exports.servers = servers

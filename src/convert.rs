@@ -57,8 +57,21 @@ fn string<'a>(opts: &'a Row, key: &str) -> Result<Option<&'a str>> {
     }
 }
 
-const KNOWN: &[&str] =
-    &["transport", "wsUrl", "pollInterval", "reconnectDelay", "token", "persist", "appName", "storage", "dbPath"];
+const KNOWN: &[&str] = &[
+    "transport",
+    "wsUrl",
+    "sseUrl",
+    "pollInterval",
+    "reconnectDelay",
+    "pingInterval",
+    "pingTimeout",
+    "probeInterval",
+    "token",
+    "persist",
+    "appName",
+    "storage",
+    "dbPath",
+];
 
 /// `createSyncEngine(baseUrl, options)` → engine config. `persist` defaults to
 /// true and then uses `default_db_path`.
@@ -69,14 +82,19 @@ pub fn config(base_url: &str, opts: Value) -> Result<Config> {
     }
     let mut cfg = Config::new(base_url);
     cfg.transport = match string(&opts, "transport")? {
-        None | Some("poll") | Some("auto") => Transport::Poll,
-        Some(t @ ("websocket" | "sse")) => {
-            return Err(invalid(format!(
-                "transport {t:?} is not available in this version; use \"poll\" or leave it unset"
-            )))
+        None | Some("auto") => Transport::Auto,
+        Some("websocket") => Transport::WebSocket,
+        Some("sse") => Transport::Sse,
+        Some("poll") => Transport::Poll,
+        Some(t) => {
+            return Err(invalid(format!("transport must be \"auto\", \"websocket\", \"sse\" or \"poll\", got {t:?}")))
         }
-        Some(t) => return Err(invalid(format!("transport must be \"websocket\", \"sse\" or \"poll\", got {t:?}"))),
     };
+    cfg.ws_url = stream_url(&opts, "wsUrl", &["ws", "wss"])?;
+    cfg.sse_url = stream_url(&opts, "sseUrl", &["http", "https"])?;
+    cfg.liveness.ping_interval = millis(&opts, "pingInterval", 15_000, 10)?;
+    cfg.liveness.ping_timeout = millis(&opts, "pingTimeout", 10_000, 10)?;
+    cfg.probe_interval = millis(&opts, "probeInterval", 60_000, 10)?;
     cfg.poll_interval = millis(&opts, "pollInterval", 1000, 10)?;
     cfg.reconnect_delay = millis(&opts, "reconnectDelay", 1000, 1)?;
     cfg.token = string(&opts, "token")?.map(str::to_string);
@@ -95,6 +113,16 @@ pub fn config(base_url: &str, opts: Value) -> Result<Config> {
         (true, _) => Some(default_db_path(&cfg.app_name, base_url)?),
     };
     Ok(cfg)
+}
+
+fn stream_url(opts: &Row, key: &str, schemes: &[&str]) -> Result<Option<String>> {
+    let Some(url) = string(opts, key)? else { return Ok(None) };
+    let ok = url.split_once("://").is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty());
+    if !ok {
+        let schemes: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
+        return Err(invalid(format!("{key} must be a {} URL, got {url:?}", schemes.join(" or "))));
+    }
+    Ok(Some(url.to_string()))
 }
 
 /// `$XDG_DATA_HOME/pylon-sync/<app>/<host>_<port>.db` (else
@@ -128,6 +156,12 @@ pub fn hydration(v: Value) -> Result<Hydration> {
     serde_json::from_value(v).map_err(|e| {
         invalid(format!("hydrate expects {{ entities: {{ Entity: [rows] }}, cursor: {{ last_seq }} }}: {e}"))
     })
+}
+
+/// An entity name and row id as the server's paths and frames accept them.
+pub fn entity_and_id(entity: &str, id: &str) -> Result<()> {
+    pylon_sync_engine::api::check_entity(entity)?;
+    pylon_sync_engine::api::check_id(id)
 }
 
 pub fn token(v: Option<Value>) -> Result<Option<String>> {

@@ -1,7 +1,7 @@
 //! `NativeEngine`: the engine as a JS class. Reads are synchronous and only
 //! touch memory; everything that waits on disk or network returns a Promise.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -14,9 +14,13 @@ use crate::convert;
 use crate::error::{settle, to_js, Result};
 use crate::query::NativeInfiniteQuery;
 
+/// `(bytes, header JSON or null)` for `onBinaryFrame` handlers.
+type BinarySink = ThreadsafeFunction<FnArgs<(Buffer, Option<String>)>, (), FnArgs<(Buffer, Option<String>)>, Status, false, true>;
+
 #[napi]
 pub struct NativeEngine {
     engine: Engine,
+    binary: Arc<RwLock<Option<Arc<BinarySink>>>>,
 }
 
 /// The JS shape of a queued mutation (`{ id, status, change, error? }`, as upstream).
@@ -53,6 +57,11 @@ fn event_json(ev: &Event) -> String {
         Event::Progress { entity, rows, done } => {
             json!({ "type": "progress", "entity": entity, "rows": rows, "done": done })
         }
+        Event::Connection(c) => json!({ "type": "connection", "connection": c }),
+        Event::Presence(peers) => json!({ "type": "presence", "peers": peers }),
+        Event::Topic { topic, from, data } => json!({ "type": "topic", "topic": topic, "from": from, "data": data }),
+        Event::Room(m) => json!({ "type": "room", "event": m }),
+        Event::Binary(_) => unreachable!("binary frames go to their own sink"),
     };
     v.to_string()
 }
@@ -62,7 +71,7 @@ impl NativeEngine {
     #[napi(constructor)]
     pub fn new(base_url: String, options: Option<Value>) -> Result<Self> {
         let cfg = convert::config(&base_url, options.unwrap_or(Value::Null)).map_err(to_js)?;
-        Ok(NativeEngine { engine: Engine::new(cfg).map_err(to_js)? })
+        Ok(NativeEngine { engine: Engine::new(cfg).map_err(to_js)?, binary: Arc::new(RwLock::new(None)) })
     }
 
     /// Registers the one event sink (JSON strings). The function is weak: it
@@ -76,9 +85,75 @@ impl NativeEngine {
             .build()
             .map_err(|e| to_js(pylon_sync_engine::Error::InvalidArg(e.to_string())))?;
         let tsfn = Arc::new(tsfn);
-        self.engine.set_listener(Some(Arc::new(move |ev: Event| {
-            tsfn.call(event_json(&ev), ThreadsafeFunctionCallMode::NonBlocking);
+        let binary = self.binary.clone();
+        self.engine.set_listener(Some(Arc::new(move |ev: Event| match ev {
+            Event::Binary(frame) => {
+                let sink = binary.read().unwrap().clone();
+                if let Some(sink) = sink {
+                    let header = frame.header.as_ref().map(|h| serde_json::to_string(h).expect("header serializes"));
+                    sink.call(FnArgs::from((Buffer::from(frame.bytes), header)), ThreadsafeFunctionCallMode::NonBlocking);
+                }
+            }
+            ev => {
+                tsfn.call(event_json(&ev), ThreadsafeFunctionCallMode::NonBlocking);
+            }
         })));
+        Ok(())
+    }
+
+    /// Registers the sink of binary (CRDT) frames: `(bytes, headerJson | null)`. Weak, like `onEvent`.
+    #[napi]
+    pub fn on_binary(&self, callback: Function<FnArgs<(Buffer, Option<String>)>, ()>) -> Result<()> {
+        let tsfn: BinarySink = callback
+            .build_threadsafe_function()
+            .weak::<true>()
+            .callee_handled::<false>()
+            .build()
+            .map_err(|e| to_js(pylon_sync_engine::Error::InvalidArg(e.to_string())))?;
+        *self.binary.write().unwrap() = Some(Arc::new(tsfn));
+        Ok(())
+    }
+
+    #[napi]
+    pub fn connection_json(&self) -> String {
+        serde_json::to_string(&self.engine.connection()).expect("connection serializes")
+    }
+
+    #[napi]
+    pub fn presence_json(&self) -> String {
+        serde_json::to_string(&self.engine.presence()).expect("presence serializes")
+    }
+
+    #[napi]
+    pub fn client_id(&self) -> String {
+        self.engine.client_id().to_string()
+    }
+
+    /// `data`: any JSON value; null withdraws this engine's presence.
+    #[napi]
+    pub fn set_presence(&self, data: Option<Value>) {
+        self.engine.set_presence(data.filter(|d| !d.is_null()));
+    }
+
+    #[napi]
+    pub fn publish_topic(&self, topic: String, data: Option<Value>) -> Result<bool> {
+        if topic.is_empty() {
+            return Err(to_js(pylon_sync_engine::Error::InvalidArg("topic must be a non-empty string".into())));
+        }
+        Ok(self.engine.publish_topic(&topic, data.unwrap_or(Value::Null)))
+    }
+
+    #[napi]
+    pub fn subscribe_crdt(&self, entity: String, row_id: String) -> Result<()> {
+        convert::entity_and_id(&entity, &row_id).map_err(to_js)?;
+        self.engine.subscribe_crdt(&entity, &row_id);
+        Ok(())
+    }
+
+    #[napi]
+    pub fn unsubscribe_crdt(&self, entity: String, row_id: String) -> Result<()> {
+        convert::entity_and_id(&entity, &row_id).map_err(to_js)?;
+        self.engine.unsubscribe_crdt(&entity, &row_id);
         Ok(())
     }
 
