@@ -1,12 +1,13 @@
 'use strict'
 // The main job, end to end: a Pylon-protocol dev server, two engines on it,
-// optimistic writes flowing from one replica to the other, and a durable
-// replica that comes back from disk with its offline writes.
+// optimistic writes flowing from one replica to the other over WebSocket,
+// presence, and a durable replica that comes back from disk with its
+// offline writes.
 const path = require('node:path')
 const os = require('node:os')
 const fs = require('node:fs')
 const { createSyncEngine, mutationQueueListener } = require('../sync.js')
-const { startDevserver } = require('../__test__/helpers.js')
+const { startDevserver, api } = require('../__test__/helpers.js')
 
 const wait = (ms) => new Promise((r) => setTimeout(r, ms))
 
@@ -16,8 +17,10 @@ async function main() {
   await server.control('seed', { entity: 'Todo', count: 20000, data: { title: 'seeded {i}', done: false } })
 
   const dbPath = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pylon-sync-demo-')), 'replica.db')
-  const alice = createSyncEngine(server.url, { dbPath, pollInterval: 100 })
-  const bob = createSyncEngine(server.url, { persist: false, pollInterval: 100 })
+  const login = async (user) => (await api(server.url, 'POST', '/api/auth/session', { user_id: user })).body.token
+  const [aliceToken, bobToken] = [await login('alice'), await login('bob')]
+  const alice = createSyncEngine(server.url, { dbPath, token: aliceToken })
+  const bob = createSyncEngine(server.url, { persist: false, token: bobToken })
   mutationQueueListener(alice.mutations, ({ status, change, error }) => {
     if (status === 'failed') console.log(`  rejected: ${change.kind} ${change.entity}: ${error}`)
   })
@@ -31,7 +34,11 @@ async function main() {
   t = Date.now()
   while (!bob.store.list('Todo').some((r) => r.title === 'buy milk')) await wait(10)
   const row = bob.store.list('Todo').find((r) => r.title === 'buy milk')
-  console.log(`bob sees it as ${row.id} after ${Date.now() - t} ms`)
+  console.log(`bob sees it as ${row.id} after ${Date.now() - t} ms over ${bob.connection.transport}`)
+
+  alice.setPresence({ editing: row.id })
+  while (bob.presence.length === 0) await wait(10)
+  console.log(`bob sees ${bob.presence[0].from} editing ${bob.presence[0].data.editing}`)
 
   await alice.insert('Todo', { done: true }) // no title: the server refuses it
   await wait(300)
@@ -41,7 +48,7 @@ async function main() {
   console.log('alice updated the row while stopped, then closed')
   await alice.close()
 
-  const again = createSyncEngine(server.url, { dbPath, pollInterval: 100 })
+  const again = createSyncEngine(server.url, { dbPath, token: aliceToken })
   t = Date.now()
   await again.start()
   console.log(`reopened from disk with ${again.store.list('Todo').length} rows in ${Date.now() - t} ms`)

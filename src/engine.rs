@@ -15,7 +15,8 @@ use crate::error::{settle, to_js, Result};
 use crate::query::NativeInfiniteQuery;
 
 /// `(bytes, header JSON or null)` for `onBinaryFrame` handlers.
-type BinarySink = ThreadsafeFunction<FnArgs<(Buffer, Option<String>)>, (), FnArgs<(Buffer, Option<String>)>, Status, false, true>;
+type BinarySink =
+    ThreadsafeFunction<FnArgs<(Buffer, Option<String>)>, (), FnArgs<(Buffer, Option<String>)>, Status, false, true>;
 
 #[napi]
 pub struct NativeEngine {
@@ -91,7 +92,10 @@ impl NativeEngine {
                 let sink = binary.read().unwrap().clone();
                 if let Some(sink) = sink {
                     let header = frame.header.as_ref().map(|h| serde_json::to_string(h).expect("header serializes"));
-                    sink.call(FnArgs::from((Buffer::from(frame.bytes), header)), ThreadsafeFunctionCallMode::NonBlocking);
+                    sink.call(
+                        FnArgs::from((Buffer::from(frame.bytes), header)),
+                        ThreadsafeFunctionCallMode::NonBlocking,
+                    );
                 }
             }
             ev => {

@@ -972,16 +972,28 @@ impl Engine {
         let entities = self
             .with_db(move |me, db| {
                 let m = m2;
+                let target = server_id.clone().unwrap_or_else(|| m.row_id.clone());
                 // plan from the current state, persist, then change memory
                 let (base_row, changed) = {
                     let st = me.inner.state.read().unwrap();
-                    // the row as we sent it, until the server's insert event replaces it
-                    let base_row = match (&server_id, m.kind) {
-                        (Some(sid), Kind::Insert) if st.replica.base(&m.entity, sid).is_none() => {
+                    // the server accepted the write: the stored row becomes what we sent,
+                    // until the server's own event replaces it (events of a
+                    // policy-governed entity may never come, see docs/compat.md)
+                    let base = st.replica.base(&m.entity, server_id.as_deref().unwrap_or(&m.row_id));
+                    let base_row = match (&server_id, m.kind, base) {
+                        (Some(sid), Kind::Insert, None) => {
                             let mut row = m.data.clone().unwrap_or_default();
                             row.insert("id".into(), Value::String(sid.clone()));
                             Some(BaseRow { seq: 0, data: Some(Arc::new(row)) })
                         }
+                        (None, Kind::Update, Some(BaseRow { seq, data: Some(data) })) => {
+                            let mut row = (**data).clone();
+                            for (f, v) in m.data.iter().flatten().filter(|(f, _)| *f != "id") {
+                                row.insert(f.clone(), v.clone());
+                            }
+                            Some(BaseRow { seq: *seq, data: Some(Arc::new(row)) })
+                        }
+                        (None, Kind::Delete, Some(b)) => Some(BaseRow { seq: b.seq, data: None }),
                         _ => None,
                     };
                     let changed: Vec<Mutation> = match &server_id {
@@ -994,12 +1006,11 @@ impl Engine {
                 };
                 db.write(|w| {
                     w.delete_mutation(&m.id)?;
-                    if let (Some(sid), Some(row)) = (&server_id, &base_row) {
-                        w.effects(&[Effect::Put {
-                            entity: m.entity.clone(),
-                            id: sid.clone(),
-                            seq: row.seq,
-                            data: row.data.clone().unwrap(),
+                    if let Some(row) = &base_row {
+                        let (entity, id, seq) = (m.entity.clone(), target.clone(), row.seq);
+                        w.effects(&[match &row.data {
+                            Some(data) => Effect::Put { entity, id, seq, data: data.clone() },
+                            None => Effect::Tombstone { entity, id, seq },
                         }])?;
                     }
                     for c in &changed {
@@ -1012,8 +1023,8 @@ impl Engine {
                 for c in &changed {
                     st.queue.replace(c.clone());
                 }
-                if let (Some(sid), Some(row)) = (&server_id, base_row) {
-                    st.replica.put_base(&m.entity, sid, row);
+                if let Some(row) = base_row {
+                    st.replica.put_base(&m.entity, &target, row);
                 }
                 let State { replica, queue, .. } = &mut *st;
                 replica.refresh(&m.entity, &m.row_id, queue);

@@ -94,6 +94,7 @@ async fn duplicated_reordered_and_missing_events_converge_to_the_server() {
     control(&srv.url, "faults", json!({ "events": { "duplicate": true, "reorder": true, "dropEvery": 5 } })).await;
     let token = login(&srv.url, "carol").await;
     let e = streaming(&srv.url, Some(&token), Transport::WebSocket);
+    let events = record(&e);
     e.start().await.unwrap();
     open_on(&e, Which::WebSocket).await;
     // with these faults the last of 22 events arrives (swapped with the 21st);
@@ -111,7 +112,17 @@ async fn duplicated_reordered_and_missing_events_converge_to_the_server() {
     // an event far beyond the cursor is a gap: the pull that follows does not know it
     let future = json!({ "seq": 500, "entity": "Todo", "row_id": "ghost2", "kind": "insert", "data": { "title": "x", "done": false } });
     control(&srv.url, "emit", json!({ "text": future.to_string() })).await;
+    // room events pass through to their own listeners
+    control(&srv.url, "emit", json!({ "text": "{\"type\":\"join\",\"room\":\"lobby\",\"user_id\":\"u1\"}" })).await;
     eventually("the frames to be counted", || e.connection().ignored >= 2).await;
+    eventually("the room event", || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|ev| matches!(ev, Event::Room(m) if m["room"] == "lobby" && m["type"] == "join"))
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(e.get("Todo", "ghost").is_none() && e.get("Todo", "ghost2").is_none());
     assert_eq!(e.list("Todo").len(), 22);
@@ -414,5 +425,46 @@ async fn an_identity_flip_reopens_the_socket_with_the_new_token_and_forgets_pres
     assert!(!frames.as_array().unwrap().iter().any(|f| f["user"] == "bob" && f["frame"]["data"]["who"] == "alice"));
     e.close().await;
     other.close().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_connection_that_stayed_up_five_seconds_resets_the_backoff() {
+    let srv = server().await;
+    let token = login(&srv.url, "hana").await;
+    control(&srv.url, "faults", json!({ "ws": { "closeAfterMs": 5300 } })).await;
+    let mut c = config(&srv.url, None);
+    c.transport = Transport::WebSocket;
+    c.token = Some(token);
+    c.reconnect_delay = Duration::from_millis(50);
+    let e = Engine::new(c).unwrap();
+    let events = record(&e);
+    e.start().await.unwrap();
+    let backoffs = |events: &Arc<Mutex<Vec<Event>>>| -> Vec<u32> {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|ev| match ev {
+                Event::Connection(c) if c.state == ConnState::Backoff => Some(c.attempts),
+                _ => None,
+            })
+            .collect()
+    };
+    for _ in 0..600 {
+        if backoffs(&events).len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(backoffs(&events)[..2], [1, 1], "each stable connection starts the backoff over");
+    // now every connection dies at once: the window keeps growing
+    control(&srv.url, "faults", json!({ "ws": { "closeAfterMs": 10 } })).await;
+    control(&srv.url, "drop", json!({})).await;
+    let before = backoffs(&events).len();
+    eventually("three short-lived connections", || backoffs(&events).len() >= before + 4).await;
+    let short = backoffs(&events)[before + 1..before + 4].to_vec();
+    assert!(short.windows(2).all(|w| w[1] == w[0] + 1), "attempts must grow: {short:?}");
+    e.close().await;
     srv.stop().await;
 }

@@ -265,3 +265,29 @@ async fn tenant_switch_resets_the_replica() {
     engine.close().await;
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_writes_stay_visible_when_the_server_filters_their_events() {
+    // the pull evaluates a row policy on the event's data: a patch without the
+    // owner field, and any delete, never come back to the owner
+    let srv = server().await;
+    let alice = common::login(&srv.url, "alice").await;
+    let mut c = config(&srv.url, None);
+    c.token = Some(alice);
+    c.transport = pylon_sync_engine::Transport::Poll;
+    let e = Engine::new(c).unwrap();
+    e.start().await.unwrap();
+    let temp = e.insert("Note", row(json!({ "body": "draft", "userId": "alice" }))).await.unwrap();
+    eventually("the insert acknowledged", || e.mutations().is_empty() && e.get("Note", &temp).is_none()).await;
+    let id = e.list("Note")[0]["id"].as_str().unwrap().to_string();
+    e.update("Note", &id, row(json!({ "body": "final" }))).await.unwrap();
+    eventually("the update acknowledged", || e.mutations().is_empty()).await;
+    e.sync_once().await.unwrap();
+    assert_eq!(e.get("Note", &id).unwrap()["body"], "final", "the acknowledged update was lost");
+    e.delete("Note", &id).await.unwrap();
+    eventually("the delete acknowledged", || e.mutations().is_empty()).await;
+    e.sync_once().await.unwrap();
+    assert!(e.get("Note", &id).is_none(), "the acknowledged delete came back");
+    e.close().await;
+    srv.stop().await;
+}
