@@ -59,7 +59,8 @@ impl World {
 pub(crate) struct App {
     pub(crate) world: Mutex<World>,
     pub(crate) hub: Arc<Hub>,
-    started: Instant,
+    /// Reset by `/__control/restart`, like a real restart resets `/health`'s uptime.
+    started: Mutex<Instant>,
 }
 
 /// A running server: HTTP on `port`, WebSocket on `port + 1`, SSE on `port + 2`.
@@ -110,7 +111,7 @@ pub async fn spawn(cfg: Config) -> Result<Handle, String> {
     let app = Arc::new(App {
         world: Mutex::new(World { store, log, faults: Faults::default(), hub: hub.clone() }),
         hub: hub.clone(),
-        started: Instant::now(),
+        started: Mutex::new(Instant::now()),
     });
     let [listener, ws, sse] = bind_ports(cfg.port).await?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
@@ -229,7 +230,7 @@ fn route(app: &App, method: &Method, uri: &str, path: &str, headers: &HeaderMap,
     match (method.as_str(), segs.as_slice()) {
         ("GET", ["health"]) => json_response(
             200,
-            json!({ "status": "ok", "version": "0.1.0", "uptime_secs": app.started.elapsed().as_secs() }),
+            json!({ "status": "ok", "version": "0.1.0", "uptime_secs": app.started.lock().unwrap().elapsed().as_secs() }),
         ),
         ("GET", ["api", "manifest"]) => json_response(200, w.store.public_manifest()),
         ("GET", ["api", "auth", "me"]) => json_response(200, auth.to_json()),
@@ -474,6 +475,7 @@ fn control(app: &App, method: &Method, what: &str, body: &Bytes) -> Response {
             // one insert per existing row, in entity order then id order.
             let World { store, log, hub, .. } = &mut *w;
             hub.drop_all(); // a restarted server drops its sockets without a close frame
+            *app.started.lock().unwrap() = Instant::now();
             log.clear();
             for entity in &store.entities {
                 for (id, row) in store.rows.get(&entity.name).into_iter().flatten() {

@@ -178,6 +178,15 @@ impl Api {
         send_json(req).await
     }
 
+    /// Seconds since the server started (`/health`), when it says.
+    pub async fn uptime(&self) -> Result<Option<u64>> {
+        match send_json::<Value>(self.request(Method::GET, "/health", None)).await {
+            Ok(v) => Ok(v.get("uptime_secs").and_then(Value::as_u64)),
+            Err(Error::Http { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Who the token belongs to. An unknown token resolves as anonymous.
     pub async fn me(&self, token: Option<&str>) -> Result<Session> {
         let body: MeBody = send_json(self.request(Method::GET, "/api/auth/me", token)).await?;

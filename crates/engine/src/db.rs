@@ -14,7 +14,7 @@ use crate::replica::{BaseRow, Effect};
 
 /// Marks a file as ours (`PRAGMA application_id`, "PYSN").
 const APPLICATION_ID: i32 = 0x5059_534E;
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE rows (
@@ -37,9 +37,13 @@ CREATE TABLE mutations (
   status     TEXT NOT NULL,
   error      TEXT,
   attempts   INTEGER NOT NULL DEFAULT 0,
-  created_at INTEGER NOT NULL
+  created_at INTEGER NOT NULL,
+  sent       TEXT             -- JSON {at, after}: an insert that may have reached the server
 );
 ";
+
+/// Upgrades from each older schema version, in order.
+const MIGRATIONS: &[(i32, &str)] = &[(1, "ALTER TABLE mutations ADD COLUMN sent TEXT;")];
 
 pub struct Db {
     conn: Connection,
@@ -95,10 +99,18 @@ impl Db {
                 "the file is an SQLite database of another program; choose another dbPath".into(),
             ));
         }
-        if version != SCHEMA_VERSION {
+        if version > SCHEMA_VERSION || version < 1 {
             return Err(Error::Corrupt(format!(
-                "schema version {version} is not supported by this version (expects {SCHEMA_VERSION})"
+                "schema version {version} is not supported by this version (expects {SCHEMA_VERSION} or older)"
             )));
+        }
+        if version < SCHEMA_VERSION {
+            let tx = self.conn.transaction()?;
+            for (from, sql) in MIGRATIONS.iter().filter(|(from, _)| *from >= version) {
+                tx.execute_batch(sql)?;
+                tx.execute_batch(&format!("PRAGMA user_version={};", from + 1))?;
+            }
+            tx.commit()?;
         }
         Ok(())
     }
@@ -137,7 +149,7 @@ impl Db {
     /// Every stored mutation, of every identity, in queue order.
     pub fn mutations(&self) -> Result<Vec<Mutation>> {
         let mut stmt = self.conn.prepare(
-            "SELECT ord, id, identity, entity, row_id, kind, data, status, error, attempts, created_at
+            "SELECT ord, id, identity, entity, row_id, kind, data, status, error, attempts, created_at, sent
              FROM mutations ORDER BY ord",
         )?;
         let out = stmt
@@ -154,10 +166,11 @@ impl Db {
                     r.get::<_, Option<String>>(8)?,
                     r.get::<_, i64>(9)?,
                     r.get::<_, i64>(10)?,
+                    r.get::<_, Option<String>>(11)?,
                 ))
             })?
             .map(|r| {
-                let (order, id, identity, entity, row_id, kind, data, status, error, attempts, created_at) = r?;
+                let (order, id, identity, entity, row_id, kind, data, status, error, attempts, created_at, sent) = r?;
                 Ok(Mutation {
                     id,
                     order,
@@ -171,6 +184,7 @@ impl Db {
                     error: error.map(|e| parse_error(&e)),
                     attempts: attempts as u32,
                     created_at: created_at as u64,
+                    sent: sent.map(|s| serde_json::from_str(&s)).transpose()?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -247,8 +261,8 @@ impl Writer<'_> {
     pub fn add_mutation(&self, m: &mut Mutation) -> Result<()> {
         self.tx
             .prepare_cached(
-                "INSERT INTO mutations (id, identity, entity, row_id, kind, data, status, error, attempts, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO mutations (id, identity, entity, row_id, kind, data, status, error, attempts, created_at, sent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 m.id,
@@ -261,6 +275,7 @@ impl Writer<'_> {
                 m.error.as_ref().map(format_error),
                 m.attempts,
                 m.created_at as i64,
+                m.sent.as_ref().map(serde_json::to_string).transpose()?,
             ])?;
         m.order = self.tx.last_insert_rowid();
         Ok(())
@@ -270,8 +285,8 @@ impl Writer<'_> {
     pub fn save_mutation(&self, m: &Mutation) -> Result<()> {
         self.tx
             .prepare_cached(
-                "UPDATE mutations SET identity = ?2, row_id = ?3, data = ?4, status = ?5, error = ?6, attempts = ?7
-                 WHERE id = ?1",
+                "UPDATE mutations SET identity = ?2, row_id = ?3, data = ?4, status = ?5, error = ?6, attempts = ?7,
+                 sent = ?8 WHERE id = ?1",
             )?
             .execute(params![
                 m.id,
@@ -281,6 +296,7 @@ impl Writer<'_> {
                 m.status.as_str(),
                 m.error.as_ref().map(format_error),
                 m.attempts,
+                m.sent.as_ref().map(serde_json::to_string).transpose()?,
             ])?;
         Ok(())
     }
@@ -355,6 +371,7 @@ mod tests {
             error: None,
             attempts: 0,
             created_at: 5,
+            sent: Some(crate::queue::Sent { at: 7, after: Some("000a".into()) }),
         };
         {
             let mut db = Db::open(Some(&path)).unwrap();

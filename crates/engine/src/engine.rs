@@ -25,8 +25,9 @@ use crate::backoff::Backoff;
 use crate::db::{Db, Stored};
 use crate::error::{Error, Result};
 use crate::protocol::{ChangeEvent, Cursor, Hydration, Kind, PullPage, Row, Session};
-use crate::queue::{Mutation, MutationError, Queue, Status};
+use crate::queue::{Mutation, MutationError, Queue, Sent, Status};
 use crate::realtime::{Connection, Peer, Realtime};
+use crate::reconcile;
 use crate::replica::{BaseRow, Effect, Replica};
 use crate::snapshot::{self, Snapshot};
 use crate::transport::{BinaryFrame, Liveness, Which};
@@ -34,6 +35,11 @@ use crate::transport::{BinaryFrame, Liveness, Which};
 /// Prefix of ids given to rows inserted locally until the server names them.
 pub const TEMP_PREFIX: &str = "_pending_";
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// How often the server's boot time is checked (also after errors and reconnects).
+const BOOT_CHECK_EVERY: Duration = Duration::from_secs(30);
+/// Boot times further apart than this (ms) are different boots: uptime is
+/// whole seconds, and requests take time.
+const BOOT_TOLERANCE: u64 = 2500;
 /// With a live stream, pull at least this often anyway: streams are hints
 /// and may silently miss events (§10.6).
 const SAFETY_PULL: Duration = Duration::from_secs(30);
@@ -210,6 +216,8 @@ struct State {
     queue_key: String,
     /// Stored rows not yet shown because the token changed since they were stored.
     quarantined: bool,
+    /// When the server the replica follows started (unix ms, ±1 s), from `/health`.
+    server_boot: Option<u64>,
     loaded: bool,
     pending_hydration: Option<Hydration>,
     status: SyncStatus,
@@ -231,6 +239,9 @@ pub(crate) struct Inner {
     running: AtomicBool,
     closed: AtomicBool,
     resyncs_in_a_row: AtomicU32,
+    /// Check the server's boot time in the next round (start, errors, reconnects).
+    boot_check_due: AtomicBool,
+    last_boot_check: Mutex<Option<std::time::Instant>>,
     /// The epoch in which every manifest entity was found covered: the
     /// manifest is read once per replica generation, not on every poll.
     complete_in_epoch: AtomicU64,
@@ -310,6 +321,7 @@ impl Engine {
             verified_token: None,
             queue_key: token_key(&fp),
             quarantined: false,
+            server_boot: None,
             loaded: false,
             pending_hydration: None,
             status,
@@ -335,6 +347,8 @@ impl Engine {
                 running: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 resyncs_in_a_row: AtomicU32::new(0),
+                boot_check_due: AtomicBool::new(true),
+                last_boot_check: Mutex::new(None),
                 complete_in_epoch: AtomicU64::new(u64::MAX),
                 loop_handle: Mutex::new(None),
             }),
@@ -446,6 +460,7 @@ impl Engine {
             let fp = fingerprint(me.inner.token.read().unwrap().as_deref());
             let Stored { rows, mutations } = db.load()?;
             st.identity = identity.clone();
+            st.server_boot = db.meta("server_boot")?.and_then(|b| b.parse().ok());
             st.cursor = db.cursor()?;
             st.covered = covered;
             // Rows stored under another token stay hidden until /api/auth/me
@@ -595,6 +610,7 @@ impl Engine {
                 }
             }
             Err(e) => {
+                self.inner.boot_check_due.store(true, Ordering::SeqCst);
                 let context = match e {
                     Error::Resync { .. } => "pull",
                     _ => "sync",
@@ -627,8 +643,51 @@ impl Engine {
         let _sync = self.inner.sync.lock().await;
         self.load().await?;
         self.ensure_session().await?;
+        self.check_server_boot().await?;
         self.flush().await?;
         self.pull_to_head().await
+    }
+
+    /// The real server keeps its change log in memory: a restart renumbers it
+    /// from 1 with one insert per row, so a cursor at or below the new head is
+    /// never told to resync and would silently miss what changed meanwhile.
+    /// `/health` gives the uptime, hence the boot time; a new boot means the
+    /// replica is rebuilt. Checked at start, after errors and reconnects, and
+    /// every 30 s.
+    async fn check_server_boot(&self) -> Result<()> {
+        let due = self.inner.boot_check_due.swap(false, Ordering::SeqCst)
+            || self.inner.last_boot_check.lock().unwrap().is_none_or(|t| t.elapsed() >= BOOT_CHECK_EVERY);
+        if !due {
+            return Ok(());
+        }
+        let uptime = match self.inner.api.uptime().await {
+            Ok(Some(u)) => u,
+            Ok(None) => return Ok(()), // a server that does not say: nothing to learn
+            Err(e) => {
+                self.inner.boot_check_due.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        *self.inner.last_boot_check.lock().unwrap() = Some(std::time::Instant::now());
+        let boot = now_ms().saturating_sub(uptime.saturating_mul(1000));
+        let known = self.inner.state.read().unwrap().server_boot;
+        if known.is_some_and(|b| b.abs_diff(boot) <= BOOT_TOLERANCE) {
+            return Ok(());
+        }
+        if known.is_some_and(|b| boot > b) {
+            self.reset_replica_inner("server").await?;
+        }
+        self.with_db(move |me, db| {
+            db.write(|w| w.set_meta("server_boot", &boot.to_string()))?;
+            me.inner.state.write().unwrap().server_boot = Some(boot);
+            Ok(())
+        })
+        .await
+    }
+
+    /// A dropped stream may mean a restarted server: check before the next pull.
+    pub(crate) fn server_may_have_restarted(&self) {
+        self.inner.boot_check_due.store(true, Ordering::SeqCst);
     }
 
     /// Asks the loop to sync now (after a local write).
@@ -811,6 +870,7 @@ impl Engine {
             error: None,
             attempts: 0,
             created_at: now_ms(),
+            sent: None,
         };
         let m = self
             .with_db(move |me, db| {
@@ -918,6 +978,20 @@ impl Engine {
                 self.fail(&m, err).await?;
                 continue;
             }
+            let m = match (m.kind, &m.sent) {
+                (Kind::Insert, Some(_)) => {
+                    // an earlier attempt may have been applied: pull, then look for it
+                    self.pull_to_head().await?;
+                    let found = reconcile::find_applied(&self.inner.state.read().unwrap().replica, &m);
+                    if let Some(server_id) = found {
+                        self.applied(&m, Some(server_id)).await?;
+                        continue;
+                    }
+                    m
+                }
+                (Kind::Insert, None) => self.mark_sent(m).await?,
+                _ => m,
+            };
             let api = &self.inner.api;
             let t = token.as_deref();
             let sent = match m.kind {
@@ -954,6 +1028,18 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Records, before an insert goes out, that it may reach the server.
+    async fn mark_sent(&self, mut m: Mutation) -> Result<Mutation> {
+        let after = self.inner.state.read().unwrap().replica.max_base_id(&m.entity).map(str::to_string);
+        m.sent = Some(Sent { at: now_ms(), after });
+        self.with_db(move |me, db| {
+            db.write(|w| w.save_mutation(&m))?;
+            me.inner.state.write().unwrap().queue.replace(m.clone());
+            Ok(m)
+        })
+        .await
     }
 
     async fn fail(&self, m: &Mutation, error: MutationError) -> Result<()> {

@@ -10,6 +10,7 @@ pub mod infinite;
 pub mod protocol;
 pub mod queue;
 pub mod realtime;
+pub mod reconcile;
 pub mod replica;
 pub mod snapshot;
 pub mod transport;

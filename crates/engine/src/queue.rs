@@ -53,6 +53,22 @@ pub struct Mutation {
     pub error: Option<MutationError>,
     pub attempts: u32,
     pub created_at: u64,
+    /// Set before an insert is first sent. Inserts carry no idempotency key,
+    /// so once sent, an insert whose answer was lost is looked for on the
+    /// server before it is sent again.
+    #[serde(skip)]
+    pub sent: Option<Sent>,
+}
+
+/// When an insert was first sent, and what the server could already hold then.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sent {
+    /// Unix ms.
+    pub at: u64,
+    /// The greatest server id the engine knew in that entity (or was given by
+    /// an acknowledged insert) when it sent: server ids grow with time, so
+    /// the insert, if applied, created a row with a greater id.
+    pub after: Option<String>,
 }
 
 type RowKey = (String, String);

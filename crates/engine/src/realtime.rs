@@ -481,6 +481,7 @@ impl Engine {
             self.sweep_presence_later(now_ms());
         }
         self.set_connection(ConnState::Open, which, rt.status().attempts, None);
+        self.server_may_have_restarted();
         self.kick();
     }
 

@@ -121,6 +121,22 @@ impl Replica {
         self.tables.get(entity)?.base.get(id)
     }
 
+    /// Stored rows (tombstones included) with ids greater than `after`, in id order.
+    pub fn base_after<'a>(
+        &'a self,
+        entity: &str,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = (&'a String, &'a BaseRow)> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let lower = after.map_or(Unbounded, |a| Excluded(a.to_string()));
+        self.tables.get(entity).into_iter().flat_map(move |t| t.base.range::<String, _>((lower.clone(), Unbounded)))
+    }
+
+    /// The greatest stored id of `entity`.
+    pub fn max_base_id(&self, entity: &str) -> Option<&str> {
+        self.tables.get(entity)?.base.keys().next_back().map(String::as_str)
+    }
+
     /// Visible rows ordered by id (server ids are time-ordered; temporary ids sort last).
     pub fn list(&mut self, entity: &str) -> Arc<Vec<Arc<Row>>> {
         let Some(t) = self.tables.get_mut(entity) else {
@@ -407,6 +423,7 @@ mod tests {
             error: None,
             attempts: 0,
             created_at: 0,
+            sent: None,
         }
     }
 

@@ -291,3 +291,85 @@ async fn own_writes_stay_visible_when_the_server_filters_their_events() {
     e.close().await;
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_is_noticed_even_when_its_new_log_is_not_behind_our_cursor() {
+    let srv = server().await;
+    control(&srv.url, "seed", json!({ "entity": "Todo", "count": 3, "data": { "title": "t{i}", "done": false } }))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let engine = Engine::new(config(&srv.url, Some(&db))).unwrap();
+    engine.start().await.unwrap();
+    assert_eq!(engine.cursor(), 3);
+    let id = engine.list("Todo")[0]["id"].as_str().unwrap().to_string();
+    engine.close().await;
+    // while the engine is away: a change (seq 4), then a restart that renumbers
+    // the log to 3 synthetic inserts — head 3, our cursor 3: no 410, nothing new
+    rest(&srv.url, reqwest::Method::PATCH, &format!("/api/entities/Todo/{id}"), json!({ "title": "changed" })).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // so the new boot is told apart from the old one
+    assert_eq!(control(&srv.url, "restart", json!({})).await["head"], 3);
+    let engine = Engine::new(config(&srv.url, Some(&db))).unwrap();
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = events.clone();
+    engine.set_listener(Some(std::sync::Arc::new(move |ev| {
+        if let Event::Resync { reason } = ev {
+            sink.lock().unwrap().push(reason);
+        }
+    })));
+    engine.start().await.unwrap();
+    assert_eq!(engine.get("Todo", &id).unwrap()["title"], "changed", "the change before the restart was missed");
+    assert_eq!(*events.lock().unwrap(), ["server"]);
+    assert_eq!(engine.list("Todo").len(), 3);
+    engine.close().await;
+    srv.stop().await;
+}
+
+async fn server_titles(url: &str) -> Vec<String> {
+    let rows = rest(url, reqwest::Method::GET, "/api/entities/Todo", Value::Null).await;
+    let mut titles: Vec<String> =
+        rows["data"].as_array().unwrap().iter().map(|r| r["title"].as_str().unwrap().to_string()).collect();
+    titles.sort();
+    titles
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_whose_answer_was_lost_is_found_not_sent_twice() {
+    let srv = server().await;
+    let mut c = config(&srv.url, None);
+    c.transport = pylon_sync_engine::Transport::Poll;
+    let e = Engine::new(c).unwrap();
+    e.start().await.unwrap();
+    // applied, then the answer is lost three ways: a 503, a truncated body, a 500
+    for (i, fault) in
+        [json!({ "status": 503 }), json!({ "malformed": true }), json!({ "status": 500 })].into_iter().enumerate()
+    {
+        let mut rule = fault;
+        rule["path"] = json!("/api/entities/Todo");
+        rule["method"] = json!("POST");
+        rule["count"] = json!(1);
+        rule["afterApply"] = json!(true);
+        control(&srv.url, "faults", json!({ "rules": [rule] })).await;
+        // the same data as an earlier row: only a row newer than the send counts
+        e.insert("Todo", row(json!({ "title": "milk", "done": false }))).await.unwrap();
+        eventually("the insert resolved", || e.mutations().is_empty()).await;
+        assert_eq!(server_titles(&srv.url).await.len(), i + 1, "a lost answer made a duplicate");
+    }
+    // not applied at all (the request failed before the server handled it): sent again
+    control(
+        &srv.url,
+        "faults",
+        json!({ "rules": [{ "path": "/api/entities/Todo", "method": "POST", "count": 2, "status": 503 }] }),
+    )
+    .await;
+    e.insert("Todo", row(json!({ "title": "bread", "done": false }))).await.unwrap();
+    eventually("the insert resolved", || e.mutations().is_empty()).await;
+    assert_eq!(server_titles(&srv.url).await, ["bread", "milk", "milk", "milk"]);
+    e.sync_once().await.unwrap();
+    let mut local: Vec<String> = e.list("Todo").iter().map(|r| r["title"].as_str().unwrap().to_string()).collect();
+    local.sort();
+    assert_eq!(local, ["bread", "milk", "milk", "milk"]);
+    assert!(e.list("Todo").iter().all(|r| r["id"].as_str().unwrap().len() == 40));
+    e.close().await;
+    srv.stop().await;
+}

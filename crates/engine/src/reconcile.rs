@@ -1,0 +1,105 @@
+//! Finding out whether an insert whose answer was lost was applied.
+//!
+//! REST inserts carry no idempotency key (PROTOCOL §7): an insert re-sent
+//! after a timeout, a reset connection or a crash creates a second row when
+//! the first one had been applied. So before re-sending, the engine pulls to
+//! the head and looks in the replica for the row: a row created after the
+//! insert was sent (server ids grow with time, so its id is greater than any
+//! id the engine knew then) whose fields are the ones we sent.
+//!
+//! What remains ambiguous: another client inserting identical data in the
+//! same window, or a row the user cannot read back; docs/compat.md says so.
+
+use serde_json::Value;
+
+use crate::protocol::{Kind, Row};
+use crate::queue::Mutation;
+use crate::replica::Replica;
+
+/// The server id of the row this in-doubt insert created, if the replica holds it.
+pub fn find_applied(replica: &Replica, m: &Mutation) -> Option<String> {
+    if m.kind != Kind::Insert {
+        return None;
+    }
+    let sent = m.sent.as_ref()?;
+    let empty = Row::new();
+    let data = m.data.as_ref().unwrap_or(&empty);
+    replica
+        .base_after(&m.entity, sent.after.as_deref())
+        .find(|(_, row)| row.data.as_deref().is_some_and(|stored| same_row(data, stored)))
+        .map(|(id, _)| id.clone())
+}
+
+/// Every field we sent is stored with that value. The server stores bools as
+/// 0/1 and objects as JSON text when rows are read back (§3.1), while change
+/// events keep what the client sent, so both forms count as equal.
+pub fn same_row(sent: &Row, stored: &Row) -> bool {
+    sent.iter().filter(|(k, _)| *k != "id").all(|(k, v)| stored.get(k).map_or(v.is_null(), |s| same_value(v, s)))
+}
+
+fn same_value(sent: &Value, stored: &Value) -> bool {
+    match (sent, stored) {
+        (Value::Bool(b), Value::Number(n)) => n.as_i64() == Some(i64::from(*b)),
+        (Value::Number(a), Value::Number(b)) => a == b || a.as_f64() == b.as_f64(),
+        (Value::Object(_) | Value::Array(_), Value::String(text)) => {
+            serde_json::from_str::<Value>(text).is_ok_and(|v| v == *sent)
+        }
+        _ => sent == stored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::queue::{Queue, Sent, Status};
+    use crate::replica::Effect;
+
+    fn row(v: Value) -> Row {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn stored_forms_of_the_sent_values_match() {
+        let sent = row(json!({ "title": "a", "done": true, "tags": ["x"], "n": 1, "gone": null }));
+        assert!(same_row(&sent, &row(json!({ "id": "i", "title": "a", "done": 1, "tags": "[\"x\"]", "n": 1.0 }))));
+        assert!(same_row(&sent, &row(json!({ "title": "a", "done": true, "tags": ["x"], "n": 1, "gone": null }))));
+        assert!(!same_row(&sent, &row(json!({ "title": "b", "done": 1, "tags": "[\"x\"]", "n": 1 }))));
+        assert!(!same_row(&sent, &row(json!({ "title": "a", "done": 0, "tags": "[\"x\"]", "n": 1 }))));
+    }
+
+    #[test]
+    fn only_rows_newer_than_what_we_knew_at_send_time_are_candidates() {
+        let mut replica = Replica::new();
+        let put = |id: &str, title: &str| Effect::Put {
+            entity: "Todo".into(),
+            id: id.into(),
+            seq: 1,
+            data: Arc::new(row(json!({ "id": id, "title": title }))),
+        };
+        // "milk" existed before we sent (id 0001); ours would be newer
+        replica.commit(&[put("0001", "milk"), put("0002", "bread")], &Queue::default());
+        let mut m = Mutation {
+            id: "m".into(),
+            order: 1,
+            identity: String::new(),
+            entity: "Todo".into(),
+            row_id: "_pending_1".into(),
+            kind: Kind::Insert,
+            data: Some(row(json!({ "title": "milk" }))),
+            status: Status::Pending,
+            error: None,
+            attempts: 1,
+            created_at: 0,
+            sent: Some(Sent { at: 0, after: replica.max_base_id("Todo").map(str::to_string) }),
+        };
+        assert_eq!(find_applied(&replica, &m), None, "an older identical row is not ours");
+        replica.commit(&[put("0003", "eggs"), put("0004", "milk")], &Queue::default());
+        assert_eq!(find_applied(&replica, &m).as_deref(), Some("0004"));
+        m.sent = None;
+        assert_eq!(find_applied(&replica, &m), None, "an insert never sent was not applied");
+    }
+}
