@@ -105,8 +105,10 @@ function which(bin) {
 }
 
 /**
- * Starts the real `pylon` server (PROTOCOL §16) with the fixture app, an
- * in-memory database and an admin token. Resolves null when `pylon` is not installed.
+ * Starts the real `pylon` server (PROTOCOL §16) with the fixture app, a
+ * database file and an admin token. `restart()` kills it and starts it again
+ * on the same ports and file (its change log is renumbered, §4.3).
+ * Resolves null when `pylon` is not installed.
  */
 async function startPylon() {
   const bin = process.env.PYLON_BIN || which('pylon')
@@ -122,27 +124,37 @@ async function startPylon() {
     ...process.env,
     PATH: `${path.join(root, 'node_modules', '.bin')}${path.delimiter}${process.env.PATH}`,
     PYLON_DEV_MODE: '1',
-    PYLON_DB_PATH: ':memory:',
+    PYLON_DB_PATH: path.join(dir, 'app.db'),
     PYLON_JOBS_IN_MEMORY: '1',
     PYLON_FILES_DIR: path.join(dir, 'uploads'),
     PYLON_ADMIN_TOKEN: adminToken,
     RUST_LOG: 'warn',
   }
-  const child = spawn(bin, ['start', 'app.ts', '--port', String(port)], { cwd: dir, env, stdio: 'ignore' })
   const url = `http://127.0.0.1:${port}`
-  await eventually('pylon to answer /health', async () => {
-    if (child.exitCode !== null) throw new Error(`pylon exited with ${child.exitCode}`)
-    return fetch(`${url}/health`).then((r) => r.ok, () => false)
-  }, 60000)
+  let child
+  const launch = async () => {
+    child = spawn(bin, ['start', 'app.ts', '--port', String(port)], { cwd: dir, env, stdio: 'ignore' })
+    const me = child
+    await eventually('pylon to answer /health', async () => {
+      if (me.exitCode !== null) throw new Error(`pylon exited with ${me.exitCode}`)
+      return fetch(`${url}/health`).then((r) => r.ok, () => false)
+    }, 60000)
+  }
+  const stop = () =>
+    new Promise((done) => {
+      if (child.exitCode !== null) return done()
+      child.once('exit', () => done())
+      child.kill('SIGKILL')
+    })
+  await launch()
   return {
     url,
     adminToken,
-    stop: () =>
-      new Promise((done) => {
-        if (child.exitCode !== null) return done()
-        child.once('exit', () => done())
-        child.kill('SIGKILL')
-      }),
+    stop,
+    restart: async () => {
+      await stop()
+      await launch()
+    },
   }
 }
 
@@ -151,14 +163,15 @@ module.exports.startPylon = startPylon
 /**
  * The servers a shared scenario runs against: the dev server always, the
  * real `pylon` when it is installed (required under PYLON_REQUIRED). Each
- * `start()` resolves `{ url, stop, login(user) }`, or null to skip.
+ * `start()` resolves `{ url, adminToken, stop, restart, login(user) }`, or null to skip.
  */
 function servers() {
   const login = (url) => async (user) => (await api(url, 'POST', '/api/auth/session', { user_id: user })).body.token
   return [
     { name: 'dev server', start: async () => {
-      const s = await startDevserver()
-      return { ...s, login: login(s.url) }
+      const adminToken = 'admin-' + Math.random().toString(36).slice(2)
+      const s = await startDevserver(['--admin-token', adminToken])
+      return { ...s, adminToken, login: login(s.url), restart: () => s.control('restart', {}) }
     } },
     { name: 'real pylon', start: async () => {
       const s = await startPylon()

@@ -56,11 +56,135 @@ impl World {
     }
 }
 
+/// A write the store refuses, as the REST route answers it.
+struct Refused {
+    status: u16,
+    code: &'static str,
+    message: String,
+}
+
+impl Refused {
+    fn response(&self) -> Response {
+        error(self.status, self.code, &self.message)
+    }
+}
+
+impl World {
+    fn entity(&self, e: &str) -> Result<crate::store::Entity, Refused> {
+        self.store.entity(e).cloned().ok_or_else(|| Refused {
+            status: 400,
+            code: "ENTITY_NOT_FOUND",
+            message: format!("Unknown entity: {e:?}"),
+        })
+    }
+
+    fn check_columns(entity: &crate::store::Entity, data: &Map<String, Value>) -> Result<(), Refused> {
+        match data.keys().find(|k| !entity.has_field(k)) {
+            Some(f) => {
+                let valid: Vec<&str> =
+                    std::iter::once("id").chain(entity.fields.iter().map(|f| f.name.as_str())).collect();
+                Err(Refused {
+                    status: 400,
+                    code: "INVALID_COLUMN",
+                    message: format!("Unknown column {f:?} -- valid columns: {}", valid.join(", ")),
+                })
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn insert(&mut self, e: &str, mut data: Map<String, Value>) -> Result<String, Refused> {
+        let entity = self.entity(e)?;
+        data.remove("id"); // the server names rows
+        Self::check_columns(&entity, &data)?;
+        if let Some(f) = entity.fields.iter().find(|f| !f.optional && data.get(&f.name).is_none_or(Value::is_null)) {
+            return Err(Refused {
+                status: 400,
+                code: "INSERT_FAILED",
+                message: format!("Insert into {e} failed: NOT NULL constraint failed: {e}.{}", f.name),
+            });
+        }
+        let id = self.store.new_id();
+        let event_data = data.clone();
+        data.insert("id".into(), json!(id));
+        self.store.rows.entry(e.to_string()).or_default().insert(id.clone(), data);
+        self.record(e, &id, "insert", Some(event_data));
+        Ok(id)
+    }
+
+    /// `Ok(false)`: no such row, or nothing to change.
+    fn update(&mut self, e: &str, id: &str, patch: Map<String, Value>) -> Result<bool, Refused> {
+        let entity = self.entity(e)?;
+        Self::check_columns(&entity, &patch)?;
+        let Some(row) = self.store.rows.get_mut(e).and_then(|m| m.get_mut(id)).filter(|_| !patch.is_empty()) else {
+            return Ok(false);
+        };
+        for (k, v) in &patch {
+            if k != "id" {
+                row.insert(k.clone(), v.clone());
+            }
+        }
+        self.record(e, id, "update", Some(patch));
+        Ok(true)
+    }
+
+    /// `Ok(false)`: no such row.
+    fn delete(&mut self, e: &str, id: &str) -> Result<bool, Refused> {
+        self.entity(e)?;
+        if self.store.rows.get_mut(e).and_then(|m| m.remove(id)).is_none() {
+            return Ok(false);
+        }
+        self.record(e, id, "delete", None);
+        Ok(true)
+    }
+
+    /// `POST /api/batch` (admin): each write on its own, in order; outcomes
+    /// by position with the error as a bare message, as the real server does.
+    /// Updates and deletes of missing rows count as done (and log nothing).
+    fn batch(&mut self, body: &Bytes) -> Response {
+        let ops = match parse_object(body) {
+            Ok(b) => match b.get("operations") {
+                Some(Value::Array(ops)) => ops.clone(),
+                _ => return error(400, "MISSING_OPERATIONS", "Request body must contain an \"operations\" array"),
+            },
+            Err(r) => return r,
+        };
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            let kind = op["op"].as_str().unwrap_or_default().to_string();
+            let entity = op["entity"].as_str().unwrap_or_default().to_string();
+            let id = op["id"].as_str().unwrap_or_default().to_string();
+            let data = op["data"].as_object().cloned();
+            let outcome = match (kind.as_str(), data) {
+                ("insert", Some(d)) => self.insert(&entity, d).map(Some),
+                ("insert", None) => {
+                    Err(Refused { status: 400, code: "", message: "Insert data must be a JSON object".into() })
+                }
+                ("update", Some(d)) => self.update(&entity, &id, d).map(|_| Some(id.clone())),
+                ("update", None) => {
+                    Err(Refused { status: 400, code: "", message: "Update data must be a JSON object".into() })
+                }
+                ("delete", _) => self.delete(&entity, &id).map(|_| Some(id.clone())),
+                _ => Err(Refused { status: 400, code: "", message: "unknown operation".into() }),
+            };
+            results.push(match outcome {
+                Ok(id) => json!({ "op": kind, "id": id, "ok": true }),
+                Err(r) => json!({ "op": kind, "ok": false, "error": r.message }),
+            });
+        }
+        let succeeded = results.iter().filter(|r| r["ok"] == true).count();
+        let failed = results.len() - succeeded;
+        json_response(200, json!({ "results": results, "succeeded": succeeded, "failed": failed }))
+    }
+}
+
 pub(crate) struct App {
     pub(crate) world: Mutex<World>,
     pub(crate) hub: Arc<Hub>,
     /// Reset by `/__control/restart`, like a real restart resets `/health`'s uptime.
     started: Mutex<Instant>,
+    /// Requests served, by "METHOD /path" (tests count round trips).
+    requests: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// A running server: HTTP on `port`, WebSocket on `port + 1`, SSE on `port + 2`.
@@ -112,6 +236,7 @@ pub async fn spawn(cfg: Config) -> Result<Handle, String> {
         world: Mutex::new(World { store, log, faults: Faults::default(), hub: hub.clone() }),
         hub: hub.clone(),
         started: Mutex::new(Instant::now()),
+        requests: Mutex::new(Default::default()),
     });
     let [listener, ws, sse] = bind_ports(cfg.port).await?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
@@ -164,6 +289,7 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     if let Some(rest) = path.strip_prefix("/__control/") {
         return control(&app, &method, rest, &body);
     }
+    *app.requests.lock().unwrap().entry(format!("{method} {path}")).or_default() += 1;
     let (rule, delay) = {
         let mut w = app.world.lock().unwrap();
         (w.faults.take(method.as_str(), &path), w.faults.delay_ms)
@@ -254,9 +380,10 @@ fn route(app: &App, method: &Method, uri: &str, path: &str, headers: &HeaderMap,
         }
         ("POST", ["api", "auth", "select-org"]) => select_org(w, token.as_deref(), &auth, body),
         ("GET", ["api", "sync", "pull"]) => pull(w, uri, &auth),
-        ("POST", ["api", "sync", "push"]) if !auth.is_admin => {
+        ("POST", ["api", "sync", "push"] | ["api", "batch"]) if !auth.is_admin => {
             error(403, "FORBIDDEN", "this endpoint requires admin auth (PYLON_ADMIN_TOKEN)")
         }
+        ("POST", ["api", "batch"]) => w.batch(body),
         (_, ["api", "entities", e, rest @ ..]) => entities(w, method, uri, e, rest, &auth, body),
         ("POST", ["api", "query", e]) => query(w, e, &auth, body),
         ("POST", ["api", "fn", name]) => match *name {
@@ -367,59 +494,26 @@ fn entities(w: &mut World, method: &Method, uri: &str, e: &str, rest: &[&str], a
             let next = page.last().and_then(|r| r.get("id").cloned()).unwrap_or(Value::Null);
             json_response(200, json!({ "data": page, "next_cursor": next, "has_more": has_more }))
         }
-        ("POST", []) => {
-            let mut data = match parse_object(body) {
-                Ok(b) => b,
-                Err(r) => return r,
-            };
-            if let Some(f) = data.keys().find(|k| !entity.has_field(k)) {
-                return error(400, "INVALID_COLUMN", &format!("unknown column {f:?} on {e}"));
-            }
-            if let Some(f) = entity.fields.iter().find(|f| !f.optional && data.get(&f.name).is_none_or(Value::is_null))
-            {
-                return error(
-                    400,
-                    "INSERT_FAILED",
-                    &format!("Insert into {e} failed: NOT NULL constraint failed: {e}.{}", f.name),
-                );
-            }
-            let id = w.store.new_id();
-            let event_data = data.clone();
-            data.insert("id".into(), json!(id));
-            w.store.rows.entry(e.to_string()).or_default().insert(id.clone(), data);
-            w.record(e, &id, "insert", Some(event_data));
-            json_response(201, json!({ "id": id }))
-        }
+        ("POST", []) => match parse_object(body).map(|data| w.insert(e, data)) {
+            Err(r) => r,
+            Ok(Ok(id)) => json_response(201, json!({ "id": id })),
+            Ok(Err(refused)) => refused.response(),
+        },
         ("GET", [id]) => match w.store.rows.get(e).and_then(|m| m.get(*id)) {
             Some(r) if w.store.can_read(e, auth, Some(r)) => json_response(200, Value::Object(entity.read_back(r))),
             Some(_) => error(403, "POLICY_DENIED", "Access denied by policy"),
             None => error(404, "NOT_FOUND", &format!("{e} with id \"{id}\" not found")),
         },
-        ("PATCH", [id]) => {
-            let patch = match parse_object(body) {
-                Ok(b) => b,
-                Err(r) => return r,
-            };
-            if let Some(f) = patch.keys().find(|k| !entity.has_field(k)) {
-                return error(400, "INVALID_COLUMN", &format!("unknown column {f:?} on {e}"));
-            }
-            let Some(row) = w.store.rows.get_mut(e).and_then(|m| m.get_mut(*id)).filter(|_| !patch.is_empty()) else {
-                return error(404, "NOT_FOUND", &format!("{e}/{id} not found"));
-            };
-            for (k, v) in &patch {
-                if k != "id" {
-                    row.insert(k.clone(), v.clone());
-                }
-            }
-            w.record(e, id, "update", Some(patch));
-            json_response(200, json!({ "updated": true }))
-        }
-        ("DELETE", [id]) => match w.store.rows.get_mut(e).and_then(|m| m.remove(*id)) {
-            Some(_) => {
-                w.record(e, id, "delete", None);
-                json_response(200, json!({ "deleted": true }))
-            }
-            None => error(404, "NOT_FOUND", &format!("{e}/{id} not found")),
+        ("PATCH", [id]) => match parse_object(body).map(|patch| w.update(e, id, patch)) {
+            Err(r) => r,
+            Ok(Ok(true)) => json_response(200, json!({ "updated": true })),
+            Ok(Ok(false)) => error(404, "NOT_FOUND", &format!("{e}/{id} not found")),
+            Ok(Err(refused)) => refused.response(),
+        },
+        ("DELETE", [id]) => match w.delete(e, id) {
+            Ok(true) => json_response(200, json!({ "deleted": true })),
+            Ok(false) => error(404, "NOT_FOUND", &format!("{e}/{id} not found")),
+            Err(refused) => refused.response(),
         },
         _ => error(405, "METHOD_NOT_ALLOWED", "method not allowed"),
     }
@@ -519,7 +613,8 @@ fn control(app: &App, method: &Method, what: &str, body: &Bytes) -> Response {
                 200,
                 json!({ "head": w.log.head(), "rows": counts,
                 "ws": { "accepted": n(&hub.ws_accepted), "open": n(&hub.ws_open) },
-                "sse": { "accepted": n(&hub.sse_accepted), "open": n(&hub.sse_open) } }),
+                "sse": { "accepted": n(&hub.sse_accepted), "open": n(&hub.sse_open) },
+                "requests": *app.requests.lock().unwrap() }),
             )
         }
         ("GET", "frames") => {

@@ -169,6 +169,65 @@ impl Api {
         send_json::<Value>(req).await.map(drop)
     }
 
+    /// `POST /api/batch` (admin only): the writes in order, each applied on
+    /// its own (not a transaction). One outcome per write, by position: the
+    /// id for an insert, or the error the REST route would have given (the
+    /// batch answers only a message, so its code is inferred from it).
+    pub async fn batch(&self, token: Option<&str>, writes: &[BatchWrite<'_>]) -> Result<Vec<Result<Option<String>>>> {
+        #[derive(serde::Deserialize)]
+        struct Outcome {
+            ok: bool,
+            #[serde(default)]
+            id: Option<String>,
+            #[serde(default)]
+            error: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            results: Vec<Outcome>,
+        }
+        let ops: Vec<Value> = writes
+            .iter()
+            .map(|w| match w {
+                BatchWrite::Insert { entity, data } => json!({ "op": "insert", "entity": entity, "data": data }),
+                BatchWrite::Update { entity, id, patch } => {
+                    json!({ "op": "update", "entity": entity, "id": id, "data": patch })
+                }
+                BatchWrite::Delete { entity, id } => json!({ "op": "delete", "entity": entity, "id": id }),
+            })
+            .collect();
+        let req = self.request(Method::POST, "/api/batch", token).json(&json!({ "operations": ops }));
+        let answer: Answer = send_json(req).await?;
+        if answer.results.len() != writes.len() {
+            return Err(Error::Protocol(format!(
+                "batch of {} writes answered {} results",
+                writes.len(),
+                answer.results.len()
+            )));
+        }
+        Ok(answer
+            .results
+            .into_iter()
+            .zip(writes)
+            .map(|(o, w)| match (o.ok, w) {
+                (true, BatchWrite::Insert { .. }) => match o.id {
+                    Some(id) if !id.is_empty() => Ok(Some(id)),
+                    _ => Err(Error::Protocol("batch insert answered without an id".into())),
+                },
+                (true, _) => Ok(None),
+                (false, _) => {
+                    let message = o.error.unwrap_or_else(|| "batch write failed".into());
+                    Err(Error::Http {
+                        status: 400,
+                        code: batch_error_code(&message).into(),
+                        message,
+                        retry_after: None,
+                    })
+                }
+            })
+            .collect())
+    }
+
     /// `POST /api/fn/<name>`: the function's JSON result, as returned.
     pub async fn call_fn(&self, token: Option<&str>, name: &str, args: &Value) -> Result<Value> {
         if name.is_empty() || name.contains(['/', '?', '#', ' ']) {
@@ -191,6 +250,31 @@ impl Api {
     pub async fn me(&self, token: Option<&str>) -> Result<Session> {
         let body: MeBody = send_json(self.request(Method::GET, "/api/auth/me", token)).await?;
         Ok(body.into())
+    }
+}
+
+/// One write of a `batch`.
+#[derive(Debug, Clone, Copy)]
+pub enum BatchWrite<'a> {
+    Insert { entity: &'a str, data: &'a Row },
+    Update { entity: &'a str, id: &'a str, patch: &'a Row },
+    Delete { entity: &'a str, id: &'a str },
+}
+
+/// The code the REST route gives for the failure a batch describes in words.
+fn batch_error_code(message: &str) -> &'static str {
+    if message.starts_with("Unknown column") {
+        "INVALID_COLUMN"
+    } else if message.starts_with("Unknown entity") {
+        "ENTITY_NOT_FOUND"
+    } else if message.starts_with("Insert into") {
+        "INSERT_FAILED"
+    } else if message.starts_with("Update ") {
+        "UPDATE_FAILED"
+    } else if message.starts_with("Delete ") {
+        "DELETE_FAILED"
+    } else {
+        "BATCH_WRITE_FAILED"
     }
 }
 

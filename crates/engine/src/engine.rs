@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::api::{check_entity, check_id, Api};
+use crate::api::{check_entity, check_id, Api, BatchWrite};
 use crate::backoff::Backoff;
 use crate::db::{Db, Stored};
 use crate::error::{Error, Result};
@@ -31,6 +31,15 @@ use crate::reconcile;
 use crate::replica::{BaseRow, Effect, Replica};
 use crate::snapshot::{self, Snapshot};
 use crate::transport::{BinaryFrame, Liveness, Which};
+
+/// Why the server refused a write, as kept on the failed mutation.
+fn refusal(e: &Error) -> MutationError {
+    MutationError { code: e.server_code().unwrap_or(e.code()).to_string(), message: e.to_string(), status: e.status() }
+}
+
+/// Writes per `/api/batch` request, and its body size (the server takes 10 MiB).
+const BATCH_MAX: usize = 1000;
+const BATCH_BYTES: usize = 4 << 20;
 
 /// Prefix of ids given to rows inserted locally until the server names them.
 pub const TEMP_PREFIX: &str = "_pending_";
@@ -239,6 +248,8 @@ pub(crate) struct Inner {
     running: AtomicBool,
     closed: AtomicBool,
     resyncs_in_a_row: AtomicU32,
+    /// The server refused `/api/batch`: admin writes go one by one.
+    no_batch: AtomicBool,
     /// Check the server's boot time in the next round (start, errors, reconnects).
     boot_check_due: AtomicBool,
     last_boot_check: Mutex<Option<std::time::Instant>>,
@@ -347,6 +358,7 @@ impl Engine {
                 running: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 resyncs_in_a_row: AtomicU32::new(0),
+                no_batch: AtomicBool::new(false),
                 boot_check_due: AtomicBool::new(true),
                 last_boot_check: Mutex::new(None),
                 complete_in_epoch: AtomicU64::new(u64::MAX),
@@ -961,12 +973,13 @@ impl Engine {
     /// Sends queued writes, oldest first, through the REST entity routes.
     async fn flush(&self) -> Result<()> {
         loop {
-            let (next, token) = {
+            let (next, token, admin) = {
                 let st = self.inner.state.read().unwrap();
                 if st.queue_key != st.identity {
                     return Ok(()); // identity not verified for this token yet
                 }
-                (st.queue.next_pending().cloned(), st.verified_token.clone())
+                let admin = st.session.as_ref().is_some_and(|s| s.is_admin);
+                (st.queue.next_pending().cloned(), st.verified_token.clone(), admin)
             };
             let Some(m) = next else { return Ok(()) };
             if m.row_id.starts_with(TEMP_PREFIX) && m.kind != Kind::Insert {
@@ -976,6 +989,9 @@ impl Engine {
                     status: None,
                 };
                 self.fail(&m, err).await?;
+                continue;
+            }
+            if admin && !self.inner.no_batch.load(Ordering::SeqCst) && self.flush_batch(token.as_deref()).await? {
                 continue;
             }
             let m = match (m.kind, &m.sent) {
@@ -989,7 +1005,7 @@ impl Engine {
                     }
                     m
                 }
-                (Kind::Insert, None) => self.mark_sent(m).await?,
+                (Kind::Insert, None) => self.mark_sent(vec![m]).await?.remove(0),
                 _ => m,
             };
             let api = &self.inner.api;
@@ -1007,37 +1023,104 @@ impl Engine {
             };
             match sent {
                 Ok(server_id) => self.applied(&m, server_id).await?,
-                Err(e) if e.is_transient() => {
-                    let mut m = m;
-                    m.attempts += 1;
-                    self.with_db(move |me, db| {
-                        db.write(|w| w.save_mutation(&m))?;
-                        me.inner.state.write().unwrap().queue.replace(m);
-                        Ok(())
-                    })
-                    .await?;
-                    return Err(e);
-                }
-                Err(e) => {
-                    let err = MutationError {
-                        code: e.server_code().unwrap_or(e.code()).to_string(),
-                        message: e.to_string(),
-                        status: e.status(),
-                    };
-                    self.fail(&m, err).await?;
-                }
+                Err(e) if e.is_transient() => return self.retry_later(m, e).await,
+                Err(e) => self.fail(&m, refusal(&e)).await?,
             }
         }
     }
 
-    /// Records, before an insert goes out, that it may reach the server.
-    async fn mark_sent(&self, mut m: Mutation) -> Result<Mutation> {
-        let after = self.inner.state.read().unwrap().replica.max_base_id(&m.entity).map(str::to_string);
-        m.sent = Some(Sent { at: now_ms(), after });
+    /// Sends the queue head and the writes after it as one `/api/batch`
+    /// (admin sessions: a script importing 100,000 rows should not make
+    /// 100,000 requests). Per-write outcomes are handled exactly as on the
+    /// REST path. Returns false when the head must go alone, or the server
+    /// has no batch route.
+    async fn flush_batch(&self, token: Option<&str>) -> Result<bool> {
+        let run: Vec<Mutation> = {
+            let st = self.inner.state.read().unwrap();
+            let mut bytes = 0;
+            st.queue
+                .pending()
+                // an insert in doubt is reconciled alone; a write to a row whose
+                // insert is in this batch needs that insert's id first
+                .take_while(|m| !(m.kind == Kind::Insert && m.sent.is_some()))
+                .take_while(|m| m.kind == Kind::Insert || !m.row_id.starts_with(TEMP_PREFIX))
+                .take_while(|m| {
+                    bytes += 64 + m.data.as_ref().map_or(0, |d| serde_json::to_string(d).map_or(0, |t| t.len()));
+                    bytes <= BATCH_BYTES
+                })
+                .take(BATCH_MAX)
+                .cloned()
+                .collect()
+        };
+        if run.is_empty() {
+            return Ok(false);
+        }
+        let run = self.mark_sent(run).await?;
+        let empty = Row::new();
+        let writes: Vec<BatchWrite> = run
+            .iter()
+            .map(|m| {
+                let (entity, id, data) = (m.entity.as_str(), m.row_id.as_str(), m.data.as_ref().unwrap_or(&empty));
+                match m.kind {
+                    Kind::Insert => BatchWrite::Insert { entity, data },
+                    Kind::Update => BatchWrite::Update { entity, id, patch: data },
+                    Kind::Delete => BatchWrite::Delete { entity, id },
+                }
+            })
+            .collect();
+        match self.inner.api.batch(token, &writes).await {
+            Ok(outcomes) => {
+                for (m, outcome) in run.iter().zip(outcomes) {
+                    match outcome {
+                        Ok(server_id) => self.applied(m, server_id).await?,
+                        Err(e) => self.fail(m, refusal(&e)).await?,
+                    }
+                }
+                Ok(true)
+            }
+            Err(e) if e.is_transient() => self.retry_later(run[0].clone(), e).await.map(|_| true),
+            Err(Error::Http { status: 403 | 404 | 405, .. }) => {
+                // no batch route for us after all: the REST path does the same job
+                self.inner.no_batch.store(true, Ordering::SeqCst);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Counts a failed attempt and gives up this round (backoff follows).
+    async fn retry_later(&self, mut m: Mutation, e: Error) -> Result<()> {
+        m.attempts += 1;
         self.with_db(move |me, db| {
             db.write(|w| w.save_mutation(&m))?;
-            me.inner.state.write().unwrap().queue.replace(m.clone());
-            Ok(m)
+            me.inner.state.write().unwrap().queue.replace(m);
+            Ok(())
+        })
+        .await?;
+        Err(e)
+    }
+
+    /// Records, before inserts go out, that they may reach the server.
+    async fn mark_sent(&self, mut run: Vec<Mutation>) -> Result<Vec<Mutation>> {
+        let mut changed = Vec::new();
+        {
+            let st = self.inner.state.read().unwrap();
+            for m in run.iter_mut().filter(|m| m.kind == Kind::Insert && m.sent.is_none()) {
+                let after = st.replica.max_base_id(&m.entity).map(str::to_string);
+                m.sent = Some(Sent { at: now_ms(), after });
+                changed.push(m.clone());
+            }
+        }
+        if changed.is_empty() {
+            return Ok(run);
+        }
+        self.with_db(move |me, db| {
+            db.write(|w| changed.iter().try_for_each(|m| w.save_mutation(m)))?;
+            let mut st = me.inner.state.write().unwrap();
+            for m in changed {
+                st.queue.replace(m);
+            }
+            Ok(run)
         })
         .await
     }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::engine::TEMP_PREFIX;
 use crate::protocol::{Kind, Row};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -79,6 +80,16 @@ pub struct Queue {
     items: BTreeMap<i64, Mutation>,
     by_id: HashMap<String, i64>,
     pending_by_row: HashMap<RowKey, BTreeSet<i64>>,
+    /// Temporary ids → mutations naming them (as the row or in the data), so
+    /// an acknowledged insert rewrites only those.
+    refs: HashMap<String, BTreeSet<i64>>,
+    pending: usize,
+}
+
+/// The temporary ids a mutation names.
+fn temp_refs(m: &Mutation) -> impl Iterator<Item = &str> {
+    let in_data = m.data.iter().flat_map(|d| d.values().filter_map(Value::as_str));
+    std::iter::once(m.row_id.as_str()).chain(in_data).filter(|s| s.starts_with(TEMP_PREFIX))
 }
 
 impl Queue {
@@ -94,6 +105,10 @@ impl Queue {
         self.by_id.insert(m.id.clone(), m.order);
         if m.status == Status::Pending {
             self.pending_by_row.entry(key(&m)).or_default().insert(m.order);
+            self.pending += 1;
+        }
+        for r in temp_refs(&m) {
+            self.refs.entry(r.to_string()).or_default().insert(m.order);
         }
         self.items.insert(m.order, m);
     }
@@ -108,9 +123,19 @@ impl Queue {
     fn unindex(&mut self, m: &Mutation) {
         let k = key(m);
         if let Some(set) = self.pending_by_row.get_mut(&k) {
-            set.remove(&m.order);
+            if set.remove(&m.order) {
+                self.pending -= 1;
+            }
             if set.is_empty() {
                 self.pending_by_row.remove(&k);
+            }
+        }
+        for r in temp_refs(m) {
+            if let Some(set) = self.refs.get_mut(r) {
+                set.remove(&m.order);
+                if set.is_empty() {
+                    self.refs.remove(r);
+                }
             }
         }
     }
@@ -132,12 +157,17 @@ impl Queue {
     }
 
     pub fn pending_count(&self) -> usize {
-        self.pending_by_row.values().map(BTreeSet::len).sum()
+        self.pending
     }
 
     /// The oldest pending mutation: the next one to send.
     pub fn next_pending(&self) -> Option<&Mutation> {
         self.items.values().find(|m| m.status == Status::Pending)
+    }
+
+    /// Pending mutations in queue order.
+    pub fn pending(&self) -> impl Iterator<Item = &Mutation> {
+        self.items.values().filter(|m| m.status == Status::Pending)
     }
 
     /// Pending mutations of one row, oldest first.
@@ -164,7 +194,8 @@ impl Queue {
     /// Pure: the caller persists them, then `replace`s them in.
     pub fn remapped(&self, entity: &str, temp: &str, server: &str) -> Vec<Mutation> {
         let mut changed = Vec::new();
-        for before in self.items.values() {
+        let naming = self.refs.get(temp).into_iter().flatten().filter_map(|o| self.items.get(o));
+        for before in naming {
             let mut m = before.clone();
             if m.entity == entity && m.row_id == temp {
                 m.row_id = server.to_string();

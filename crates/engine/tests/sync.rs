@@ -373,3 +373,40 @@ async fn an_insert_whose_answer_was_lost_is_found_not_sent_twice() {
     e.close().await;
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_sends_queued_writes_in_batches_with_the_same_outcomes() {
+    let cfg = pylon_devserver::Config { admin_token: Some("admin-secret".into()), ..Default::default() };
+    let srv = pylon_devserver::spawn(cfg).await.unwrap();
+    let mut c = config(&srv.url, None);
+    c.token = Some("admin-secret".into());
+    c.transport = pylon_sync_engine::Transport::Poll;
+    let e = Engine::new(c).unwrap();
+    // queued before start: 2,500 inserts, one the server refuses, and writes
+    // that depend on an insert's id
+    let mut temps = Vec::new();
+    for i in 0..2500 {
+        let data =
+            if i == 1200 { json!({ "done": false }) } else { json!({ "title": format!("r{i}"), "done": false }) };
+        temps.push(e.insert("Todo", row(data)).await.unwrap());
+    }
+    e.update("Todo", &temps[10], row(json!({ "title": "renamed" }))).await.unwrap();
+    e.delete("Todo", &temps[11]).await.unwrap();
+    e.start().await.unwrap();
+    eventually("the queue to drain", || e.mutations().iter().all(|m| m.status == MutationStatus::Failed)).await;
+    let failed = e.mutations();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].row_id, temps[1200]);
+    assert_eq!(failed[0].error.as_ref().unwrap().code, "INSERT_FAILED");
+    let state = common::get(&srv.url, "/__control/state").await;
+    assert_eq!(state["rows"]["Todo"], 2498);
+    let requests = &state["requests"];
+    assert!(requests["POST /api/batch"].as_u64().unwrap() <= 5, "{requests}");
+    assert!(requests.get("POST /api/entities/Todo").is_none(), "inserts went one by one: {requests}");
+    e.sync_once().await.unwrap();
+    assert_eq!(e.list("Todo").len(), 2498);
+    assert!(e.list("Todo").iter().any(|r| r["title"] == "renamed"));
+    assert!(!e.list("Todo").iter().any(|r| r["title"] == "r11"));
+    e.close().await;
+    srv.stop().await;
+}
