@@ -258,6 +258,13 @@ fn error(status: u16, code: &str, message: &str) -> Response {
     (status, ok_json(&json!({ "error": { "code": code, "message": message } }))).into_response()
 }
 
+/// The real server adds a hint to policy refusals.
+fn policy_denied() -> Response {
+    let body = json!({ "error": { "code": "POLICY_DENIED", "message": "Access denied by policy",
+        "hint": "Check your auth token or the policy rules in your schema" } });
+    json_response(403, body)
+}
+
 fn ok_json(v: &Value) -> ([(header::HeaderName, &'static str); 1], String) {
     ([(header::CONTENT_TYPE, "application/json")], v.to_string())
 }
@@ -458,7 +465,7 @@ fn entities(w: &mut World, method: &Method, uri: &str, e: &str, rest: &[&str], a
     match (method.as_str(), rest) {
         ("GET", []) => {
             if row_policy {
-                return error(403, "POLICY_DENIED", "Access denied by policy");
+                return policy_denied();
             }
             let rows: Vec<Value> = w
                 .store
@@ -473,7 +480,7 @@ fn entities(w: &mut World, method: &Method, uri: &str, e: &str, rest: &[&str], a
         }
         ("GET", ["cursor"]) => {
             if row_policy {
-                return error(403, "POLICY_DENIED", "Access denied by policy");
+                return policy_denied();
             }
             let limit = query_param(uri, "limit").and_then(|s| s.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
             let after = query_param(uri, "after").unwrap_or("").to_string();
@@ -501,7 +508,7 @@ fn entities(w: &mut World, method: &Method, uri: &str, e: &str, rest: &[&str], a
         },
         ("GET", [id]) => match w.store.rows.get(e).and_then(|m| m.get(*id)) {
             Some(r) if w.store.can_read(e, auth, Some(r)) => json_response(200, Value::Object(entity.read_back(r))),
-            Some(_) => error(403, "POLICY_DENIED", "Access denied by policy"),
+            Some(_) => policy_denied(),
             None => error(404, "NOT_FOUND", &format!("{e} with id \"{id}\" not found")),
         },
         ("PATCH", [id]) => match parse_object(body).map(|patch| w.update(e, id, patch)) {
@@ -526,7 +533,7 @@ fn query(w: &mut World, e: &str, auth: &Auth, body: &Bytes) -> Response {
     // like the real server: an entity under a row-level read policy is
     // checked without a row first, which denies every non-admin
     if matches!(entity.read, Some(crate::policy::ReadRule::OwnerField(_))) && !auth.is_admin {
-        return error(403, "POLICY_DENIED", "Access denied by policy");
+        return policy_denied();
     }
     let filter = match parse_object(body) {
         Ok(b) => b,
