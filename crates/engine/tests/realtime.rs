@@ -468,3 +468,29 @@ async fn only_a_connection_that_stayed_up_five_seconds_resets_the_backoff() {
     e.close().await;
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_event_stream_is_replaced() {
+    let srv = server().await;
+    // the stream sends its head, then nothing at all (not even keepalives)
+    control(&srv.url, "faults", json!({ "sse": { "stall": true } })).await;
+    let e = streaming(&srv.url, None, Transport::Sse);
+    e.start().await.unwrap();
+    eventually("the silence to be noticed", || {
+        e.connection().last_error.is_some_and(|err| err.message.contains("silent"))
+    })
+    .await;
+    control(&srv.url, "faults", json!({ "sseKeepaliveMs": 100 })).await;
+    control(&srv.url, "drop", json!({})).await;
+    open_on(&e, Which::Sse).await;
+    insert_remote(&srv.url, "after the silence").await;
+    eventually("the change over the new stream", || e.list("Todo").len() == 1).await;
+    // a stream that keeps sending keepalives stays up well past the idle limit
+    let accepted = || async { get(&srv.url, "/__control/state").await["sse"]["accepted"].as_u64().unwrap() };
+    let before = accepted().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(accepted().await, before, "a live stream was replaced");
+    assert_eq!(e.connection().state, ConnState::Open);
+    e.close().await;
+    srv.stop().await;
+}
