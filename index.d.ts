@@ -78,3 +78,9 @@ export declare function directUpdate(baseUrl: string, entity: string, id: string
 
 /** Rows of `entities` and a cursor consistent with them, for `engine.hydrate`. */
 export declare function getServerData(baseUrl: string, entities: Array<string>, opts?: any | undefined | null): Promise<any>
+
+/**
+ * Diagnostics: panics on purpose, so a test can show that a Rust panic
+ * reaches JavaScript as an exception instead of ending the process.
+ */
+export declare function panicForTests(): void

@@ -844,3 +844,4 @@ module.exports.directInsert = nativeBinding.directInsert
 module.exports.directRemove = nativeBinding.directRemove
 module.exports.directUpdate = nativeBinding.directUpdate
 module.exports.getServerData = nativeBinding.getServerData
+module.exports.panicForTests = nativeBinding.panicForTests

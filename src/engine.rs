@@ -69,7 +69,7 @@ fn event_json(ev: &Event) -> String {
 
 #[napi]
 impl NativeEngine {
-    #[napi(constructor)]
+    #[napi(constructor, catch_unwind)]
     pub fn new(base_url: String, options: Option<Value>) -> Result<Self> {
         let cfg = convert::config(&base_url, options.unwrap_or(Value::Null)).map_err(to_js)?;
         Ok(NativeEngine { engine: Engine::new(cfg).map_err(to_js)?, binary: Arc::new(RwLock::new(None)) })
@@ -77,7 +77,7 @@ impl NativeEngine {
 
     /// Registers the one event sink (JSON strings). The function is weak: it
     /// never keeps the process alive on its own.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn on_event(&self, callback: Function<String, ()>) -> Result<()> {
         let tsfn: ThreadsafeFunction<String, (), String, Status, false, true> = callback
             .build_threadsafe_function()
@@ -106,7 +106,7 @@ impl NativeEngine {
     }
 
     /// Registers the sink of binary (CRDT) frames: `(bytes, headerJson | null)`. Weak, like `onEvent`.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn on_binary(&self, callback: Function<FnArgs<(Buffer, Option<String>)>, ()>) -> Result<()> {
         let tsfn: BinarySink = callback
             .build_threadsafe_function()
@@ -118,28 +118,28 @@ impl NativeEngine {
         Ok(())
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn connection_json(&self) -> String {
         serde_json::to_string(&self.engine.connection()).expect("connection serializes")
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn presence_json(&self) -> String {
         serde_json::to_string(&self.engine.presence()).expect("presence serializes")
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn client_id(&self) -> String {
         self.engine.client_id().to_string()
     }
 
     /// `data`: any JSON value; null withdraws this engine's presence.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn set_presence(&self, data: Option<Value>) {
         self.engine.set_presence(data.filter(|d| !d.is_null()));
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn publish_topic(&self, topic: String, data: Option<Value>) -> Result<bool> {
         if topic.is_empty() {
             return Err(to_js(pylon_sync_engine::Error::InvalidArg("topic must be a non-empty string".into())));
@@ -147,14 +147,14 @@ impl NativeEngine {
         Ok(self.engine.publish_topic(&topic, data.unwrap_or(Value::Null)))
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn subscribe_crdt(&self, entity: String, row_id: String) -> Result<()> {
         convert::entity_and_id(&entity, &row_id).map_err(to_js)?;
         self.engine.subscribe_crdt(&entity, &row_id);
         Ok(())
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn unsubscribe_crdt(&self, entity: String, row_id: String) -> Result<()> {
         convert::entity_and_id(&entity, &row_id).map_err(to_js)?;
         self.engine.unsubscribe_crdt(&entity, &row_id);
@@ -184,48 +184,48 @@ impl NativeEngine {
         settle(self.engine.sync_once().await)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn list_json(&self, entity: String) -> String {
         self.engine.list_json(&entity).to_string()
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn get_json(&self, entity: String, id: String) -> Option<String> {
         self.engine.get(&entity, &id).map(|r| serde_json::to_string(&*r).expect("rows serialize"))
     }
 
     /// Changes whenever the visible rows of `entity` change.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn version(&self, entity: String) -> f64 {
         self.engine.entity_version(&entity) as f64
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn entities(&self) -> Vec<String> {
         self.engine.entities()
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn cursor(&self) -> f64 {
         self.engine.cursor() as f64
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn status_json(&self) -> String {
         serde_json::to_string(&self.engine.status()).expect("status serializes")
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn session_json(&self) -> String {
         serde_json::to_string(&self.engine.session()).expect("session serializes")
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn mutations_json(&self) -> String {
         Value::Array(self.engine.mutations().iter().map(mutation_json).collect()).to_string()
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn set_token(&self, token: Option<Value>) -> Result<()> {
         self.engine.set_token(convert::token(token).map_err(to_js)?);
         Ok(())
@@ -280,7 +280,7 @@ impl NativeEngine {
         }
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn create_infinite_query(
         &self,
         entity: String,

@@ -9,3 +9,10 @@ mod direct;
 mod engine;
 mod error;
 mod query;
+
+/// Diagnostics: panics on purpose, so a test can show that a Rust panic
+/// reaches JavaScript as an exception instead of ending the process.
+#[napi_derive::napi(catch_unwind)]
+pub fn panic_for_tests() {
+    panic!("deliberate panic for tests");
+}

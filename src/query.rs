@@ -24,22 +24,22 @@ impl NativeInfiniteQuery {
         settle(self.query.load_more().await)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn data_json(&self) -> String {
         self.query.data_json().to_string()
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn has_more(&self) -> bool {
         self.query.has_more()
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn loading(&self) -> bool {
         self.query.loading()
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn reset(&self) {
         self.query.reset()
     }
