@@ -17,6 +17,8 @@ export type SyncErrorCode =
   | 'ERR_SYNC_CORRUPT'
   | 'ERR_SYNC_CLOSED'
   | 'ERR_SYNC_INVALID_ARG'
+  /** A contained failure inside the engine (a bug): the call failed, the process lives on. */
+  | 'ERR_SYNC_INTERNAL'
 
 export declare class SyncError extends Error {
   readonly code: SyncErrorCode

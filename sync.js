@@ -29,8 +29,38 @@ function callAll(listeners, args) {
   }
 }
 
-async function settle(promise) {
-  const outcome = await promise
+/**
+ * A native failure as a SyncError: engine errors keep their code; napi's own
+ * argument conversions ("StringExpected", …) are invalid arguments; anything
+ * else (a contained Rust panic) is internal.
+ */
+function nativeError(e) {
+  if (e instanceof SyncError) return e
+  const code = e && typeof e.code === 'string' ? e.code : ''
+  if (code.startsWith('ERR_SYNC_')) return new SyncError({ code, message: e.message })
+  if (/Expected$|^InvalidArg$/.test(code)) {
+    return new SyncError({ code: 'ERR_SYNC_INVALID_ARG', message: `invalid argument: ${e.message}` })
+  }
+  return new SyncError({ code: 'ERR_SYNC_INTERNAL', message: `internal error: ${e && e.message}` })
+}
+
+/** Runs a synchronous native call; every failure is a SyncError. */
+function guard(fn) {
+  try {
+    return fn()
+  } catch (e) {
+    throw nativeError(e)
+  }
+}
+
+/** Runs an asynchronous native call (a thunk, so bad arguments reject instead of throwing). */
+async function settle(work) {
+  let outcome
+  try {
+    outcome = await work()
+  } catch (e) {
+    throw nativeError(e)
+  }
   if (outcome.ok) return outcome.value
   throw new SyncError(outcome.error)
 }
@@ -176,13 +206,13 @@ class Mutations {
   /** Drops a mutation and undoes its optimistic effect. Resolves whether it existed. */
   remove(id) {
     if (typeof id !== 'string') return Promise.reject(invalid('id must be a string'))
-    return settle(this._engine._native.removeMutation(id))
+    return settle(() => this._engine._native.removeMutation(id))
   }
 
   /** Puts a failed mutation back in the queue. */
   retry(id) {
     if (typeof id !== 'string') return Promise.reject(invalid('id must be a string'))
-    return settle(this._engine._native.retryMutation(id))
+    return settle(() => this._engine._native.retryMutation(id))
   }
 
   /** `listener({ id, status, change, error })` on every transition. Returns an unsubscribe function. */
@@ -220,7 +250,7 @@ class InfiniteQuery {
   }
 
   async loadMore() {
-    const loaded = await settle(this._q.loadMore())
+    const loaded = await settle(() => this._q.loadMore())
     if (loaded) this._refresh()
   }
 
@@ -263,7 +293,7 @@ class SyncEngine {
     }
     const nativeOptions = {}
     for (const [k, v] of Object.entries(options)) if (!OWN_OPTIONS.includes(k) && v !== undefined) nativeOptions[k] = v
-    this._native = new native.NativeEngine(baseUrl, nativeOptions)
+    this._native = guard(() => new native.NativeEngine(baseUrl, nativeOptions))
     this._storage = storage
     this._tokenKey = tokenStorageKey(options.appName)
     this._fixedToken = typeof options.token === 'string'
@@ -326,7 +356,7 @@ class SyncEngine {
       'status', 'error', 'session', 'resync', 'progress', 'change', 'mutation',
       'connection', 'presence', 'topic', 'room',
     ]
-    if (!known.includes(type)) throw invalid(`unknown event ${JSON.stringify(type)}; one of ${known.join(', ')}`)
+    if (!known.includes(type)) throw invalid(`unknown event ${typeof type === 'string' ? JSON.stringify(type) : typeof type}; one of ${known.join(', ')}`)
     return this._on(type, listener)
   }
 
@@ -334,16 +364,16 @@ class SyncEngine {
   async start() {
     this._readToken()
     await this._hydrating
-    return settle(this._native.start())
+    return settle(() => this._native.start())
   }
 
   stop() {
-    return settle(this._native.stop())
+    return settle(() => this._native.stop())
   }
 
   async close() {
     if (this._unwatch) this._unwatch()
-    await settle(this._native.close())
+    await settle(() => this._native.close())
     this._listeners.clear()
     this._topics.clear()
     this._binary.clear()
@@ -352,7 +382,7 @@ class SyncEngine {
   /** Runs one sync round now (session, queued writes, pull). Rejects when it fails. */
   sync() {
     this._readToken()
-    return settle(this._native.sync())
+    return settle(() => this._native.sync())
   }
 
   /** Current sync state: phase, transport, cursor, pending/failed counts, last error. */
@@ -387,13 +417,13 @@ class SyncEngine {
 
   /** Sets this engine's presence (any JSON value; null withdraws it). Re-sent after every reconnect. */
   setPresence(data) {
-    this._native.setPresence(data === undefined ? null : data)
+    guard(() => this._native.setPresence(data === undefined ? null : data))
   }
 
   /** Publishes on a topic over the open WebSocket. Returns false when none is open (nothing is queued). */
   publishTopic(topic, data) {
     if (typeof topic !== 'string' || topic === '') throw invalid('topic must be a non-empty string')
-    return this._native.publishTopic(topic, data === undefined ? null : data)
+    return guard(() => this._native.publishTopic(topic, data === undefined ? null : data))
   }
 
   /** `handler(data, { topic, from })` for each message on `topic` (this engine's own included). Returns an unsubscribe function. */
@@ -434,35 +464,35 @@ class SyncEngine {
   /** Refcounted: frames for the row keep coming until every subscriber unsubscribed. */
   subscribeCrdt(entity, rowId) {
     checkRow(entity, rowId)
-    this._native.subscribeCrdt(entity, rowId)
+    guard(() => this._native.subscribeCrdt(entity, rowId))
   }
 
   /** Extra calls are no-ops. */
   unsubscribeCrdt(entity, rowId) {
     checkRow(entity, rowId)
-    this._native.unsubscribeCrdt(entity, rowId)
+    guard(() => this._native.unsubscribeCrdt(entity, rowId))
   }
 
   /** Optimistic insert: resolves the temporary id once the write is durable on disk. */
   insert(entity, data) {
     this._readToken()
-    return settle(this._native.insert(entity, data))
+    return settle(() => this._native.insert(entity, data))
   }
 
   update(entity, id, patch) {
     this._readToken()
-    return settle(this._native.update(entity, id, patch))
+    return settle(() => this._native.update(entity, id, patch))
   }
 
   delete(entity, id) {
     this._readToken()
-    return settle(this._native.delete(entity, id))
+    return settle(() => this._native.delete(entity, id))
   }
 
   /** Re-reads the token and `/api/auth/me`; resets the replica when the user or tenant changed. */
   async notifySessionChanged() {
     this._readToken()
-    return settle(this._native.notifySessionChanged())
+    return settle(() => this._native.notifySessionChanged())
   }
 
   /** `{ userId, tenantId, isAdmin, roles }`, or null before the session is known. */
@@ -472,12 +502,12 @@ class SyncEngine {
 
   /** Drops every row (memory and disk) and sets the cursor to 0. Does not pull. */
   resetReplica() {
-    return settle(this._native.resetReplica())
+    return settle(() => this._native.resetReplica())
   }
 
   /** Seeds rows and cursor from `getServerData`. Call before `start()`; `start()` waits for it. */
   hydrate(data) {
-    const p = settle(this._native.hydrate(data))
+    const p = settle(() => this._native.hydrate(data))
     this._hydrating = p.catch(() => {})
     return p
   }
@@ -497,7 +527,7 @@ class SyncEngine {
       field = entries[0][0]
       descending = entries[0][1] === 'desc'
     }
-    return new InfiniteQuery(this._native.createInfiniteQuery(entity, pageSize, field, descending))
+    return new InfiniteQuery(guard(() => this._native.createInfiniteQuery(entity, pageSize, field, descending)))
   }
 }
 
@@ -507,7 +537,7 @@ function createSyncEngine(baseUrl, options) {
 
 // ------------------------------------------------------------ direct calls
 
-const direct = (fn) => (...args) => settle(fn(...args))
+const direct = (fn) => (...args) => settle(() => fn(...args))
 
 module.exports = {
   createSyncEngine,
@@ -516,7 +546,7 @@ module.exports = {
   defaultStorage,
   createWriteThroughStorage,
   mutationQueueListener,
-  getServerData: (baseUrl, entities, options) => settle(native.getServerData(baseUrl, entities, options)),
+  getServerData: (baseUrl, entities, options) => settle(() => native.getServerData(baseUrl, entities, options)),
   fetchList: direct(native.directFetchList),
   fetchById: direct(native.directFetchById),
   insert: direct(native.directInsert),
