@@ -12,6 +12,8 @@ export type SyncErrorCode =
   | 'ERR_SYNC_SERVER'
   | 'ERR_SYNC_REJECTED'
   | 'ERR_SYNC_RESYNC'
+  /** The server's certificate could not be verified; pass its CA as `ca`. */
+  | 'ERR_SYNC_TLS'
   | 'ERR_SYNC_PROTOCOL'
   | 'ERR_SYNC_STORAGE'
   | 'ERR_SYNC_CORRUPT'
@@ -58,6 +60,8 @@ export interface SyncEngineConfig {
   pollInterval?: number
   /** Base of the full-jitter retry backoff, ms (default 1000). */
   reconnectDelay?: number
+  /** PEM of certificate authorities to trust for https:// and wss:// besides the web roots (a private or self-signed server). */
+  ca?: string
   /** Bearer token; overrides storage. */
   token?: string
   /** Keep the replica and queued writes in SQLite (default true). */
@@ -247,10 +251,12 @@ export declare function createWriteThroughStorage(
   onWrite: (key: string, value: string | null) => void | Promise<void>,
 ): Storage
 export declare function mutationQueueListener(mutations: Mutations, listener: (event: MutationEvent) => void): () => void
-export declare function getServerData(baseUrl: string, entities: string[], options?: { token?: string }): Promise<Hydration>
+export declare function getServerData(baseUrl: string, entities: string[], options?: DirectOptions): Promise<Hydration>
 
 export interface DirectOptions {
   token?: string
+  /** PEM of extra certificate authorities to trust. */
+  ca?: string
 }
 export declare function fetchList(baseUrl: string, entity: string, options?: DirectOptions): Promise<Row[]>
 export declare function fetchById(baseUrl: string, entity: string, id: string, options?: DirectOptions): Promise<Row | null>

@@ -159,6 +159,7 @@ async function startPylon() {
 }
 
 module.exports.startPylon = startPylon
+module.exports.freePortTriple = freePortTriple
 
 /**
  * The servers a shared scenario runs against: the dev server always, the

@@ -111,3 +111,56 @@ test('garbage arguments to every call give typed errors and queue nothing', asyn
   assert.deepEqual(e.mutations.list(), [])
   await e.close()
 })
+
+/** A private CA and a certificate it signed for 127.0.0.1 (openssl), as PEM. */
+function privateCa(dir) {
+  const { execFileSync } = require('node:child_process')
+  const f = (name) => path.join(dir, name)
+  const run = (...args) => execFileSync('openssl', args, { stdio: 'ignore' })
+  run('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('ca.key'), '-out', f('ca.pem'), '-days', '1', '-subj', '/CN=test CA')
+  run('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('key.pem'), '-out', f('leaf.csr'), '-subj', '/CN=127.0.0.1')
+  fs.writeFileSync(f('ext'), 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n')
+  run('x509', '-req', '-in', f('leaf.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial',
+    '-out', f('cert.pem'), '-days', '1', '-extfile', f('ext'))
+  const read = (name) => fs.readFileSync(f(name), 'utf8')
+  return { key: read('key.pem'), cert: read('cert.pem'), ca: read('ca.pem') }
+}
+
+test('https and wss verify certificates: a server signed by a private CA is ERR_SYNC_TLS unless that CA is passed', async () => {
+  const tls = require('node:tls')
+  const net = require('node:net')
+  const { freePortTriple } = require('./helpers.js')
+  const srv = await startDevserver()
+  const { key, cert, ca } = privateCa(tempDir())
+  // TLS in front of the dev server's three ports
+  const base = await freePortTriple()
+  const devPort = Number(new URL(srv.url).port)
+  const terminators = [0, 1, 2].map((i) =>
+    tls.createServer({ key, cert }, (s) => {
+      const up = net.connect(devPort + i, '127.0.0.1')
+      s.pipe(up).pipe(s)
+      s.on('error', () => up.destroy())
+      up.on('error', () => s.destroy())
+    }).listen(base + i, '127.0.0.1'))
+  const url = `https://127.0.0.1:${base}`
+  try {
+    const token = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'alice' })).body.token
+    const untrusting = createSyncEngine(url, { persist: false, token })
+    await assert.rejects(untrusting.start(), (e) => e instanceof SyncError && e.code === 'ERR_SYNC_TLS')
+    await untrusting.close()
+    await assert.rejects(sync.fetchList(url, 'Todo'), { code: 'ERR_SYNC_TLS' })
+    assert.throws(() => createSyncEngine(url, { ca: 'not a pem' }), { code: 'ERR_SYNC_INVALID_ARG' })
+    assert.deepEqual(await sync.fetchList(url, 'Todo', { ca }), [])
+    for (const transport of ['websocket', 'sse']) {
+      const e = createSyncEngine(url, { persist: false, token, ca, transport, pollInterval: 3600000 })
+      await e.start()
+      await eventually(`a ${transport} over TLS`, () => e.connection.state === 'open' && e.connection.transport === transport)
+      await api(srv.url, 'POST', '/api/entities/Todo', { title: `over ${transport}`, done: false })
+      await eventually('the change', () => e.store.list('Todo').some((r) => r.title === `over ${transport}`))
+      await e.close()
+    }
+  } finally {
+    for (const t of terminators) t.close()
+    await srv.stop()
+  }
+})

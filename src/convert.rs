@@ -66,6 +66,7 @@ const KNOWN: &[&str] = &[
     "pingInterval",
     "pingTimeout",
     "probeInterval",
+    "ca",
     "token",
     "persist",
     "appName",
@@ -95,6 +96,7 @@ pub fn config(base_url: &str, opts: Value) -> Result<Config> {
     cfg.liveness.ping_interval = millis(&opts, "pingInterval", 15_000, 10)?;
     cfg.liveness.ping_timeout = millis(&opts, "pingTimeout", 10_000, 10)?;
     cfg.probe_interval = millis(&opts, "probeInterval", 60_000, 10)?;
+    cfg.ca = ca(&opts)?;
     cfg.poll_interval = millis(&opts, "pollInterval", 1000, 10)?;
     cfg.reconnect_delay = millis(&opts, "reconnectDelay", 1000, 1)?;
     cfg.token = string(&opts, "token")?.map(str::to_string);
@@ -162,6 +164,11 @@ pub fn hydration(v: Value) -> Result<Hydration> {
 pub fn entity_and_id(entity: &str, id: &str) -> Result<()> {
     pylon_sync_engine::api::check_entity(entity)?;
     pylon_sync_engine::api::check_id(id)
+}
+
+/// `ca`: PEM text of certificate authorities to trust (checked when the client is built).
+pub fn ca(opts: &Row) -> Result<Option<String>> {
+    Ok(string(opts, "ca")?.filter(|s| !s.is_empty()).map(str::to_string))
 }
 
 pub fn token(v: Option<Value>) -> Result<Option<String>> {

@@ -10,9 +10,14 @@ use serde_json::{json, Value};
 use crate::convert;
 use crate::error::settle;
 
-fn token_of(opts: Option<Value>) -> Result<Option<String>> {
+/// `{ token?, ca? }`: the client for one call, and its bearer token.
+fn client(base_url: &str, opts: Option<Value>) -> Result<(Api, Option<String>)> {
     let opts = convert::object(opts.unwrap_or(Value::Null), "options")?;
-    convert::token(opts.get("token").cloned())
+    if let Some(k) = opts.keys().find(|k| !["token", "ca"].contains(&k.as_str())) {
+        return Err(pylon_sync_engine::Error::InvalidArg(format!("unknown option {k:?}")));
+    }
+    let ca = convert::ca(&opts)?;
+    Ok((Api::new(base_url, ca.as_deref())?, convert::token(opts.get("token").cloned())?))
 }
 
 /// Every row of `entity` the caller may read.
@@ -20,8 +25,8 @@ fn token_of(opts: Option<Value>) -> Result<Option<String>> {
 pub async fn direct_fetch_list(base_url: String, entity: String, opts: Option<Value>) -> Value {
     settle(
         async {
-            let token = token_of(opts)?;
-            let rows = Api::new(&base_url)?.query(token.as_deref(), &entity, &json!({})).await?;
+            let (api, token) = client(&base_url, opts)?;
+            let rows = api.query(token.as_deref(), &entity, &json!({})).await?;
             Ok(Value::Array(rows.into_iter().map(Value::Object).collect()))
         }
         .await,
@@ -33,8 +38,8 @@ pub async fn direct_fetch_list(base_url: String, entity: String, opts: Option<Va
 pub async fn direct_fetch_by_id(base_url: String, entity: String, id: String, opts: Option<Value>) -> Value {
     settle(
         async {
-            let token = token_of(opts)?;
-            Ok(Api::new(&base_url)?.get(token.as_deref(), &entity, &id).await?)
+            let (api, token) = client(&base_url, opts)?;
+            Ok(api.get(token.as_deref(), &entity, &id).await?)
         }
         .await,
     )
@@ -45,9 +50,9 @@ pub async fn direct_fetch_by_id(base_url: String, entity: String, id: String, op
 pub async fn direct_insert(base_url: String, entity: String, data: Value, opts: Option<Value>) -> Value {
     settle(
         async {
-            let token = token_of(opts)?;
+            let (api, token) = client(&base_url, opts)?;
             let data = convert::object(data, "data")?;
-            let id = Api::new(&base_url)?.insert(token.as_deref(), &entity, &data).await?;
+            let id = api.insert(token.as_deref(), &entity, &data).await?;
             Ok(json!({ "id": id }))
         }
         .await,
@@ -58,9 +63,9 @@ pub async fn direct_insert(base_url: String, entity: String, data: Value, opts: 
 pub async fn direct_update(base_url: String, entity: String, id: String, patch: Value, opts: Option<Value>) -> Value {
     settle(
         async {
-            let token = token_of(opts)?;
+            let (api, token) = client(&base_url, opts)?;
             let patch = convert::object(patch, "patch")?;
-            Api::new(&base_url)?.update(token.as_deref(), &entity, &id, &patch).await
+            api.update(token.as_deref(), &entity, &id, &patch).await
         }
         .await,
     )
@@ -70,8 +75,8 @@ pub async fn direct_update(base_url: String, entity: String, id: String, patch: 
 pub async fn direct_remove(base_url: String, entity: String, id: String, opts: Option<Value>) -> Value {
     settle(
         async {
-            let token = token_of(opts)?;
-            Api::new(&base_url)?.delete(token.as_deref(), &entity, &id).await
+            let (api, token) = client(&base_url, opts)?;
+            api.delete(token.as_deref(), &entity, &id).await
         }
         .await,
     )
@@ -81,9 +86,9 @@ pub async fn direct_remove(base_url: String, entity: String, id: String, opts: O
 pub async fn direct_call_fn(base_url: String, name: String, args: Option<Value>, opts: Option<Value>) -> Value {
     settle(
         async {
-            let token = token_of(opts)?;
+            let (api, token) = client(&base_url, opts)?;
             let args = Value::Object(convert::object(args.unwrap_or(Value::Null), "args")?);
-            Api::new(&base_url)?.call_fn(token.as_deref(), &name, &args).await
+            api.call_fn(token.as_deref(), &name, &args).await
         }
         .await,
     )
@@ -94,8 +99,10 @@ pub async fn direct_call_fn(base_url: String, name: String, args: Option<Value>,
 pub async fn get_server_data(base_url: String, entities: Vec<String>, opts: Option<Value>) -> Value {
     settle(
         async {
-            let token = token_of(opts)?;
-            pylon_sync_engine::get_server_data(&base_url, &entities, token.as_deref()).await
+            let opts = convert::object(opts.unwrap_or(Value::Null), "options")?;
+            let ca = convert::ca(&opts)?;
+            let token = convert::token(opts.get("token").cloned())?;
+            pylon_sync_engine::get_server_data(&base_url, &entities, token.as_deref(), ca.as_deref()).await
         }
         .await,
     )

@@ -30,14 +30,14 @@ pub struct EntityInfo {
 }
 
 impl Api {
-    pub fn new(base_url: &str) -> Result<Api> {
+    /// `ca`: PEM of certificate authorities to trust besides the web roots.
+    pub fn new(base_url: &str, ca: Option<&str>) -> Result<Api> {
         let base = normalize_base(base_url)?;
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| Error::Network(e.to_string()))?;
+            .tcp_nodelay(true);
+        let http = crate::tls::trust_http(builder, ca)?.build().map_err(|e| Error::Network(e.to_string()))?;
         Ok(Api { http, base })
     }
 
@@ -344,7 +344,10 @@ fn http_error(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) ->
     }
 }
 
-fn network(e: reqwest::Error) -> Error {
+pub(crate) fn network(e: reqwest::Error) -> Error {
+    if let Some(tls) = crate::tls::failure(&e) {
+        return tls;
+    }
     // reqwest's Display names the URL, never headers, so no token can leak here.
     let mut msg = e.to_string();
     let mut source = std::error::Error::source(&e);

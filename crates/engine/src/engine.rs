@@ -78,6 +78,8 @@ pub struct Config {
     /// Overrides the SSE URL derived from `base_url` (port + 2, `/events`).
     pub sse_url: Option<String>,
     pub liveness: Liveness,
+    /// PEM of certificate authorities to trust for https/wss besides the web roots.
+    pub ca: Option<String>,
     /// After falling back to a lesser transport, try a better one again this
     /// long later (doubling while it keeps failing, up to 10 min).
     pub probe_interval: Duration,
@@ -98,6 +100,7 @@ impl Config {
             sse_url: None,
             liveness: Liveness { ping_interval: Duration::from_secs(15), ping_timeout: Duration::from_secs(10) },
             probe_interval: Duration::from_secs(60),
+            ca: None,
             db_path: None,
             app_name: "default".into(),
         }
@@ -299,7 +302,10 @@ fn token_key(fp: &str) -> String {
 
 impl Engine {
     pub fn new(cfg: Config) -> Result<Engine> {
-        let api = Api::new(&cfg.base_url)?;
+        let api = Api::new(&cfg.base_url, cfg.ca.as_deref())?;
+        if let Some(ca) = &cfg.ca {
+            crate::tls::client_config(ca)?; // a bad CA is a bad argument now, not a failed connection later
+        }
         if cfg.app_name.is_empty() {
             return Err(Error::InvalidArg("appName must not be empty".into()));
         }
@@ -1510,8 +1516,13 @@ impl Engine {
 /// Rows of `entities` and a cursor they are consistent with: the log head is
 /// read first, the rows after it, so pulling from the cursor replays whatever
 /// changed while the rows were read.
-pub async fn get_server_data(base_url: &str, entities: &[String], token: Option<&str>) -> Result<Hydration> {
-    let api = Api::new(base_url)?;
+pub async fn get_server_data(
+    base_url: &str,
+    entities: &[String],
+    token: Option<&str>,
+    ca: Option<&str>,
+) -> Result<Hydration> {
+    let api = Api::new(base_url, ca)?;
     for e in entities {
         check_entity(e)?;
     }

@@ -16,6 +16,9 @@ pub enum Error {
     /// The change log no longer covers our cursor (410).
     #[error("server requires a resync (oldest retained seq {oldest_seq})")]
     Resync { oldest_seq: u64 },
+    /// The server's certificate could not be verified (pass its CA as `ca`).
+    #[error("TLS certificate verification failed: {0}")]
+    Tls(String),
     /// The server sent something that does not follow the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -47,6 +50,7 @@ impl Error {
             Error::Http { status, .. } if *status >= 500 => "ERR_SYNC_SERVER",
             Error::Http { .. } => "ERR_SYNC_REJECTED",
             Error::Resync { .. } => "ERR_SYNC_RESYNC",
+            Error::Tls(_) => "ERR_SYNC_TLS",
             Error::Protocol(_) => "ERR_SYNC_PROTOCOL",
             Error::Storage(_) => "ERR_SYNC_STORAGE",
             Error::Corrupt(_) => "ERR_SYNC_CORRUPT",

@@ -13,6 +13,7 @@ pub mod realtime;
 pub mod reconcile;
 pub mod replica;
 pub mod snapshot;
+pub mod tls;
 pub mod transport;
 
 pub use engine::{get_server_data, Config, Engine, Event, Listener, Phase, SyncStatus, Transport};

@@ -437,7 +437,11 @@ impl Engine {
                         Err(e) => return e,
                     },
                 };
-                let socket = match ws::connect(&url, token.as_deref(), live.ping_timeout).await {
+                let tls = match cfg.ca.as_deref().map(crate::tls::client_config).transpose() {
+                    Ok(t) => t,
+                    Err(e) => return e,
+                };
+                let socket = match ws::connect(&url, token.as_deref(), live.ping_timeout, tls).await {
                     Ok(s) => s,
                     Err(e) => return e,
                 };
@@ -454,7 +458,7 @@ impl Engine {
                         Err(e) => return e,
                     },
                 };
-                let stream = match sse::connect(&url, token.as_deref(), live.ping_timeout).await {
+                let stream = match sse::connect(&url, token.as_deref(), live.ping_timeout, cfg.ca.as_deref()).await {
                     Ok(s) => s,
                     Err(e) => return e,
                 };

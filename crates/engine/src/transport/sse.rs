@@ -89,15 +89,16 @@ pub struct Stream {
 }
 
 /// Opens the stream; the header block must arrive within `within`.
-pub async fn connect(url: &str, token: Option<&str>, within: Duration) -> Result<Stream> {
-    let http = reqwest::Client::builder().connect_timeout(within).tcp_nodelay(true).build().map_err(network)?;
+pub async fn connect(url: &str, token: Option<&str>, within: Duration, ca: Option<&str>) -> Result<Stream> {
+    let builder = reqwest::Client::builder().connect_timeout(within).tcp_nodelay(true);
+    let http = crate::tls::trust_http(builder, ca)?.build().map_err(network)?;
     let mut req = http.get(url).header("accept", "text/event-stream").header("cache-control", "no-cache");
     if let Some(t) = token.filter(|t| !t.is_empty()) {
         req = req.bearer_auth(t); // ignored by the server today; harmless
     }
     let resp = match timeout(within, req.send()).await {
         Err(_) => return Err(network("no answer in time")),
-        Ok(Err(e)) => return Err(network(e.without_url())),
+        Ok(Err(e)) => return Err(crate::tls::failure(&e).unwrap_or_else(|| network(e.without_url()))),
         Ok(Ok(r)) => r,
     };
     let status = resp.status().as_u16();

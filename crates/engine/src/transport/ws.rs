@@ -55,19 +55,27 @@ fn from_ws(e: WsError) -> Error {
                 retry_after,
             }
         }
-        other => network(other),
+        WsError::Tls(e) => Error::Tls(e.to_string()),
+        other => crate::tls::failure(&other).unwrap_or_else(|| network(other)),
     }
 }
 
-/// Opens the socket; the handshake must finish within `within`.
-pub async fn connect(url: &str, token: Option<&str>, within: std::time::Duration) -> Result<Socket> {
+/// Opens the socket; the handshake must finish within `within`. `tls`: a
+/// client config trusting the user's CAs (else the web roots).
+pub async fn connect(
+    url: &str,
+    token: Option<&str>,
+    within: std::time::Duration,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<Socket> {
     let mut req = url.into_client_request().map_err(|e| Error::InvalidArg(format!("wsUrl {url:?}: {e}")))?;
     if let Some(t) = token.filter(|t| !t.is_empty()) {
         let proto = HeaderValue::from_str(&bearer_protocol(t)).map_err(network)?;
         req.headers_mut().insert("sec-websocket-protocol", proto);
     }
     let cfg = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
-    let fut = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    let fut = tokio_tungstenite::connect_async_tls_with_config(req, Some(cfg), true, connector);
     match timeout(within, fut).await {
         Err(_) => Err(network("handshake timed out")),
         Ok(Err(e)) => Err(from_ws(e)),
