@@ -59,6 +59,28 @@ for (const server of servers()) {
     })
   }
 
+  scenario("another user's policy-protected rows never reach the store over the unfiltered stream", async (srv, make) => {
+    const [alice, bob] = [await srv.login('alice'), await srv.login('bob')]
+    const a = make({ token: alice, transport: 'websocket' })
+    const b = make({ token: bob, transport: 'websocket' })
+    await a.start()
+    await b.start()
+    await open(a, 'websocket')
+    await open(b, 'websocket')
+    let bobHeard = 0
+    b.store.subscribe(() => bobHeard++)
+    await a.insert('Note', { body: "alice's secret", userId: 'alice' })
+    await eventually("alice's note on the server", () => a.mutations.list().length === 0)
+    // a later public change proves bob's stream delivered everything before it
+    await a.insert('Todo', { title: 'public', done: false })
+    await eventually('bob to see the public row', () => b.store.list('Todo').length === 1)
+    assert.deepEqual(b.store.list('Note'), [])
+    assert.equal(b.store.get('Note', a.store.list('Note')[0].id), null)
+    assert.ok(bobHeard >= 1)
+    // and alice, who may read it, has it under its server id
+    assert.equal(a.store.list('Note')[0].body, "alice's secret")
+  })
+
   scenario('presence and topics travel between two engines', async (srv, make) => {
     const [alice, bob] = [await srv.login('alice'), await srv.login('bob')]
     const a = make({ token: alice, transport: 'websocket' })
