@@ -635,6 +635,14 @@ fn control(app: &App, method: &Method, what: &str, body: &Bytes) -> Response {
                 .collect();
             json_response(200, Value::Array(frames))
         }
+        // every row of an entity, past faults and policies (test oracles)
+        ("GET", what) if what.starts_with("rows/") => {
+            let name = &what["rows/".len()..];
+            let Some(entity) = w.store.entity(name) else { return error(400, "ENTITY_NOT_FOUND", "unknown entity") };
+            let rows: Vec<Value> =
+                w.store.rows.get(name).into_iter().flatten().map(|(_, r)| Value::Object(entity.read_back(r))).collect();
+            json_response(200, Value::Array(rows))
+        }
         ("POST", "drop") => {
             app.hub.drop_all();
             json_response(200, json!({ "ok": true }))

@@ -484,8 +484,9 @@ impl Engine {
             rt.send(rt.presence_frame("sync", None));
             self.sweep_presence_later(now_ms());
         }
-        self.set_connection(ConnState::Open, which, rt.status().attempts, None);
+        // a dropped stream may mean a restarted server: check before the next pull
         self.server_may_have_restarted();
+        self.set_connection(ConnState::Open, which, rt.status().attempts, None);
         self.kick();
     }
 

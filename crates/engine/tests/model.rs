@@ -1,0 +1,408 @@
+//! Model-based convergence: random sequences of local writes, remote writes,
+//! HTTP and stream faults, lost answers, resyncs, server restarts, identity
+//! flips and process restarts, run against the dev server. After every quiet
+//! point the engine must equal the server (what the current user may read),
+//! with its cursor at the head; at the end every resolved write is on the
+//! server exactly once; and listeners heard of every entity whose rows changed.
+//!
+//! proptest generates the sequences and shrinks a failure to a short one,
+//! which it prints and saves under `proptest-regressions/`.
+//! CI runs `MODEL_CASES` (default 16) sequences; the full run is
+//! `MODEL_CASES=10000 cargo test --release -p pylon-sync-engine --test model`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{control, get, login, rest, row};
+use proptest::prelude::*;
+use pylon_sync_engine::{Config, Engine, Event, MutationStatus, Transport};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+enum Op {
+    LocalInsert,
+    LocalUpdate(usize),
+    LocalDelete(usize),
+    /// A write the server refuses (no title).
+    LocalInvalid,
+    RemoteInsert,
+    RemoteUpdate(usize),
+    RemoteDelete(usize),
+    /// The next few requests of a kind fail.
+    HttpFault(Fault),
+    /// Stream faults for new connections, then every connection dropped.
+    StreamFault {
+        duplicate: bool,
+        reorder: bool,
+        drop_every: Option<u32>,
+    },
+    /// The server restarts: its log is renumbered (sockets drop).
+    ServerRestart,
+    /// The token switches to the other user.
+    Flip,
+    /// The process ends and starts again on the same database.
+    EngineRestart,
+    Quiet,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Unavailable,
+    RateLimited,
+    Malformed,
+    /// The insert is applied, its answer lost.
+    LostInsertAnswer,
+    Resync,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => Just(Op::LocalInsert),
+        3 => (0usize..50).prop_map(Op::LocalUpdate),
+        2 => (0usize..50).prop_map(Op::LocalDelete),
+        1 => Just(Op::LocalInvalid),
+        4 => Just(Op::RemoteInsert),
+        2 => (0usize..50).prop_map(Op::RemoteUpdate),
+        2 => (0usize..50).prop_map(Op::RemoteDelete),
+        3 => prop_oneof![
+            Just(Fault::Unavailable),
+            Just(Fault::RateLimited),
+            Just(Fault::Malformed),
+            Just(Fault::LostInsertAnswer),
+            Just(Fault::Resync)
+        ]
+        .prop_map(Op::HttpFault),
+        2 => (any::<bool>(), any::<bool>(), prop::option::of(2u32..5))
+            .prop_map(|(duplicate, reorder, drop_every)| Op::StreamFault { duplicate, reorder, drop_every }),
+        1 => Just(Op::ServerRestart),
+        1 => Just(Op::Flip),
+        2 => Just(Op::EngineRestart),
+        3 => Just(Op::Quiet),
+    ]
+}
+
+const USERS: [&str; 2] = ["alice", "bob"];
+
+struct World {
+    url: String,
+    db: std::path::PathBuf,
+    tokens: Vec<String>,
+    user: usize,
+    transport: Transport,
+    engine: Engine,
+    changed: Arc<Mutex<BTreeSet<String>>>,
+    /// Titles of resolved local inserts not deleted since, by anyone.
+    expected: BTreeSet<String>,
+    /// Titles of local inserts the server refused.
+    refused: BTreeSet<String>,
+    last_seen: BTreeMap<String, Vec<String>>,
+    booted_at: std::time::Instant,
+    n: usize,
+}
+
+fn normalize(v: &Value) -> Value {
+    match v {
+        Value::Bool(b) => json!(*b as i64),
+        other => other.clone(),
+    }
+}
+
+/// A row as compared: its fields, normalized, nulls dropped.
+fn comparable(r: &serde_json::Map<String, Value>) -> String {
+    let m: BTreeMap<&String, Value> = r.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, normalize(v))).collect();
+    serde_json::to_string(&m).unwrap()
+}
+
+impl World {
+    fn open(
+        url: &str,
+        db: &std::path::Path,
+        token: &str,
+        transport: Transport,
+    ) -> (Engine, Arc<Mutex<BTreeSet<String>>>) {
+        let mut c = Config::new(url);
+        c.db_path = Some(db.to_path_buf());
+        c.token = Some(token.to_string());
+        c.transport = transport;
+        c.poll_interval = Duration::from_millis(30);
+        c.reconnect_delay = Duration::from_millis(10);
+        c.liveness.ping_interval = Duration::from_millis(300);
+        c.liveness.ping_timeout = Duration::from_millis(300);
+        let e = Engine::new(c).unwrap();
+        let changed = Arc::new(Mutex::new(BTreeSet::new()));
+        let sink = changed.clone();
+        let debug = std::env::var("MODEL_DEBUG").is_ok();
+        e.set_listener(Some(Arc::new(move |ev| {
+            if debug
+                && !matches!(
+                    ev,
+                    Event::Change { .. } | Event::Status(_) | Event::Mutation { .. } | Event::Connection(_)
+                )
+            {
+                eprintln!("  event {ev:?}");
+            }
+            if let Event::Change { entities } = ev {
+                sink.lock().unwrap().extend(entities);
+            }
+        })));
+        (e, changed)
+    }
+
+    /// The server's rows, read past faults and policies.
+    async fn server_rows(&self, entity: &str) -> Vec<serde_json::Map<String, Value>> {
+        let v = get(&self.url, &format!("/__control/rows/{entity}")).await;
+        v.as_array().unwrap().iter().map(|r| r.as_object().unwrap().clone()).collect()
+    }
+
+    async fn server_titles(&self) -> Vec<String> {
+        self.server_rows("Todo").await.iter().map(|r| r["title"].as_str().unwrap_or_default().to_string()).collect()
+    }
+
+    fn title(&mut self, who: &str) -> String {
+        self.n += 1;
+        format!("{who}{}", self.n)
+    }
+
+    fn visible_ids(&self) -> Vec<String> {
+        self.engine.list("Todo").iter().filter_map(|r| r["id"].as_str().map(str::to_string)).collect()
+    }
+
+    async fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        match *op {
+            Op::LocalInsert => {
+                let t = self.title("l");
+                self.engine.insert("Todo", row(json!({ "title": t, "done": false }))).await.unwrap();
+                self.expected.insert(t);
+            }
+            Op::LocalInvalid => {
+                let t = self.title("bad");
+                self.engine.insert("Todo", row(json!({ "done": false, "userId": t }))).await.unwrap();
+                self.refused.insert(t);
+            }
+            Op::LocalUpdate(i) | Op::LocalDelete(i) => {
+                let ids = self.visible_ids();
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let id = ids[i % ids.len()].clone();
+                let title = self
+                    .engine
+                    .get("Todo", &id)
+                    .and_then(|r| r.get("title").and_then(Value::as_str).map(str::to_string));
+                if let Op::LocalUpdate(_) = op {
+                    self.engine.update("Todo", &id, row(json!({ "done": true }))).await.unwrap();
+                } else {
+                    self.engine.delete("Todo", &id).await.unwrap();
+                    if let Some(t) = title {
+                        self.expected.remove(&t);
+                    }
+                }
+            }
+            Op::RemoteInsert => {
+                let t = self.title("r");
+                rest(&self.url, Method::POST, "/api/entities/Todo", json!({ "title": t, "done": false })).await;
+            }
+            Op::RemoteUpdate(i) | Op::RemoteDelete(i) => {
+                let rows = self.server_rows("Todo").await;
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                let r = &rows[i % rows.len()];
+                let id = r["id"].as_str().unwrap();
+                if let Op::RemoteUpdate(_) = op {
+                    rest(&self.url, Method::PATCH, &format!("/api/entities/Todo/{id}"), json!({ "done": true })).await;
+                } else {
+                    rest(&self.url, Method::DELETE, &format!("/api/entities/Todo/{id}"), Value::Null).await;
+                    self.expected.remove(r["title"].as_str().unwrap_or_default());
+                }
+            }
+            Op::HttpFault(f) => {
+                let rule = match f {
+                    Fault::Unavailable => json!({ "path": "/api/", "count": 3, "status": 503 }),
+                    Fault::RateLimited => json!({ "path": "/api/", "count": 2, "status": 429, "retryAfter": 0 }),
+                    Fault::Malformed => json!({ "path": "/api/sync/pull", "count": 2, "malformed": true }),
+                    Fault::LostInsertAnswer => {
+                        json!({ "path": "/api/entities/Todo", "method": "POST", "count": 1, "status": 503, "afterApply": true })
+                    }
+                    Fault::Resync => json!({ "path": "/api/sync/pull", "count": 1, "status": 410 }),
+                };
+                control(&self.url, "faults", json!({ "rules": [rule] })).await;
+            }
+            Op::StreamFault { duplicate, reorder, drop_every } => {
+                let events = json!({ "duplicate": duplicate, "reorder": reorder, "dropEvery": drop_every });
+                control(&self.url, "faults", json!({ "events": events, "sseKeepaliveMs": 100 })).await;
+                control(&self.url, "drop", json!({})).await;
+            }
+            Op::ServerRestart => {
+                // a restart is told apart by the server's boot time, in whole seconds
+                let since = self.booted_at.elapsed();
+                if since < Duration::from_secs(3) {
+                    tokio::time::sleep(Duration::from_secs(3) - since).await;
+                }
+                control(&self.url, "restart", json!({})).await;
+                self.booted_at = std::time::Instant::now();
+            }
+            Op::Flip => {
+                self.user = 1 - self.user;
+                self.engine.set_token(Some(self.tokens[self.user].clone()));
+            }
+            Op::EngineRestart => {
+                self.engine.close().await;
+                let (e, changed) = World::open(&self.url, &self.db, &self.tokens[self.user], self.transport);
+                self.engine = e;
+                self.changed = changed;
+                self.last_seen.clear();
+                self.engine.start().await.ok();
+            }
+            Op::Quiet => self.quiet().await?,
+        }
+        Ok(())
+    }
+
+    /// Faults off, sync until the queue is settled, then compare with the server.
+    async fn quiet(&mut self) -> Result<(), TestCaseError> {
+        control(&self.url, "faults", json!({ "sseKeepaliveMs": 100 })).await;
+        // a stream that dropped (a restart, a fault) reopens first: its reopening
+        // is what makes the engine check for a restarted server
+        for _ in 0..200 {
+            if self.transport == Transport::Poll || self.engine.connection().state == pylon_sync_engine::ConnState::Open
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut last = None;
+        for _ in 0..100 {
+            match self.engine.sync_once().await {
+                Ok(()) if self.engine.mutations().iter().all(|m| m.status == MutationStatus::Failed) => {
+                    last = None;
+                    break;
+                }
+                Ok(()) => last = Some("mutations still pending".to_string()),
+                Err(e) => last = Some(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        prop_assert!(last.is_none(), "no quiet point reached: {:?}", last);
+        let head = get(&self.url, "/__control/state").await["head"].as_u64().unwrap();
+        prop_assert_eq!(self.engine.cursor(), head, "cursor not at the head");
+        let user = USERS[self.user];
+        for entity in ["Todo", "Note"] {
+            let mut want: Vec<String> = self
+                .server_rows(entity)
+                .await
+                .iter()
+                .filter(|r| entity == "Todo" || r["userId"] == json!(user))
+                .map(comparable)
+                .collect();
+            want.sort();
+            let mut got: Vec<String> = self.engine.list(entity).iter().map(|r| comparable(r)).collect();
+            got.sort();
+            prop_assert_eq!(&got, &want, "{} differs from the server for {}", entity, user);
+            // listeners heard of every entity whose rows changed
+            if let Some(before) = self.last_seen.get(entity) {
+                if *before != got {
+                    prop_assert!(self.changed.lock().unwrap().contains(entity), "no change event for {}", entity);
+                }
+            }
+            self.last_seen.insert(entity.to_string(), got);
+        }
+        self.changed.lock().unwrap().clear();
+        Ok(())
+    }
+
+    /// Every identity's parked writes are sent, then each resolved write is
+    /// on the server exactly once and each refused one not at all.
+    async fn finish(&mut self) -> Result<(), TestCaseError> {
+        for _ in 0..2 {
+            self.apply(&Op::Flip).await?;
+            self.quiet().await?;
+        }
+        let titles = self.server_titles().await;
+        for t in &self.expected {
+            let n = titles.iter().filter(|x| *x == t).count();
+            prop_assert_eq!(n, 1, "resolved write {} is on the server {} times", t, n);
+        }
+        let dup: Vec<&String> = titles.iter().filter(|t| titles.iter().filter(|x| x == t).count() > 1).collect();
+        prop_assert!(dup.is_empty(), "applied twice: {:?}", dup);
+        let rows = self.server_rows("Todo").await;
+        for t in &self.refused {
+            prop_assert!(!rows.iter().any(|r| r["userId"] == json!(t)), "refused write {} is on the server", t);
+        }
+        Ok(())
+    }
+}
+
+async fn run(ops: Vec<Op>, streaming: bool) -> Result<(), TestCaseError> {
+    let srv = pylon_devserver::spawn(pylon_devserver::Config::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("replica.db");
+    let mut tokens = Vec::new();
+    for u in USERS {
+        let t = login(&srv.url, u).await;
+        reqwest::Client::new()
+            .post(format!("{}/api/entities/Note", srv.url))
+            .bearer_auth(&t)
+            .json(&json!({ "body": format!("{u}'s note"), "userId": u }))
+            .send()
+            .await
+            .unwrap();
+        tokens.push(t);
+    }
+    let transport = if streaming { Transport::Auto } else { Transport::Poll };
+    let (engine, changed) = World::open(&srv.url, &db, &tokens[0], transport);
+    engine.start().await.unwrap();
+    let mut w = World {
+        url: srv.url.clone(),
+        db,
+        tokens,
+        user: 0,
+        transport,
+        engine,
+        changed,
+        expected: BTreeSet::new(),
+        refused: BTreeSet::new(),
+        last_seen: BTreeMap::new(),
+        booted_at: std::time::Instant::now(),
+        n: 0,
+    };
+    let mut outcome = Ok(());
+    for op in ops.iter().chain([&Op::Quiet]) {
+        if std::env::var("MODEL_DEBUG").is_ok() {
+            eprintln!(
+                "op {op:?} cursor {} todo {} note {}",
+                w.engine.cursor(),
+                w.engine.list("Todo").len(),
+                w.engine.list("Note").len()
+            );
+        }
+        if let Err(e) = w.apply(op).await {
+            outcome = Err(e);
+            break;
+        }
+    }
+    if outcome.is_ok() {
+        outcome = w.finish().await;
+    }
+    w.engine.close().await;
+    srv.stop().await;
+    outcome
+}
+
+fn cases() -> u32 {
+    std::env::var("MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(16)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_engine_converges_with_the_server(ops in prop::collection::vec(op(), 1..24), streaming in any::<bool>()) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(run(ops, streaming))?;
+    }
+}
