@@ -171,7 +171,14 @@ class Store {
       return json === null ? null : JSON.parse(json)
     }
     if (!entry.byId) entry.byId = new Map(entry.rows.map((r) => [r.id, r]))
-    return entry.byId.get(id) ?? null
+    const row = entry.byId.get(id)
+    if (row) return row
+    // a temporary id the server has since named: native knows which row it became
+    if (id.startsWith('_pending_')) {
+      const json = this._engine._native.getJson(entity, id)
+      return json === null ? null : JSON.parse(json)
+    }
+    return null
   }
 
   /**

@@ -119,6 +119,28 @@ impl Db {
         Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
 
+    /// Temporary ids of acknowledged inserts and the server ids they became.
+    /// Those older than a week are forgotten on the way.
+    pub fn aliases(&self) -> Result<Vec<(String, String)>> {
+        let cutoff = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+            .saturating_sub(7 * 24 * 3600 * 1000);
+        // temporary ids start with their creation time in ms (13 digits), so they sort by age
+        self.conn.execute(
+            "DELETE FROM meta WHERE key >= 'alias:' AND key < ?1",
+            [format!("alias:{}{cutoff:013}", crate::engine::TEMP_PREFIX)],
+        )?;
+        let mut stmt = self.conn.prepare("SELECT key, value FROM meta WHERE key >= 'alias:' AND key < 'alias;'")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        rows.map(|r| {
+            let (k, v) = r?;
+            Ok((k["alias:".len()..].to_string(), v))
+        })
+        .collect()
+    }
+
     pub fn cursor(&self) -> Result<u64> {
         Ok(self.meta("cursor")?.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
@@ -251,6 +273,11 @@ impl Writer<'_> {
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         self.tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?.execute([key, value])?;
         Ok(())
+    }
+
+    /// Records the server id an acknowledged insert's temporary id became.
+    pub fn set_alias(&self, temp: &str, server: &str) -> Result<()> {
+        self.set_meta(&format!("alias:{temp}"), server)
     }
 
     pub fn set_cursor(&self, seq: u64) -> Result<()> {

@@ -228,6 +228,8 @@ struct State {
     queue_key: String,
     /// Stored rows not yet shown because the token changed since they were stored.
     quarantined: bool,
+    /// Temporary ids of acknowledged inserts → the server's ids.
+    aliases: std::collections::HashMap<String, String>,
     /// When the server the replica follows started (unix ms, ±1 s), from `/health`.
     server_boot: Option<u64>,
     loaded: bool,
@@ -339,6 +341,7 @@ impl Engine {
             queue_key: token_key(&fp),
             quarantined: false,
             server_boot: None,
+            aliases: Default::default(),
             loaded: false,
             pending_hydration: None,
             status,
@@ -410,8 +413,11 @@ impl Engine {
         self.inner.state.write().unwrap().replica.list(entity)
     }
 
+    /// A visible row. A temporary id the server has since named still finds its row.
     pub fn get(&self, entity: &str, id: &str) -> Option<Arc<Row>> {
-        self.inner.state.read().unwrap().replica.get(entity, id)
+        let st = self.inner.state.read().unwrap();
+        let id = st.aliases.get(id).map_or(id, String::as_str);
+        st.replica.get(entity, id)
     }
 
     /// Changes whenever the visible rows of `entity` change.
@@ -479,6 +485,7 @@ impl Engine {
             let Stored { rows, mutations } = db.load()?;
             st.identity = identity.clone();
             st.server_boot = db.meta("server_boot")?.and_then(|b| b.parse().ok());
+            st.aliases = db.aliases()?.into_iter().collect();
             st.cursor = db.cursor()?;
             st.covered = covered;
             // Rows stored under another token stay hidden until /api/auth/me
@@ -892,7 +899,21 @@ impl Engine {
         };
         let m = self
             .with_db(move |me, db| {
-                m.identity = me.inner.state.read().unwrap().queue_key.clone();
+                {
+                    // a temporary id the server has since named (the caller kept
+                    // what insert() returned) means that row; checked under the
+                    // database lock, so an acknowledgement cannot slip in between
+                    let st = me.inner.state.read().unwrap();
+                    m.identity = st.queue_key.clone();
+                    if let Some(server) = st.aliases.get(&m.row_id) {
+                        m.row_id = server.clone();
+                    }
+                    for v in m.data.iter_mut().flat_map(|d| d.values_mut()) {
+                        if let Some(server) = v.as_str().and_then(|s| st.aliases.get(s)) {
+                            *v = Value::String(server.clone());
+                        }
+                    }
+                }
                 db.write(|w| w.add_mutation(&mut m))?;
                 let mut st = me.inner.state.write().unwrap();
                 if m.identity == st.queue_key {
@@ -1181,6 +1202,9 @@ impl Engine {
                 };
                 db.write(|w| {
                     w.delete_mutation(&m.id)?;
+                    if let (Some(sid), Kind::Insert) = (&server_id, m.kind) {
+                        w.set_alias(&m.row_id, sid)?;
+                    }
                     if let Some(row) = &base_row {
                         let (entity, id, seq) = (m.entity.clone(), target.clone(), row.seq);
                         w.effects(&[match &row.data {
@@ -1195,6 +1219,9 @@ impl Engine {
                 })?;
                 let mut st = me.inner.state.write().unwrap();
                 st.queue.remove(&m.id);
+                if let (Some(sid), Kind::Insert) = (&server_id, m.kind) {
+                    st.aliases.insert(m.row_id.clone(), sid.clone());
+                }
                 for c in &changed {
                     st.queue.replace(c.clone());
                 }

@@ -410,3 +410,32 @@ async fn an_admin_sends_queued_writes_in_batches_with_the_same_outcomes() {
     e.close().await;
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_temporary_id_an_insert_returned_keeps_naming_its_row_after_the_ack() {
+    let srv = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let e = Engine::new(config(&srv.url, Some(&db))).unwrap();
+    e.start().await.unwrap();
+    let temp = e.insert("Todo", row(json!({ "title": "kept", "done": false }))).await.unwrap();
+    eventually("the insert acknowledged", || e.mutations().is_empty()).await;
+    let id = e.list("Todo")[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(e.get("Todo", &temp).unwrap()["id"], id.as_str(), "the temporary id no longer finds its row");
+    // the caller still holds the temporary id: its writes reach the server row
+    e.update("Todo", &temp, row(json!({ "done": true }))).await.unwrap();
+    eventually("the update applied", || e.mutations().is_empty()).await;
+    let server_row = rest(&srv.url, reqwest::Method::GET, &format!("/api/entities/Todo/{id}"), Value::Null).await;
+    assert_eq!(server_row["done"], 1);
+    e.close().await;
+    // after a restart too
+    let e = Engine::new(config(&srv.url, Some(&db))).unwrap();
+    e.start().await.unwrap();
+    e.delete("Todo", &temp).await.unwrap();
+    eventually("the delete applied", || e.mutations().is_empty()).await;
+    assert!(e.mutations().iter().all(|m| m.status != MutationStatus::Failed));
+    let gone = reqwest::get(format!("{}/api/entities/Todo/{id}", srv.url)).await.unwrap().status();
+    assert_eq!(gone, 404);
+    e.close().await;
+    srv.stop().await;
+}

@@ -1,0 +1,85 @@
+'use strict'
+// Soak: several engines over every transport, thousands of local and remote
+// writes per minute, every connection dropped every few seconds. Memory and
+// file descriptors must stay flat once warm, and every engine must converge.
+// `SOAK_SECONDS=600 node --test __test__/soak.test.js` for a long run.
+const { test } = require('node:test')
+const assert = require('node:assert/strict')
+const fs = require('node:fs')
+const { createSyncEngine } = require('../sync.js')
+const { startDevserver, api, eventually } = require('./helpers.js')
+
+const SECONDS = Number(process.env.SOAK_SECONDS || 20)
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+const fds = () => fs.readdirSync('/proc/self/fd').length
+const rssMb = () => process.memoryUsage().rss / 2 ** 20
+
+test(`soak for ${SECONDS} s: flat memory and descriptors, every engine converges`, { timeout: (SECONDS + 120) * 1000 }, async (t) => {
+  const srv = await startDevserver()
+  const token = async (u) => (await api(srv.url, 'POST', '/api/auth/session', { user_id: u })).body.token
+  const engines = []
+  for (const [i, transport] of ['websocket', 'sse', 'poll', 'auto'].entries()) {
+    const e = createSyncEngine(srv.url, { persist: false, token: await token(`u${i}`), transport, pollInterval: 200, reconnectDelay: 50, pingInterval: 1000, pingTimeout: 1000 })
+    await e.start()
+    engines.push(e)
+  }
+  let stop = false
+  let writes = 0
+  const writers = engines.map(async (e, i) => {
+    for (let n = 0; !stop; n++) {
+      const id = await e.insert('Todo', { title: `e${i}_${n}`, done: false })
+      if (n % 4 === 3) await e.update('Todo', id, { done: true })
+      writes++
+      await sleep(30)
+    }
+  })
+  const remote = (async () => {
+    for (let n = 0; !stop; n++) {
+      const r = await api(srv.url, 'POST', '/api/entities/Todo', { title: `remote${n}`, done: false })
+      if (n % 5 === 4) await api(srv.url, 'DELETE', `/api/entities/Todo/${r.body.id}`)
+      writes++
+      await sleep(20)
+    }
+  })()
+  const dropper = (async () => {
+    while (!stop) {
+      await sleep(3000)
+      await srv.control('drop', {})
+    }
+  })()
+  const samples = []
+  const started = Date.now()
+  while (Date.now() - started < SECONDS * 1000) {
+    await sleep(1000)
+    global.gc?.()
+    samples.push({ at: Math.round((Date.now() - started) / 1000), rss: rssMb(), fds: fds() })
+  }
+  stop = true
+  await Promise.all([...writers, remote, dropper])
+  try {
+    for (const e of engines) {
+      await eventually(`engine on ${e.connection.transport} to converge`, async () => {
+        await e.sync().catch(() => {})
+        const server = (await api(srv.url, 'GET', '/api/entities/Todo')).body.data.map((r) => r.id).sort()
+        const ids = e.store.list('Todo').map((r) => r.id).sort()
+        return e.mutations.list().length === 0 && ids.length === server.length && ids.every((id, k) => id === server[k])
+      }, 60000).catch(async (err) => {
+        const server = (await api(srv.url, 'GET', '/api/entities/Todo')).body.data
+        const ids = new Set(e.store.list('Todo').map((r) => r.id))
+        const sids = new Set(server.map((r) => r.id))
+        t.diagnostic(`pending ${e.mutations.list().length} ${JSON.stringify(e.mutations.list()[0])} cursor ${e.cursor} status ${JSON.stringify(e.status)}`)
+        t.diagnostic(`missing ${JSON.stringify(server.filter((r) => !ids.has(r.id)).slice(0, 3))}`)
+        t.diagnostic(`extra ${JSON.stringify(e.store.list('Todo').filter((r) => !sids.has(r.id)).slice(0, 3))}`)
+        throw err
+      })
+    }
+    const warm = samples[Math.floor(samples.length / 4)]
+    const last = samples[samples.length - 1]
+    t.diagnostic(`${writes} writes in ${SECONDS} s; rss ${warm.rss.toFixed(0)} → ${last.rss.toFixed(0)} MiB, fds ${warm.fds} → ${last.fds}`)
+    assert.ok(last.fds <= warm.fds + 8, `file descriptors grew: ${warm.fds} → ${last.fds}`)
+    assert.ok(last.rss - warm.rss < 64, `memory grew: ${warm.rss.toFixed(0)} → ${last.rss.toFixed(0)} MiB`)
+  } finally {
+    for (const e of engines) await e.close()
+    await srv.stop()
+  }
+})
