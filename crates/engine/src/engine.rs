@@ -46,9 +46,46 @@ pub const TEMP_PREFIX: &str = "_pending_";
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// How often the server's boot time is checked (also after errors and reconnects).
 const BOOT_CHECK_EVERY: Duration = Duration::from_secs(30);
-/// Boot times further apart than this (ms) are different boots: uptime is
-/// whole seconds, and requests take time.
-const BOOT_TOLERANCE: u64 = 2500;
+/// Client clock jitter allowed when telling boots apart (ms).
+const BOOT_SLACK: u64 = 1000;
+
+/// When the server started, as an interval of unix ms: `/health` reports
+/// whole seconds of uptime, read at some moment during the request. Two
+/// boots are told apart only when their intervals cannot overlap, so a slow
+/// answer never looks like a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Boot {
+    earliest: u64,
+    latest: u64,
+}
+
+impl Boot {
+    fn observed(sent_ms: u64, received_ms: u64, uptime_s: u64) -> Boot {
+        Boot {
+            earliest: sent_ms.saturating_sub(uptime_s.saturating_add(1).saturating_mul(1000)),
+            latest: received_ms.saturating_sub(uptime_s.saturating_mul(1000)),
+        }
+    }
+
+    fn later_than(&self, known: &Boot) -> bool {
+        self.earliest > known.latest + BOOT_SLACK
+    }
+
+    /// What both observations allow (the newer one alone if they disagree).
+    fn narrowed(&self, newer: &Boot) -> Boot {
+        let b = Boot { earliest: self.earliest.max(newer.earliest), latest: self.latest.min(newer.latest) };
+        if b.earliest <= b.latest {
+            b
+        } else {
+            *newer
+        }
+    }
+
+    fn parse(text: &str) -> Option<Boot> {
+        let (a, b) = text.split_once(',')?;
+        Some(Boot { earliest: a.parse().ok()?, latest: b.parse().ok()? })
+    }
+}
 /// With a live stream, pull at least this often anyway: streams are hints
 /// and may silently miss events (§10.6).
 const SAFETY_PULL: Duration = Duration::from_secs(30);
@@ -230,8 +267,8 @@ struct State {
     quarantined: bool,
     /// Temporary ids of acknowledged inserts → the server's ids.
     aliases: std::collections::HashMap<String, String>,
-    /// When the server the replica follows started (unix ms, ±1 s), from `/health`.
-    server_boot: Option<u64>,
+    /// When the server the replica follows started, from `/health`.
+    server_boot: Option<Boot>,
     loaded: bool,
     pending_hydration: Option<Hydration>,
     status: SyncStatus,
@@ -484,7 +521,7 @@ impl Engine {
             let fp = fingerprint(me.inner.token.read().unwrap().as_deref());
             let Stored { rows, mutations } = db.load()?;
             st.identity = identity.clone();
-            st.server_boot = db.meta("server_boot")?.and_then(|b| b.parse().ok());
+            st.server_boot = db.meta("server_boot")?.as_deref().and_then(Boot::parse);
             st.aliases = db.aliases()?.into_iter().collect();
             st.cursor = db.cursor()?;
             st.covered = covered;
@@ -685,6 +722,7 @@ impl Engine {
         if !due {
             return Ok(());
         }
+        let sent = now_ms();
         let uptime = match self.inner.api.uptime().await {
             Ok(Some(u)) => u,
             Ok(None) => return Ok(()), // a server that does not say: nothing to learn
@@ -694,16 +732,21 @@ impl Engine {
             }
         };
         *self.inner.last_boot_check.lock().unwrap() = Some(std::time::Instant::now());
-        let boot = now_ms().saturating_sub(uptime.saturating_mul(1000));
+        let seen = Boot::observed(sent, now_ms(), uptime);
         let known = self.inner.state.read().unwrap().server_boot;
-        if known.is_some_and(|b| b.abs_diff(boot) <= BOOT_TOLERANCE) {
+        let boot = match known {
+            Some(k) if seen.later_than(&k) => {
+                self.reset_replica_inner("server").await?;
+                seen
+            }
+            Some(k) => k.narrowed(&seen),
+            None => seen,
+        };
+        if known == Some(boot) {
             return Ok(());
         }
-        if known.is_some_and(|b| boot > b) {
-            self.reset_replica_inner("server").await?;
-        }
         self.with_db(move |me, db| {
-            db.write(|w| w.set_meta("server_boot", &boot.to_string()))?;
+            db.write(|w| w.set_meta("server_boot", &format!("{},{}", boot.earliest, boot.latest)))?;
             me.inner.state.write().unwrap().server_boot = Some(boot);
             Ok(())
         })
@@ -1564,4 +1607,24 @@ pub async fn get_server_data(
             .collect(),
         cursor: Cursor { last_seq: snap.head },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Boot;
+
+    #[test]
+    fn a_slow_answer_is_not_a_restart_and_a_real_one_is() {
+        // booted at 10,000 ms; checked at 20,000 (uptime 10 s) with a quick answer
+        let known = Boot::observed(20_000, 20_010, 10);
+        // the same boot seen through a 3 s answer (uptime read late: 13 s)
+        let slow = Boot::observed(20_500, 23_600, 13);
+        assert!(!slow.later_than(&known));
+        assert!(known.narrowed(&slow).earliest <= 10_000 && known.narrowed(&slow).latest >= 10_000);
+        // restarted at 25,000: uptime 2 s at 27,000
+        let restarted = Boot::observed(27_000, 27_020, 2);
+        assert!(restarted.later_than(&known));
+        assert_eq!(Boot::parse("5,7"), Some(Boot { earliest: 5, latest: 7 }));
+        assert_eq!(Boot::parse("123"), None);
+    }
 }
