@@ -18,6 +18,18 @@ async function open(e, transport) {
   await eventually(`a ${transport} connection`, () => e.connection.state === 'open' && e.connection.transport === transport)
 }
 
+/** Alice and Bob, each started and following over `transport`. */
+async function aliceAndBob(srv, make, transport) {
+  const [alice, bob] = [await srv.login('alice'), await srv.login('bob')]
+  const a = make({ token: alice, transport })
+  const b = make({ token: bob, transport })
+  await a.start()
+  await b.start()
+  await open(a, transport)
+  await open(b, transport)
+  return [a, b]
+}
+
 for (const server of servers()) {
   const scenario = (name, fn) =>
     test(`${server.name}: ${name}`, { timeout: 90000 }, async (t) => {
@@ -39,13 +51,7 @@ for (const server of servers()) {
 
   for (const transport of ['websocket', 'sse']) {
     scenario(`a write reaches the other engine over ${transport}`, async (srv, make) => {
-      const [alice, bob] = [await srv.login('alice'), await srv.login('bob')]
-      const a = make({ token: alice, transport })
-      const b = make({ token: bob, transport })
-      await a.start()
-      await b.start()
-      await open(a, transport)
-      await open(b, transport)
+      const [a, b] = await aliceAndBob(srv, make, transport)
       const seen = []
       b.store.subscribe(() => seen.push(b.store.list('Todo').length))
       await a.insert('Todo', { title: `over ${transport}`, done: false })
@@ -60,13 +66,7 @@ for (const server of servers()) {
   }
 
   scenario("another user's policy-protected rows never reach the store over the unfiltered stream", async (srv, make) => {
-    const [alice, bob] = [await srv.login('alice'), await srv.login('bob')]
-    const a = make({ token: alice, transport: 'websocket' })
-    const b = make({ token: bob, transport: 'websocket' })
-    await a.start()
-    await b.start()
-    await open(a, 'websocket')
-    await open(b, 'websocket')
+    const [a, b] = await aliceAndBob(srv, make, 'websocket')
     let bobHeard = 0
     b.store.subscribe(() => bobHeard++)
     await a.insert('Note', { body: "alice's secret", userId: 'alice' })
@@ -82,13 +82,7 @@ for (const server of servers()) {
   })
 
   scenario('presence and topics travel between two engines', async (srv, make) => {
-    const [alice, bob] = [await srv.login('alice'), await srv.login('bob')]
-    const a = make({ token: alice, transport: 'websocket' })
-    const b = make({ token: bob, transport: 'websocket' })
-    await a.start()
-    await b.start()
-    await open(a, 'websocket')
-    await open(b, 'websocket')
+    const [a, b] = await aliceAndBob(srv, make, 'websocket')
     assert.ok(a.connected)
     let notified = 0
     b.store.subscribe(() => notified++)

@@ -39,6 +39,28 @@ async fn open_on(engine: &Engine, which: Which) {
     .await;
 }
 
+/// Alice and Bob, each following over a WebSocket; Bob's events are recorded.
+async fn alice_and_bob(url: &str) -> (Engine, Engine, Arc<Mutex<Vec<Event>>>) {
+    let (alice, bob) = (login(url, "alice").await, login(url, "bob").await);
+    let a = streaming(url, Some(&alice), Transport::WebSocket);
+    let b = streaming(url, Some(&bob), Transport::WebSocket);
+    let b_events = record(&b);
+    a.start().await.unwrap();
+    b.start().await.unwrap();
+    open_on(&a, Which::WebSocket).await;
+    open_on(&b, Which::WebSocket).await;
+    (a, b, b_events)
+}
+
+/// An engine pinned to WebSocket with the default liveness settings.
+fn pinned_websocket(url: &str, token: String, reconnect_delay: Duration) -> Engine {
+    let mut c = config(url, None);
+    c.transport = Transport::WebSocket;
+    c.token = Some(token);
+    c.reconnect_delay = reconnect_delay;
+    Engine::new(c).unwrap()
+}
+
 async fn insert_remote(url: &str, title: &str) -> String {
     let v = rest(url, Method::POST, "/api/entities/Todo", json!({ "title": title, "done": false })).await;
     v["id"].as_str().unwrap().to_string()
@@ -51,13 +73,7 @@ async fn head(url: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_carries_changes_between_engines() {
     let srv = server().await;
-    let (alice, bob) = (login(&srv.url, "alice").await, login(&srv.url, "bob").await);
-    let a = streaming(&srv.url, Some(&alice), Transport::WebSocket);
-    let b = streaming(&srv.url, Some(&bob), Transport::WebSocket);
-    a.start().await.unwrap();
-    b.start().await.unwrap();
-    open_on(&a, Which::WebSocket).await;
-    open_on(&b, Which::WebSocket).await;
+    let (a, b, _) = alice_and_bob(&srv.url).await;
     a.insert("Todo", row(json!({ "title": "from a", "done": false }))).await.unwrap();
     eventually("b to see a's insert", || b.list("Todo").iter().any(|r| r["title"] == "from a")).await;
     let id = b.list("Todo")[0]["id"].as_str().unwrap().to_string();
@@ -134,14 +150,7 @@ async fn duplicated_reordered_and_missing_events_converge_to_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_protected_entity_is_confirmed_by_pull_not_taken_from_the_stream() {
     let srv = server().await;
-    let (alice, bob) = (login(&srv.url, "alice").await, login(&srv.url, "bob").await);
-    let a = streaming(&srv.url, Some(&alice), Transport::WebSocket);
-    let b = streaming(&srv.url, Some(&bob), Transport::WebSocket);
-    let b_events = record(&b);
-    a.start().await.unwrap();
-    b.start().await.unwrap();
-    open_on(&a, Which::WebSocket).await;
-    open_on(&b, Which::WebSocket).await;
+    let (a, b, b_events) = alice_and_bob(&srv.url).await;
     a.insert("Note", row(json!({ "body": "alice's secret", "userId": "alice" }))).await.unwrap();
     eventually("alice's note acknowledged", || a.mutations().is_empty()).await;
     b.insert("Todo", row(json!({ "title": "after", "done": false }))).await.unwrap();
@@ -186,11 +195,7 @@ async fn a_server_that_closes_every_connection_is_retried_within_the_backoff_env
     let srv = server().await;
     let token = login(&srv.url, "erin").await;
     control(&srv.url, "faults", json!({ "ws": { "closeAfterMs": 0 } })).await;
-    let mut c = config(&srv.url, None);
-    c.transport = Transport::WebSocket;
-    c.token = Some(token);
-    c.reconnect_delay = Duration::from_millis(100);
-    let e = Engine::new(c).unwrap();
+    let e = pinned_websocket(&srv.url, token, Duration::from_millis(100));
     e.start().await.unwrap();
     let before = get(&srv.url, "/__control/state").await["ws"]["accepted"].as_u64().unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -281,14 +286,7 @@ fn topics(events: &Arc<Mutex<Vec<Event>>>) -> Vec<(String, Option<String>, Value
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_and_topics_travel_between_engines() {
     let srv = server().await;
-    let (alice, bob) = (login(&srv.url, "alice").await, login(&srv.url, "bob").await);
-    let a = streaming(&srv.url, Some(&alice), Transport::WebSocket);
-    let b = streaming(&srv.url, Some(&bob), Transport::WebSocket);
-    let b_events = record(&b);
-    a.start().await.unwrap();
-    b.start().await.unwrap();
-    open_on(&a, Which::WebSocket).await;
-    open_on(&b, Which::WebSocket).await;
+    let (a, b, b_events) = alice_and_bob(&srv.url).await;
     a.set_presence(Some(json!({ "x": 1 })));
     eventually("b to see a's presence", || b.presence().iter().any(|p| p.data == json!({ "x": 1 }))).await;
     let p = b.presence();
@@ -433,11 +431,7 @@ async fn only_a_connection_that_stayed_up_five_seconds_resets_the_backoff() {
     let srv = server().await;
     let token = login(&srv.url, "hana").await;
     control(&srv.url, "faults", json!({ "ws": { "closeAfterMs": 5300 } })).await;
-    let mut c = config(&srv.url, None);
-    c.transport = Transport::WebSocket;
-    c.token = Some(token);
-    c.reconnect_delay = Duration::from_millis(50);
-    let e = Engine::new(c).unwrap();
+    let e = pinned_websocket(&srv.url, token, Duration::from_millis(50));
     let events = record(&e);
     e.start().await.unwrap();
     let backoffs = |events: &Arc<Mutex<Vec<Event>>>| -> Vec<u32> {
