@@ -714,10 +714,14 @@ impl Engine {
     /// from 1 with one insert per row, so a cursor at or below the new head is
     /// never told to resync and would silently miss what changed meanwhile.
     /// `/health` gives the uptime, hence the boot time; a new boot means the
-    /// replica is rebuilt. Checked at start, after errors and reconnects, and
-    /// every 30 s.
+    /// replica is rebuilt. Checked at start, after errors and stream
+    /// reconnects, every round while polling, and every 30 s.
     async fn check_server_boot(&self) -> Result<()> {
+        // without a live stream nothing else would notice a restart between
+        // polls (a restart drops streams, which marks a check due), so a
+        // polling engine asks every round: one small request beside the pull
         let due = self.inner.boot_check_due.swap(false, Ordering::SeqCst)
+            || !self.inner.rt.streaming()
             || self.inner.last_boot_check.lock().unwrap().is_none_or(|t| t.elapsed() >= BOOT_CHECK_EVERY);
         if !due {
             return Ok(());
