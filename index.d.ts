@@ -84,3 +84,6 @@ export declare function getServerData(baseUrl: string, entities: Array<string>, 
  * reaches JavaScript as an exception instead of ending the process.
  */
 export declare function panicForTests(): void
+
+/** Diagnostics: tasks alive on the engine runtime (a leak check for soak tests). */
+export declare function runtimeTasks(): Promise<number>

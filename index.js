@@ -845,3 +845,4 @@ module.exports.directRemove = nativeBinding.directRemove
 module.exports.directUpdate = nativeBinding.directUpdate
 module.exports.getServerData = nativeBinding.getServerData
 module.exports.panicForTests = nativeBinding.panicForTests
+module.exports.runtimeTasks = nativeBinding.runtimeTasks

@@ -7,6 +7,7 @@ const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const { createSyncEngine } = require('../sync.js')
+const native = require('../index.js')
 const { startDevserver, api, eventually } = require('./helpers.js')
 
 const SECONDS = Number(process.env.SOAK_SECONDS || 20)
@@ -52,7 +53,7 @@ test(`soak for ${SECONDS} s: flat memory and descriptors, every engine converges
   while (Date.now() - started < SECONDS * 1000) {
     await sleep(1000)
     global.gc?.()
-    samples.push({ at: Math.round((Date.now() - started) / 1000), rss: rssMb(), fds: fds() })
+    samples.push({ at: Math.round((Date.now() - started) / 1000), rss: rssMb(), fds: fds(), tasks: await native.runtimeTasks() })
   }
   stop = true
   await Promise.all([...writers, remote, dropper])
@@ -75,8 +76,9 @@ test(`soak for ${SECONDS} s: flat memory and descriptors, every engine converges
     }
     const warm = samples[Math.floor(samples.length / 4)]
     const last = samples[samples.length - 1]
-    t.diagnostic(`${writes} writes in ${SECONDS} s; rss ${warm.rss.toFixed(0)} → ${last.rss.toFixed(0)} MiB, fds ${warm.fds} → ${last.fds}`)
+    t.diagnostic(`${writes} writes in ${SECONDS} s; rss ${warm.rss.toFixed(0)} → ${last.rss.toFixed(0)} MiB, fds ${warm.fds} → ${last.fds}, runtime tasks ${warm.tasks} → ${last.tasks}`)
     assert.ok(last.fds <= warm.fds + 8, `file descriptors grew: ${warm.fds} → ${last.fds}`)
+    assert.ok(last.tasks <= warm.tasks + 8, `runtime tasks grew: ${warm.tasks} → ${last.tasks}`)
     assert.ok(last.rss - warm.rss < 64, `memory grew: ${warm.rss.toFixed(0)} → ${last.rss.toFixed(0)} MiB`)
   } finally {
     for (const e of engines) await e.close()

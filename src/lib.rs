@@ -16,3 +16,9 @@ mod query;
 pub fn panic_for_tests() {
     panic!("deliberate panic for tests");
 }
+
+/// Diagnostics: tasks alive on the engine runtime (a leak check for soak tests).
+#[napi_derive::napi]
+pub async fn runtime_tasks() -> u32 {
+    tokio::runtime::Handle::current().metrics().num_alive_tasks() as u32
+}
