@@ -265,6 +265,8 @@ struct State {
     queue_key: String,
     /// Stored rows not yet shown because the token changed since they were stored.
     quarantined: bool,
+    /// Insert events seen while an insert is in doubt (see `reconcile`).
+    witness: reconcile::Witness,
     /// Temporary ids of acknowledged inserts → the server's ids.
     aliases: std::collections::HashMap<String, String>,
     /// When the server the replica follows started, from `/health`.
@@ -379,6 +381,7 @@ impl Engine {
             quarantined: false,
             server_boot: None,
             aliases: Default::default(),
+            witness: Default::default(),
             loaded: false,
             pending_hydration: None,
             status,
@@ -1072,7 +1075,10 @@ impl Engine {
                 (Kind::Insert, Some(_)) => {
                     // an earlier attempt may have been applied: pull, then look for it
                     self.pull_to_head().await?;
-                    let found = reconcile::find_applied(&self.inner.state.read().unwrap().replica, &m);
+                    let found = {
+                        let st = self.inner.state.read().unwrap();
+                        reconcile::find_applied(&st.replica, &st.witness, &m)
+                    };
                     if let Some(server_id) = found {
                         self.applied(&m, Some(server_id)).await?;
                         continue;
@@ -1414,8 +1420,13 @@ impl Engine {
                 if let Some(c) = cursor {
                     st.cursor = c;
                 }
-                let State { replica, queue, .. } = &mut *st;
+                let State { replica, queue, witness, .. } = &mut *st;
                 let touched = replica.commit(&effects, queue);
+                if queue.in_doubt() > 0 {
+                    witness.record(&changes);
+                } else {
+                    witness.clear();
+                }
                 me.refresh_counts(&mut st);
                 Ok(touched)
             })

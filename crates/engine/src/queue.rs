@@ -84,6 +84,12 @@ pub struct Queue {
     /// an acknowledged insert rewrites only those.
     refs: HashMap<String, BTreeSet<i64>>,
     pending: usize,
+    /// Pending inserts that were sent without a definite answer.
+    in_doubt: usize,
+}
+
+fn is_in_doubt(m: &Mutation) -> bool {
+    m.status == Status::Pending && m.kind == Kind::Insert && m.sent.is_some()
 }
 
 /// The temporary ids a mutation names.
@@ -110,6 +116,7 @@ impl Queue {
         for r in temp_refs(&m) {
             self.refs.entry(r.to_string()).or_default().insert(m.order);
         }
+        self.in_doubt += usize::from(is_in_doubt(&m));
         self.items.insert(m.order, m);
     }
 
@@ -121,6 +128,7 @@ impl Queue {
     }
 
     fn unindex(&mut self, m: &Mutation) {
+        self.in_doubt -= usize::from(is_in_doubt(m));
         let k = key(m);
         if let Some(set) = self.pending_by_row.get_mut(&k) {
             if set.remove(&m.order) {
@@ -158,6 +166,11 @@ impl Queue {
 
     pub fn pending_count(&self) -> usize {
         self.pending
+    }
+
+    /// Inserts that may or may not have been applied (see `reconcile`).
+    pub fn in_doubt(&self) -> usize {
+        self.in_doubt
     }
 
     /// The oldest pending mutation: the next one to send.

@@ -7,27 +7,67 @@
 //! insert was sent (server ids grow with time, so its id is greater than any
 //! id the engine knew then) whose fields are the ones we sent.
 //!
+//! The row may have been changed by someone else before we look, so while an
+//! insert is in doubt the engine also keeps the insert events it applies
+//! (`Witness`): the row as it was created.
+//!
 //! What remains ambiguous: another client inserting identical data in the
 //! same window, or a row the user cannot read back; docs/compat.md says so.
 
+use std::collections::VecDeque;
+
 use serde_json::Value;
 
-use crate::protocol::{Kind, Row};
+use crate::protocol::{ChangeEvent, Kind, Row};
 use crate::queue::Mutation;
 use crate::replica::Replica;
 
-/// The server id of the row this in-doubt insert created, if the replica holds it.
-pub fn find_applied(replica: &Replica, m: &Mutation) -> Option<String> {
+/// Insert events applied while some insert was in doubt, newest last.
+#[derive(Debug, Default)]
+pub struct Witness {
+    inserts: VecDeque<(String, String, Row)>,
+}
+
+impl Witness {
+    const CAP: usize = 20_000;
+
+    pub fn record(&mut self, changes: &[ChangeEvent]) {
+        for c in changes.iter().filter(|c| c.kind == Kind::Insert) {
+            if let Some(data) = &c.data {
+                self.inserts.push_back((c.entity.clone(), c.row_id.clone(), data.clone()));
+            }
+        }
+        while self.inserts.len() > Self::CAP {
+            self.inserts.pop_front();
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.inserts.clear();
+    }
+}
+
+/// The server id of the row this in-doubt insert created, if the witness or
+/// the replica holds it.
+pub fn find_applied(replica: &Replica, witness: &Witness, m: &Mutation) -> Option<String> {
     if m.kind != Kind::Insert {
         return None;
     }
     let sent = m.sent.as_ref()?;
     let empty = Row::new();
     let data = m.data.as_ref().unwrap_or(&empty);
-    replica
-        .base_after(&m.entity, sent.after.as_deref())
-        .find(|(_, row)| row.data.as_deref().is_some_and(|stored| same_row(data, stored)))
-        .map(|(id, _)| id.clone())
+    let after = sent.after.as_deref();
+    let seen = witness
+        .inserts
+        .iter()
+        .find(|(e, id, created)| *e == m.entity && after.is_none_or(|a| id.as_str() > a) && same_row(data, created))
+        .map(|(_, id, _)| id.clone());
+    seen.or_else(|| {
+        replica
+            .base_after(&m.entity, after)
+            .find(|(_, row)| row.data.as_deref().is_some_and(|stored| same_row(data, stored)))
+            .map(|(id, _)| id.clone())
+    })
 }
 
 /// Every field we sent is stored with that value. The server stores bools as
@@ -96,10 +136,24 @@ mod tests {
             created_at: 0,
             sent: Some(Sent { at: 0, after: replica.max_base_id("Todo").map(str::to_string) }),
         };
-        assert_eq!(find_applied(&replica, &m), None, "an older identical row is not ours");
+        assert_eq!(find_applied(&replica, &Witness::default(), &m), None, "an older identical row is not ours");
         replica.commit(&[put("0003", "eggs"), put("0004", "milk")], &Queue::default());
-        assert_eq!(find_applied(&replica, &m).as_deref(), Some("0004"));
+        assert_eq!(find_applied(&replica, &Witness::default(), &m).as_deref(), Some("0004"));
         m.sent = None;
-        assert_eq!(find_applied(&replica, &m), None, "an insert never sent was not applied");
+        assert_eq!(find_applied(&replica, &Witness::default(), &m), None, "an insert never sent was not applied");
+        // changed by someone else since: the insert event still tells
+        m.sent = Some(Sent { at: 0, after: Some("0004".into()) });
+        replica.commit(&[put("0005", "milk, changed")], &Queue::default());
+        assert_eq!(find_applied(&replica, &Witness::default(), &m), None);
+        let mut witness = Witness::default();
+        witness.record(&[crate::protocol::ChangeEvent {
+            seq: 9,
+            entity: "Todo".into(),
+            row_id: "0005".into(),
+            kind: Kind::Insert,
+            data: Some(row(json!({ "title": "milk" }))),
+            timestamp: String::new(),
+        }]);
+        assert_eq!(find_applied(&replica, &witness, &m).as_deref(), Some("0005"));
     }
 }
