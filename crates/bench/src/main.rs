@@ -1,0 +1,323 @@
+//! `pylon-bench [rows]`: the engine's costs, each next to a limit measured in
+//! the same run on the same machine, printed as a table (and as JSON lines
+//! on stderr). Run in release: `cargo run --release -p pylon-bench`.
+//!
+//! 1 bootstrap — `start()` to resolved on a fresh replica, vs the same pages
+//!   fetched, parsed with serde_json and bulk-inserted with rusqlite;
+//! 3 insert — resolved (durable) p50/p99, and the listener's p50;
+//! 4 remote change → listener over WebSocket, vs a raw WebSocket client;
+//! 5 cold start — reopening the bootstrapped replica until the first list;
+//! 7 memory above the payload after the bootstrap;
+//! 9 bulk inserts with an admin token (`/api/batch`).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use pylon_devserver::{spawn, Config as ServerConfig, Handle};
+use pylon_sync_engine::{Config, Engine, Event, Transport};
+use serde_json::{json, Map, Value};
+
+struct Row {
+    what: String,
+    value: String,
+    limit: String,
+    ratio: String,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Resident memory of this process, bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
+}
+
+async fn control(url: &str, what: &str, body: Value) -> Value {
+    reqwest::Client::new()
+        .post(format!("{url}/__control/{what}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn config(url: &str, db: &std::path::Path) -> Config {
+    let mut c = Config::new(url);
+    c.db_path = Some(db.to_path_buf());
+    c.transport = Transport::Poll;
+    c.poll_interval = Duration::from_secs(3600);
+    c
+}
+
+/// ~200 bytes of row.
+fn seed_row() -> Value {
+    json!({ "title": format!("row {{i}} {}", "x".repeat(150)), "done": false, "userId": "user_{i}" })
+}
+
+/// The limit for a bootstrap: the same keyset pages fetched, parsed and inserted in one transaction.
+async fn raw_bootstrap(url: &str, dir: &std::path::Path) -> (Duration, usize, usize) {
+    let t = Instant::now();
+    let http = reqwest::Client::new();
+    let conn = rusqlite::Connection::open(dir.join("raw.db")).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; CREATE TABLE rows (entity TEXT, row_id TEXT, seq INTEGER, data TEXT, PRIMARY KEY (entity, row_id)) WITHOUT ROWID;").unwrap();
+    let mut after: Option<String> = None;
+    let (mut n, mut bytes) = (0, 0);
+    let mut conn = conn;
+    let tx = conn.transaction().unwrap();
+    {
+        let mut stmt = tx.prepare("INSERT INTO rows VALUES ('Todo', ?1, 0, ?2)").unwrap();
+        loop {
+            let mut filter = json!({ "$order": { "id": "asc" }, "$limit": 2000 });
+            if let Some(a) = &after {
+                filter["id"] = json!({ "$gt": a });
+            }
+            let body =
+                http.post(format!("{url}/api/query/Todo")).json(&filter).send().await.unwrap().bytes().await.unwrap();
+            bytes += body.len();
+            let rows: Vec<Map<String, Value>> = serde_json::from_slice(&body).unwrap();
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                let id = r["id"].as_str().unwrap();
+                stmt.execute(rusqlite::params![id, serde_json::to_string(r).unwrap()]).unwrap();
+            }
+            n += rows.len();
+            after = rows.last().and_then(|r| r["id"].as_str()).map(str::to_string);
+            if rows.len() < 2000 {
+                break;
+            }
+        }
+    }
+    tx.commit().unwrap();
+    (t.elapsed(), n, bytes)
+}
+
+async fn bootstrap(srv: &Handle, rows: usize, out: &mut Vec<Row>) -> std::path::PathBuf {
+    control(&srv.url, "seed", json!({ "entity": "Todo", "count": rows, "data": seed_row() })).await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let (raw, n, bytes) = raw_bootstrap(&srv.url, &dir).await;
+    assert_eq!(n, rows);
+    let db = dir.join("engine.db");
+    let before = rss();
+    let e = Engine::new(config(&srv.url, &db)).unwrap();
+    let t = Instant::now();
+    e.start().await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(e.list("Todo").len(), rows);
+    let grown = rss().saturating_sub(before);
+    out.push(Row {
+        what: format!("1 bootstrap {rows} rows (~{} B each)", bytes / rows),
+        value: format!("{:.0} ms, {:.0} rows/s", ms(took), rows as f64 / took.as_secs_f64()),
+        limit: format!("{:.0} ms raw fetch+parse+insert", ms(raw)),
+        ratio: format!("{:.0} % of the limit (target ≥ 50 %)", 100.0 * raw.as_secs_f64() / took.as_secs_f64()),
+    });
+    out.push(Row {
+        what: format!("7 memory after bootstrap of {rows} rows"),
+        value: format!("{:.0} B/row above the payload", (grown as f64 - bytes as f64).max(0.0) / rows as f64),
+        limit: format!("payload {:.1} MB, rss grew {:.1} MB", bytes as f64 / 1e6, grown as f64 / 1e6),
+        ratio: "target ≤ 300 B/row".into(),
+    });
+    e.close().await;
+    db
+}
+
+async fn cold_start(srv: &Handle, db: &std::path::Path, rows: usize, out: &mut Vec<Row>) {
+    let t = Instant::now();
+    let e = Engine::new(config(&srv.url, db)).unwrap();
+    e.start().await.unwrap();
+    let list = e.list("Todo");
+    let took = t.elapsed();
+    assert_eq!(list.len(), rows);
+    out.push(Row {
+        what: format!("5 cold start, {rows}-row replica, to first list"),
+        value: format!("{:.0} ms", ms(took)),
+        limit: "—".into(),
+        ratio: "target ≤ 150 ms".into(),
+    });
+    e.close().await;
+}
+
+async fn inserts(srv: &Handle, count: usize, out: &mut Vec<Row>) {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::new(config(&srv.url, &dir.path().join("i.db"))).unwrap();
+    let heard: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let h = heard.clone();
+    e.set_listener(Some(Arc::new(move |ev| {
+        if let Event::Change { .. } = ev {
+            let mut h = h.lock().unwrap();
+            if h.is_none() {
+                *h = Some(Instant::now());
+            }
+        }
+    })));
+    let (mut resolved, mut listened) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    for i in 0..count {
+        *heard.lock().unwrap() = None;
+        let t = Instant::now();
+        e.insert("Todo", json!({ "title": format!("i{i}"), "done": false }).as_object().unwrap().clone())
+            .await
+            .unwrap();
+        resolved.push(t.elapsed());
+        if let Some(at) = *heard.lock().unwrap() {
+            listened.push(at - t);
+        }
+    }
+    resolved.sort();
+    listened.sort();
+    out.push(Row {
+        what: format!("3 insert resolved (durable), {count} inserts"),
+        value: format!(
+            "p50 {:.3} ms, p99 {:.3} ms; listener p50 {:.3} ms",
+            ms(percentile(&resolved, 0.5)),
+            ms(percentile(&resolved, 0.99)),
+            ms(percentile(&listened, 0.5))
+        ),
+        limit: "—".into(),
+        ratio: "target p99 ≤ 2 ms, listener p50 ≤ 0.2 ms".into(),
+    });
+    e.close().await;
+}
+
+async fn websocket_latency(srv: &Handle, changes: usize, out: &mut Vec<Row>) {
+    let token = reqwest::Client::new()
+        .post(format!("{}/api/auth/session", srv.url))
+        .json(&json!({ "user_id": "bench" }))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&srv.url, &dir.path().join("w.db"));
+    c.transport = Transport::WebSocket;
+    c.token = Some(token.clone());
+    let e = Engine::new(c).unwrap();
+    let heard: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
+    let h = heard.clone();
+    e.set_listener(Some(Arc::new(move |ev| {
+        if let Event::Change { .. } = ev {
+            h.lock().unwrap().push(Instant::now());
+        }
+    })));
+    e.start().await.unwrap();
+    while e.connection().state != pylon_sync_engine::ConnState::Open {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // the raw limit: a bare WebSocket client on the same server
+    let ws_url = format!("ws://127.0.0.1:{}/", srv.port + 1);
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url).unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", format!("bearer.{token}").parse().unwrap());
+    let (mut raw, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let http = reqwest::Client::new();
+    let (mut engine_lat, mut raw_lat) = (Vec::new(), Vec::new());
+    for i in 0..changes {
+        heard.lock().unwrap().clear();
+        let t = Instant::now();
+        http.post(format!("{}/api/entities/Todo", srv.url))
+            .json(&json!({ "title": format!("w{i}"), "done": false }))
+            .send()
+            .await
+            .unwrap();
+        // the raw client sees the event
+        while let Some(Ok(m)) = raw.next().await {
+            if m.is_text() {
+                raw_lat.push(t.elapsed());
+                break;
+            }
+        }
+        loop {
+            if let Some(at) = heard.lock().unwrap().first() {
+                engine_lat.push(*at - t);
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(50)).await;
+        }
+        // about 1,000 changes a second
+        let spent = t.elapsed();
+        if spent < Duration::from_millis(1) {
+            tokio::time::sleep(Duration::from_millis(1) - spent).await;
+        }
+    }
+    engine_lat.sort();
+    raw_lat.sort();
+    let (e50, e99, r50, r99) = (
+        percentile(&engine_lat, 0.5),
+        percentile(&engine_lat, 0.99),
+        percentile(&raw_lat, 0.5),
+        percentile(&raw_lat, 0.99),
+    );
+    out.push(Row {
+        what: format!("4 remote change → listener over WebSocket, {changes} changes"),
+        value: format!("p50 {:.2} ms, p99 {:.2} ms", ms(e50), ms(e99)),
+        limit: format!("raw WebSocket p50 {:.2} ms, p99 {:.2} ms", ms(r50), ms(r99)),
+        ratio: format!(
+            "+{:.2} ms p50, +{:.2} ms p99 (target ≤ 2 / ≤ 5)",
+            ms(e50.saturating_sub(r50)),
+            ms(e99.saturating_sub(r99))
+        ),
+    });
+    e.close().await;
+}
+
+async fn bulk(rows: usize, out: &mut Vec<Row>) {
+    let srv = spawn(ServerConfig { admin_token: Some("bench-admin".into()), ..Default::default() }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&srv.url, &dir.path().join("b.db"));
+    c.token = Some("bench-admin".into());
+    c.poll_interval = Duration::from_millis(20);
+    let e = Engine::new(c).unwrap();
+    let t = Instant::now();
+    for i in 0..rows {
+        e.insert("Todo", json!({ "title": format!("b{i}"), "done": false }).as_object().unwrap().clone())
+            .await
+            .unwrap();
+    }
+    let queued = t.elapsed();
+    e.start().await.unwrap();
+    while !e.mutations().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = t.elapsed();
+    out.push(Row {
+        what: format!("9 admin bulk inserts, {rows} rows (queued, then /api/batch)"),
+        value: format!("{:.0} rows/s end to end", rows as f64 / took.as_secs_f64()),
+        limit: format!("queueing alone {:.0} rows/s", rows as f64 / queued.as_secs_f64()),
+        ratio: "report".into(),
+    });
+    e.close().await;
+    srv.stop().await;
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let rows: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let mut out = Vec::new();
+    let srv = spawn(ServerConfig::default()).await.unwrap();
+    let db = bootstrap(&srv, rows, &mut out).await;
+    cold_start(&srv, &db, rows, &mut out).await;
+    inserts(&srv, 10_000, &mut out).await;
+    websocket_latency(&srv, 2_000, &mut out).await;
+    srv.stop().await;
+    bulk(rows, &mut out).await;
+    println!("| # what | measured | limit (same run) | ratio / target |");
+    println!("|---|---|---|---|");
+    for r in &out {
+        println!("| {} | {} | {} | {} |", r.what, r.value, r.limit, r.ratio);
+        eprintln!("{}", json!({ "what": r.what, "value": r.value, "limit": r.limit, "ratio": r.ratio }));
+    }
+}
