@@ -224,7 +224,7 @@ export declare class SyncEngine {
   close(): Promise<void>
   /** One sync round now; rejects when it fails. */
   sync(): Promise<void>
-  /** Resolves the temporary id once the write is durable on disk. */
+  /** Resolves the temporary id once the write is durable on disk. It keeps naming the row after the server names it (update, delete, store.get). */
   insert(entity: string, data: Record<string, unknown>): Promise<string>
   update(entity: string, id: string, patch: Record<string, unknown>): Promise<void>
   delete(entity: string, id: string): Promise<void>

@@ -49,7 +49,8 @@ test('insert shows a temp row, then the server row, never both', async () => {
     assert.equal(e.store.get('Todo', temp).title, 'one')
     await srv.control('faults', {})
     await eventually('the server id', () => e.store.list('Todo')[0]?.id.length === 40)
-    assert.equal(e.store.get('Todo', temp), null)
+    // the temporary id still finds the row, now under its server id
+    assert.equal(e.store.get('Todo', temp).id, e.store.list('Todo')[0].id)
     assert.equal(e.mutations.list().length, 0)
     assert.equal(both, false)
     const id = e.store.list('Todo')[0].id
@@ -141,7 +142,7 @@ test('writes made while the server is down reach it when it is back, after a res
     const again = engine(srv.url, { persist: true, dbPath })
     await again.start()
     await eventually('the offline write on the server', async () => (await api(srv.url, 'POST', '/api/query/Todo', {})).body.length === 1)
-    await eventually('the server row locally', () => again.store.list('Todo')[0]?.title === 'offline' && again.store.get('Todo', temp) === null)
+    await eventually('the server row locally', () => again.store.list('Todo')[0]?.title === 'offline' && again.store.get('Todo', temp)?.id.length === 40)
     await again.close()
   } finally {
     await srv.stop()

@@ -53,9 +53,9 @@ for (const server of servers()) {
       const rows = e.store.list('Todo')
       return rows.length === 1 && rows[0].id.length === 40 && e.mutations.list()[0]?.status === 'failed'
     })
-    assert.equal(e.store.get('Todo', temp), null)
-    assert.equal(e.mutations.list()[0].errorCode, 'INSERT_FAILED')
     const id = e.store.list('Todo')[0].id
+    assert.equal(e.store.get('Todo', temp).id, id, 'the temporary id still finds its row')
+    assert.equal(e.mutations.list()[0].errorCode, 'INSERT_FAILED')
     await e.update('Todo', id, { done: true })
     await e.delete('Todo', id)
     await eventually('update and delete on the server', async () => (await api(srv.url, 'GET', `/api/entities/Todo/${id}`)).status === 404)

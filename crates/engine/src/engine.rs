@@ -37,6 +37,9 @@ fn refusal(e: &Error) -> MutationError {
     MutationError { code: e.server_code().unwrap_or(e.code()).to_string(), message: e.to_string(), status: e.status() }
 }
 
+/// Tombstones are pruned each time the cursor has moved this many events.
+const PRUNE_EVERY: u64 = 1000;
+
 /// Writes per `/api/batch` request, and its body size (the server takes 10 MiB).
 const BATCH_MAX: usize = 1000;
 const BATCH_BYTES: usize = 4 << 20;
@@ -292,6 +295,8 @@ pub(crate) struct Inner {
     running: AtomicBool,
     closed: AtomicBool,
     resyncs_in_a_row: AtomicU32,
+    /// The cursor at the last tombstone pruning.
+    pruned_at: AtomicU64,
     /// The server refused `/api/batch`: admin writes go one by one.
     no_batch: AtomicBool,
     /// Check the server's boot time in the next round (start, errors, reconnects).
@@ -408,6 +413,7 @@ impl Engine {
                 closed: AtomicBool::new(false),
                 resyncs_in_a_row: AtomicU32::new(0),
                 no_batch: AtomicBool::new(false),
+                pruned_at: AtomicU64::new(0),
                 boot_check_due: AtomicBool::new(true),
                 last_boot_check: Mutex::new(None),
                 complete_in_epoch: AtomicU64::new(u64::MAX),
@@ -1427,7 +1433,20 @@ impl Engine {
                 } else {
                     witness.clear();
                 }
+                // every thousand events, tombstones the cursor has passed go
+                let pruned = me.inner.pruned_at.load(Ordering::SeqCst);
+                let gone = match cursor {
+                    Some(c) if c.abs_diff(pruned) >= PRUNE_EVERY => {
+                        me.inner.pruned_at.store(c, Ordering::SeqCst);
+                        replica.prune_tombstones(c)
+                    }
+                    _ => Vec::new(),
+                };
                 me.refresh_counts(&mut st);
+                drop(st);
+                if !gone.is_empty() {
+                    db.write(|w| gone.iter().try_for_each(|(e, id)| w.delete_row(e, id)))?;
+                }
                 Ok(touched)
             })
             .await?;

@@ -276,6 +276,24 @@ impl Replica {
         t.touch();
     }
 
+    /// Tombstones exist to turn away events older than a delete. Once the
+    /// cursor has passed a tombstone's seq no such event can come (pulls and
+    /// streams drop events at or below the cursor), so it can go. Returns
+    /// what went, for the database.
+    pub fn prune_tombstones(&mut self, upto: u64) -> Vec<(String, String)> {
+        let mut gone = Vec::new();
+        for (entity, t) in &mut self.tables {
+            t.base.retain(|id, row| {
+                let keep = row.data.is_some() || row.seq > upto;
+                if !keep {
+                    gone.push((entity.clone(), id.clone()));
+                }
+                keep
+            });
+        }
+        gone
+    }
+
     /// Sets one server row directly (an acknowledged insert, under its server id).
     pub fn put_base(&mut self, entity: &str, id: &str, row: BaseRow) {
         self.tables.entry(entity.to_string()).or_default().base.insert(id.to_string(), row);
@@ -336,6 +354,17 @@ mod tests {
 
     fn title(r: &Replica, id: &str) -> Option<Value> {
         r.get("Todo", id).map(|row| row["title"].clone())
+    }
+
+    #[test]
+    fn tombstones_go_once_the_cursor_has_passed_them() {
+        let (mut r, q) = (Replica::new(), Queue::default());
+        apply(&mut r, &q, &[ev(1, "a", Kind::Insert, Some(json!({ "title": "x" }))), ev(2, "a", Kind::Delete, None)]);
+        apply(&mut r, &q, &[ev(3, "b", Kind::Insert, Some(json!({ "title": "y" }))), ev(4, "b", Kind::Delete, None)]);
+        assert_eq!(r.prune_tombstones(3), vec![("Todo".to_string(), "a".to_string())]);
+        assert!(r.base("Todo", "a").is_none() && r.base("Todo", "b").is_some());
+        // nothing visible changed
+        assert!(r.list("Todo").is_empty());
     }
 
     #[test]

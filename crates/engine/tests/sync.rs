@@ -278,7 +278,8 @@ async fn own_writes_stay_visible_when_the_server_filters_their_events() {
     let e = Engine::new(c).unwrap();
     e.start().await.unwrap();
     let temp = e.insert("Note", row(json!({ "body": "draft", "userId": "alice" }))).await.unwrap();
-    eventually("the insert acknowledged", || e.mutations().is_empty() && e.get("Note", &temp).is_none()).await;
+    eventually("the insert acknowledged", || e.mutations().is_empty()).await;
+    assert_ne!(e.get("Note", &temp).unwrap()["id"], temp.as_str(), "the row has its server id");
     let id = e.list("Note")[0]["id"].as_str().unwrap().to_string();
     e.update("Note", &id, row(json!({ "body": "final" }))).await.unwrap();
     eventually("the update acknowledged", || e.mutations().is_empty()).await;
