@@ -1,0 +1,73 @@
+'use strict'
+// JS-side benchmarks (release addon): reading from the store next to a plain
+// Map read in the same run, and the JS thread while a burst of remote
+// changes is applied. `node bench/js.js [rows]`; part of `npm run bench`.
+const { performance } = require('node:perf_hooks')
+const { createSyncEngine } = require('../sync.js')
+const { startDevserver, api } = require('../__test__/helpers.js')
+
+const rows = Number(process.argv[2] || 10000)
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+function perCall(n, fn) {
+  for (let i = 0; i < Math.min(n, 10000); i++) fn(i) // warm up
+  const t = performance.now()
+  for (let i = 0; i < n; i++) fn(i)
+  return ((performance.now() - t) * 1000) / n // µs
+}
+
+async function main() {
+  const srv = await startDevserver()
+  const out = []
+  try {
+    await srv.control('seed', { entity: 'Todo', count: rows, data: { title: 'row {i} ' + 'x'.repeat(150), done: false } })
+    const e = createSyncEngine(srv.url, { persist: false, transport: 'poll', pollInterval: 3600000 })
+    await e.start()
+    const list = e.store.list('Todo')
+    const ids = list.map((r) => r.id)
+    const map = new Map(list.map((r) => [r.id, r]))
+    const mapGet = perCall(1e6, (i) => map.get(ids[i % ids.length]))
+    const get = perCall(1e6, (i) => e.store.get('Todo', ids[i % ids.length]))
+    const listUs = perCall(1e5, () => e.store.list('Todo'))
+    out.push(['6 store.get, unchanged entity', `${get.toFixed(3)} µs`, `Map.get ${mapGet.toFixed(3)} µs`, `${(get / mapGet).toFixed(1)}× the Map (target ≤ 0.5 µs)`])
+    out.push([`6 store.list, unchanged ${rows}-row entity`, `${listUs.toFixed(3)} µs`, '—', 'target ≤ 5 µs'])
+    await e.close()
+
+    // 8: a burst of remote changes over WebSocket with a listener that reads the store
+    const token = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'bench' })).body.token
+    const f = createSyncEngine(srv.url, { persist: true, dbPath: require('node:path').join(require('node:os').tmpdir(), `bench-${process.pid}.db`), token, transport: 'websocket', pollInterval: 3600000 })
+    await f.start()
+    while (!f.connected) await sleep(5)
+    let notified = 0
+    f.store.subscribe(() => {
+      notified++
+      f.store.list('Todo')
+    })
+    let worst = 0
+    let last = performance.now()
+    const lag = setInterval(() => {
+      const now = performance.now()
+      worst = Math.max(worst, now - last - 1)
+      last = now
+    }, 1)
+    const burst = 20000
+    const before = f.store.list('Todo').length
+    const t = performance.now()
+    await srv.control('seed', { entity: 'Todo', count: burst, data: { title: 'burst {i}', done: false } })
+    while (f.store.list('Todo').length < before + burst) await sleep(2)
+    const took = (performance.now() - t) / 1000
+    clearInterval(lag)
+    out.push([`8 sustained apply: ${burst} remote changes, persisted, listener reading the store`, `${Math.round(burst / took)} changes/s (${notified} notifications)`, '—', `JS thread blocked at most ${worst.toFixed(1)} ms (target < 16 ms)`])
+    await f.close()
+  } finally {
+    await srv.stop()
+  }
+  console.log('| # what | measured | limit (same run) | ratio / target |')
+  console.log('|---|---|---|---|')
+  for (const r of out) console.log(`| ${r.join(' | ')} |`)
+}
+
+main().catch((err) => {
+  console.error(err)
+  process.exit(1)
+})
