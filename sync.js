@@ -135,13 +135,26 @@ class Store {
   constructor(engine) {
     this._engine = engine
     this._cache = new Map() // entity -> { version, rows, byId }
+    // entities whose cache was found current in this turn of the event loop:
+    // reads within one synchronous turn see one consistent snapshot, and ask
+    // native for the version once instead of on every read
+    this._current = new Set()
   }
 
   /** The cached rows of `entity` if they are still current, else null. */
   _fresh(entity) {
     if (typeof entity !== 'string') throw invalid('entity must be a string')
     const entry = this._cache.get(entity)
-    return entry && entry.version === this._engine._native.version(entity) ? entry : null
+    if (!entry) return null
+    if (this._current.has(entity)) return entry
+    if (entry.version !== this._engine._native.version(entity)) return null
+    this._mark(entity)
+    return entry
+  }
+
+  _mark(entity) {
+    if (this._current.size === 0) queueMicrotask(() => this._current.clear())
+    this._current.add(entity)
   }
 
   _entry(entity) {
@@ -152,6 +165,7 @@ class Store {
       Object.freeze(rows)
       entry = { version, rows, byId: null }
       this._cache.set(entity, entry)
+      this._mark(entity)
     }
     return entry
   }
@@ -334,6 +348,19 @@ class SyncEngine {
   }
 
   _dispatch(ev) {
+    if (ev.type === 'change') {
+      // a burst of changes reaches listeners once per turn of the event
+      // loop, not once per applied batch
+      if (!this._changeQueued) {
+        this._changeQueued = true
+        setImmediate(() => {
+          this._changeQueued = false
+          const set = this._listeners.get('change')
+          if (set && set.size > 0) callAll(set, [undefined])
+        })
+      }
+      return
+    }
     if (ev.type === 'topic') {
       const handlers = this._topics.get(ev.topic)
       if (handlers) callAll(handlers, [ev.data, { topic: ev.topic, from: ev.from }])
