@@ -166,10 +166,13 @@ export interface Hydration {
 }
 
 export interface Store {
-  /** Visible rows (server rows with pending local writes applied), ordered by id. Frozen; cached until the entity changes. */
+  /**
+   * Visible rows (server rows with pending local writes applied), ordered by id. Frozen; cached until the
+   * entity changes. Reads within one synchronous turn of the event loop see one snapshot.
+   */
   list(entity: string): readonly Row[]
   get(entity: string, id: string): Row | null
-  /** Fires after every change of the visible rows, and when other engines' presence changes. */
+  /** Fires after changes of the visible rows (at most once per turn of the event loop), and when other engines' presence changes. */
   subscribe(listener: () => void): () => void
 }
 
