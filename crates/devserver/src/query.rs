@@ -75,6 +75,16 @@ impl Query {
         Ok(q)
     }
 
+    /// Ordered by id ascending alone: rows can be read in key order.
+    pub fn in_id_order(&self) -> bool {
+        matches!(self.order.as_slice(), [(f, true)] if f == "id")
+    }
+
+    /// The `id $gt` bound of a keyset page, where a scan in id order can start.
+    pub fn id_after(&self) -> Option<&str> {
+        self.conds.iter().find(|(f, op, _)| f == "id" && op == "$gt").and_then(|(_, _, v)| v.as_str())
+    }
+
     pub fn matches(&self, row: &Map<String, Value>) -> bool {
         self.conds.iter().all(|(f, op, arg)| {
             let v = row.get(f).unwrap_or(&Value::Null);
