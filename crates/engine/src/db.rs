@@ -38,7 +38,7 @@ CREATE TABLE mutations (
   error      TEXT,
   attempts   INTEGER NOT NULL DEFAULT 0,
   created_at INTEGER NOT NULL,
-  sent       TEXT             -- JSON {at, after}: an insert that may have reached the server
+  sent       TEXT             -- JSON {after}: an insert that may have reached the server
 );
 ";
 
@@ -99,7 +99,7 @@ impl Db {
                 "the file is an SQLite database of another program; choose another dbPath".into(),
             ));
         }
-        if version > SCHEMA_VERSION || version < 1 {
+        if !(1..=SCHEMA_VERSION).contains(&version) {
             return Err(Error::Corrupt(format!(
                 "schema version {version} is not supported by this version (expects {SCHEMA_VERSION} or older)"
             )));
@@ -398,7 +398,7 @@ mod tests {
             error: None,
             attempts: 0,
             created_at: 5,
-            sent: Some(crate::queue::Sent { at: 7, after: Some("000a".into()) }),
+            sent: Some(crate::queue::Sent { after: Some("000a".into()) }),
         };
         {
             let mut db = Db::open(Some(&path)).unwrap();

@@ -1177,13 +1177,22 @@ impl Engine {
     /// Counts a failed attempt and gives up this round (backoff follows).
     async fn retry_later(&self, mut m: Mutation, e: Error) -> Result<()> {
         m.attempts += 1;
+        self.save_mutations(vec![m]).await?;
+        Err(e)
+    }
+
+    /// Persists changed bookkeeping of queued mutations (nothing visible
+    /// changes), then puts them in place in memory.
+    async fn save_mutations(&self, changed: Vec<Mutation>) -> Result<()> {
         self.with_db(move |me, db| {
-            db.write(|w| w.save_mutation(&m))?;
-            me.inner.state.write().unwrap().queue.replace(m);
+            db.write(|w| changed.iter().try_for_each(|m| w.save_mutation(m)))?;
+            let mut st = me.inner.state.write().unwrap();
+            for m in changed {
+                st.queue.replace(m);
+            }
             Ok(())
         })
-        .await?;
-        Err(e)
+        .await
     }
 
     /// Records, before inserts go out, that they may reach the server.
@@ -1193,22 +1202,14 @@ impl Engine {
             let st = self.inner.state.read().unwrap();
             for m in run.iter_mut().filter(|m| m.kind == Kind::Insert && m.sent.is_none()) {
                 let after = st.replica.max_base_id(&m.entity).map(str::to_string);
-                m.sent = Some(Sent { at: now_ms(), after });
+                m.sent = Some(Sent { after });
                 changed.push(m.clone());
             }
         }
-        if changed.is_empty() {
-            return Ok(run);
+        if !changed.is_empty() {
+            self.save_mutations(changed).await?;
         }
-        self.with_db(move |me, db| {
-            db.write(|w| changed.iter().try_for_each(|m| w.save_mutation(m)))?;
-            let mut st = me.inner.state.write().unwrap();
-            for m in changed {
-                st.queue.replace(m);
-            }
-            Ok(run)
-        })
-        .await
+        Ok(run)
     }
 
     async fn fail(&self, m: &Mutation, error: MutationError) -> Result<()> {

@@ -61,14 +61,12 @@ pub struct Mutation {
     pub sent: Option<Sent>,
 }
 
-/// When an insert was first sent, and what the server could already hold then.
+/// What the server could already hold when an insert was first sent.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sent {
-    /// Unix ms.
-    pub at: u64,
-    /// The greatest server id the engine knew in that entity (or was given by
-    /// an acknowledged insert) when it sent: server ids grow with time, so
-    /// the insert, if applied, created a row with a greater id.
+    /// The greatest server id the engine held in that entity when it sent
+    /// (acknowledged inserts included): server ids grow with time, so the
+    /// insert, if applied, created a row with a greater id.
     pub after: Option<String>,
 }
 

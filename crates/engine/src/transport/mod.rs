@@ -24,16 +24,6 @@ pub enum Which {
     Poll,
 }
 
-impl Which {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Which::WebSocket => "websocket",
-            Which::Sse => "sse",
-            Which::Poll => "poll",
-        }
-    }
-}
-
 /// How often a live connection is checked, and how long an answer may take.
 #[derive(Debug, Clone, Copy)]
 pub struct Liveness {
