@@ -11,7 +11,7 @@ use pylon_sync_engine::{Engine, Event, Mutation};
 use serde_json::{json, Value};
 
 use crate::convert;
-use crate::error::{settle, to_js, Result};
+use crate::error::{promise, settle, to_js, Result};
 use crate::query::NativeInfiniteQuery;
 
 /// `(bytes, header JSON or null)` for `onBinaryFrame` handlers.
@@ -186,12 +186,12 @@ impl NativeEngine {
 
     #[napi(catch_unwind)]
     pub fn list_json(&self, entity: String) -> String {
-        self.engine.list_json(&entity).to_string()
+        self.engine.list_json(&entity)
     }
 
     #[napi(catch_unwind)]
     pub fn get_json(&self, entity: String, id: String) -> Option<String> {
-        self.engine.get(&entity, &id).map(|r| serde_json::to_string(&*r).expect("rows serialize"))
+        self.engine.get_json(&entity, &id).map(|r| r.as_str().to_string())
     }
 
     /// Changes whenever the visible rows of `entity` change.
@@ -231,25 +231,25 @@ impl NativeEngine {
         Ok(())
     }
 
-    #[napi]
-    pub async fn insert(&self, entity: String, data: Value) -> Value {
-        match convert::object(data, "data") {
-            Ok(data) => settle(self.engine.insert(&entity, data).await),
-            Err(e) => settle::<()>(Err(e)),
-        }
+    // Writes are synchronous calls that return a promise: the engine puts
+    // the write in line during the call, so writes keep the order of the calls.
+
+    #[napi(catch_unwind, ts_return_type = "Promise<any>")]
+    pub fn insert<'e>(&self, env: &'e Env, entity: String, data: Value) -> Result<PromiseRaw<'e, Value>> {
+        let write = convert::object(data, "data").map(|data| self.engine.insert(&entity, data));
+        promise(env, async move { settle(async move { write?.await }.await) })
     }
 
-    #[napi]
-    pub async fn update(&self, entity: String, id: String, patch: Value) -> Value {
-        match convert::object(patch, "patch") {
-            Ok(patch) => settle(self.engine.update(&entity, &id, patch).await),
-            Err(e) => settle::<()>(Err(e)),
-        }
+    #[napi(catch_unwind, ts_return_type = "Promise<any>")]
+    pub fn update<'e>(&self, env: &'e Env, entity: String, id: String, patch: Value) -> Result<PromiseRaw<'e, Value>> {
+        let write = convert::object(patch, "patch").map(|patch| self.engine.update(&entity, &id, patch));
+        promise(env, async move { settle(async move { write?.await }.await) })
     }
 
-    #[napi]
-    pub async fn delete(&self, entity: String, id: String) -> Value {
-        settle(self.engine.delete(&entity, &id).await)
+    #[napi(catch_unwind, ts_return_type = "Promise<any>")]
+    pub fn delete<'e>(&self, env: &'e Env, entity: String, id: String) -> Result<PromiseRaw<'e, Value>> {
+        let write = self.engine.delete(&entity, &id);
+        promise(env, async move { settle(write.await) })
     }
 
     #[napi]

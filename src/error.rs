@@ -34,3 +34,12 @@ pub fn settle<T: serde::Serialize>(r: pylon_sync_engine::Result<T>) -> serde_jso
             "code": e.code(), "message": e.to_string(), "status": e.status(), "serverCode": e.server_code() } }),
     }
 }
+
+/// Runs a future on the runtime and hands JavaScript its promise; the future
+/// settles (see [`settle`]) and so never rejects on its own.
+pub fn promise<'e>(
+    env: &'e napi::Env,
+    fut: impl std::future::Future<Output = serde_json::Value> + Send + 'static,
+) -> Result<napi::bindgen_prelude::PromiseRaw<'e, serde_json::Value>> {
+    env.spawn_future(async move { Ok(fut.await) }).map_err(|e| Error::new(Code(e.status.to_string()), e.reason.clone()))
+}

@@ -3,14 +3,13 @@
 //! every change the engine acknowledges is one committed transaction.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::error::{Error, Result};
-use crate::protocol::{Kind, Row};
+use crate::protocol::Kind;
 use crate::queue::{Mutation, MutationError, Status};
-use crate::replica::{BaseRow, Effect};
+use crate::replica::{BaseRow, Effect, RowText};
 
 /// Marks a file as ours (`PRAGMA application_id`, "PYSN").
 const APPLICATION_ID: i32 = 0x5059_534E;
@@ -158,11 +157,7 @@ impl Db {
             })?
             .map(|r| {
                 let (entity, id, seq, data) = r?;
-                let data = match data {
-                    Some(text) => Some(Arc::new(serde_json::from_str::<Row>(&text)?)),
-                    None => None,
-                };
-                Ok((entity, id, BaseRow { seq: seq as u64, data }))
+                Ok((entity, id, BaseRow { seq: seq as u64, data: data.map(RowText::stored) }))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Stored { rows, mutations: self.mutations()? })
@@ -245,7 +240,7 @@ impl Writer<'_> {
         for e in effects {
             match e {
                 Effect::Put { entity, id, seq, data } => {
-                    stmt.execute(params![entity, id, *seq as i64, serde_json::to_string(&**data)?])?
+                    stmt.execute(params![entity, id, *seq as i64, data.as_str()])?
                 }
                 Effect::Tombstone { entity, id, seq } => {
                     stmt.execute(params![entity, id, *seq as i64, Option::<String>::None])?
@@ -408,7 +403,7 @@ mod tests {
                         entity: "Todo".into(),
                         id: "a".into(),
                         seq: 3,
-                        data: Arc::new(json!({ "id": "a" }).as_object().unwrap().clone()),
+                        data: RowText::new(json!({ "id": "a" }).as_object().unwrap()),
                     },
                     Effect::Tombstone { entity: "Todo".into(), id: "b".into(), seq: 4 },
                 ])?;

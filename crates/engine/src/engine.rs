@@ -10,6 +10,7 @@
 //! changes are applied.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,7 +29,7 @@ use crate::protocol::{ChangeEvent, Cursor, Hydration, Kind, PullPage, Row, Sessi
 use crate::queue::{Mutation, MutationError, Queue, Sent, Status};
 use crate::realtime::{Connection, Peer, Realtime};
 use crate::reconcile;
-use crate::replica::{BaseRow, Effect, Replica};
+use crate::replica::{BaseRow, Effect, Replica, RowText};
 use crate::snapshot::{self, Snapshot};
 use crate::transport::{BinaryFrame, Liveness, Which};
 
@@ -306,6 +307,14 @@ pub(crate) struct Inner {
     /// manifest is read once per replica generation, not on every poll.
     complete_in_epoch: AtomicU64,
     loop_handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Writes made but not yet committed, in the order they were made.
+    submitted: Mutex<Vec<Submitted>>,
+}
+
+/// A write waiting for its transaction, and who to tell when it is durable.
+struct Submitted {
+    m: Mutation,
+    done: tokio::sync::oneshot::Sender<Result<Mutation>>,
 }
 
 /// A sync engine for one server and one local database.
@@ -418,6 +427,7 @@ impl Engine {
                 last_boot_check: Mutex::new(None),
                 complete_in_epoch: AtomicU64::new(u64::MAX),
                 loop_handle: Mutex::new(None),
+                submitted: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -451,19 +461,32 @@ impl Engine {
 
     // ---------------------------------------------------------------- reads
 
-    pub fn list_json(&self, entity: &str) -> Arc<str> {
-        self.inner.state.write().unwrap().replica.list_json(entity)
+    /// The visible rows of `entity` as one JSON array, in id order.
+    pub fn list_json(&self, entity: &str) -> String {
+        self.inner.state.read().unwrap().replica.list_json(entity)
     }
 
-    pub fn list(&self, entity: &str) -> Arc<Vec<Arc<Row>>> {
-        self.inner.state.write().unwrap().replica.list(entity)
+    /// The visible rows of `entity`, in id order, parsed.
+    pub fn list(&self, entity: &str) -> Vec<Row> {
+        let rows = self.inner.state.read().unwrap().replica.list(entity);
+        rows.iter().map(RowText::parse).collect()
     }
 
-    /// A visible row. A temporary id the server has since named still finds its row.
-    pub fn get(&self, entity: &str, id: &str) -> Option<Arc<Row>> {
+    /// How many rows of `entity` are visible.
+    pub fn count(&self, entity: &str) -> usize {
+        self.inner.state.read().unwrap().replica.count(entity)
+    }
+
+    /// A visible row as JSON text. A temporary id the server has since named still finds its row.
+    pub fn get_json(&self, entity: &str, id: &str) -> Option<RowText> {
         let st = self.inner.state.read().unwrap();
         let id = st.aliases.get(id).map_or(id, String::as_str);
         st.replica.get(entity, id)
+    }
+
+    /// A visible row, parsed (see [`Engine::get_json`]).
+    pub fn get(&self, entity: &str, id: &str) -> Option<Row> {
+        self.get_json(entity, id).map(|r| r.parse())
     }
 
     /// Changes whenever the visible rows of `entity` change.
@@ -910,36 +933,48 @@ impl Engine {
     // ---------------------------------------------------------------- writes
 
     /// Optimistic insert: returns the temporary id once the write is durable.
-    pub async fn insert(&self, entity: &str, data: Row) -> Result<String> {
-        check_entity(entity)?;
+    // Writes take their place in the queue when they are called, not when
+    // their future first runs: calls made one after another without awaiting
+    // are sent in that order. The future resolves once the write is in SQLite.
+
+    /// Inserts a row under a temporary id (returned), replaced by the server's id once acknowledged.
+    pub fn insert(&self, entity: &str, data: Row) -> impl Future<Output = Result<String>> + Send + 'static {
         let temp = format!("{TEMP_PREFIX}{}_{}", now_ms(), random_suffix());
         let mut data = data;
         data.remove("id");
-        self.enqueue(entity, &temp, Kind::Insert, Some(data)).await?;
-        Ok(temp)
+        let queued = check_entity(entity).and_then(|()| self.submit(entity, &temp, Kind::Insert, Some(data)));
+        async move { queued?.await.map(|()| temp) }
     }
 
-    pub async fn update(&self, entity: &str, id: &str, patch: Row) -> Result<()> {
-        check_entity(entity)?;
-        check_id(id)?;
+    pub fn update(&self, entity: &str, id: &str, patch: Row) -> impl Future<Output = Result<()>> + Send + 'static {
         let mut patch = patch;
         patch.remove("id");
-        if patch.is_empty() {
-            return Err(Error::InvalidArg("update needs at least one field to change".into()));
-        }
-        self.enqueue(entity, id, Kind::Update, Some(patch)).await
+        let queued = check_entity(entity).and_then(|()| check_id(id)).and_then(|()| {
+            if patch.is_empty() {
+                return Err(Error::InvalidArg("update needs at least one field to change".into()));
+            }
+            self.submit(entity, id, Kind::Update, Some(patch))
+        });
+        async move { queued?.await }
     }
 
-    pub async fn delete(&self, entity: &str, id: &str) -> Result<()> {
-        check_entity(entity)?;
-        check_id(id)?;
-        self.enqueue(entity, id, Kind::Delete, None).await
+    pub fn delete(&self, entity: &str, id: &str) -> impl Future<Output = Result<()>> + Send + 'static {
+        let queued =
+            check_entity(entity).and_then(|()| check_id(id)).and_then(|()| self.submit(entity, id, Kind::Delete, None));
+        async move { queued?.await }
     }
 
-    async fn enqueue(&self, entity: &str, row_id: &str, kind: Kind, data: Option<Row>) -> Result<()> {
+    /// Puts a write in line now; the returned future commits it (with any
+    /// others waiting: one transaction for a burst) and waits until it is durable.
+    fn submit(
+        &self,
+        entity: &str,
+        row_id: &str,
+        kind: Kind,
+        data: Option<Row>,
+    ) -> Result<impl Future<Output = Result<()>> + Send + 'static> {
         self.check_open()?;
-        self.load().await?;
-        let mut m = Mutation {
+        let m = Mutation {
             id: format!("mut_{}_{}", now_ms(), random_suffix()),
             order: 0,
             identity: String::new(),
@@ -953,37 +988,84 @@ impl Engine {
             created_at: now_ms(),
             sent: None,
         };
-        let m = self
-            .with_db(move |me, db| {
+        let id = m.id.clone();
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.inner.submitted.lock().unwrap().push(Submitted { m, done });
+        let me = self.clone();
+        Ok(async move {
+            let committed = match me.load().await {
+                Ok(()) => me.commit_submitted().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = committed {
+                // nobody committed it: take it back, so it can never be written after this error
+                let mut waiting = me.inner.submitted.lock().unwrap();
+                if let Some(i) = waiting.iter().position(|s| s.m.id == id) {
+                    waiting.remove(i);
+                    return Err(e);
+                }
+            }
+            answer.await.map_err(|_| Error::Closed)?.map(|_| ())
+        })
+    }
+
+    /// Commits every submitted write in one transaction, then makes them visible.
+    async fn commit_submitted(&self) -> Result<()> {
+        let batch = self
+            .with_db(|me, db| {
+                let mut batch = std::mem::take(&mut *me.inner.submitted.lock().unwrap());
+                if batch.is_empty() {
+                    return Ok(Vec::new());
+                }
                 {
                     // a temporary id the server has since named (the caller kept
                     // what insert() returned) means that row; checked under the
                     // database lock, so an acknowledgement cannot slip in between
                     let st = me.inner.state.read().unwrap();
-                    m.identity = st.queue_key.clone();
-                    if let Some(server) = st.aliases.get(&m.row_id) {
-                        m.row_id = server.clone();
-                    }
-                    for v in m.data.iter_mut().flat_map(|d| d.values_mut()) {
-                        if let Some(server) = v.as_str().and_then(|s| st.aliases.get(s)) {
-                            *v = Value::String(server.clone());
+                    for Submitted { m, .. } in &mut batch {
+                        m.identity = st.queue_key.clone();
+                        if let Some(server) = st.aliases.get(&m.row_id) {
+                            m.row_id = server.clone();
+                        }
+                        for v in m.data.iter_mut().flat_map(|d| d.values_mut()) {
+                            if let Some(server) = v.as_str().and_then(|s| st.aliases.get(s)) {
+                                *v = Value::String(server.clone());
+                            }
                         }
                     }
                 }
-                db.write(|w| w.add_mutation(&mut m))?;
+                if let Err(e) = db.write(|w| batch.iter_mut().try_for_each(|s| w.add_mutation(&mut s.m))) {
+                    for s in batch {
+                        let _ = s.done.send(Err(e.clone()));
+                    }
+                    return Ok(Vec::new());
+                }
                 let mut st = me.inner.state.write().unwrap();
-                if m.identity == st.queue_key {
-                    st.queue.push(m.clone());
-                    let State { replica, queue, .. } = &mut *st;
-                    replica.refresh(&m.entity, &m.row_id, queue);
+                for Submitted { m, .. } in &batch {
+                    if m.identity == st.queue_key {
+                        st.queue.push(m.clone());
+                        let State { replica, queue, .. } = &mut *st;
+                        replica.refresh(&m.entity, &m.row_id, queue);
+                    }
                 }
                 me.refresh_counts(&mut st);
-                Ok(m)
+                Ok(batch)
             })
             .await?;
-        self.emit(Event::Change { entities: vec![m.entity.clone()] });
-        self.emit(Event::Mutation { status: "pending", mutation: m });
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut entities: Vec<String> = batch.iter().map(|s| s.m.entity.clone()).collect();
+        entities.sort();
+        entities.dedup();
+        self.emit(Event::Change { entities });
+        for s in &batch {
+            self.emit(Event::Mutation { status: "pending", mutation: s.m.clone() });
+        }
         self.kick();
+        for s in batch {
+            let _ = s.done.send(Ok(s.m));
+        }
         Ok(())
     }
 
@@ -1156,12 +1238,18 @@ impl Engine {
             .collect();
         match self.inner.api.batch(token, &writes).await {
             Ok(outcomes) => {
-                for (m, outcome) in run.iter().zip(outcomes) {
+                // accepted writes are recorded together, refused ones in their place
+                let mut accepted = Vec::new();
+                for (m, outcome) in run.into_iter().zip(outcomes) {
                     match outcome {
-                        Ok(server_id) => self.applied(m, server_id).await?,
-                        Err(e) => self.fail(m, refusal(&e)).await?,
+                        Ok(server_id) => accepted.push((m, server_id)),
+                        Err(e) => {
+                            self.applied_all(std::mem::take(&mut accepted)).await?;
+                            self.fail(&m, refusal(&e)).await?;
+                        }
                     }
                 }
+                self.applied_all(accepted).await?;
                 Ok(true)
             }
             Err(e) if e.is_transient() => self.retry_later(run[0].clone(), e).await.map(|_| true),
@@ -1223,95 +1311,145 @@ impl Engine {
     /// server's row in one step: on disk, in memory and in every queued
     /// mutation that names the temporary id.
     async fn applied(&self, m: &Mutation, server_id: Option<String>) -> Result<()> {
-        let m2 = m.clone();
-        let sid_for_event = server_id.clone();
-        let entities = self
-            .with_db(move |me, db| {
-                let m = m2;
-                let target = server_id.clone().unwrap_or_else(|| m.row_id.clone());
-                // plan from the current state, persist, then change memory
-                let (base_row, changed) = {
-                    let st = me.inner.state.read().unwrap();
-                    // the server accepted the write: the stored row becomes what we sent,
-                    // until the server's own event replaces it (events of a
-                    // policy-governed entity may never come, see docs/compat.md)
-                    let base = st.replica.base(&m.entity, server_id.as_deref().unwrap_or(&m.row_id));
-                    let base_row = match (&server_id, m.kind, base) {
-                        (Some(sid), Kind::Insert, None) => {
-                            let mut row = m.data.clone().unwrap_or_default();
-                            row.insert("id".into(), Value::String(sid.clone()));
-                            Some(BaseRow { seq: 0, data: Some(Arc::new(row)) })
-                        }
-                        (None, Kind::Update, Some(BaseRow { seq, data: Some(data) })) => {
-                            let mut row = (**data).clone();
-                            for (f, v) in m.data.iter().flatten().filter(|(f, _)| *f != "id") {
-                                row.insert(f.clone(), v.clone());
-                            }
-                            Some(BaseRow { seq: *seq, data: Some(Arc::new(row)) })
-                        }
-                        (None, Kind::Delete, Some(b)) => Some(BaseRow { seq: b.seq, data: None }),
-                        _ => None,
-                    };
-                    let changed: Vec<Mutation> = match &server_id {
-                        Some(sid) => {
-                            st.queue.remapped(&m.entity, &m.row_id, sid).into_iter().filter(|c| c.id != m.id).collect()
-                        }
-                        None => Vec::new(),
-                    };
-                    (base_row, changed)
-                };
-                db.write(|w| {
-                    w.delete_mutation(&m.id)?;
-                    if let (Some(sid), Kind::Insert) = (&server_id, m.kind) {
-                        w.set_alias(&m.row_id, sid)?;
-                    }
-                    if let Some(row) = &base_row {
-                        let (entity, id, seq) = (m.entity.clone(), target.clone(), row.seq);
-                        w.effects(&[match &row.data {
-                            Some(data) => Effect::Put { entity, id, seq, data: data.clone() },
-                            None => Effect::Tombstone { entity, id, seq },
-                        }])?;
-                    }
-                    for c in &changed {
-                        w.save_mutation(c)?;
-                    }
-                    Ok(())
-                })?;
-                let mut st = me.inner.state.write().unwrap();
-                st.queue.remove(&m.id);
-                if let (Some(sid), Kind::Insert) = (&server_id, m.kind) {
-                    st.aliases.insert(m.row_id.clone(), sid.clone());
-                }
-                for c in &changed {
-                    st.queue.replace(c.clone());
-                }
-                if let Some(row) = base_row {
-                    st.replica.put_base(&m.entity, &target, row);
-                }
-                let State { replica, queue, .. } = &mut *st;
-                replica.refresh(&m.entity, &m.row_id, queue);
-                if let Some(sid) = &server_id {
-                    replica.refresh(&m.entity, sid, queue);
-                }
-                let mut entities = vec![m.entity.clone()];
-                for c in &changed {
-                    replica.refresh(&c.entity, &c.row_id, queue);
-                    if !entities.contains(&c.entity) {
-                        entities.push(c.entity.clone());
-                    }
-                }
-                replica.bump(&entities);
-                me.refresh_counts(&mut st);
-                Ok(entities)
-            })
-            .await?;
-        let mut done = m.clone();
-        if let Some(sid) = sid_for_event {
-            done.row_id = sid;
+        self.applied_all(vec![(m.clone(), server_id)]).await
+    }
+
+    /// Several acknowledgements (a batch's), committed together: one
+    /// transaction per run of acknowledgements that do not touch each other.
+    async fn applied_all(&self, acks: Vec<(Mutation, Option<String>)>) -> Result<()> {
+        let mut acks = acks;
+        while !acks.is_empty() {
+            let (done, entities) = self.with_db(move |me, db| Ok(me.applied_run(db, acks))).await??;
+            acks = done.1;
+            self.emit(Event::Change { entities });
+            for m in done.0 {
+                self.emit(Event::Mutation { status: "applied", mutation: m });
+            }
         }
-        self.emit(Event::Change { entities });
-        self.emit(Event::Mutation { status: "applied", mutation: done });
         Ok(())
+    }
+
+    /// Commits the longest leading run of `acks` whose rows and dependent
+    /// mutations are disjoint (each is planned from the state before the run),
+    /// and returns the acknowledged mutations (under their server ids), the
+    /// acknowledgements left, and the entities that changed.
+    #[allow(clippy::type_complexity)]
+    fn applied_run(
+        &self,
+        db: &mut Db,
+        acks: Vec<(Mutation, Option<String>)>,
+    ) -> Result<((Vec<Mutation>, Vec<(Mutation, Option<String>)>), Vec<String>)> {
+        struct Planned {
+            m: Mutation,
+            server_id: Option<String>,
+            target: String,
+            base_row: Option<BaseRow>,
+            changed: Vec<Mutation>,
+        }
+        let mut plans: Vec<Planned> = Vec::new();
+        let mut acks = acks.into_iter().peekable();
+        {
+            let st = self.inner.state.read().unwrap();
+            let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
+            let mut dependents: BTreeSet<String> = BTreeSet::new();
+            while let Some((m, server_id)) = acks.peek() {
+                let target = server_id.clone().unwrap_or_else(|| m.row_id.clone());
+                // the server accepted the write: the stored row becomes what we sent,
+                // until the server's own event replaces it (events of a
+                // policy-governed entity may never come, see docs/compat.md)
+                let base = st.replica.base(&m.entity, &target);
+                let base_row = match (server_id, m.kind, base) {
+                    (Some(sid), Kind::Insert, None) => {
+                        let mut row = m.data.clone().unwrap_or_default();
+                        row.insert("id".into(), Value::String(sid.clone()));
+                        Some(BaseRow { seq: 0, data: Some(RowText::new(&row)) })
+                    }
+                    (None, Kind::Update, Some(BaseRow { seq, data: Some(data) })) => {
+                        let mut row = data.parse();
+                        for (f, v) in m.data.iter().flatten().filter(|(f, _)| *f != "id") {
+                            row.insert(f.clone(), v.clone());
+                        }
+                        Some(BaseRow { seq: *seq, data: Some(RowText::new(&row)) })
+                    }
+                    (None, Kind::Delete, Some(b)) => Some(BaseRow { seq: b.seq, data: None }),
+                    _ => None,
+                };
+                let changed: Vec<Mutation> = match server_id {
+                    Some(sid) => {
+                        st.queue.remapped(&m.entity, &m.row_id, sid).into_iter().filter(|c| c.id != m.id).collect()
+                    }
+                    None => Vec::new(),
+                };
+                let keys = [(m.entity.clone(), m.row_id.clone()), (m.entity.clone(), target.clone())];
+                let overlaps = keys.iter().any(|k| touched.contains(k))
+                    || changed.iter().any(|c| dependents.contains(&c.id))
+                    || dependents.contains(&m.id);
+                if overlaps && !plans.is_empty() {
+                    break;
+                }
+                touched.extend(keys);
+                dependents.extend(changed.iter().map(|c| c.id.clone()));
+                let (m, server_id) = acks.next().unwrap();
+                plans.push(Planned { m, server_id, target, base_row, changed });
+            }
+        }
+        // persist, then change memory
+        db.write(|w| {
+            for p in &plans {
+                w.delete_mutation(&p.m.id)?;
+                if let (Some(sid), Kind::Insert) = (&p.server_id, p.m.kind) {
+                    w.set_alias(&p.m.row_id, sid)?;
+                }
+                if let Some(row) = &p.base_row {
+                    let (entity, id, seq) = (p.m.entity.clone(), p.target.clone(), row.seq);
+                    w.effects(&[match &row.data {
+                        Some(data) => Effect::Put { entity, id, seq, data: data.clone() },
+                        None => Effect::Tombstone { entity, id, seq },
+                    }])?;
+                }
+                for c in &p.changed {
+                    w.save_mutation(c)?;
+                }
+            }
+            Ok(())
+        })?;
+        let mut st = self.inner.state.write().unwrap();
+        let mut entities: Vec<String> = Vec::new();
+        let mut done = Vec::with_capacity(plans.len());
+        for p in plans {
+            let m = p.m;
+            st.queue.remove(&m.id);
+            if let (Some(sid), Kind::Insert) = (&p.server_id, m.kind) {
+                st.aliases.insert(m.row_id.clone(), sid.clone());
+            }
+            for c in &p.changed {
+                st.queue.replace(c.clone());
+            }
+            if let Some(row) = p.base_row {
+                st.replica.put_base(&m.entity, &p.target, row);
+            }
+            let State { replica, queue, .. } = &mut *st;
+            replica.refresh(&m.entity, &m.row_id, queue);
+            if let Some(sid) = &p.server_id {
+                replica.refresh(&m.entity, sid, queue);
+            }
+            for e in std::iter::once(&m.entity).chain(p.changed.iter().map(|c| &c.entity)) {
+                if !entities.contains(e) {
+                    entities.push(e.clone());
+                }
+            }
+            for c in &p.changed {
+                replica.refresh(&c.entity, &c.row_id, queue);
+            }
+            let mut m = m;
+            if let Some(sid) = p.server_id {
+                m.row_id = sid;
+            }
+            done.push(m);
+        }
+        st.replica.bump(&entities);
+        self.refresh_counts(&mut st);
+        Ok(((done, acks.collect()), entities))
     }
 
     // ------------------------------------------------------------------ pull
@@ -1407,7 +1545,7 @@ impl Engine {
             for m in missing {
                 if let Some(mut row) = self.inner.api.get(token.as_deref(), &m.entity, &m.id).await? {
                     row.insert("id".into(), Value::String(m.id.clone()));
-                    effects.push(Effect::Put { entity: m.entity, id: m.id, seq: m.seq, data: Arc::new(row) });
+                    effects.push(Effect::Put { entity: m.entity, id: m.id, seq: m.seq, data: RowText::new(&row) });
                 }
             }
         }
@@ -1515,7 +1653,12 @@ impl Engine {
                     w.clear_entity(entity)?;
                     let effects: Vec<Effect> = rows
                         .iter()
-                        .map(|(id, r)| Effect::Put { entity: entity.clone(), id: id.clone(), seq: 0, data: r.clone() })
+                        .map(|(id, r)| Effect::Put {
+                            entity: entity.clone(),
+                            id: id.clone(),
+                            seq: 0,
+                            data: RowText::new(r),
+                        })
                         .collect();
                     w.effects(&effects)?;
                 }
@@ -1526,7 +1669,9 @@ impl Engine {
             for (entity, rows) in snap.rows {
                 tables.insert(
                     entity,
-                    rows.into_iter().map(|(id, data)| (id, BaseRow { seq: 0, data: Some(data) })).collect(),
+                    rows.into_iter()
+                        .map(|(id, data)| (id, BaseRow { seq: 0, data: Some(RowText::new(&data)) }))
+                        .collect(),
                 );
             }
             let mut st = me.inner.state.write().unwrap();

@@ -21,4 +21,5 @@ pub use error::{Error, Result};
 pub use protocol::{ChangeEvent, Cursor, Hydration, Kind, Row, Session};
 pub use queue::{Mutation, MutationError, Status as MutationStatus};
 pub use realtime::{ConnState, Connection, Peer};
+pub use replica::RowText;
 pub use transport::{BinaryFrame, BinaryHeader, Liveness, Which};

@@ -65,7 +65,7 @@ pub fn find_applied(replica: &Replica, witness: &Witness, m: &Mutation) -> Optio
     seen.or_else(|| {
         replica
             .base_after(&m.entity, after)
-            .find(|(_, row)| row.data.as_deref().is_some_and(|stored| same_row(data, stored)))
+            .find(|(_, row)| row.data.as_ref().is_some_and(|stored| same_row(data, &stored.parse())))
             .map(|(id, _)| id.clone())
     })
 }
@@ -90,13 +90,11 @@ fn same_value(sent: &Value, stored: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::json;
 
     use super::*;
     use crate::queue::{Queue, Sent, Status};
-    use crate::replica::Effect;
+    use crate::replica::{Effect, RowText};
 
     fn row(v: Value) -> Row {
         v.as_object().unwrap().clone()
@@ -118,7 +116,7 @@ mod tests {
             entity: "Todo".into(),
             id: id.into(),
             seq: 1,
-            data: Arc::new(row(json!({ "id": id, "title": title }))),
+            data: RowText::new(&row(json!({ "id": id, "title": title }))),
         };
         // "milk" existed before we sent (id 0001); ours would be newer
         replica.commit(&[put("0001", "milk"), put("0002", "bread")], &Queue::default());

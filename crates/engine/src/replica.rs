@@ -10,19 +10,50 @@ use serde_json::Value;
 use crate::protocol::{ChangeEvent, Kind, Row};
 use crate::queue::{project, Queue};
 
+/// A row held as its compact JSON text (`id` included). Text takes a
+/// fraction of the memory of a parsed map, loads from SQLite without parsing,
+/// and is what JavaScript reads; it is parsed only to patch or compare it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RowText(Arc<str>);
+
+impl RowText {
+    pub fn new(row: &Row) -> RowText {
+        RowText(serde_json::to_string(row).expect("rows serialize").into())
+    }
+
+    /// Text this program wrote (the replica's own table); not validated again.
+    pub fn stored(text: String) -> RowText {
+        RowText(text.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn parse(&self) -> Row {
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for RowText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A server row, or a tombstone (`data: None`) that remembers the delete's seq.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BaseRow {
     /// Seq of the last change applied to it; 0 for rows from a snapshot-less
     /// source (hydration, an acknowledged local insert) that any event may replace.
     pub seq: u64,
-    pub data: Option<Arc<Row>>,
+    pub data: Option<RowText>,
 }
 
 /// A durable change to the server rows, planned before it is persisted.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    Put { entity: String, id: String, seq: u64, data: Arc<Row> },
+    Put { entity: String, id: String, seq: u64, data: RowText },
     Tombstone { entity: String, id: String, seq: u64 },
 }
 
@@ -51,21 +82,40 @@ pub struct Missing {
 struct Table {
     base: BTreeMap<String, BaseRow>,
     /// Rows whose visible state differs from `base` because of pending writes.
-    overlay: BTreeMap<String, Option<Arc<Row>>>,
+    overlay: BTreeMap<String, Option<RowText>>,
     version: u64,
-    visible: Option<Arc<Vec<Arc<Row>>>>,
-    json: Option<Arc<str>>,
 }
 
 impl Table {
     fn touch(&mut self) {
         self.version += 1;
-        self.visible = None;
-        self.json = None;
     }
 
-    fn base_row(&self, id: &str) -> Option<&Row> {
-        self.base.get(id).and_then(|b| b.data.as_deref())
+    fn base_row(&self, id: &str) -> Option<&RowText> {
+        self.base.get(id).and_then(|b| b.data.as_ref())
+    }
+
+    /// Visible rows in id order: stored rows with pending writes laid over
+    /// them (rows that exist only locally sort in by id).
+    fn visible(&self) -> impl Iterator<Item = &RowText> {
+        let mut overlay = self.overlay.iter().peekable();
+        let mut base = self.base.iter().peekable();
+        std::iter::from_fn(move || loop {
+            let next = match (base.peek(), overlay.peek()) {
+                (None, None) => return None,
+                (Some((bid, _)), Some((oid, _))) if oid <= bid => {
+                    if oid == bid {
+                        base.next();
+                    }
+                    overlay.next().unwrap().1.as_ref()
+                }
+                (Some(_), _) => base.next().unwrap().1.data.as_ref(),
+                (None, Some(_)) => overlay.next().unwrap().1.as_ref(),
+            };
+            if next.is_some() {
+                return next;
+            }
+        })
     }
 }
 
@@ -109,7 +159,7 @@ impl Replica {
     }
 
     /// Visible row.
-    pub fn get(&self, entity: &str, id: &str) -> Option<Arc<Row>> {
+    pub fn get(&self, entity: &str, id: &str) -> Option<RowText> {
         let t = self.tables.get(entity)?;
         match t.overlay.get(id) {
             Some(v) => v.clone(),
@@ -138,41 +188,32 @@ impl Replica {
     }
 
     /// Visible rows ordered by id (server ids are time-ordered; temporary ids sort last).
-    pub fn list(&mut self, entity: &str) -> Arc<Vec<Arc<Row>>> {
-        let Some(t) = self.tables.get_mut(entity) else {
-            return Arc::new(Vec::new());
-        };
-        if let Some(v) = &t.visible {
-            return v.clone();
-        }
-        let mut rows = Vec::with_capacity(t.base.len() + t.overlay.len());
-        let mut overlay = t.overlay.iter().peekable();
-        for (id, b) in &t.base {
-            // rows that exist only locally (pending inserts) sort in by id
-            while let Some((_, o)) = overlay.next_if(|(oid, _)| oid.as_str() < id.as_str()) {
-                rows.extend(o.clone());
-            }
-            match overlay.next_if(|(oid, _)| *oid == id) {
-                Some((_, o)) => rows.extend(o.clone()),
-                None => rows.extend(b.data.clone()),
-            }
-        }
-        rows.extend(overlay.filter_map(|(_, o)| o.clone()));
-        let rows = Arc::new(rows);
-        t.visible = Some(rows.clone());
-        rows
+    pub fn list(&self, entity: &str) -> Vec<RowText> {
+        self.tables.get(entity).map_or_else(Vec::new, |t| t.visible().cloned().collect())
     }
 
-    /// Visible rows as one JSON array, cached until the entity changes.
-    pub fn list_json(&mut self, entity: &str) -> Arc<str> {
-        if let Some(j) = self.tables.get(entity).and_then(|t| t.json.clone()) {
-            return j;
+    /// Number of visible rows.
+    pub fn count(&self, entity: &str) -> usize {
+        self.tables.get(entity).map_or(0, |t| t.visible().count())
+    }
+
+    /// Visible rows as one JSON array, built from the rows' text (no parsing).
+    /// Not cached: readers cache per version, and a copy here would double
+    /// the memory of the replica.
+    pub fn list_json(&self, entity: &str) -> String {
+        let Some(t) = self.tables.get(entity) else {
+            return "[]".into();
+        };
+        let size: usize = t.base.values().filter_map(|b| b.data.as_ref()).map(|r| r.as_str().len() + 1).sum();
+        let mut json = String::with_capacity(size + 2 + t.overlay.len() * 64);
+        json.push('[');
+        for (i, row) in t.visible().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(row.as_str());
         }
-        let rows = self.list(entity);
-        let json: Arc<str> = serde_json::to_string(&*rows).expect("rows serialize").into();
-        if let Some(t) = self.tables.get_mut(entity) {
-            t.json = Some(json.clone());
-        }
+        json.push(']');
         json
     }
 
@@ -195,17 +236,17 @@ impl Replica {
                 (Kind::Insert, Some(data)) => {
                     let mut row = data.clone();
                     row.insert("id".into(), Value::String(ev.row_id.clone()));
-                    BaseRow { seq: ev.seq, data: Some(Arc::new(row)) }
+                    BaseRow { seq: ev.seq, data: Some(RowText::new(&row)) }
                 }
-                (Kind::Update, Some(patch)) => match current.as_ref().and_then(|c| c.data.as_deref()) {
+                (Kind::Update, Some(patch)) => match current.as_ref().and_then(|c| c.data.as_ref()) {
                     Some(row) => {
-                        let mut row = row.clone();
+                        let mut row = row.parse();
                         for (f, v) in patch {
                             if f != "id" {
                                 row.insert(f.clone(), v.clone());
                             }
                         }
-                        BaseRow { seq: ev.seq, data: Some(Arc::new(row)) }
+                        BaseRow { seq: ev.seq, data: Some(RowText::new(&row)) }
                     }
                     None => {
                         if current.is_none() {
@@ -266,12 +307,12 @@ impl Replica {
             }
             return;
         }
-        let base = t.base_row(id).cloned();
+        let base = t.base_row(id).map(RowText::parse);
         let visible = project(base.as_ref(), id, queue.pending_for(entity, id));
         if visible == base {
             t.overlay.remove(id);
         } else {
-            t.overlay.insert(id.to_string(), visible.map(Arc::new));
+            t.overlay.insert(id.to_string(), visible.as_ref().map(RowText::new));
         }
         t.touch();
     }
@@ -353,7 +394,7 @@ mod tests {
     }
 
     fn title(r: &Replica, id: &str) -> Option<Value> {
-        r.get("Todo", id).map(|row| row["title"].clone())
+        r.get("Todo", id).map(|row| row.parse()["title"].clone())
     }
 
     #[test]
@@ -380,8 +421,8 @@ mod tests {
                 ev(4, "b", Kind::Delete, None),
             ],
         );
-        assert_eq!(r.get("Todo", "a").unwrap()["done"], true);
-        assert_eq!(r.get("Todo", "a").unwrap()["id"], "a");
+        assert_eq!(r.get("Todo", "a").unwrap().parse()["done"], true);
+        assert_eq!(r.get("Todo", "a").unwrap().parse()["id"], "a");
         assert!(r.get("Todo", "b").is_none());
         assert_eq!(r.list("Todo").len(), 1);
     }
@@ -463,17 +504,17 @@ mod tests {
         apply(&mut r, &q, &[ev(1, "a", Kind::Insert, Some(json!({ "title": "server", "done": false })))]);
         q.push(mutation(1, "a", Kind::Update, Some(json!({ "done": true }))));
         r.refresh("Todo", "a", &q);
-        assert_eq!(r.get("Todo", "a").unwrap()["done"], true);
+        assert_eq!(r.get("Todo", "a").unwrap().parse()["done"], true);
         // a server change to another field merges under the pending write
         apply(&mut r, &q, &[ev(2, "a", Kind::Update, Some(json!({ "title": "renamed" })))]);
-        let row = r.get("Todo", "a").unwrap();
+        let row = r.get("Todo", "a").unwrap().parse();
         assert_eq!((row["title"].clone(), row["done"].clone()), (json!("renamed"), json!(true)));
         // the write fails: its effect goes, the server's state shows
         let mut failed = q.get("m1").unwrap().clone();
         failed.status = Status::Failed;
         q.replace(failed);
         r.refresh("Todo", "a", &q);
-        assert_eq!(r.get("Todo", "a").unwrap()["done"], false);
+        assert_eq!(r.get("Todo", "a").unwrap().parse()["done"], false);
         // a pending delete hides the row
         q.push(mutation(2, "a", Kind::Delete, None));
         r.refresh("Todo", "a", &q);
@@ -494,7 +535,8 @@ mod tests {
         q.push(mutation(2, "_pending_1_x", Kind::Update, Some(json!({ "title": "newer" }))));
         q.push(mutation(3, "other", Kind::Update, Some(json!({ "parent": "_pending_1_x" }))));
         r.rebuild_overlay(&q);
-        let ids: Vec<String> = r.list("Todo").iter().map(|row| row["id"].as_str().unwrap().to_string()).collect();
+        let ids: Vec<String> =
+            r.list("Todo").iter().map(|row| row.parse()["id"].as_str().unwrap().to_string()).collect();
         assert_eq!(ids, vec!["000000000000000018eb00000000000000000001", "_pending_1_x"]);
         assert_eq!(title(&r, "_pending_1_x"), Some(json!("newer")));
         q.remove("m1");
@@ -509,14 +551,23 @@ mod tests {
     }
 
     #[test]
-    fn list_json_is_cached_until_the_entity_changes() {
-        let (mut r, q) = (Replica::new(), Queue::default());
-        apply(&mut r, &q, &[ev(1, "a", Kind::Insert, Some(json!({ "title": "x" })))]);
-        let first = r.list_json("Todo");
-        assert!(Arc::ptr_eq(&first, &r.list_json("Todo")));
+    fn list_json_lays_pending_writes_over_stored_rows_in_id_order() {
+        let (mut r, mut q) = (Replica::new(), Queue::default());
+        apply(
+            &mut r,
+            &q,
+            &[ev(1, "b", Kind::Insert, Some(json!({ "t": 1 }))), ev(2, "d", Kind::Insert, Some(json!({ "t": 2 })))],
+        );
+        assert_eq!(r.list_json("Todo"), r#"[{"t":1,"id":"b"},{"t":2,"id":"d"}]"#);
         let v = r.entity_version("Todo");
-        apply(&mut r, &q, &[ev(2, "a", Kind::Update, Some(json!({ "title": "y" })))]);
+        q.push(mutation(1, "a", Kind::Insert, Some(json!({ "t": 0 }))));
+        q.push(mutation(2, "b", Kind::Delete, None));
+        q.push(mutation(3, "d", Kind::Update, Some(json!({ "t": 3 }))));
+        q.push(mutation(4, "e", Kind::Insert, Some(json!({ "t": 4 }))));
+        r.rebuild_overlay(&q);
         assert!(r.entity_version("Todo") > v);
-        assert!(!Arc::ptr_eq(&first, &r.list_json("Todo")));
+        assert_eq!(r.list_json("Todo"), r#"[{"t":0,"id":"a"},{"t":3,"id":"d"},{"t":4,"id":"e"}]"#);
+        assert_eq!(r.count("Todo"), 3);
+        assert_eq!(r.list_json("Nothing"), "[]");
     }
 }

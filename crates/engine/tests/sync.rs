@@ -440,3 +440,41 @@ async fn the_temporary_id_an_insert_returned_keeps_naming_its_row_after_the_ack(
     e.close().await;
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_made_without_awaiting_keep_their_order_and_are_durable_when_they_resolve() {
+    let srv = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("replica.db");
+    let engine = Engine::new(config(&srv.url, Some(&db))).unwrap();
+    // offline: everything stays queued, so the stored order can be read back
+    let id = engine.insert("Todo", row(json!({ "title": "w-1", "done": false }))).await.unwrap();
+    let writes: Vec<_> =
+        (0..300).map(|n| engine.update("Todo", &id, row(json!({ "title": format!("w{n}") })))).collect();
+    // futures made in this order but run concurrently, last made first
+    let mut tasks = Vec::new();
+    for w in writes.into_iter().rev() {
+        tasks.push(tokio::spawn(w));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(engine.get("Todo", &id).unwrap()["title"], "w299");
+    engine.close().await;
+    let engine = Engine::new(config(&srv.url, Some(&db))).unwrap();
+    engine.start().await.unwrap();
+    eventually("the queue to drain", || engine.mutations().is_empty()).await;
+    let rows = engine.list("Todo");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["title"], "w299", "the last write made is the one that stays");
+    let server_row = rest(
+        &srv.url,
+        reqwest::Method::GET,
+        &format!("/api/entities/Todo/{}", rows[0]["id"].as_str().unwrap()),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(server_row["title"], "w299");
+    engine.close().await;
+    srv.stop().await;
+}
