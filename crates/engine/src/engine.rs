@@ -931,13 +931,13 @@ impl Engine {
     }
 
     // ---------------------------------------------------------------- writes
-
-    /// Optimistic insert: returns the temporary id once the write is durable.
+    //
     // Writes take their place in the queue when they are called, not when
     // their future first runs: calls made one after another without awaiting
     // are sent in that order. The future resolves once the write is in SQLite.
 
-    /// Inserts a row under a temporary id (returned), replaced by the server's id once acknowledged.
+    /// Optimistic insert under a temporary id (returned once the write is
+    /// durable), replaced by the server's id once acknowledged.
     pub fn insert(&self, entity: &str, data: Row) -> impl Future<Output = Result<String>> + Send + 'static {
         let temp = format!("{TEMP_PREFIX}{}_{}", now_ms(), random_suffix());
         let mut data = data;
