@@ -250,8 +250,12 @@ struct State {
     replica: Replica,
     queue: Queue,
     cursor: u64,
-    /// Entities whose full snapshot is in the replica (the rest need bootstrapping).
-    covered: BTreeSet<String>,
+    /// Entities whose full snapshot is in the replica (the rest need
+    /// bootstrapping), each with the log head its snapshot was read after:
+    /// the snapshot already holds every change up to there, so replaying the
+    /// log (a replica that also follows log-only entities starts from 0)
+    /// skips them. 0 for an entity only the log fills.
+    covered: BTreeMap<String, u64>,
     /// Entities no policy governs: everyone may read every row, so their
     /// stream events can be applied as they arrive (the rest are confirmed by
     /// a pull, which the server filters).
@@ -323,6 +327,15 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+/// The stored `covered` map; a list (schema v1/v2 before snapshot heads)
+/// means heads unknown, which replays everything as before.
+fn parse_covered(text: &str) -> Result<BTreeMap<String, u64>> {
+    match serde_json::from_str::<Value>(text)? {
+        Value::Array(names) => Ok(names.iter().filter_map(Value::as_str).map(|n| (n.to_string(), 0)).collect()),
+        other => Ok(serde_json::from_value(other)?),
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -385,7 +398,7 @@ impl Engine {
             replica: Replica::new(),
             queue: Queue::default(),
             cursor: 0,
-            covered: BTreeSet::new(),
+            covered: BTreeMap::new(),
             open: BTreeSet::new(),
             session: None,
             identity: String::new(),
@@ -546,9 +559,9 @@ impl Engine {
             }
             let stored_fp = db.meta("token_fp")?;
             let identity = db.meta("identity")?.unwrap_or_default();
-            let covered: BTreeSet<String> = match db.meta("covered")? {
-                Some(text) => serde_json::from_str(&text)?,
-                None => BTreeSet::new(),
+            let covered = match db.meta("covered")? {
+                Some(text) => parse_covered(&text)?,
+                None => BTreeMap::new(),
             };
             let fp = fingerprint(me.inner.token.read().unwrap().as_deref());
             let Stored { rows, mutations } = db.load()?;
@@ -1516,7 +1529,7 @@ impl Engine {
                 if e.seq < next {
                     continue;
                 }
-                if usable && e.seq == next && st.open.contains(&e.entity) && st.covered.contains(&e.entity) {
+                if usable && e.seq == next && st.open.contains(&e.entity) && st.covered.contains_key(&e.entity) {
                     next += 1;
                     run.push(e);
                 } else {
@@ -1539,7 +1552,16 @@ impl Engine {
 
     /// Merges server changes (and the new cursor, if any) durably, then in memory.
     pub(crate) async fn apply_changes(&self, changes: Vec<ChangeEvent>, cursor: Option<u64>, epoch: u64) -> Result<()> {
-        let (mut effects, missing) = self.inner.state.read().unwrap().replica.plan(&changes);
+        let (mut effects, missing) = {
+            let st = self.inner.state.read().unwrap();
+            let snapshot_holds = |c: &ChangeEvent| st.covered.get(&c.entity).is_some_and(|head| c.seq <= *head);
+            if changes.iter().any(snapshot_holds) {
+                let fresh: Vec<ChangeEvent> = changes.iter().filter(|c| !snapshot_holds(c)).cloned().collect();
+                st.replica.plan(&fresh)
+            } else {
+                st.replica.plan(&changes)
+            }
+        };
         if !missing.is_empty() {
             let token = self.session_token();
             for m in missing {
@@ -1610,7 +1632,7 @@ impl Engine {
         };
         self.inner.state.write().unwrap().open =
             infos.iter().filter(|i| !i.has_policy).map(|i| i.name.clone()).collect();
-        let wanted: Vec<_> = infos.into_iter().filter(|i| !covered.contains(&i.name)).collect();
+        let wanted: Vec<_> = infos.into_iter().filter(|i| !covered.contains_key(&i.name)).collect();
         if wanted.is_empty() {
             self.inner.complete_in_epoch.store(epoch, Ordering::SeqCst);
             return Ok(());
@@ -1645,19 +1667,24 @@ impl Engine {
                     if adopt_head || (st.cursor == 0 && snap.log_only.is_empty()) { snap.head } else { st.cursor };
                 (cursor, st.covered.clone())
             };
-            covered.extend(entities.iter().cloned());
-            covered.extend(snap.log_only.iter().cloned());
-            let mut tables: BTreeMap<String, BTreeMap<String, BaseRow>> = BTreeMap::new();
+            covered.extend(entities.iter().map(|e| (e.clone(), snap.head)));
+            covered.extend(snap.log_only.iter().map(|e| (e.clone(), 0)));
+            let tables: BTreeMap<String, BTreeMap<String, BaseRow>> = snap
+                .rows
+                .into_iter()
+                .map(|(entity, rows)| {
+                    let rows = rows.into_iter().map(|(id, r)| (id, BaseRow { seq: 0, data: Some(RowText::new(&r)) }));
+                    (entity, rows.collect())
+                })
+                .collect();
             db.write(|w| {
-                for (entity, rows) in &snap.rows {
+                for (entity, rows) in &tables {
                     w.clear_entity(entity)?;
                     let effects: Vec<Effect> = rows
                         .iter()
-                        .map(|(id, r)| Effect::Put {
-                            entity: entity.clone(),
-                            id: id.clone(),
-                            seq: 0,
-                            data: RowText::new(r),
+                        .filter_map(|(id, b)| {
+                            let data = b.data.clone()?;
+                            Some(Effect::Put { entity: entity.clone(), id: id.clone(), seq: 0, data })
                         })
                         .collect();
                     w.effects(&effects)?;
@@ -1666,14 +1693,6 @@ impl Engine {
                 w.set_meta("covered", &serde_json::to_string(&covered)?)?;
                 Ok(())
             })?;
-            for (entity, rows) in snap.rows {
-                tables.insert(
-                    entity,
-                    rows.into_iter()
-                        .map(|(id, data)| (id, BaseRow { seq: 0, data: Some(RowText::new(&data)) }))
-                        .collect(),
-                );
-            }
             let mut st = me.inner.state.write().unwrap();
             st.cursor = cursor;
             st.covered = covered;
