@@ -184,11 +184,13 @@ async fn cold_start(srv: &Handle, db: &std::path::Path, rows: usize, out: &mut V
     // the limit: the same rows read from the same file with rusqlite
     let t = Instant::now();
     let conn = rusqlite::Connection::open(db).unwrap();
-    let mut stmt = conn.prepare("SELECT row_id, data FROM rows").unwrap();
-    let raw: Vec<(String, String)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    let raw: Vec<(String, String)> = {
+        let mut stmt = conn.prepare("SELECT row_id, data FROM rows").unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    };
     let raw_took = t.elapsed();
     assert_eq!(raw.len(), rows);
-    drop((stmt, conn, raw));
+    drop((conn, raw));
     let t = Instant::now();
     let e = Engine::new(config(&srv.url, db)).unwrap();
     e.start().await.unwrap();
@@ -384,6 +386,142 @@ async fn bulk(rows: usize, out: &mut Vec<Row>) {
     srv.stop().await;
 }
 
+/// A real `pylon` on this machine (PROTOCOL.md §16), on a file database; None when it is not installed.
+struct Pylon {
+    url: String,
+    admin: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Pylon {
+    async fn start() -> Option<Pylon> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let path =
+            format!("{}:{}", root.join("node_modules/.bin").display(), std::env::var("PATH").unwrap_or_default());
+        let bin = std::env::var("PYLON_BIN").ok().or_else(|| {
+            std::env::split_paths(&path).map(|d| d.join("pylon")).find(|p| p.exists()).map(|p| p.display().to_string())
+        })?;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(root.join("__test__/fixtures/pylon-app/app.ts"), dir.path().join("app.ts")).unwrap();
+        let port = free_port_triple();
+        let admin = format!("admin-{}", std::process::id());
+        let child = std::process::Command::new(bin)
+            .args(["start", "app.ts", "--port", &port.to_string()])
+            .current_dir(dir.path())
+            .env("PATH", path)
+            .env("PYLON_DEV_MODE", "1")
+            .env("PYLON_DB_PATH", dir.path().join("app.db"))
+            .env("PYLON_JOBS_IN_MEMORY", "1")
+            .env("PYLON_FILES_DIR", dir.path().join("uploads"))
+            .env("PYLON_ADMIN_TOKEN", &admin)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..600 {
+            if reqwest::get(format!("{url}/health")).await.is_ok_and(|r| r.status().is_success()) {
+                return Some(Pylon { url, admin, child, _dir: dir });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Pylon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port whose next two are free too (the server listens on three).
+fn free_port_triple() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < 65000 && (1..3).all(|d| std::net::TcpListener::bind(("127.0.0.1", p + d)).is_ok()) {
+            return p;
+        }
+    }
+}
+
+/// The keyset pages of `Todo` fetched one after another by a bare client;
+/// returns the time and the rows.
+async fn fetch_pages(http: &reqwest::Client, url: &str) -> (Duration, usize) {
+    let t = Instant::now();
+    let (mut after, mut n): (Option<String>, usize) = (None, 0);
+    loop {
+        let mut filter = json!({ "$order": { "id": "asc" }, "$limit": 2000 });
+        if let Some(a) = &after {
+            filter["id"] = json!({ "$gt": a });
+        }
+        let body =
+            http.post(format!("{url}/api/query/Todo")).json(&filter).send().await.unwrap().bytes().await.unwrap();
+        let rows: Vec<Map<String, Value>> = serde_json::from_slice(&body).unwrap();
+        n += rows.len();
+        after = rows.last().and_then(|r| r["id"].as_str()).map(str::to_string);
+        if rows.len() < 2000 {
+            return (t.elapsed(), n);
+        }
+    }
+}
+
+/// 2: bootstrap from the real server, beyond its 10,000-event log.
+async fn real_server(rows: usize, out: &mut Vec<Row>) {
+    let Some(pylon) = Pylon::start().await else {
+        out.push(Row {
+            what: format!("2 bootstrap {rows} rows from the real pylon"),
+            value: "skipped: pylon is not installed".into(),
+            limit: "—".into(),
+            ratio: "—".into(),
+        });
+        return;
+    };
+    let http = reqwest::Client::new();
+    for start in (0..rows).step_by(1000) {
+        let ops: Vec<Value> = (start..(start + 1000).min(rows))
+            .map(|i| json!({ "op": "insert", "entity": "Todo", "data": { "title": format!("row {i} {}", "x".repeat(150)), "done": false, "userId": format!("user_{i}") } }))
+            .collect();
+        let res = http
+            .post(format!("{}/api/batch", pylon.url))
+            .bearer_auth(&pylon.admin)
+            .json(&json!({ "operations": ops }))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "seeding the real server: {}", res.status());
+    }
+    // the limits: the same pages by a bare client, on one kept-alive connection and on fresh ones
+    let (kept, n) = fetch_pages(&reqwest::Client::new(), &pylon.url).await;
+    assert_eq!(n, rows);
+    let fresh_client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let (fresh, _) = fetch_pages(&fresh_client, &pylon.url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::new(config(&pylon.url, &dir.path().join("r.db"))).unwrap();
+    let t = Instant::now();
+    e.start().await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(e.count("Todo"), rows, "every row, beyond the 10,000-event log");
+    out.push(Row {
+        what: format!("2 bootstrap {rows} rows from the real pylon"),
+        value: format!("{:.0} ms, {:.0} rows/s", ms(took), rows as f64 / took.as_secs_f64()),
+        limit: format!(
+            "bare client fetching the pages: {:.0} ms on new connections, {:.0} ms on one kept-alive connection",
+            ms(fresh),
+            ms(kept)
+        ),
+        ratio: format!(
+            "{:.0} % of the time is the server answering the pages (target ≥ 100,000 rows/s)",
+            100.0 * fresh.as_secs_f64() / took.as_secs_f64()
+        ),
+    });
+    e.close().await;
+}
+
 /// Bootstrap of `rows` rows spread evenly over `n` entities.
 async fn entities(n: usize, rows: usize, out: &mut Vec<Row>) {
     let names: Vec<String> = (0..n).map(|i| format!("E{i}")).collect();
@@ -421,22 +559,38 @@ async fn main() {
         .nth(1)
         .map(|a| a.split(',').filter_map(|n| n.parse().ok()).collect())
         .unwrap_or_else(|| vec![10_000, 100_000, 1_000_000]);
+    // a second argument picks parts: sizes,entities,insert,websocket,bulk,real
+    let parts = std::env::args().nth(2).unwrap_or_else(|| "sizes,entities,insert,websocket,bulk,real".into());
+    let part = |p: &str| parts.split(',').any(|x| x == p);
     let mut out = Vec::new();
-    for &rows in &sizes {
-        let srv = spawn(ServerConfig::default()).await.unwrap();
-        let db = bootstrap(&srv, rows, &mut out).await;
-        cold_start(&srv, &db, rows, &mut out).await;
-        srv.stop().await;
-        let _ = std::fs::remove_dir_all(db.parent().unwrap());
+    if part("sizes") {
+        for &rows in &sizes {
+            let srv = spawn(ServerConfig::default()).await.unwrap();
+            let db = bootstrap(&srv, rows, &mut out).await;
+            cold_start(&srv, &db, rows, &mut out).await;
+            srv.stop().await;
+            let _ = std::fs::remove_dir_all(db.parent().unwrap());
+        }
     }
-    for n in [1, 10, 50] {
-        entities(n, 50_000, &mut out).await;
+    if part("entities") {
+        for n in [1, 10, 50] {
+            entities(n, 50_000, &mut out).await;
+        }
     }
     let srv = spawn(ServerConfig::default()).await.unwrap();
-    inserts(&srv, 10_000, &mut out).await;
-    websocket_latency(&srv, 2_000, &mut out).await;
+    if part("insert") {
+        inserts(&srv, 10_000, &mut out).await;
+    }
+    if part("websocket") {
+        websocket_latency(&srv, 2_000, &mut out).await;
+    }
     srv.stop().await;
-    bulk(100_000, &mut out).await;
+    if part("bulk") {
+        bulk(100_000, &mut out).await;
+    }
+    if part("real") {
+        real_server(25_000, &mut out).await;
+    }
     println!("| # what | measured | limit (same run) | ratio / target |");
     println!("|---|---|---|---|");
     for r in &out {

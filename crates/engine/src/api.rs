@@ -1,6 +1,8 @@
 //! The HTTP side of the protocol: one typed method per route the engine uses
 //! (PROTOCOL.md §5, §7, §8, §9). No retry policy lives here; callers decide.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -18,7 +20,21 @@ const HEAD_PROBE: u64 = 1 << 62;
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
+    /// The same client without reuse of idle connections, for servers that
+    /// stall on reused ones (see [`stalls_on_reuse`]).
+    fresh: reqwest::Client,
+    no_reuse: Arc<AtomicBool>,
     base: String,
+}
+
+/// The real Pylon server answers through tiny-http, which writes a response
+/// over 1 KiB as headers and body in two writes with Nagle's algorithm on.
+/// On a reused connection the client has switched to delayed ACKs, so the
+/// body waits about 40 ms for the header's ACK — every pull page. A new
+/// connection per request (about 0.3 ms on loopback) avoids it; the client
+/// cannot re-arm `TCP_QUICKACK` through reqwest. See docs/compat.md.
+fn stalls_on_reuse(headers: &reqwest::header::HeaderMap) -> bool {
+    headers.get(reqwest::header::SERVER).and_then(|v| v.to_str().ok()).is_some_and(|s| s.starts_with("tiny-http"))
 }
 
 /// One entity of the public manifest.
@@ -33,12 +49,17 @@ impl Api {
     /// `ca`: PEM of certificate authorities to trust besides the web roots.
     pub fn new(base_url: &str, ca: Option<&str>) -> Result<Api> {
         let base = normalize_base(base_url)?;
-        let builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .tcp_nodelay(true);
-        let http = crate::tls::trust_http(builder, ca)?.build().map_err(|e| Error::Network(e.to_string()))?;
-        Ok(Api { http, base })
+        let client = |reuse: bool| {
+            let mut builder = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(60))
+                .tcp_nodelay(true);
+            if !reuse {
+                builder = builder.pool_max_idle_per_host(0);
+            }
+            crate::tls::trust_http(builder, ca)?.build().map_err(|e| Error::Network(e.to_string()))
+        };
+        Ok(Api { http: client(true)?, fresh: client(false)?, no_reuse: Arc::new(AtomicBool::new(false)), base })
     }
 
     pub fn base_url(&self) -> &str {
@@ -46,7 +67,8 @@ impl Api {
     }
 
     fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
-        let req = self.http.request(method, format!("{}{}", self.base, path));
+        let http = if self.no_reuse.load(Ordering::Relaxed) { &self.fresh } else { &self.http };
+        let req = http.request(method, format!("{}{}", self.base, path));
         match token {
             Some(t) if !t.is_empty() => req.bearer_auth(t),
             _ => req,
@@ -56,7 +78,7 @@ impl Api {
     /// One page of the change log after `since`.
     pub async fn pull(&self, token: Option<&str>, since: u64) -> Result<PullPage> {
         let req = self.request(Method::GET, &format!("/api/sync/pull?since={since}"), token);
-        send_json(req).await
+        send_json(req, &self.no_reuse).await
     }
 
     /// The newest seq in the server's change log.
@@ -73,7 +95,7 @@ impl Api {
 
     /// Entities the caller can see in the public manifest.
     pub async fn entities(&self, token: Option<&str>) -> Result<Vec<EntityInfo>> {
-        let manifest: Value = send_json(self.request(Method::GET, "/api/manifest", token)).await?;
+        let manifest: Value = send_json(self.request(Method::GET, "/api/manifest", token), &self.no_reuse).await?;
         let names = manifest
             .get("entities")
             .and_then(Value::as_array)
@@ -118,7 +140,7 @@ impl Api {
     pub async fn query(&self, token: Option<&str>, entity: &str, filter: &Value) -> Result<Vec<Row>> {
         check_entity(entity)?;
         let req = self.request(Method::POST, &format!("/api/query/{entity}"), token).json(filter);
-        send_json(req).await
+        send_json(req, &self.no_reuse).await
     }
 
     /// `GET /api/entities/<E>`: every row (the server does not filter per row).
@@ -128,7 +150,8 @@ impl Api {
         struct ListBody {
             data: Vec<Row>,
         }
-        let body: ListBody = send_json(self.request(Method::GET, &format!("/api/entities/{entity}"), token)).await?;
+        let body: ListBody =
+            send_json(self.request(Method::GET, &format!("/api/entities/{entity}"), token), &self.no_reuse).await?;
         Ok(body.data)
     }
 
@@ -136,7 +159,7 @@ impl Api {
         check_entity(entity)?;
         check_id(id)?;
         let req = self.request(Method::GET, &format!("/api/entities/{entity}/{id}"), token);
-        match send_json(req).await {
+        match send_json(req, &self.no_reuse).await {
             Ok(row) => Ok(Some(row)),
             Err(Error::Http { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
@@ -151,7 +174,7 @@ impl Api {
             id: String,
         }
         let req = self.request(Method::POST, &format!("/api/entities/{entity}"), token).json(data);
-        let created: Created = send_json(req).await?;
+        let created: Created = send_json(req, &self.no_reuse).await?;
         Ok(created.id)
     }
 
@@ -159,14 +182,14 @@ impl Api {
         check_entity(entity)?;
         check_id(id)?;
         let req = self.request(Method::PATCH, &format!("/api/entities/{entity}/{id}"), token).json(patch);
-        send_json::<Value>(req).await.map(drop)
+        send_json::<Value>(req, &self.no_reuse).await.map(drop)
     }
 
     pub async fn delete(&self, token: Option<&str>, entity: &str, id: &str) -> Result<()> {
         check_entity(entity)?;
         check_id(id)?;
         let req = self.request(Method::DELETE, &format!("/api/entities/{entity}/{id}"), token);
-        send_json::<Value>(req).await.map(drop)
+        send_json::<Value>(req, &self.no_reuse).await.map(drop)
     }
 
     /// `POST /api/batch` (admin only): the writes in order, each applied on
@@ -197,7 +220,7 @@ impl Api {
             })
             .collect();
         let req = self.request(Method::POST, "/api/batch", token).json(&json!({ "operations": ops }));
-        let answer: Answer = send_json(req).await?;
+        let answer: Answer = send_json(req, &self.no_reuse).await?;
         if answer.results.len() != writes.len() {
             return Err(Error::Protocol(format!(
                 "batch of {} writes answered {} results",
@@ -234,12 +257,12 @@ impl Api {
             return Err(Error::InvalidArg(format!("invalid function name {name:?}")));
         }
         let req = self.request(Method::POST, &format!("/api/fn/{name}"), token).json(args);
-        send_json(req).await
+        send_json(req, &self.no_reuse).await
     }
 
     /// Seconds since the server started (`/health`), when it says.
     pub async fn uptime(&self) -> Result<Option<u64>> {
-        match send_json::<Value>(self.request(Method::GET, "/health", None)).await {
+        match send_json::<Value>(self.request(Method::GET, "/health", None), &self.no_reuse).await {
             Ok(v) => Ok(v.get("uptime_secs").and_then(Value::as_u64)),
             Err(Error::Http { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
@@ -248,7 +271,7 @@ impl Api {
 
     /// Who the token belongs to. An unknown token resolves as anonymous.
     pub async fn me(&self, token: Option<&str>) -> Result<Session> {
-        let body: MeBody = send_json(self.request(Method::GET, "/api/auth/me", token)).await?;
+        let body: MeBody = send_json(self.request(Method::GET, "/api/auth/me", token), &self.no_reuse).await?;
         Ok(body.into())
     }
 }
@@ -305,8 +328,11 @@ pub fn check_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-async fn send_json<T: DeserializeOwned>(req: RequestBuilder) -> Result<T> {
+async fn send_json<T: DeserializeOwned>(req: RequestBuilder, no_reuse: &AtomicBool) -> Result<T> {
     let resp = req.send().await.map_err(network)?;
+    if stalls_on_reuse(resp.headers()) {
+        no_reuse.store(true, Ordering::Relaxed);
+    }
     let status = resp.status();
     let retry_after = resp
         .headers()
