@@ -32,6 +32,8 @@ export declare class NativeEngine {
   /** Runs one sync round now (session, writes, pull); rejects on failure. */
   sync(): Promise<any>
   listJson(entity: string): string
+  /** `{version, rows, gone}` since `version`, or null: read the whole list. */
+  changesJson(entity: string, version: number): string | null
   getJson(entity: string, id: string): string | null
   /** Changes whenever the visible rows of `entity` change. */
   version(entity: string): number

@@ -131,6 +131,43 @@ function createWriteThroughStorage(seed, onWrite) {
 
 // ------------------------------------------------------------------ store
 
+/**
+ * Orders ids as native does (by code point, as their UTF-8 bytes sort).
+ * `<` compares UTF-16 units, which puts characters above U+E000 after
+ * supplementary ones; a surrogate here always stands for the larger code point.
+ */
+function compareIds(a, b) {
+  const n = Math.min(a.length, b.length)
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i)
+    const y = b.charCodeAt(i)
+    if (x !== y) {
+      const sx = x >= 0xd800 && x <= 0xdfff
+      const sy = y >= 0xd800 && y <= 0xdfff
+      if (sx !== sy) return sx ? 1 : -1
+      return x < y ? -1 : 1
+    }
+  }
+  return a.length - b.length
+}
+
+/** `rows` (ordered by id) with the changed rows put in place and the gone ones dropped. */
+function patchRows(rows, changed, gone) {
+  if (changed.length === 0 && gone.length === 0) return rows
+  const replaced = new Set(gone)
+  for (const r of changed) replaced.add(r.id)
+  changed.sort((a, b) => compareIds(a.id, b.id))
+  const out = []
+  let j = 0
+  for (const r of rows) {
+    if (replaced.has(r.id)) continue
+    while (j < changed.length && compareIds(changed[j].id, r.id) < 0) out.push(changed[j++])
+    out.push(r)
+  }
+  while (j < changed.length) out.push(changed[j++])
+  return out
+}
+
 class Store {
   constructor(engine) {
     this._engine = engine
@@ -160,10 +197,18 @@ class Store {
   _entry(entity) {
     let entry = this._fresh(entity)
     if (!entry) {
-      const version = this._engine._native.version(entity)
-      const rows = JSON.parse(this._engine._native.listJson(entity))
-      Object.freeze(rows)
-      entry = { version, rows, byId: null }
+      const native = this._engine._native
+      const old = this._cache.get(entity)
+      // only what changed since the list we hold crosses over and is parsed,
+      // so following a fast-changing entity never re-reads all of it
+      const delta = old ? native.changesJson(entity, old.version) : null
+      if (delta !== null) {
+        const { version, rows, gone } = JSON.parse(delta)
+        entry = { version, rows: Object.freeze(patchRows(old.rows, rows, gone)), byId: null }
+      } else {
+        const version = native.version(entity)
+        entry = { version, rows: Object.freeze(JSON.parse(native.listJson(entity))), byId: null }
+      }
       this._cache.set(entity, entry)
       this._mark(entity)
     }

@@ -205,6 +205,63 @@ test('identity flip: the new user never sees the old rows or sends the old write
   }
 })
 
+test('the store takes changes row by row and always equals the whole list', async () => {
+  const srv = await startDevserver()
+  try {
+    const e = engine(srv.url)
+    const native = e._native
+    let deltas = 0
+    const changesJson = native.changesJson.bind(native)
+    native.changesJson = (entity, version) => {
+      const d = changesJson(entity, version)
+      if (d !== null) deltas++
+      return d
+    }
+    const whole = () => JSON.parse(native.listJson('Todo'))
+    // native keeps changing on its own threads: compare when both reads saw one version
+    const same = async (what) => {
+      for (;;) {
+        const rows = e.store.list('Todo')
+        const version = e.store._cache.get('Todo').version
+        const all = whole()
+        if (native.version('Todo') === version) return assert.deepEqual(rows, all, what)
+        await new Promise((r) => setImmediate(r))
+      }
+    }
+    // ids that order differently as UTF-16 units and as code points
+    const ids = ['a', 'b', 'z', '\uE000x', '\u{1F600}y', '\uFFFFq', 'é', '\u{10000}']
+    await e.hydrate({ entities: { Todo: ids.map((id, i) => ({ id, title: 't' + i, done: false })) }, cursor: { last_seq: 0 } })
+    // offline: every write changes one row of the overlay
+    await e.update('Todo', '\uFFFFq', { title: 'changed' })
+    await same('update')
+    assert.equal(e.store.list('Todo').length, ids.length)
+    await e.delete('Todo', '\u{1F600}y')
+    await same('delete')
+    const temp = await e.insert('Todo', { title: 'new', done: false })
+    await same('insert')
+    await e.update('Todo', temp, { done: true })
+    await same('update of the new row')
+    const [m] = e.mutations.list().filter((x) => x.change.kind === 'delete')
+    await e.mutations.remove(m.id)
+    await same('a write removed')
+    assert.ok(deltas >= 4, `changes crossed as deltas ${deltas} times`)
+    // online: acknowledgements swap ids, remote rows arrive, a reset reloads all
+    await e.start()
+    await same('after start')
+    for (let i = 0; i < 30; i++) {
+      if (i % 3 === 0) await api(srv.url, 'POST', '/api/entities/Todo', { title: 'remote ' + i, done: false })
+      else await e.insert('Todo', { title: 'local ' + i, done: false })
+      await same('write ' + i)
+    }
+    await eventually('the writes to be answered', () => e.mutations.list().every((m) => m.status !== 'pending'))
+    await eventually('the remote rows to arrive', () => e.store.list('Todo').length >= 31)
+    await same('settled')
+    await e.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
 test('getServerData + hydrate: start() does not bootstrap the hydrated entities', async () => {
   const srv = await startDevserver()
   try {

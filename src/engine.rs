@@ -189,6 +189,12 @@ impl NativeEngine {
         self.engine.list_json(&entity)
     }
 
+    /// `{version, rows, gone}` since `version`, or null: read the whole list.
+    #[napi(catch_unwind)]
+    pub fn changes_json(&self, entity: String, version: f64) -> Option<String> {
+        self.engine.changes_json(&entity, version as u64)
+    }
+
     #[napi(catch_unwind)]
     pub fn get_json(&self, entity: String, id: String) -> Option<String> {
         self.engine.get_json(&entity, &id).map(|r| r.as_str().to_string())

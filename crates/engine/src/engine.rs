@@ -479,6 +479,27 @@ impl Engine {
         self.inner.state.read().unwrap().replica.list_json(entity)
     }
 
+    /// What changed in `entity` since `version` (see [`Replica::changes_since`]),
+    /// as JSON `{"version", "rows": [changed rows], "gone": [ids]}`; `None` when
+    /// only the whole list can tell.
+    pub fn changes_json(&self, entity: &str, version: u64) -> Option<String> {
+        let (now, changes) = self.inner.state.read().unwrap().replica.changes_since(entity, version)?;
+        let (mut rows, mut gone) = (String::from("["), Vec::new());
+        for (id, row) in changes {
+            match row {
+                Some(r) => {
+                    if rows.len() > 1 {
+                        rows.push(',');
+                    }
+                    rows.push_str(r.as_str());
+                }
+                None => gone.push(id),
+            }
+        }
+        rows.push(']');
+        Some(format!(r#"{{"version":{now},"rows":{rows},"gone":{}}}"#, serde_json::to_string(&gone).ok()?))
+    }
+
     /// The visible rows of `entity`, in id order, parsed.
     pub fn list(&self, entity: &str) -> Vec<Row> {
         let rows = self.inner.state.read().unwrap().replica.list(entity);
@@ -1460,7 +1481,6 @@ impl Engine {
             }
             done.push(m);
         }
-        st.replica.bump(&entities);
         self.refresh_counts(&mut st);
         Ok(((done, acks.collect()), entities))
     }

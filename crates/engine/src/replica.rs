@@ -2,7 +2,7 @@
 //! of pending local writes. Pure data, no I/O: every change is first planned as
 //! a list of [`Effect`]s, persisted, then committed here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -84,11 +84,31 @@ struct Table {
     /// Rows whose visible state differs from `base` because of pending writes.
     overlay: BTreeMap<String, Option<RowText>>,
     version: u64,
+    /// Which rows changed visibly at each version after `journal_from`, so a
+    /// reader holding an older list can be told only what changed.
+    journal: VecDeque<(u64, String)>,
+    journal_from: u64,
 }
 
+/// Journal entries kept per entity; a reader further behind reads the whole list.
+const JOURNAL_CAP: usize = 8192;
+
 impl Table {
+    /// Everything may have changed: readers start over.
     fn touch(&mut self) {
         self.version += 1;
+        self.journal.clear();
+        self.journal_from = self.version;
+    }
+
+    /// One row's visible state may have changed.
+    fn touch_row(&mut self, id: &str) {
+        self.version += 1;
+        self.journal.push_back((self.version, id.to_string()));
+        if self.journal.len() > JOURNAL_CAP {
+            let (v, _) = self.journal.pop_front().expect("journal is not empty");
+            self.journal_from = v;
+        }
     }
 
     fn base_row(&self, id: &str) -> Option<&RowText> {
@@ -281,12 +301,11 @@ impl Replica {
     pub fn commit(&mut self, effects: &[Effect], queue: &Queue) -> Vec<String> {
         let mut touched: Vec<String> = Vec::new();
         for e in effects {
-            let t = self.tables.entry(e.entity().to_string()).or_default();
             let row = match e {
                 Effect::Put { seq, data, .. } => BaseRow { seq: *seq, data: Some(data.clone()) },
                 Effect::Tombstone { seq, .. } => BaseRow { seq: *seq, data: None },
             };
-            t.base.insert(e.id().to_string(), row);
+            self.put_base(e.entity(), e.id(), row);
             if !touched.iter().any(|x| x == e.entity()) {
                 touched.push(e.entity().to_string());
             }
@@ -294,7 +313,6 @@ impl Replica {
         for e in effects {
             self.refresh(e.entity(), e.id(), queue);
         }
-        self.bump(&touched);
         touched
     }
 
@@ -303,7 +321,7 @@ impl Replica {
         let t = self.tables.entry(entity.to_string()).or_default();
         if !queue.has_pending_for(entity, id) {
             if t.overlay.remove(id).is_some() {
-                t.touch();
+                t.touch_row(id);
             }
             return;
         }
@@ -314,7 +332,7 @@ impl Replica {
         } else {
             t.overlay.insert(id.to_string(), visible.as_ref().map(RowText::new));
         }
-        t.touch();
+        t.touch_row(id);
     }
 
     /// Tombstones exist to turn away events older than a delete. Once the
@@ -337,14 +355,34 @@ impl Replica {
 
     /// Sets one server row directly (an acknowledged insert, under its server id).
     pub fn put_base(&mut self, entity: &str, id: &str, row: BaseRow) {
-        self.tables.entry(entity.to_string()).or_default().base.insert(id.to_string(), row);
+        let t = self.tables.entry(entity.to_string()).or_default();
+        t.base.insert(id.to_string(), row);
+        t.touch_row(id);
     }
 
-    /// Marks entities as changed so list caches are rebuilt and readers notice.
-    pub fn bump(&mut self, entities: &[String]) {
-        for e in entities {
-            self.tables.entry(e.clone()).or_default().touch();
+    /// What changed in `entity` since `version`: the current version, and the
+    /// rows that may differ with their visible state now (`None`: gone).
+    /// `None` when the journal does not reach back that far.
+    pub fn changes_since(&self, entity: &str, version: u64) -> Option<(u64, Vec<(String, Option<RowText>)>)> {
+        let Some(t) = self.tables.get(entity) else {
+            return (version == 0).then(|| (0, Vec::new()));
+        };
+        if version < t.journal_from || version > t.version {
+            return None;
         }
+        let ids: BTreeSet<&str> =
+            t.journal.iter().rev().take_while(|(v, _)| *v > version).map(|(_, id)| id.as_str()).collect();
+        let rows = ids
+            .into_iter()
+            .map(|id| {
+                let visible = match t.overlay.get(id) {
+                    Some(o) => o.clone(),
+                    None => t.base_row(id).cloned(),
+                };
+                (id.to_string(), visible)
+            })
+            .collect();
+        Some((t.version, rows))
     }
 
     /// Replaces the rows of the snapshot's entities wholesale; their tombstones go.
@@ -569,5 +607,43 @@ mod tests {
         assert_eq!(r.list_json("Todo"), r#"[{"t":0,"id":"a"},{"t":3,"id":"d"},{"t":4,"id":"e"}]"#);
         assert_eq!(r.count("Todo"), 3);
         assert_eq!(r.list_json("Nothing"), "[]");
+    }
+
+    #[test]
+    fn changes_since_names_the_rows_that_changed_until_the_journal_runs_out() {
+        let (mut r, mut q) = (Replica::new(), Queue::default());
+        apply(
+            &mut r,
+            &q,
+            &[ev(1, "a", Kind::Insert, Some(json!({ "t": 1 }))), ev(2, "b", Kind::Insert, Some(json!({ "t": 2 })))],
+        );
+        let v = r.entity_version("Todo");
+        assert_eq!(r.changes_since("Todo", v), Some((v, vec![])));
+        apply(&mut r, &q, &[ev(3, "a", Kind::Update, Some(json!({ "t": 3 }))), ev(4, "b", Kind::Delete, None)]);
+        q.push(mutation(1, "c", Kind::Insert, Some(json!({ "t": 5 }))));
+        r.refresh("Todo", "c", &q);
+        let (now, rows) = r.changes_since("Todo", v).unwrap();
+        assert_eq!(now, r.entity_version("Todo"));
+        let text: Vec<(String, Option<String>)> =
+            rows.into_iter().map(|(id, row)| (id, row.map(|t| t.as_str().to_string()))).collect();
+        assert_eq!(
+            text,
+            vec![
+                ("a".into(), Some(r#"{"t":3,"id":"a"}"#.into())),
+                ("b".into(), None),
+                ("c".into(), Some(r#"{"t":5,"id":"c"}"#.into()))
+            ]
+        );
+        // a wholesale change (reload, reset) cannot be told row by row
+        r.rebuild_overlay(&q);
+        assert_eq!(r.changes_since("Todo", now), None);
+        // nor can more changes than the journal keeps
+        let v = r.entity_version("Todo");
+        for i in 0..=JOURNAL_CAP {
+            r.put_base("Todo", &format!("x{i}"), BaseRow { seq: 9, data: None });
+        }
+        assert_eq!(r.changes_since("Todo", v), None);
+        assert!(r.changes_since("Todo", v + 2).is_some());
+        assert_eq!(r.changes_since("Nothing", 0), Some((0, vec![])));
     }
 }
