@@ -1,12 +1,17 @@
 'use strict'
 // JS-side benchmarks (release addon): reading from the store next to a plain
-// Map read in the same run, and the JS thread while a burst of remote
-// changes is applied. `node bench/js.js [rows]`; part of `npm run bench`.
+// Map read in the same run; cold start to the first store.list next to
+// JSON.parse of the same rows; a local write reaching 1, 10 and 100
+// listeners; and the JS thread while a burst of remote changes is applied.
+// `node bench/js.js [rows] [cold-start rows]`; part of `npm run bench`.
 const { performance } = require('node:perf_hooks')
 const { createSyncEngine } = require('../sync.js')
 const { startDevserver, api } = require('../__test__/helpers.js')
 
 const rows = Number(process.argv[2] || 10000)
+const coldRows = Number(process.argv[3] || 100000)
+const tmp = (name) => require('node:path').join(require('node:os').tmpdir(), `bench-${process.pid}-${name}.db`)
+const percentile = (xs, p) => xs.slice().sort((a, b) => a - b)[Math.round((xs.length - 1) * p)]
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
 function perCall(n, fn) {
@@ -35,7 +40,7 @@ async function main() {
 
     // 8: a burst of remote changes over WebSocket with a listener that reads the store
     const token = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'bench' })).body.token
-    const f = createSyncEngine(srv.url, { persist: true, dbPath: require('node:path').join(require('node:os').tmpdir(), `bench-${process.pid}.db`), token, transport: 'websocket', pollInterval: 3600000 })
+    const f = createSyncEngine(srv.url, { persist: true, dbPath: tmp('burst'), token, transport: 'websocket', pollInterval: 3600000 })
     await f.start()
     while (!f.connected) await sleep(5)
     let notified = 0
@@ -59,8 +64,55 @@ async function main() {
     clearInterval(lag)
     out.push([`8 sustained apply: ${burst} remote changes, persisted, listener reading the store`, `${Math.round(burst / took)} changes/s (${notified} notifications)`, '—', `JS thread blocked at most ${worst.toFixed(1)} ms (target < 16 ms)`])
     await f.close()
+
+    // 5: reopen a persisted replica, time to the first store.list
+    await srv.control('seed', { entity: 'Todo', count: coldRows - before - burst, data: { title: 'row {i} ' + 'x'.repeat(150), done: false } })
+    const dbPath = tmp('cold')
+    const b = createSyncEngine(srv.url, { dbPath, transport: 'poll', pollInterval: 3600000 })
+    await b.start()
+    const text = b._native.listJson('Todo')
+    await b.close()
+    const p0 = performance.now()
+    JSON.parse(text)
+    const parse = performance.now() - p0
+    const t0 = performance.now()
+    const c = createSyncEngine(srv.url, { dbPath, transport: 'poll', pollInterval: 3600000 })
+    await c.start()
+    const coldList = c.store.list('Todo')
+    const cold = performance.now() - t0
+    if (coldList.length !== coldRows) throw new Error(`cold start listed ${coldList.length} rows`)
+    await c.close()
+    out.push([`5 cold start, ${coldRows}-row replica, to the first store.list`, `${cold.toFixed(0)} ms`, `JSON.parse of the same rows ${parse.toFixed(0)} ms`, `${(cold / parse).toFixed(1)}× the parse (target ≤ 150 ms)`])
+
+    // a local write reaching every listener, with 1, 10 and 100 listeners
+    for (const n of [1, 10, 100]) {
+      const l = createSyncEngine(srv.url, { dbPath: tmp(`listeners-${n}`), transport: 'poll', pollInterval: 3600000 })
+      let heard = 0
+      let last = 0
+      for (let i = 0; i < n; i++) {
+        l.store.subscribe(() => {
+          l.store.get('Todo', 'x')
+          heard++
+          last = performance.now()
+        })
+      }
+      const lat = []
+      for (let i = 0; i < 1000; i++) {
+        heard = 0
+        const t = performance.now()
+        await l.insert('Todo', { title: 'l' + i, done: false })
+        while (heard < n) await new Promise((r) => setImmediate(r))
+        lat.push(last - t)
+      }
+      await l.close()
+      out.push([`3 local insert → all of ${n} listener(s) called`, `p50 ${percentile(lat, 0.5).toFixed(3)} ms, p99 ${percentile(lat, 0.99).toFixed(3)} ms`, '—', 'growth with listeners'])
+    }
+
   } finally {
     await srv.stop()
+    for (const name of ['cold', 'burst', 'listeners-1', 'listeners-10', 'listeners-100']) {
+      for (const ext of ['', '-wal', '-shm']) require('node:fs').rmSync(tmp(name) + ext, { force: true })
+    }
   }
   console.log('| # what | measured | limit (same run) | ratio / target |')
   console.log('|---|---|---|---|')

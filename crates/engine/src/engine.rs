@@ -315,6 +315,17 @@ pub(crate) struct Inner {
     submitted: Mutex<Vec<Submitted>>,
 }
 
+/// Where the cursor goes when a snapshot is installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// Keep following the log from our cursor (from the head for a fresh replica).
+    Follow,
+    /// From the head the snapshot was read after.
+    Head,
+    /// From 0: entities only the log fills are emptied and replayed.
+    Replay,
+}
+
 /// A write waiting for its transaction, and who to tell when it is durable.
 struct Submitted {
     m: Mutation,
@@ -1494,6 +1505,9 @@ impl Engine {
             match self.pull_pages().await {
                 Err(Error::Resync { oldest_seq }) => {
                     let n = self.inner.resyncs_in_a_row.fetch_add(1, Ordering::SeqCst);
+                    if n == 0 && self.resnapshot().await? {
+                        continue;
+                    }
                     self.reset_replica_inner("resync").await?;
                     if n >= 1 {
                         return Err(Error::Resync { oldest_seq });
@@ -1502,6 +1516,35 @@ impl Engine {
                 other => return other,
             }
         }
+    }
+
+    /// The log no longer reaches our cursor (410), on the same server and
+    /// for the same identity: the rows are stale, not wrong. Every covered
+    /// entity is read again and swapped in whole, so readers keep seeing the
+    /// old rows until the new ones are in. Entities only the log fills are
+    /// emptied and replayed from 0, all in the same transaction. False when
+    /// there is nothing to refresh (the caller starts over).
+    async fn resnapshot(&self) -> Result<bool> {
+        let epoch = self.inner.epoch.load(Ordering::SeqCst);
+        let covered = self.inner.state.read().unwrap().covered.clone();
+        if covered.values().all(|head| *head == 0) {
+            return Ok(false);
+        }
+        let token = self.session_token();
+        let infos = self.inner.api.entities(token.as_deref()).await?;
+        let wanted: Vec<_> = infos.into_iter().filter(|i| covered.get(&i.name).is_some_and(|head| *head > 0)).collect();
+        self.set_phase(Phase::Bootstrapping, None, 0);
+        let me = self.clone();
+        let snap = snapshot::take(&self.inner.api, token.as_deref(), &wanted, &move |entity, rows, done| {
+            me.emit(Event::Progress { entity: entity.to_string(), rows, done })
+        })
+        .await?;
+        let mut snap = snap;
+        snap.log_only.extend(covered.into_iter().filter(|(_, head)| *head == 0).map(|(e, _)| e));
+        let resume = if snap.log_only.is_empty() { Resume::Head } else { Resume::Replay };
+        self.install_snapshot(snap, epoch, resume).await?;
+        self.emit(Event::Resync { reason: "resync" });
+        Ok(true)
     }
 
     async fn pull_pages(&self) -> Result<()> {
@@ -1663,7 +1706,7 @@ impl Engine {
             me.emit(Event::Progress { entity: entity.to_string(), rows, done })
         })
         .await?;
-        self.install_snapshot(snap, epoch, false).await?;
+        self.install_snapshot(snap, epoch, Resume::Follow).await?;
         self.inner.complete_in_epoch.store(epoch, Ordering::SeqCst);
         Ok(())
     }
@@ -1672,8 +1715,11 @@ impl Engine {
     /// `adopt_head`) takes the head the snapshot was read after as its cursor;
     /// a replica that already follows the log keeps its cursor, since
     /// replaying from there is harmless.
-    async fn install_snapshot(&self, snap: Snapshot, epoch: u64, adopt_head: bool) -> Result<()> {
-        let entities: Vec<String> = snap.rows.keys().cloned().collect();
+    async fn install_snapshot(&self, snap: Snapshot, epoch: u64, resume: Resume) -> Result<()> {
+        let mut entities: Vec<String> = snap.rows.keys().cloned().collect();
+        if resume == Resume::Replay {
+            entities.extend(snap.log_only.iter().cloned());
+        }
         let changed = entities.clone();
         self.with_db(move |me, db| {
             if me.inner.epoch.load(Ordering::SeqCst) != epoch {
@@ -1681,15 +1727,19 @@ impl Engine {
             }
             let (cursor, mut covered) = {
                 let st = me.inner.state.read().unwrap();
-                // a replica that follows the log keeps its cursor; so does a fresh
-                // one with an entity only the log can fill (it replays from 0)
-                let cursor =
-                    if adopt_head || (st.cursor == 0 && snap.log_only.is_empty()) { snap.head } else { st.cursor };
+                let cursor = match resume {
+                    Resume::Head => snap.head,
+                    Resume::Replay => 0,
+                    // a replica that follows the log keeps its cursor; so does a fresh
+                    // one with an entity only the log can fill (it replays from 0)
+                    Resume::Follow if st.cursor == 0 && snap.log_only.is_empty() => snap.head,
+                    Resume::Follow => st.cursor,
+                };
                 (cursor, st.covered.clone())
             };
-            covered.extend(entities.iter().map(|e| (e.clone(), snap.head)));
+            covered.extend(snap.rows.keys().map(|e| (e.clone(), snap.head)));
             covered.extend(snap.log_only.iter().map(|e| (e.clone(), 0)));
-            let tables: BTreeMap<String, BTreeMap<String, BaseRow>> = snap
+            let mut tables: BTreeMap<String, BTreeMap<String, BaseRow>> = snap
                 .rows
                 .into_iter()
                 .map(|(entity, rows)| {
@@ -1697,6 +1747,10 @@ impl Engine {
                     (entity, rows.collect())
                 })
                 .collect();
+            if resume == Resume::Replay {
+                // refilled by the replay from 0
+                tables.extend(snap.log_only.iter().map(|e| (e.clone(), BTreeMap::new())));
+            }
             db.write(|w| {
                 for (entity, rows) in &tables {
                     w.clear_entity(entity)?;
@@ -1798,7 +1852,7 @@ impl Engine {
         }
         // the hydration's cursor replaces ours; replaying from it is harmless
         let head = h.cursor.last_seq;
-        self.install_snapshot(Snapshot { head, rows, log_only: Vec::new() }, epoch, true).await
+        self.install_snapshot(Snapshot { head, rows, log_only: Vec::new() }, epoch, Resume::Head).await
     }
 }
 

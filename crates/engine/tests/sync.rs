@@ -478,3 +478,39 @@ async fn writes_made_without_awaiting_keep_their_order_and_are_durable_when_they
     engine.close().await;
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_the_log_no_longer_reaches_swaps_in_fresh_rows_without_emptying_the_store() {
+    let srv = pylon_devserver::spawn(pylon_devserver::Config { retention: 50, ..Default::default() }).await.unwrap();
+    control(&srv.url, "seed", json!({ "entity": "Todo", "count": 10, "data": { "title": "t{i}", "done": false } }))
+        .await;
+    let mut c = config(&srv.url, None);
+    c.transport = pylon_sync_engine::Transport::Poll;
+    c.poll_interval = Duration::from_secs(3600);
+    let engine = Engine::new(c).unwrap();
+    engine.start().await.unwrap();
+    assert_eq!(engine.count("Todo"), 10);
+    // the log moves on by more than it keeps: our cursor falls out of it
+    control(&srv.url, "seed", json!({ "entity": "Todo", "count": 200, "data": { "title": "n{i}", "done": false } }))
+        .await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((usize::MAX, Vec::new())));
+    {
+        let (e, seen) = (engine.clone(), seen.clone());
+        engine.set_listener(Some(std::sync::Arc::new(move |ev| {
+            let mut s = seen.lock().unwrap();
+            match ev {
+                Event::Change { .. } => s.0 = s.0.min(e.count("Todo")),
+                Event::Resync { reason } => s.1.push(reason),
+                _ => {}
+            }
+        })));
+    }
+    engine.sync_once().await.unwrap();
+    assert_eq!(engine.count("Todo"), 210);
+    let (fewest, resyncs) = seen.lock().unwrap().clone();
+    assert_eq!(resyncs, ["resync"], "the resync is reported");
+    assert!(fewest >= 10, "a reader saw {fewest} rows while the replica was rebuilt");
+    assert_eq!(engine.cursor(), 210);
+    engine.close().await;
+    srv.stop().await;
+}
