@@ -151,12 +151,14 @@ function compareIds(a, b) {
   return a.length - b.length
 }
 
-/** `rows` (ordered by id) with the changed rows put in place and the gone ones dropped. */
+/**
+ * `rows` with the changed rows put in place and the gone ones dropped. Both
+ * `rows` and `changed` come from native ordered by id, so one merge does it.
+ */
 function patchRows(rows, changed, gone) {
   if (changed.length === 0 && gone.length === 0) return rows
   const replaced = new Set(gone)
   for (const r of changed) replaced.add(r.id)
-  changed.sort((a, b) => compareIds(a.id, b.id))
   const out = []
   let j = 0
   for (const r of rows) {

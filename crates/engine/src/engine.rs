@@ -29,7 +29,7 @@ use crate::protocol::{ChangeEvent, Cursor, Hydration, Kind, PullPage, Row, Sessi
 use crate::queue::{Mutation, MutationError, Queue, Sent, Status};
 use crate::realtime::{Connection, Peer, Realtime};
 use crate::reconcile;
-use crate::replica::{BaseRow, Effect, Replica, RowText};
+use crate::replica::{BaseRow, Effect, Replacement, Replica, RowText};
 use crate::snapshot::{self, Snapshot};
 use crate::transport::{BinaryFrame, Liveness, Which};
 
@@ -585,10 +585,11 @@ impl Engine {
             return Ok(());
         }
         self.with_db(|me, db| {
-            let mut st = me.inner.state.write().unwrap();
-            if st.loaded {
+            if me.inner.state.read().unwrap().loaded {
                 return Ok(());
             }
+            // read and index everything before taking the state lock, so
+            // readers on the JS thread never wait for the disk
             let stored_fp = db.meta("token_fp")?;
             let identity = db.meta("identity")?.unwrap_or_default();
             let covered = match db.meta("covered")? {
@@ -597,24 +598,29 @@ impl Engine {
             };
             let fp = fingerprint(me.inner.token.read().unwrap().as_deref());
             let Stored { rows, mutations } = db.load()?;
-            st.identity = identity.clone();
-            st.server_boot = db.meta("server_boot")?.as_deref().and_then(Boot::parse);
-            st.aliases = db.aliases()?.into_iter().collect();
-            st.cursor = db.cursor()?;
-            st.covered = covered;
+            let server_boot = db.meta("server_boot")?.as_deref().and_then(Boot::parse);
+            let aliases = db.aliases()?.into_iter().collect();
+            let cursor = db.cursor()?;
             // Rows stored under another token stay hidden until /api/auth/me
             // says the new token is the same identity.
-            let same_token = stored_fp.as_deref() == Some(fp.as_str()) || (rows.is_empty() && st.cursor == 0);
-            st.queue_key = if same_token && !identity.is_empty() { identity } else { token_key(&fp) };
+            let same_token = stored_fp.as_deref() == Some(fp.as_str()) || (rows.is_empty() && cursor == 0);
+            let queue_key = if same_token && !identity.is_empty() { identity.clone() } else { token_key(&fp) };
+            let queue = Queue::new(mutations.into_iter().filter(|m| m.identity == queue_key));
+            let mut replica = Replica::new();
             if same_token {
-                st.replica.load(rows);
-            } else {
-                st.quarantined = true;
+                replica.load(rows);
             }
-            let key = st.queue_key.clone();
-            st.queue = Queue::new(mutations.into_iter().filter(|m| m.identity == key));
-            let State { replica, queue, .. } = &mut *st;
-            replica.rebuild_overlay(queue);
+            replica.rebuild_overlay(&queue);
+            let mut st = me.inner.state.write().unwrap();
+            st.identity = identity;
+            st.server_boot = server_boot;
+            st.aliases = aliases;
+            st.cursor = cursor;
+            st.covered = covered;
+            st.queue_key = queue_key;
+            st.quarantined = !same_token;
+            st.queue = queue;
+            st.replica.take_over(replica);
             st.loaded = true;
             me.refresh_counts(&mut st);
             Ok(())
@@ -1767,12 +1773,20 @@ impl Engine {
                 w.set_meta("covered", &serde_json::to_string(&covered)?)?;
                 Ok(())
             })?;
-            let mut st = me.inner.state.write().unwrap();
-            st.cursor = cursor;
-            st.covered = covered;
-            let State { replica, queue, .. } = &mut *st;
-            replica.replace_entities(tables, queue);
-            me.refresh_counts(&mut st);
+            let prepared: BTreeMap<String, Replacement> = {
+                let st = me.inner.state.read().unwrap();
+                tables.into_iter().map(|(e, rows)| (e.clone(), st.replica.prepare(&e, rows))).collect()
+            };
+            let replaced = {
+                let mut st = me.inner.state.write().unwrap();
+                st.cursor = cursor;
+                st.covered = covered;
+                let State { replica, queue, .. } = &mut *st;
+                let replaced = replica.replace_entities(prepared, queue);
+                me.refresh_counts(&mut st);
+                replaced
+            };
+            drop(replaced);
             Ok(())
         })
         .await?;

@@ -90,8 +90,15 @@ struct Table {
     journal_from: u64,
 }
 
+/// A snapshot's rows of one entity, with the ids that differ from ours
+/// (`None`: too many to journal).
+pub struct Replacement {
+    rows: BTreeMap<String, BaseRow>,
+    changed: Option<Vec<String>>,
+}
+
 /// Journal entries kept per entity; a reader further behind reads the whole list.
-const JOURNAL_CAP: usize = 8192;
+const JOURNAL_CAP: usize = 32_768;
 
 impl Table {
     /// Everything may have changed: readers start over.
@@ -157,6 +164,26 @@ impl Replica {
         for t in self.tables.values_mut() {
             t.touch();
         }
+    }
+
+    /// Becomes `other` (built without holding a lock); versions keep growing
+    /// past both, so caches of either invalidate.
+    pub fn take_over(&mut self, other: Replica) {
+        let mut tables = other.tables;
+        for (entity, t) in &mut tables {
+            let old = self.tables.get(entity).map_or(0, |o| o.version);
+            t.version = t.version.max(old);
+            t.touch();
+        }
+        for (entity, mut t) in self.tables.drain() {
+            if !tables.contains_key(&entity) {
+                t.base.clear();
+                t.overlay.clear();
+                t.touch();
+                tables.insert(entity, t);
+            }
+        }
+        self.tables = tables;
     }
 
     /// Drops every row, tombstone and overlay. Versions keep growing so caches invalidate.
@@ -361,7 +388,7 @@ impl Replica {
     }
 
     /// What changed in `entity` since `version`: the current version, and the
-    /// rows that may differ with their visible state now (`None`: gone).
+    /// rows that may differ, in id order, with their visible state now (`None`: gone).
     /// `None` when the journal does not reach back that far.
     pub fn changes_since(&self, entity: &str, version: u64) -> Option<(u64, Vec<(String, Option<RowText>)>)> {
         let Some(t) = self.tables.get(entity) else {
@@ -385,25 +412,58 @@ impl Replica {
         Some((t.version, rows))
     }
 
-    /// Replaces the rows of the snapshot's entities wholesale; their tombstones go.
-    pub fn replace_entities(&mut self, snapshot: BTreeMap<String, BTreeMap<String, BaseRow>>, queue: &Queue) {
-        for (entity, rows) in snapshot {
-            self.tables.entry(entity).or_default().base = rows;
+    /// Compares a snapshot's rows of `entity` with ours. Done under a read
+    /// lock beforehand, so that the swap itself ([`Replica::replace_entities`])
+    /// holds the write lock only briefly.
+    pub fn prepare(&self, entity: &str, rows: BTreeMap<String, BaseRow>) -> Replacement {
+        let empty = BTreeMap::new();
+        let old = self.tables.get(entity).map_or(&empty, |t| &t.base);
+        let data = |m: &BTreeMap<String, BaseRow>, id: &str| m.get(id).and_then(|b| b.data.clone());
+        let mut changed: Vec<String> = Vec::new();
+        for (id, b) in &rows {
+            if data(old, id) != b.data {
+                changed.push(id.clone());
+            }
         }
-        self.rebuild_overlay(queue);
+        changed
+            .extend(old.iter().filter(|(id, b)| b.data.is_some() && !rows.contains_key(*id)).map(|(id, _)| id.clone()));
+        // most of the table: readers are better off reading it whole
+        let changed = (changed.len() <= JOURNAL_CAP).then_some(changed);
+        Replacement { rows, changed }
     }
 
-    /// Recomputes every overlay from the queue (after load, reset or identity change).
+    /// Replaces the rows of the snapshot's entities wholesale; their
+    /// tombstones go. The rows that differ are journaled one by one. Returns
+    /// the replaced rows, to be dropped once the lock is released.
+    pub fn replace_entities(
+        &mut self,
+        snapshot: BTreeMap<String, Replacement>,
+        queue: &Queue,
+    ) -> Vec<BTreeMap<String, BaseRow>> {
+        let mut replaced = Vec::new();
+        for (entity, Replacement { rows, changed }) in snapshot {
+            let t = self.tables.entry(entity).or_default();
+            replaced.push(std::mem::replace(&mut t.base, rows));
+            match changed {
+                Some(ids) => ids.iter().for_each(|id| t.touch_row(id)),
+                None => t.touch(),
+            }
+        }
+        self.rebuild_overlay(queue);
+        replaced
+    }
+
+    /// Recomputes every overlay from the queue (after load, reset, identity
+    /// change or a snapshot), journaling the rows whose overlay changed.
     pub fn rebuild_overlay(&mut self, queue: &Queue) {
         for t in self.tables.values_mut() {
-            t.overlay.clear();
+            for id in std::mem::take(&mut t.overlay).into_keys() {
+                t.touch_row(&id);
+            }
         }
         let keys: Vec<(String, String)> = queue.all().map(|m| (m.entity.clone(), m.row_id.clone())).collect();
         for (e, id) in keys {
             self.refresh(&e, &id, queue);
-        }
-        for t in self.tables.values_mut() {
-            t.touch();
         }
     }
 }
@@ -634,9 +694,22 @@ mod tests {
                 ("c".into(), Some(r#"{"t":5,"id":"c"}"#.into()))
             ]
         );
+        // a fresh snapshot is told row by row: here one row differs, one is gone
+        let mut fresh: BTreeMap<String, BaseRow> = BTreeMap::new();
+        fresh.insert("a".into(), r.base("Todo", "a").unwrap().clone());
+        fresh.insert("d".into(), BaseRow { seq: 0, data: Some(RowText::stored(r#"{"t":6,"id":"d"}"#.into())) });
+        let fresh = r.prepare("Todo", fresh);
+        r.replace_entities(BTreeMap::from([("Todo".to_string(), fresh)]), &q);
+        let (now2, rows) = r.changes_since("Todo", now).unwrap();
+        // (the pending insert's overlay was recomputed too: told again, unchanged)
+        assert_eq!(
+            rows.iter().map(|(id, row)| (id.as_str(), row.is_some())).collect::<Vec<_>>(),
+            [("c", true), ("d", true)]
+        );
         // a wholesale change (reload, reset) cannot be told row by row
-        r.rebuild_overlay(&q);
-        assert_eq!(r.changes_since("Todo", now), None);
+        r.clear();
+        assert_eq!(r.changes_since("Todo", now2), None);
+        let now = now2;
         // nor can more changes than the journal keeps
         let v = r.entity_version("Todo");
         for i in 0..=JOURNAL_CAP {
