@@ -151,22 +151,41 @@ function compareIds(a, b) {
   return a.length - b.length
 }
 
+/** The first index at or after `from` whose row id is not below `id`. */
+function lowerBound(rows, id, from) {
+  let lo = from
+  let hi = rows.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (compareIds(rows[mid].id, id) < 0) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
 /**
- * `rows` with the changed rows put in place and the gone ones dropped. Both
- * `rows` and `changed` come from native ordered by id, so one merge does it.
+ * `rows` with the changed rows put in place and the gone ones dropped. All
+ * three come from native ordered by id, so each edit is found by binary
+ * search and the rows between edits are copied as they are: a few changes
+ * to a large list cost a copy of it, not a comparison per row.
  */
 function patchRows(rows, changed, gone) {
   if (changed.length === 0 && gone.length === 0) return rows
-  const replaced = new Set(gone)
-  for (const r of changed) replaced.add(r.id)
   const out = []
-  let j = 0
-  for (const r of rows) {
-    if (replaced.has(r.id)) continue
-    while (j < changed.length && compareIds(changed[j].id, r.id) < 0) out.push(changed[j++])
-    out.push(r)
+  let from = 0
+  let c = 0
+  let g = 0
+  while (c < changed.length || g < gone.length) {
+    // the next edit in id order: a changed row, or a gone id
+    const takeGone = c === changed.length || (g < gone.length && compareIds(gone[g], changed[c].id) < 0)
+    const id = takeGone ? gone[g] : changed[c].id
+    const at = lowerBound(rows, id, from)
+    for (let i = from; i < at; i++) out.push(rows[i])
+    if (takeGone) g++
+    else out.push(changed[c++])
+    from = at < rows.length && rows[at].id === id ? at + 1 : at
   }
-  while (j < changed.length) out.push(changed[j++])
+  for (let i = from; i < rows.length; i++) out.push(rows[i])
   return out
 }
 
