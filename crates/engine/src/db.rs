@@ -2,6 +2,7 @@
 //! the cursor, queued mutations and key-value storage live in one file, and
 //! every change the engine acknowledges is one committed transaction.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -49,8 +50,11 @@ pub struct Db {
 }
 
 /// Everything `start()` needs from disk.
+/// Stored rows (and tombstones) by entity, then id.
+pub type Tables = BTreeMap<String, BTreeMap<String, BaseRow>>;
+
 pub struct Stored {
-    pub rows: Vec<(String, String, BaseRow)>,
+    pub rows: Tables,
     pub mutations: Vec<Mutation>,
 }
 
@@ -145,21 +149,27 @@ impl Db {
     }
 
     pub fn load(&self) -> Result<Stored> {
-        let mut stmt = self.conn.prepare("SELECT entity, row_id, seq, data FROM rows")?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                ))
-            })?
-            .map(|r| {
-                let (entity, id, seq, data) = r?;
-                Ok((entity, id, BaseRow { seq: seq as u64, data: data.map(RowText::stored) }))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // in key order (BINARY collation sorts as Rust strings do), so each
+        // entity's map is built from sorted input in one pass
+        let mut stmt = self.conn.prepare("SELECT entity, row_id, seq, data FROM rows ORDER BY entity, row_id")?;
+        let mut query = stmt.query([])?;
+        let mut rows: Tables = BTreeMap::new();
+        let mut run: Option<(String, Vec<(String, BaseRow)>)> = None;
+        while let Some(r) = query.next()? {
+            let entity = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+            if run.as_ref().is_none_or(|(e, _)| e != entity) {
+                if let Some((e, list)) = run.take() {
+                    rows.insert(e, list.into_iter().collect());
+                }
+                run = Some((entity.to_string(), Vec::new()));
+            }
+            let row =
+                BaseRow { seq: r.get::<_, i64>(2)? as u64, data: r.get::<_, Option<String>>(3)?.map(RowText::stored) };
+            run.as_mut().expect("a run is open").1.push((r.get(1)?, row));
+        }
+        if let Some((e, list)) = run {
+            rows.insert(e, list.into_iter().collect());
+        }
         Ok(Stored { rows, mutations: self.mutations()? })
     }
 
@@ -429,10 +439,9 @@ mod tests {
         let db = Db::open(Some(&path)).unwrap();
         assert_eq!(db.cursor().unwrap(), 4);
         let stored = db.load().unwrap();
-        let mut rows = stored.rows;
-        rows.sort_by(|a, b| a.1.cmp(&b.1));
-        assert_eq!(rows[0].2.seq, 3);
-        assert!(rows[1].2.data.is_none(), "tombstones persist");
+        let rows: Vec<&BaseRow> = stored.rows["Todo"].values().collect();
+        assert_eq!(rows[0].seq, 3);
+        assert!(rows[1].data.is_none(), "tombstones persist");
         assert_eq!(stored.mutations, vec![m]);
     }
 

@@ -157,9 +157,9 @@ impl Replica {
     }
 
     /// Loads stored rows (rows and tombstones) without planning.
-    pub fn load(&mut self, rows: impl IntoIterator<Item = (String, String, BaseRow)>) {
-        for (entity, id, row) in rows {
-            self.tables.entry(entity).or_default().base.insert(id, row);
+    pub fn load(&mut self, rows: BTreeMap<String, BTreeMap<String, BaseRow>>) {
+        for (entity, base) in rows {
+            self.tables.entry(entity).or_default().base = base;
         }
         for t in self.tables.values_mut() {
             t.touch();
