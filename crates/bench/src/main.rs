@@ -191,20 +191,26 @@ async fn cold_start(srv: &Handle, db: &std::path::Path, rows: usize, out: &mut V
     let raw_took = t.elapsed();
     assert_eq!(raw.len(), rows);
     drop((conn, raw));
-    let t = Instant::now();
-    let e = Engine::new(config(&srv.url, db)).unwrap();
-    e.start().await.unwrap();
-    let list = e.list_json("Todo");
-    let took = t.elapsed();
-    assert_eq!(e.count("Todo"), rows);
-    drop(list);
+    // three reopenings: this machine's timings of a 100 ms task vary widely
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let e = Engine::new(config(&srv.url, db)).unwrap();
+        e.start().await.unwrap();
+        let list = e.list_json("Todo");
+        runs.push(t.elapsed());
+        assert_eq!(e.count("Todo"), rows);
+        drop(list);
+        e.close().await;
+    }
+    runs.sort();
+    let took = runs[1];
     out.push(Row {
         what: format!("5 cold start, {rows}-row replica, to first list (JSON)"),
-        value: format!("{:.0} ms", ms(took)),
+        value: format!("{:.0} ms (median of 3; {:.0}–{:.0})", ms(took), ms(runs[0]), ms(runs[2])),
         limit: format!("{:.0} ms reading the rows with rusqlite", ms(raw_took)),
         ratio: format!("{:.1}× the read (target ≤ 150 ms)", took.as_secs_f64() / raw_took.as_secs_f64()),
     });
-    e.close().await;
 }
 
 async fn inserts(srv: &Handle, count: usize, out: &mut Vec<Row>) {
