@@ -1,7 +1,7 @@
 //! The HTTP side of the protocol: one typed method per route the engine uses
 //! (PROTOCOL.md §5, §7, §8, §9). No retry policy lives here; callers decide.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,8 @@ pub struct Api {
     /// stall on reused ones (see [`stalls_on_reuse`]).
     fresh: reqwest::Client,
     no_reuse: Arc<AtomicBool>,
+    /// Nanoseconds spent waiting for answers, request sent to body read.
+    waited: Arc<AtomicU64>,
     base: String,
 }
 
@@ -59,11 +61,23 @@ impl Api {
             }
             crate::tls::trust_http(builder, ca)?.build().map_err(|e| Error::Network(e.to_string()))
         };
-        Ok(Api { http: client(true)?, fresh: client(false)?, no_reuse: Arc::new(AtomicBool::new(false)), base })
+        Ok(Api {
+            http: client(true)?,
+            fresh: client(false)?,
+            no_reuse: Arc::new(AtomicBool::new(false)),
+            waited: Arc::new(AtomicU64::new(0)),
+            base,
+        })
     }
 
     pub fn base_url(&self) -> &str {
         &self.base
+    }
+
+    /// Time spent so far waiting for the server's answers (request sent to
+    /// body read; streams not included).
+    pub fn waited(&self) -> Duration {
+        Duration::from_nanos(self.waited.load(Ordering::Relaxed))
     }
 
     fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
@@ -78,7 +92,7 @@ impl Api {
     /// One page of the change log after `since`.
     pub async fn pull(&self, token: Option<&str>, since: u64) -> Result<PullPage> {
         let req = self.request(Method::GET, &format!("/api/sync/pull?since={since}"), token);
-        send_json(req, &self.no_reuse).await
+        send_json(req, self).await
     }
 
     /// The newest seq in the server's change log.
@@ -95,7 +109,7 @@ impl Api {
 
     /// Entities the caller can see in the public manifest.
     pub async fn entities(&self, token: Option<&str>) -> Result<Vec<EntityInfo>> {
-        let manifest: Value = send_json(self.request(Method::GET, "/api/manifest", token), &self.no_reuse).await?;
+        let manifest: Value = send_json(self.request(Method::GET, "/api/manifest", token), self).await?;
         let names = manifest
             .get("entities")
             .and_then(Value::as_array)
@@ -140,7 +154,7 @@ impl Api {
     pub async fn query(&self, token: Option<&str>, entity: &str, filter: &Value) -> Result<Vec<Row>> {
         check_entity(entity)?;
         let req = self.request(Method::POST, &format!("/api/query/{entity}"), token).json(filter);
-        send_json(req, &self.no_reuse).await
+        send_json(req, self).await
     }
 
     /// `GET /api/entities/<E>`: every row (the server does not filter per row).
@@ -151,7 +165,7 @@ impl Api {
             data: Vec<Row>,
         }
         let body: ListBody =
-            send_json(self.request(Method::GET, &format!("/api/entities/{entity}"), token), &self.no_reuse).await?;
+            send_json(self.request(Method::GET, &format!("/api/entities/{entity}"), token), self).await?;
         Ok(body.data)
     }
 
@@ -159,7 +173,7 @@ impl Api {
         check_entity(entity)?;
         check_id(id)?;
         let req = self.request(Method::GET, &format!("/api/entities/{entity}/{id}"), token);
-        match send_json(req, &self.no_reuse).await {
+        match send_json(req, self).await {
             Ok(row) => Ok(Some(row)),
             Err(Error::Http { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
@@ -174,7 +188,7 @@ impl Api {
             id: String,
         }
         let req = self.request(Method::POST, &format!("/api/entities/{entity}"), token).json(data);
-        let created: Created = send_json(req, &self.no_reuse).await?;
+        let created: Created = send_json(req, self).await?;
         Ok(created.id)
     }
 
@@ -182,14 +196,14 @@ impl Api {
         check_entity(entity)?;
         check_id(id)?;
         let req = self.request(Method::PATCH, &format!("/api/entities/{entity}/{id}"), token).json(patch);
-        send_json::<Value>(req, &self.no_reuse).await.map(drop)
+        send_json::<Value>(req, self).await.map(drop)
     }
 
     pub async fn delete(&self, token: Option<&str>, entity: &str, id: &str) -> Result<()> {
         check_entity(entity)?;
         check_id(id)?;
         let req = self.request(Method::DELETE, &format!("/api/entities/{entity}/{id}"), token);
-        send_json::<Value>(req, &self.no_reuse).await.map(drop)
+        send_json::<Value>(req, self).await.map(drop)
     }
 
     /// `POST /api/batch` (admin only): the writes in order, each applied on
@@ -220,7 +234,7 @@ impl Api {
             })
             .collect();
         let req = self.request(Method::POST, "/api/batch", token).json(&json!({ "operations": ops }));
-        let answer: Answer = send_json(req, &self.no_reuse).await?;
+        let answer: Answer = send_json(req, self).await?;
         if answer.results.len() != writes.len() {
             return Err(Error::Protocol(format!(
                 "batch of {} writes answered {} results",
@@ -257,12 +271,12 @@ impl Api {
             return Err(Error::InvalidArg(format!("invalid function name {name:?}")));
         }
         let req = self.request(Method::POST, &format!("/api/fn/{name}"), token).json(args);
-        send_json(req, &self.no_reuse).await
+        send_json(req, self).await
     }
 
     /// Seconds since the server started (`/health`), when it says.
     pub async fn uptime(&self) -> Result<Option<u64>> {
-        match send_json::<Value>(self.request(Method::GET, "/health", None), &self.no_reuse).await {
+        match send_json::<Value>(self.request(Method::GET, "/health", None), self).await {
             Ok(v) => Ok(v.get("uptime_secs").and_then(Value::as_u64)),
             Err(Error::Http { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
@@ -271,7 +285,7 @@ impl Api {
 
     /// Who the token belongs to. An unknown token resolves as anonymous.
     pub async fn me(&self, token: Option<&str>) -> Result<Session> {
-        let body: MeBody = send_json(self.request(Method::GET, "/api/auth/me", token), &self.no_reuse).await?;
+        let body: MeBody = send_json(self.request(Method::GET, "/api/auth/me", token), self).await?;
         Ok(body.into())
     }
 }
@@ -328,19 +342,26 @@ pub fn check_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-async fn send_json<T: DeserializeOwned>(req: RequestBuilder, no_reuse: &AtomicBool) -> Result<T> {
-    let resp = req.send().await.map_err(network)?;
-    if stalls_on_reuse(resp.headers()) {
-        no_reuse.store(true, Ordering::Relaxed);
+async fn send_json<T: DeserializeOwned>(req: RequestBuilder, api: &Api) -> Result<T> {
+    let sent = std::time::Instant::now();
+    let answer = async {
+        let resp = req.send().await.map_err(network)?;
+        if stalls_on_reuse(resp.headers()) {
+            api.no_reuse.store(true, Ordering::Relaxed);
+        }
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = resp.bytes().await.map_err(network)?;
+        Ok::<_, Error>((status, retry_after, bytes))
     }
-    let status = resp.status();
-    let retry_after = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let bytes = resp.bytes().await.map_err(network)?;
+    .await;
+    api.waited.fetch_add(sent.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    let (status, retry_after, bytes) = answer?;
     if status.is_success() {
         return serde_json::from_slice(&bytes)
             .map_err(|e| Error::Protocol(format!("unreadable {} response: {e}", status.as_u16())));

@@ -333,6 +333,14 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Records that an insert may reach the server (see `queue::Sent`).
+    pub fn set_sent(&self, m: &Mutation) -> Result<()> {
+        self.tx
+            .prepare_cached("UPDATE mutations SET sent = ?2 WHERE id = ?1")?
+            .execute(params![m.id, m.sent.as_ref().map(serde_json::to_string).transpose()?])?;
+        Ok(())
+    }
+
     pub fn delete_mutation(&self, id: &str) -> Result<()> {
         self.tx.prepare_cached("DELETE FROM mutations WHERE id = ?1")?.execute([id])?;
         Ok(())

@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 
 use crate::api::{check_entity, check_id, Api, BatchWrite};
 use crate::backoff::Backoff;
-use crate::db::{Db, Stored};
+use crate::db::{Db, Stored, Writer};
 use crate::error::{Error, Result};
 use crate::protocol::{ChangeEvent, Cursor, Hydration, Kind, PullPage, Row, Session};
 use crate::queue::{Mutation, MutationError, Queue, Sent, Status};
@@ -515,6 +515,12 @@ impl Engine {
     pub fn list(&self, entity: &str) -> Vec<Row> {
         let rows = self.inner.state.read().unwrap().replica.list(entity);
         rows.iter().map(RowText::parse).collect()
+    }
+
+    /// Time this engine has spent waiting for the server's HTTP answers
+    /// (diagnostics: compare with wall time to see who is slow).
+    pub fn server_wait(&self) -> Duration {
+        self.inner.api.waited()
     }
 
     /// How many rows of `entity` are visible.
@@ -1316,15 +1322,19 @@ impl Engine {
     /// Counts a failed attempt and gives up this round (backoff follows).
     async fn retry_later(&self, mut m: Mutation, e: Error) -> Result<()> {
         m.attempts += 1;
-        self.save_mutations(vec![m]).await?;
+        self.save_mutations(vec![m], |w, m| w.save_mutation(m)).await?;
         Err(e)
     }
 
-    /// Persists changed bookkeeping of queued mutations (nothing visible
-    /// changes), then puts them in place in memory.
-    async fn save_mutations(&self, changed: Vec<Mutation>) -> Result<()> {
+    /// Persists changed bookkeeping of queued mutations with `save` (nothing
+    /// visible changes), then puts them in place in memory.
+    async fn save_mutations(
+        &self,
+        changed: Vec<Mutation>,
+        save: fn(&Writer<'_>, &Mutation) -> Result<()>,
+    ) -> Result<()> {
         self.with_db(move |me, db| {
-            db.write(|w| changed.iter().try_for_each(|m| w.save_mutation(m)))?;
+            db.write(|w| changed.iter().try_for_each(|m| save(w, m)))?;
             let mut st = me.inner.state.write().unwrap();
             for m in changed {
                 st.queue.replace(m);
@@ -1346,7 +1356,7 @@ impl Engine {
             }
         }
         if !changed.is_empty() {
-            self.save_mutations(changed).await?;
+            self.save_mutations(changed, |w, m| w.set_sent(m)).await?;
         }
         Ok(run)
     }
