@@ -373,17 +373,25 @@ async fn bulk(rows: usize, out: &mut Vec<Row>) {
         w.unwrap();
     }
     let queued = t.elapsed();
-    e.start().await.unwrap();
-    while !e.mutations().is_empty() {
+    // start() sends the queue, then pulls the log up to the head (our own
+    // writes coming back): the writes are on the server when the queue is empty
+    let started = tokio::spawn({
+        let e = e.clone();
+        async move { e.start().await }
+    });
+    while e.status().pending + e.status().failed > 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = t.elapsed();
+    started.await.unwrap().unwrap();
+    let caught_up = t.elapsed();
     out.push(Row {
         what: format!("9 admin bulk inserts, {rows} rows (made at once, queued durably, sent by /api/batch)"),
         value: format!(
-            "{:.0} rows/s end to end (queueing alone {:.0} rows/s)",
+            "{:.0} rows/s made to acknowledged (queueing alone {:.0} rows/s; replica caught up with the log after {:.1} s)",
             rows as f64 / took.as_secs_f64(),
-            rows as f64 / queued.as_secs_f64()
+            rows as f64 / queued.as_secs_f64(),
+            caught_up.as_secs_f64()
         ),
         limit: format!("bare client posting the batches: {:.0} rows/s", rows as f64 / raw.as_secs_f64()),
         ratio: format!("{:.0} % of the bare client", 100.0 * raw.as_secs_f64() / took.as_secs_f64()),
