@@ -1633,7 +1633,15 @@ impl Engine {
     pub(crate) async fn apply_changes(&self, changes: Vec<ChangeEvent>, cursor: Option<u64>, epoch: u64) -> Result<()> {
         let (mut effects, missing) = {
             let st = self.inner.state.read().unwrap();
-            let snapshot_holds = |c: &ChangeEvent| st.covered.get(&c.entity).is_some_and(|head| c.seq <= *head);
+            // an insert or update of a row the snapshot holds, from before the
+            // snapshot's head: superseded. Anything else is applied as it
+            // comes: a row deleted before the snapshot must end as a tombstone,
+            // so that an in-doubt insert found in the log is not stored again.
+            let snapshot_holds = |c: &ChangeEvent| {
+                c.kind != Kind::Delete
+                    && st.covered.get(&c.entity).is_some_and(|head| c.seq <= *head)
+                    && st.replica.base(&c.entity, &c.row_id).is_some()
+            };
             if changes.iter().any(snapshot_holds) {
                 let fresh: Vec<ChangeEvent> = changes.iter().filter(|c| !snapshot_holds(c)).cloned().collect();
                 st.replica.plan(&fresh)

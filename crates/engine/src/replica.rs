@@ -313,13 +313,6 @@ impl Replica {
             scratch.insert(k, next);
         }
         for ((entity, id), row) in scratch {
-            // the row already reads so (typically our own acknowledged write
-            // coming back as an event): nothing to store. Events arrive in
-            // seq order above the cursor, so the older seq it keeps is harmless.
-            let stored = self.base(entity, id).and_then(|b| b.data.as_ref());
-            if row.data.is_some() && row.data.as_ref() == stored {
-                continue;
-            }
             effects.push(match row.data {
                 Some(data) => Effect::Put { entity: entity.into(), id: id.into(), seq: row.seq, data },
                 None => Effect::Tombstone { entity: entity.into(), id: id.into(), seq: row.seq },
