@@ -106,6 +106,16 @@ fn seed_row_without_user() -> Value {
     json!({ "title": format!("row {{i}} {}", "x".repeat(150)), "done": false })
 }
 
+/// One keyset page of `Todo` (2,000 rows after `after`): its size in bytes and its rows.
+async fn keyset_page(http: &reqwest::Client, url: &str, after: Option<&str>) -> (usize, Vec<Map<String, Value>>) {
+    let mut filter = json!({ "$order": { "id": "asc" }, "$limit": 2000 });
+    if let Some(a) = after {
+        filter["id"] = json!({ "$gt": a });
+    }
+    let body = http.post(format!("{url}/api/query/Todo")).json(&filter).send().await.unwrap().bytes().await.unwrap();
+    (body.len(), serde_json::from_slice(&body).unwrap())
+}
+
 /// The limit for a bootstrap: the same keyset pages fetched, parsed and inserted in one transaction.
 async fn raw_bootstrap(url: &str, dir: &std::path::Path) -> (Duration, usize, usize) {
     let t = Instant::now();
@@ -119,14 +129,8 @@ async fn raw_bootstrap(url: &str, dir: &std::path::Path) -> (Duration, usize, us
     {
         let mut stmt = tx.prepare("INSERT INTO rows VALUES ('Todo', ?1, 0, ?2)").unwrap();
         loop {
-            let mut filter = json!({ "$order": { "id": "asc" }, "$limit": 2000 });
-            if let Some(a) = &after {
-                filter["id"] = json!({ "$gt": a });
-            }
-            let body =
-                http.post(format!("{url}/api/query/Todo")).json(&filter).send().await.unwrap().bytes().await.unwrap();
-            bytes += body.len();
-            let rows: Vec<Map<String, Value>> = serde_json::from_slice(&body).unwrap();
+            let (size, rows) = keyset_page(&http, url, after.as_deref()).await;
+            bytes += size;
             if rows.is_empty() {
                 break;
             }
@@ -469,13 +473,7 @@ async fn fetch_pages(http: &reqwest::Client, url: &str) -> (Duration, usize) {
     let t = Instant::now();
     let (mut after, mut n): (Option<String>, usize) = (None, 0);
     loop {
-        let mut filter = json!({ "$order": { "id": "asc" }, "$limit": 2000 });
-        if let Some(a) = &after {
-            filter["id"] = json!({ "$gt": a });
-        }
-        let body =
-            http.post(format!("{url}/api/query/Todo")).json(&filter).send().await.unwrap().bytes().await.unwrap();
-        let rows: Vec<Map<String, Value>> = serde_json::from_slice(&body).unwrap();
+        let (_, rows) = keyset_page(http, url, after.as_deref()).await;
         n += rows.len();
         after = rows.last().and_then(|r| r["id"].as_str()).map(str::to_string);
         if rows.len() < 2000 {
