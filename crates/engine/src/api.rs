@@ -20,9 +20,8 @@ const HEAD_PROBE: u64 = 1 << 62;
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
-    /// The same client without reuse of idle connections, for servers that
-    /// stall on reused ones (see [`stalls_on_reuse`]).
-    fresh: reqwest::Client,
+    /// Ask for a new connection per request: the server stalls on reused
+    /// ones (see [`stalls_on_reuse`]).
     no_reuse: Arc<AtomicBool>,
     /// Nanoseconds spent waiting for answers, request sent to body read.
     waited: Arc<AtomicU64>,
@@ -33,8 +32,9 @@ pub struct Api {
 /// over 1 KiB as headers and body in two writes with Nagle's algorithm on.
 /// On a reused connection the client has switched to delayed ACKs, so the
 /// body waits about 40 ms for the header's ACK — every pull page. A new
-/// connection per request (about 0.3 ms on loopback) avoids it; the client
-/// cannot re-arm `TCP_QUICKACK` through reqwest. See docs/compat.md.
+/// connection per request (`Connection: close`, about 0.3 ms on loopback)
+/// avoids it; the client cannot re-arm `TCP_QUICKACK` through reqwest. See
+/// docs/compat.md.
 fn stalls_on_reuse(headers: &reqwest::header::HeaderMap) -> bool {
     headers.get(reqwest::header::SERVER).and_then(|v| v.to_str().ok()).is_some_and(|s| s.starts_with("tiny-http"))
 }
@@ -51,19 +51,13 @@ impl Api {
     /// `ca`: PEM of certificate authorities to trust besides the web roots.
     pub fn new(base_url: &str, ca: Option<&str>) -> Result<Api> {
         let base = normalize_base(base_url)?;
-        let client = |reuse: bool| {
-            let mut builder = reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .timeout(Duration::from_secs(60))
-                .tcp_nodelay(true);
-            if !reuse {
-                builder = builder.pool_max_idle_per_host(0);
-            }
-            crate::tls::trust_http(builder, ca)?.build().map_err(|e| Error::Network(e.to_string()))
-        };
+        let builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .tcp_nodelay(true);
+        let http = crate::tls::trust_http(builder, ca)?.build().map_err(|e| Error::Network(e.to_string()))?;
         Ok(Api {
-            http: client(true)?,
-            fresh: client(false)?,
+            http,
             no_reuse: Arc::new(AtomicBool::new(false)),
             waited: Arc::new(AtomicU64::new(0)),
             base,
@@ -81,8 +75,10 @@ impl Api {
     }
 
     fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
-        let http = if self.no_reuse.load(Ordering::Relaxed) { &self.fresh } else { &self.http };
-        let req = http.request(method, format!("{}{}", self.base, path));
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if self.no_reuse.load(Ordering::Relaxed) {
+            req = req.header(reqwest::header::CONNECTION, "close");
+        }
         match token {
             Some(t) if !t.is_empty() => req.bearer_auth(t),
             _ => req,
