@@ -56,12 +56,7 @@ impl Api {
             .timeout(Duration::from_secs(60))
             .tcp_nodelay(true);
         let http = crate::tls::trust_http(builder, ca)?.build().map_err(|e| Error::Network(e.to_string()))?;
-        Ok(Api {
-            http,
-            no_reuse: Arc::new(AtomicBool::new(false)),
-            waited: Arc::new(AtomicU64::new(0)),
-            base,
-        })
+        Ok(Api { http, no_reuse: Arc::new(AtomicBool::new(false)), waited: Arc::new(AtomicU64::new(0)), base })
     }
 
     pub fn base_url(&self) -> &str {

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use crate::error::{Error, Result};
 use crate::protocol::Kind;
 use crate::queue::{Mutation, MutationError, Status};
-use crate::replica::{BaseRow, Effect, RowText};
+use crate::replica::{BaseRow, Effect, RowText, Tables};
 
 /// Marks a file as ours (`PRAGMA application_id`, "PYSN").
 const APPLICATION_ID: i32 = 0x5059_534E;
@@ -50,9 +50,6 @@ pub struct Db {
 }
 
 /// Everything `start()` needs from disk.
-/// Stored rows (and tombstones) by entity, then id.
-pub type Tables = BTreeMap<String, BTreeMap<String, BaseRow>>;
-
 pub struct Stored {
     pub rows: Tables,
     pub mutations: Vec<Mutation>,

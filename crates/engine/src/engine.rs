@@ -29,7 +29,7 @@ use crate::protocol::{ChangeEvent, Cursor, Hydration, Kind, PullPage, Row, Sessi
 use crate::queue::{Mutation, MutationError, Queue, Sent, Status};
 use crate::realtime::{Connection, Peer, Realtime};
 use crate::reconcile;
-use crate::replica::{BaseRow, Effect, Replacement, Replica, RowText};
+use crate::replica::{BaseRow, Effect, Replacement, Replica, RowText, Tables};
 use crate::snapshot::{self, Snapshot};
 use crate::transport::{BinaryFrame, Liveness, Which};
 
@@ -326,6 +326,15 @@ enum Resume {
     Replay,
 }
 
+/// What [`Engine::applied_run`] committed: the acknowledged mutations (under
+/// their server ids), the acknowledgements left for the next run, and the
+/// entities that changed.
+struct AckedRun {
+    done: Vec<Mutation>,
+    left: Vec<(Mutation, Option<String>)>,
+    entities: Vec<String>,
+}
+
 /// A write waiting for its transaction, and who to tell when it is durable.
 struct Submitted {
     m: Mutation,
@@ -494,9 +503,9 @@ impl Engine {
     /// as JSON `{"version", "rows": [changed rows], "gone": [ids]}`; `None` when
     /// only the whole list can tell.
     pub fn changes_json(&self, entity: &str, version: u64) -> Option<String> {
-        let (now, changes) = self.inner.state.read().unwrap().replica.changes_since(entity, version)?;
-        let (mut rows, mut gone) = (String::from("["), Vec::new());
-        for (id, row) in changes {
+        let changes = self.inner.state.read().unwrap().replica.changes_since(entity, version)?;
+        let (now, mut rows, mut gone) = (changes.version, String::from("["), Vec::new());
+        for (id, row) in changes.rows {
             match row {
                 Some(r) => {
                     if rows.len() > 1 {
@@ -1380,10 +1389,10 @@ impl Engine {
     async fn applied_all(&self, acks: Vec<(Mutation, Option<String>)>) -> Result<()> {
         let mut acks = acks;
         while !acks.is_empty() {
-            let (done, entities) = self.with_db(move |me, db| Ok(me.applied_run(db, acks))).await??;
-            acks = done.1;
-            self.emit(Event::Change { entities });
-            for m in done.0 {
+            let run = self.with_db(move |me, db| me.applied_run(db, acks)).await?;
+            acks = run.left;
+            self.emit(Event::Change { entities: run.entities });
+            for m in run.done {
                 self.emit(Event::Mutation { status: "applied", mutation: m });
             }
         }
@@ -1391,15 +1400,8 @@ impl Engine {
     }
 
     /// Commits the longest leading run of `acks` whose rows and dependent
-    /// mutations are disjoint (each is planned from the state before the run),
-    /// and returns the acknowledged mutations (under their server ids), the
-    /// acknowledgements left, and the entities that changed.
-    #[allow(clippy::type_complexity)]
-    fn applied_run(
-        &self,
-        db: &mut Db,
-        acks: Vec<(Mutation, Option<String>)>,
-    ) -> Result<((Vec<Mutation>, Vec<(Mutation, Option<String>)>), Vec<String>)> {
+    /// mutations are disjoint (each is planned from the state before the run).
+    fn applied_run(&self, db: &mut Db, acks: Vec<(Mutation, Option<String>)>) -> Result<AckedRun> {
         struct Planned {
             m: Mutation,
             server_id: Option<String>,
@@ -1509,7 +1511,7 @@ impl Engine {
             done.push(m);
         }
         self.refresh_counts(&mut st);
-        Ok(((done, acks.collect()), entities))
+        Ok(AckedRun { done, left: acks.collect(), entities })
     }
 
     // ------------------------------------------------------------------ pull
@@ -1551,11 +1553,10 @@ impl Engine {
         let wanted: Vec<_> = infos.into_iter().filter(|i| covered.get(&i.name).is_some_and(|head| *head > 0)).collect();
         self.set_phase(Phase::Bootstrapping, None, 0);
         let me = self.clone();
-        let snap = snapshot::take(&self.inner.api, token.as_deref(), &wanted, &move |entity, rows, done| {
+        let mut snap = snapshot::take(&self.inner.api, token.as_deref(), &wanted, &move |entity, rows, done| {
             me.emit(Event::Progress { entity: entity.to_string(), rows, done })
         })
         .await?;
-        let mut snap = snap;
         snap.log_only.extend(covered.into_iter().filter(|(_, head)| *head == 0).map(|(e, _)| e));
         let resume = if snap.log_only.is_empty() { Resume::Head } else { Resume::Replay };
         self.install_snapshot(snap, epoch, resume).await?;
@@ -1735,10 +1736,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Replaces the snapshot's entities wholesale. A fresh replica (or
-    /// `adopt_head`) takes the head the snapshot was read after as its cursor;
-    /// a replica that already follows the log keeps its cursor, since
-    /// replaying from there is harmless.
+    /// Replaces the snapshot's entities wholesale, in one transaction with
+    /// the cursor, which goes where `resume` says.
     async fn install_snapshot(&self, snap: Snapshot, epoch: u64, resume: Resume) -> Result<()> {
         let mut entities: Vec<String> = snap.rows.keys().cloned().collect();
         if resume == Resume::Replay {
@@ -1763,7 +1762,7 @@ impl Engine {
             };
             covered.extend(snap.rows.keys().map(|e| (e.clone(), snap.head)));
             covered.extend(snap.log_only.iter().map(|e| (e.clone(), 0)));
-            let mut tables: BTreeMap<String, BTreeMap<String, BaseRow>> = snap
+            let mut tables: Tables = snap
                 .rows
                 .into_iter()
                 .map(|(entity, rows)| {

@@ -50,6 +50,9 @@ pub struct BaseRow {
     pub data: Option<RowText>,
 }
 
+/// Stored rows (and tombstones) by entity, then id.
+pub type Tables = BTreeMap<String, BTreeMap<String, BaseRow>>;
+
 /// A durable change to the server rows, planned before it is persisted.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
@@ -95,6 +98,14 @@ struct Table {
 pub struct Replacement {
     rows: BTreeMap<String, BaseRow>,
     changed: Option<Vec<String>>,
+}
+
+/// The rows of an entity that may differ since some version, in id order,
+/// with their visible state now (`None`: gone), and the version now.
+#[derive(Debug, PartialEq)]
+pub struct Changes {
+    pub version: u64,
+    pub rows: Vec<(String, Option<RowText>)>,
 }
 
 /// Journal entries kept per entity; a reader further behind reads the whole list.
@@ -157,7 +168,7 @@ impl Replica {
     }
 
     /// Loads stored rows (rows and tombstones) without planning.
-    pub fn load(&mut self, rows: BTreeMap<String, BTreeMap<String, BaseRow>>) {
+    pub fn load(&mut self, rows: Tables) {
         for (entity, base) in rows {
             self.tables.entry(entity).or_default().base = base;
         }
@@ -176,11 +187,11 @@ impl Replica {
             t.touch();
         }
         for (entity, mut t) in self.tables.drain() {
-            if !tables.contains_key(&entity) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = tables.entry(entity) {
                 t.base.clear();
                 t.overlay.clear();
                 t.touch();
-                tables.insert(entity, t);
+                slot.insert(t);
             }
         }
         self.tables = tables;
@@ -387,12 +398,11 @@ impl Replica {
         t.touch_row(id);
     }
 
-    /// What changed in `entity` since `version`: the current version, and the
-    /// rows that may differ, in id order, with their visible state now (`None`: gone).
-    /// `None` when the journal does not reach back that far.
-    pub fn changes_since(&self, entity: &str, version: u64) -> Option<(u64, Vec<(String, Option<RowText>)>)> {
+    /// What changed in `entity` since `version`; `None` when the journal
+    /// does not reach back that far.
+    pub fn changes_since(&self, entity: &str, version: u64) -> Option<Changes> {
         let Some(t) = self.tables.get(entity) else {
-            return (version == 0).then(|| (0, Vec::new()));
+            return (version == 0).then(|| Changes { version: 0, rows: Vec::new() });
         };
         if version < t.journal_from || version > t.version {
             return None;
@@ -409,7 +419,7 @@ impl Replica {
                 (id.to_string(), visible)
             })
             .collect();
-        Some((t.version, rows))
+        Some(Changes { version: t.version, rows })
     }
 
     /// Compares a snapshot's rows of `entity` with ours. Done under a read
@@ -678,11 +688,11 @@ mod tests {
             &[ev(1, "a", Kind::Insert, Some(json!({ "t": 1 }))), ev(2, "b", Kind::Insert, Some(json!({ "t": 2 })))],
         );
         let v = r.entity_version("Todo");
-        assert_eq!(r.changes_since("Todo", v), Some((v, vec![])));
+        assert_eq!(r.changes_since("Todo", v), Some(Changes { version: v, rows: vec![] }));
         apply(&mut r, &q, &[ev(3, "a", Kind::Update, Some(json!({ "t": 3 }))), ev(4, "b", Kind::Delete, None)]);
         q.push(mutation(1, "c", Kind::Insert, Some(json!({ "t": 5 }))));
         r.refresh("Todo", "c", &q);
-        let (now, rows) = r.changes_since("Todo", v).unwrap();
+        let Changes { version: now, rows } = r.changes_since("Todo", v).unwrap();
         assert_eq!(now, r.entity_version("Todo"));
         let text: Vec<(String, Option<String>)> =
             rows.into_iter().map(|(id, row)| (id, row.map(|t| t.as_str().to_string()))).collect();
@@ -700,7 +710,7 @@ mod tests {
         fresh.insert("d".into(), BaseRow { seq: 0, data: Some(RowText::stored(r#"{"t":6,"id":"d"}"#.into())) });
         let fresh = r.prepare("Todo", fresh);
         r.replace_entities(BTreeMap::from([("Todo".to_string(), fresh)]), &q);
-        let (now2, rows) = r.changes_since("Todo", now).unwrap();
+        let Changes { version: now2, rows } = r.changes_since("Todo", now).unwrap();
         // (the pending insert's overlay was recomputed too: told again, unchanged)
         assert_eq!(
             rows.iter().map(|(id, row)| (id.as_str(), row.is_some())).collect::<Vec<_>>(),
@@ -709,7 +719,6 @@ mod tests {
         // a wholesale change (reload, reset) cannot be told row by row
         r.clear();
         assert_eq!(r.changes_since("Todo", now2), None);
-        let now = now2;
         // nor can more changes than the journal keeps
         let v = r.entity_version("Todo");
         for i in 0..=JOURNAL_CAP {
@@ -717,6 +726,6 @@ mod tests {
         }
         assert_eq!(r.changes_since("Todo", v), None);
         assert!(r.changes_since("Todo", v + 2).is_some());
-        assert_eq!(r.changes_since("Nothing", 0), Some((0, vec![])));
+        assert_eq!(r.changes_since("Nothing", 0), Some(Changes { version: 0, rows: vec![] }));
     }
 }
