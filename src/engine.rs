@@ -243,19 +243,18 @@ impl NativeEngine {
     #[napi(catch_unwind, ts_return_type = "Promise<any>")]
     pub fn insert<'e>(&self, env: &'e Env, entity: String, data: Value) -> Result<PromiseRaw<'e, Value>> {
         let write = convert::object(data, "data").map(|data| self.engine.insert(&entity, data));
-        promise(env, async move { settle(async move { write?.await }.await) })
+        promise(env, async move { write?.await })
     }
 
     #[napi(catch_unwind, ts_return_type = "Promise<any>")]
     pub fn update<'e>(&self, env: &'e Env, entity: String, id: String, patch: Value) -> Result<PromiseRaw<'e, Value>> {
         let write = convert::object(patch, "patch").map(|patch| self.engine.update(&entity, &id, patch));
-        promise(env, async move { settle(async move { write?.await }.await) })
+        promise(env, async move { write?.await })
     }
 
     #[napi(catch_unwind, ts_return_type = "Promise<any>")]
     pub fn delete<'e>(&self, env: &'e Env, entity: String, id: String) -> Result<PromiseRaw<'e, Value>> {
-        let write = self.engine.delete(&entity, &id);
-        promise(env, async move { settle(write.await) })
+        promise(env, self.engine.delete(&entity, &id))
     }
 
     #[napi]
