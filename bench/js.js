@@ -102,7 +102,8 @@ async function main() {
     await f.close()
 
     // 5: reopen a persisted replica, time to the first store.list
-    await srv.control('seed', { entity: 'Todo', count: coldRows - rows - 60000, data: { title: 'row {i} ' + 'x'.repeat(150), done: false } })
+    const have = (await (await fetch(`${srv.url}/__control/state`)).json()).rows.Todo
+    await srv.control('seed', { entity: 'Todo', count: Math.max(0, coldRows - have), data: { title: 'row {i} ' + 'x'.repeat(150), done: false } })
     const dbPath = tmp('cold')
     const b = createSyncEngine(srv.url, { dbPath, transport: 'poll', pollInterval: 3600000 })
     await b.start()
