@@ -123,6 +123,29 @@ for (const server of servers()) {
     await again.close()
   })
 
+  scenario('a restart right after the previous boot, with deletes and inserts between, is noticed', 180000, async (srv) => {
+    const dbPath = path.join(tempDir(), 'replica.db')
+    for (let i = 0; i < 10; i++) await api(srv.url, 'POST', '/api/entities/Todo', { title: `t${i}`, done: false })
+    // boot B: the engine follows it and goes away
+    await srv.restart()
+    const e = createSyncEngine(srv.url, { dbPath, transport: 'poll', pollInterval: 50 })
+    await e.start()
+    assert.equal(e.store.list('Todo').length, 10)
+    await e.close()
+    // meanwhile: 5 deletes and 20 inserts, then boot C, well within a second
+    // of boot B for the dev server (`/health` uptime cannot tell them apart)
+    const ids = (await serverTodos(srv)).map((r) => r.id)
+    for (const id of ids.slice(0, 5)) await api(srv.url, 'DELETE', `/api/entities/Todo/${id}`)
+    for (let i = 0; i < 20; i++) await api(srv.url, 'POST', '/api/entities/Todo', { title: `n${i}`, done: false })
+    await srv.restart()
+        const again = createSyncEngine(srv.url, { dbPath, transport: 'poll', pollInterval: 50 })
+    await again.start()
+    const server = (await serverTodos(srv)).map((r) => `${r.id}:${r.title}`).sort()
+    assert.equal(server.length, 25)
+    assert.deepEqual(again.store.list('Todo').map((r) => `${r.id}:${r.title}`).sort(), server)
+    await again.close()
+  })
+
   scenario(`kill -9 at ${KILLS} random moments of writes, pulls, id swaps and resets: nothing lost, nothing twice, replica equal to the server`, 900000, async (srv) => {
     const dbPath = path.join(tempDir(), 'replica.db')
     const writer = path.join(__dirname, 'fixtures', 'writer.js')

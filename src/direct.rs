@@ -52,7 +52,7 @@ pub async fn direct_insert(base_url: String, entity: String, data: Value, opts: 
         async {
             let (api, token) = client(&base_url, opts)?;
             let data = convert::object(data, "data")?;
-            let id = api.insert(token.as_deref(), &entity, &data).await?;
+            let id = api.insert(token.as_deref(), &entity, &data, None).await?;
             Ok(json!({ "id": id }))
         }
         .await,

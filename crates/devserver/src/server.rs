@@ -95,7 +95,9 @@ impl World {
 
     fn insert(&mut self, e: &str, mut data: Map<String, Value>) -> Result<String, Refused> {
         let entity = self.entity(e)?;
-        data.remove("id"); // the server names rows
+        // the server names rows; an `id` sent anyway reaches the event's
+        // data but not the row (PROTOCOL §3.2)
+        let sent_id = data.remove("id");
         Self::check_columns(&entity, &data)?;
         if let Some(f) = entity.fields.iter().find(|f| !f.optional && data.get(&f.name).is_none_or(Value::is_null)) {
             return Err(Refused {
@@ -105,7 +107,10 @@ impl World {
             });
         }
         let id = self.store.new_id();
-        let event_data = data.clone();
+        let mut event_data = data.clone();
+        if let Some(sent) = sent_id {
+            event_data.insert("id".into(), sent);
+        }
         data.insert("id".into(), json!(id));
         self.store.rows.entry(e.to_string()).or_default().insert(id.clone(), data);
         self.record(e, &id, "insert", Some(event_data));

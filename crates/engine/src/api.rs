@@ -172,13 +172,24 @@ impl Api {
     }
 
     /// Creates a row; returns the server's id.
-    pub async fn insert(&self, token: Option<&str>, entity: &str, data: &Row) -> Result<String> {
+    /// Inserts a row; the server names it. A `nonce` goes out as the body's
+    /// `id`: the server ignores it for the row but keeps it in the insert
+    /// event's `data`, where the writer can recognise its own insert.
+    pub async fn insert(&self, token: Option<&str>, entity: &str, data: &Row, nonce: Option<&str>) -> Result<String> {
         check_entity(entity)?;
         #[derive(serde::Deserialize)]
         struct Created {
             id: String,
         }
-        let req = self.request(Method::POST, &format!("/api/entities/{entity}"), token).json(data);
+        let req = self.request(Method::POST, &format!("/api/entities/{entity}"), token);
+        let req = match nonce {
+            Some(n) => {
+                let mut body = data.clone();
+                body.insert("id".into(), Value::String(n.to_string()));
+                req.json(&body)
+            }
+            None => req.json(data),
+        };
         let created: Created = send_json(req, self).await?;
         Ok(created.id)
     }

@@ -408,7 +408,7 @@ mod tests {
             error: None,
             attempts: 0,
             created_at: 5,
-            sent: Some(crate::queue::Sent { after: Some("000a".into()) }),
+            sent: Some(crate::queue::Sent { after: Some("000a".into()), ..Default::default() }),
         };
         {
             let mut db = Db::open(Some(&path)).unwrap();

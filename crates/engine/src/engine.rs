@@ -28,8 +28,9 @@ use crate::error::{Error, Result};
 use crate::protocol::{ChangeEvent, Cursor, Hydration, Kind, PullPage, Row, Session};
 use crate::queue::{Mutation, MutationError, Queue, Sent, Status};
 use crate::realtime::{Connection, Peer, Realtime};
-use crate::reconcile;
+use crate::reconcile::{self, Found};
 use crate::replica::{BaseRow, Effect, Replacement, Replica, RowText, Tables};
+use crate::restart::{Anchor, Boot};
 use crate::snapshot::{self, Snapshot};
 use crate::transport::{BinaryFrame, Liveness, Which};
 
@@ -50,49 +51,12 @@ pub const TEMP_PREFIX: &str = "_pending_";
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// How often the server's boot time is checked (also after errors and reconnects).
 const BOOT_CHECK_EVERY: Duration = Duration::from_secs(30);
-/// Client clock jitter allowed when telling boots apart (ms).
-const BOOT_SLACK: u64 = 1000;
-
-/// When the server started, as an interval of unix ms: `/health` reports
-/// whole seconds of uptime, read at some moment during the request. Two
-/// boots are told apart only when their intervals cannot overlap, so a slow
-/// answer never looks like a restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Boot {
-    earliest: u64,
-    latest: u64,
-}
-
-impl Boot {
-    fn observed(sent_ms: u64, received_ms: u64, uptime_s: u64) -> Boot {
-        Boot {
-            earliest: sent_ms.saturating_sub(uptime_s.saturating_add(1).saturating_mul(1000)),
-            latest: received_ms.saturating_sub(uptime_s.saturating_mul(1000)),
-        }
-    }
-
-    fn later_than(&self, known: &Boot) -> bool {
-        self.earliest > known.latest + BOOT_SLACK
-    }
-
-    /// What both observations allow (the newer one alone if they disagree).
-    fn narrowed(&self, newer: &Boot) -> Boot {
-        let b = Boot { earliest: self.earliest.max(newer.earliest), latest: self.latest.min(newer.latest) };
-        if b.earliest <= b.latest {
-            b
-        } else {
-            *newer
-        }
-    }
-
-    fn parse(text: &str) -> Option<Boot> {
-        let (a, b) = text.split_once(',')?;
-        Some(Boot { earliest: a.parse().ok()?, latest: b.parse().ok()? })
-    }
-}
 /// With a live stream, pull at least this often anyway: streams are hints
 /// and may silently miss events (§10.6).
 const SAFETY_PULL: Duration = Duration::from_secs(30);
+/// The anchor is asked for again while it is at most this many events
+/// behind the cursor (a pull page holds 100).
+const ANCHOR_SPAN: u64 = 50;
 
 /// How the engine follows the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,8 +241,19 @@ struct State {
     witness: reconcile::Witness,
     /// Temporary ids of acknowledged inserts → the server's ids.
     aliases: std::collections::HashMap<String, String>,
+    /// Temporary ids of other identities' inserts in doubt, parked in the
+    /// database: an insert event naming one is recorded as its alias, so the
+    /// insert is known applied when its identity returns (even if a restart
+    /// has renumbered the log by then).
+    parked_in_doubt: std::collections::HashSet<String>,
     /// When the server the replica follows started, from `/health`.
     server_boot: Option<Boot>,
+    /// The last event the replica took (see `restart`); `None` after a
+    /// snapshot until the next pull learns one.
+    anchor: Option<Anchor>,
+    /// Restarts of the server noticed so far: an insert sent in an earlier
+    /// lifetime cannot be looked for in today's log.
+    server_gen: u64,
     loaded: bool,
     pending_hydration: Option<Hydration>,
     status: SyncStatus,
@@ -335,6 +310,15 @@ struct AckedRun {
     entities: Vec<String>,
 }
 
+/// A replay of the log from 0, gathered until it reaches the head.
+struct Replay {
+    events: Vec<ChangeEvent>,
+    /// The last seq read.
+    at: u64,
+    /// The replica generation it was started in.
+    epoch: u64,
+}
+
 /// A write waiting for its transaction, and who to tell when it is durable.
 struct Submitted {
     m: Mutation,
@@ -364,6 +348,12 @@ fn random_suffix() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
     (0..10).map(|_| char::from_digit(rng.random_range(0..36), 36).unwrap()).collect()
+}
+
+/// Temporary ids of the inserts in doubt among `mutations`.
+fn in_doubt_ids(mutations: &[Mutation]) -> std::collections::HashSet<String> {
+    let in_doubt = |m: &&Mutation| m.kind == Kind::Insert && m.status == Status::Pending && m.sent.is_some();
+    mutations.iter().filter(in_doubt).map(|m| m.row_id.clone()).collect()
 }
 
 /// A stable, non-reversible name for a token, so we can tell tokens apart
@@ -427,7 +417,10 @@ impl Engine {
             queue_key: token_key(&fp),
             quarantined: false,
             server_boot: None,
+            anchor: None,
+            server_gen: 0,
             aliases: Default::default(),
+            parked_in_doubt: Default::default(),
             witness: Default::default(),
             loaded: false,
             pending_hydration: None,
@@ -614,13 +607,18 @@ impl Engine {
             let fp = fingerprint(me.inner.token.read().unwrap().as_deref());
             let Stored { rows, mutations } = db.load()?;
             let server_boot = db.meta("server_boot")?.as_deref().and_then(Boot::parse);
+            let anchor = db.meta("anchor")?.and_then(|t| serde_json::from_str::<Option<Anchor>>(&t).ok()).flatten();
+            let server_gen = db.meta("server_gen")?.and_then(|t| t.parse().ok()).unwrap_or(0);
             let aliases = db.aliases()?.into_iter().collect();
             let cursor = db.cursor()?;
             // Rows stored under another token stay hidden until /api/auth/me
             // says the new token is the same identity.
             let same_token = stored_fp.as_deref() == Some(fp.as_str()) || (rows.is_empty() && cursor == 0);
             let queue_key = if same_token && !identity.is_empty() { identity.clone() } else { token_key(&fp) };
-            let queue = Queue::new(mutations.into_iter().filter(|m| m.identity == queue_key));
+            let (mine, others): (Vec<Mutation>, Vec<Mutation>) =
+                mutations.into_iter().partition(|m| m.identity == queue_key);
+            let parked_in_doubt = in_doubt_ids(&others);
+            let queue = Queue::new(mine);
             let mut replica = Replica::new();
             if same_token {
                 replica.load(rows);
@@ -629,7 +627,10 @@ impl Engine {
             let mut st = me.inner.state.write().unwrap();
             st.identity = identity;
             st.server_boot = server_boot;
+            st.anchor = anchor;
+            st.server_gen = server_gen;
             st.aliases = aliases;
+            st.parked_in_doubt = parked_in_doubt;
             st.cursor = cursor;
             st.covered = covered;
             st.queue_key = queue_key;
@@ -945,6 +946,7 @@ impl Engine {
                         w.clear_rows()?;
                         w.set_cursor(0)?;
                         w.set_meta("covered", "[]")?;
+                        w.set_meta("anchor", "null")?;
                     }
                     w.set_meta("identity", &identity)?;
                     w.set_meta("token_fp", &fp)?;
@@ -961,6 +963,7 @@ impl Engine {
                 if flipped {
                     st.replica.clear();
                     st.cursor = 0;
+                    st.anchor = None;
                     st.covered.clear();
                 }
                 if let Some(rows) = stored {
@@ -972,7 +975,10 @@ impl Engine {
                 st.verified_fp = Some(fp);
                 st.verified_token = token;
                 st.session = Some(session);
-                st.queue = Queue::new(mutations.into_iter().filter(|m| m.identity == identity));
+                let (mine, others): (Vec<Mutation>, Vec<Mutation>) =
+                    mutations.into_iter().partition(|m| m.identity == identity);
+                st.parked_in_doubt = in_doubt_ids(&others);
+                st.queue = Queue::new(mine);
                 let State { replica, queue, .. } = &mut *st;
                 replica.rebuild_overlay(queue);
                 for e in st.replica.entities() {
@@ -1203,6 +1209,7 @@ impl Engine {
 
     /// Sends queued writes, oldest first, through the REST entity routes.
     async fn flush(&self) -> Result<()> {
+        let mut checked = false;
         loop {
             let (next, token, admin) = {
                 let st = self.inner.state.read().unwrap();
@@ -1213,6 +1220,13 @@ impl Engine {
                 (st.queue.next_pending().cloned(), st.verified_token.clone(), admin)
             };
             let Some(m) = next else { return Ok(()) };
+            if m.kind == Kind::Insert && m.sent.is_none() && !checked {
+                // an insert is looked for in the log it went into, counted in
+                // the server lifetime it was sent in: make sure that lifetime
+                // is today's (a restart not noticed yet resets the replica)
+                checked = true;
+                self.log_continues(token.as_deref()).await?;
+            }
             if m.row_id.starts_with(TEMP_PREFIX) && m.kind != Kind::Insert {
                 let err = MutationError {
                     code: "DEPENDENCY_FAILED".into(),
@@ -1227,25 +1241,44 @@ impl Engine {
             }
             let m = match (m.kind, &m.sent) {
                 (Kind::Insert, Some(_)) => {
-                    // an earlier attempt may have been applied: pull, then look for it
-                    self.pull_to_head().await?;
-                    let found = {
-                        let st = self.inner.state.read().unwrap();
-                        reconcile::find_applied(&st.replica, &st.witness, &m)
+                    // an earlier attempt may have been applied: look for its
+                    // event in the log; when the log cannot tell, pull (which
+                    // adopts it if its event comes along), then match fields
+                    let found = match self.scan_for_insert(&m, token.as_deref()).await? {
+                        Some(found) => found,
+                        None => {
+                            self.pull_to_head().await?;
+                            let still = self.inner.state.read().unwrap().queue.get(&m.id).cloned();
+                            let Some(m) = still.filter(|m| m.status == Status::Pending) else { continue };
+                            let st = self.inner.state.read().unwrap();
+                            match reconcile::find_applied(&st.replica, &st.witness, &m) {
+                                Some(id) => Found::Applied(id),
+                                None => Found::NotApplied,
+                            }
+                        }
                     };
-                    if let Some(server_id) = found {
-                        self.applied(&m, Some(server_id)).await?;
-                        continue;
+                    match found {
+                        Found::Applied(server_id) => {
+                            self.applied(&m, Some(server_id)).await?;
+                            continue;
+                        }
+                        Found::NotApplied => m,
                     }
+                }
+                (Kind::Insert, None) => {
+                    let m = self.mark_sent(vec![m], true).await?.remove(0);
+                    tracing::debug!("send {} {:?}", m.row_id, m.sent);
                     m
                 }
-                (Kind::Insert, None) => self.mark_sent(vec![m]).await?.remove(0),
                 _ => m,
             };
             let api = &self.inner.api;
             let t = token.as_deref();
             let sent = match m.kind {
-                Kind::Insert => api.insert(t, &m.entity, m.data.as_ref().unwrap_or(&Row::new())).await.map(Some),
+                Kind::Insert => {
+                    let nonce = m.sent.as_ref().is_some_and(|s| s.nonce).then_some(m.row_id.as_str());
+                    api.insert(t, &m.entity, m.data.as_ref().unwrap_or(&Row::new()), nonce).await.map(Some)
+                }
                 Kind::Update => {
                     api.update(t, &m.entity, &m.row_id, m.data.as_ref().unwrap_or(&Row::new())).await.map(|_| None)
                 }
@@ -1257,6 +1290,17 @@ impl Engine {
             };
             match sent {
                 Ok(server_id) => self.applied(&m, server_id).await?,
+                Err(e) if e.is_transient() && m.kind == Kind::Insert => {
+                    // its answer was lost: look in the log at once, while it
+                    // can still tell (a restart would renumber it). Only a
+                    // found insert is taken: one not found yet may still be
+                    // under way, and is looked for again before any re-send.
+                    if let Ok(Some(Found::Applied(server_id))) = self.scan_for_insert(&m, token.as_deref()).await {
+                        self.applied(&m, Some(server_id)).await?;
+                        continue;
+                    }
+                    return self.retry_later(m, e).await;
+                }
                 Err(e) if e.is_transient() => return self.retry_later(m, e).await,
                 Err(e) => self.fail(&m, refusal(&e)).await?,
             }
@@ -1289,7 +1333,7 @@ impl Engine {
         if run.is_empty() {
             return Ok(false);
         }
-        let run = self.mark_sent(run).await?;
+        let run = self.mark_sent(run, false).await?;
         let empty = Row::new();
         let writes: Vec<BatchWrite> = run
             .iter()
@@ -1353,14 +1397,15 @@ impl Engine {
         .await
     }
 
-    /// Records, before inserts go out, that they may reach the server.
-    async fn mark_sent(&self, mut run: Vec<Mutation>) -> Result<Vec<Mutation>> {
+    /// Records, before inserts go out, that they may reach the server, and
+    /// how to find them there (`nonce`: the temporary id goes out as `id`).
+    async fn mark_sent(&self, mut run: Vec<Mutation>, nonce: bool) -> Result<Vec<Mutation>> {
         let mut changed = Vec::new();
         {
             let st = self.inner.state.read().unwrap();
             for m in run.iter_mut().filter(|m| m.kind == Kind::Insert && m.sent.is_none()) {
                 let after = st.replica.max_base_id(&m.entity).map(str::to_string);
-                m.sent = Some(Sent { after });
+                m.sent = Some(Sent { after, nonce, since: Some(st.cursor), server_gen: st.server_gen });
                 changed.push(m.clone());
             }
         }
@@ -1368,6 +1413,101 @@ impl Engine {
             self.save_mutations(changed, |w, m| w.set_sent(m)).await?;
         }
         Ok(run)
+    }
+
+    /// Whether an insert in doubt reached the server, read from the log:
+    /// exact when it went out with its nonce and the log still reaches back
+    /// to when it was sent, in the same server lifetime (its insert event is
+    /// there, or it was never applied). `None` when the log cannot tell.
+    async fn scan_for_insert(&self, m: &Mutation, token: Option<&str>) -> Result<Option<Found>> {
+        if let Some(server) = self.inner.state.read().unwrap().aliases.get(&m.row_id) {
+            // its event was seen while it was parked under another identity
+            return Ok(Some(Found::Applied(server.clone())));
+        }
+        let sent = m.sent.clone().unwrap_or_default();
+        if !sent.nonce || sent.since.is_none() {
+            return Ok(None);
+        }
+        // the log must still be the one the insert went into: a restart not
+        // noticed yet would hide its event
+        if !self.log_continues(token).await? {
+            return Ok(None);
+        }
+        let same_lifetime = sent.server_gen == self.inner.state.read().unwrap().server_gen;
+        let (Some(mut at), true) = (sent.since, same_lifetime) else { return Ok(None) };
+        loop {
+            let page = match self.inner.api.pull(token, at).await {
+                Ok(p) => p,
+                Err(Error::Resync { .. }) => return Ok(None), // the log no longer reaches back
+                Err(e) => return Err(e),
+            };
+            if let Some(c) = page.changes.iter().find(|c| reconcile::names(c, m)) {
+                tracing::debug!("scan {} found {}", m.row_id, c.row_id);
+                return Ok(Some(Found::Applied(c.row_id.clone())));
+            }
+            if !page.has_more || page.cursor.last_seq <= at {
+                tracing::debug!("scan {} not found from {:?} to {}", m.row_id, sent.since, page.cursor.last_seq);
+                return Ok(Some(Found::NotApplied));
+            }
+            at = page.cursor.last_seq;
+        }
+    }
+
+    /// Asks the log for the replica's anchor again: false when the server
+    /// cannot say (no anchor near the cursor), or when the log was renumbered
+    /// (the replica is then reset for a rebuild).
+    async fn log_continues(&self, token: Option<&str>) -> Result<bool> {
+        let (cursor, anchor) = {
+            let st = self.inner.state.read().unwrap();
+            (st.cursor, st.anchor.clone())
+        };
+        let Some(a) = anchor.filter(|a| a.seq >= 1 && a.seq <= cursor && cursor - a.seq < ANCHOR_SPAN) else {
+            return Ok(false);
+        };
+        let page = match self.inner.api.pull(token, a.seq - 1).await {
+            Ok(p) => p,
+            Err(Error::Resync { .. }) => return Ok(false), // the pull that follows handles it
+            Err(e) => return Err(e),
+        };
+        if page.changes.iter().any(|c| a.matches(c)) {
+            return Ok(true);
+        }
+        self.reset_replica_inner("server").await?;
+        Ok(false)
+    }
+
+    /// Before a snapshot is shown, inserts of ours in doubt that it holds are
+    /// acknowledged, so it never shows one next to its optimistic row.
+    async fn settle_in_doubt(&self, snap: &Snapshot, token: Option<&str>) -> Result<()> {
+        let in_doubt: Vec<Mutation> = {
+            let st = self.inner.state.read().unwrap();
+            if st.queue.in_doubt() == 0 {
+                return Ok(());
+            }
+            st.queue
+                .pending()
+                .filter(|m| m.kind == Kind::Insert && m.sent.is_some() && snap.rows.contains_key(&m.entity))
+                .cloned()
+                .collect()
+        };
+        let mut acks = Vec::new();
+        for m in in_doubt {
+            let found = match self.scan_for_insert(&m, token).await? {
+                Some(found) => found,
+                None => {
+                    let st = self.inner.state.read().unwrap();
+                    match reconcile::find_in_snapshot(&snap.rows[&m.entity], &st.witness, &m) {
+                        Some(id) => Found::Applied(id),
+                        None => Found::NotApplied,
+                    }
+                }
+            };
+            tracing::debug!("settle {} {:?}", m.row_id, found);
+            if let Found::Applied(id) = found {
+                acks.push((m, Some(id)));
+            }
+        }
+        self.applied_all(acks).await
     }
 
     async fn fail(&self, m: &Mutation, error: MutationError) -> Result<()> {
@@ -1522,6 +1662,10 @@ impl Engine {
         loop {
             match self.pull_pages().await {
                 Err(Error::Resync { oldest_seq }) => {
+                    if oldest_seq <= self.cursor() {
+                        // the log ends before our cursor: it was renumbered
+                        self.count_restart().await?;
+                    }
                     let n = self.inner.resyncs_in_a_row.fetch_add(1, Ordering::SeqCst);
                     if n == 0 && self.resnapshot().await? {
                         continue;
@@ -1558,25 +1702,94 @@ impl Engine {
         })
         .await?;
         snap.log_only.extend(covered.into_iter().filter(|(_, head)| *head == 0).map(|(e, _)| e));
+        self.settle_in_doubt(&snap, token.as_deref()).await?;
         let resume = if snap.log_only.is_empty() { Resume::Head } else { Resume::Replay };
         self.install_snapshot(snap, epoch, resume).await?;
         self.emit(Event::Resync { reason: "resync" });
         Ok(true)
     }
 
+    /// Pulls pages until the head. The first page of the round starts a
+    /// little before the cursor, at the event the replica took last (its
+    /// anchor): a log that no longer holds that event was renumbered by a
+    /// restart, and the replica is rebuilt before anything is applied.
+    ///
+    /// A pull from 0 replays the whole log (entities only the log fills):
+    /// its pages are gathered and applied at once, when the head is reached,
+    /// so a row that a later page deletes is never shown meanwhile.
     async fn pull_pages(&self) -> Result<()> {
-        self.bootstrap_if_needed().await?;
+        let mut check = true;
+        let mut staged: Option<Replay> = None;
         loop {
-            let (since, epoch) = (self.cursor(), self.inner.epoch.load(Ordering::SeqCst));
+            self.bootstrap_if_needed().await?;
+            let (since, anchor) = {
+                let st = self.inner.state.read().unwrap();
+                (st.cursor, st.anchor.clone())
+            };
+            if let Some(at) = staged.as_ref().map(|r| r.at) {
+                let page = self.inner.api.pull(self.session_token().as_deref(), at).await?;
+                if let Some(done) = self.stage(&mut staged, page).await {
+                    return done;
+                }
+                continue;
+            }
+            let epoch = self.inner.epoch.load(Ordering::SeqCst);
             let token = self.session_token();
-            let page = self.inner.api.pull(token.as_deref(), since).await?;
+            // an anchor a page away is asked for again; without one (or too
+            // far back) the last event we may read before the cursor is
+            // learned as the next anchor
+            let anchor = anchor.filter(|a| check && a.seq >= 1 && a.seq <= since && since - a.seq < ANCHOR_SPAN);
+            let from = match &anchor {
+                Some(a) => a.seq - 1,
+                None if check => since.saturating_sub(ANCHOR_SPAN),
+                None => since,
+            };
+            check = false;
+            let page = match self.inner.api.pull(token.as_deref(), from).await {
+                // the log keeps nothing before the cursor: pull from it as usual
+                Err(Error::Resync { .. }) if from < since => continue,
+                other => other?,
+            };
+            if let Some(a) = &anchor {
+                if !page.changes.iter().any(|c| a.matches(c)) {
+                    self.reset_replica_inner("server").await?;
+                    continue;
+                }
+            }
             self.inner.resyncs_in_a_row.store(0, Ordering::SeqCst);
             let more = page.has_more;
+            if since == 0 {
+                staged = Some(Replay { events: Vec::new(), at: 0, epoch });
+                if let Some(done) = self.stage(&mut staged, page).await {
+                    return done;
+                }
+                continue;
+            }
             self.apply_page(page, since, epoch).await?;
             if !more {
                 return Ok(());
             }
         }
+    }
+
+    /// Adds a page to a replay from 0; at the head, applies the whole replay
+    /// in one transaction and returns its outcome.
+    async fn stage(&self, staged: &mut Option<Replay>, page: PullPage) -> Option<Result<()>> {
+        let replay = staged.as_mut()?;
+        let (from, to) = (replay.at, page.cursor.last_seq);
+        if to < from {
+            return Some(Err(Error::Protocol(format!(
+                "server moved the cursor backwards during a replay ({from} → {to})"
+            ))));
+        }
+        replay.events.extend(page.changes.into_iter().filter(|c| c.seq > from && c.seq <= to));
+        replay.at = to;
+        if page.has_more {
+            return None;
+        }
+        let Replay { events, at, epoch } = staged.take()?;
+        let anchor = events.last().map(Anchor::of);
+        Some(self.apply_changes(events, Some((at, anchor)), epoch).await)
     }
 
     /// Applies one page of changes and moves the cursor, in one transaction.
@@ -1585,8 +1798,10 @@ impl Engine {
         if cursor.last_seq < since {
             return Err(Error::Protocol(format!("server moved the cursor backwards ({since} → {})", cursor.last_seq)));
         }
+        // the page may start before the cursor (the anchor check)
+        let anchor = changes.iter().rev().find(|c| c.seq <= cursor.last_seq).map(Anchor::of);
         changes.retain(|c| c.seq > since && c.seq <= cursor.last_seq);
-        self.apply_changes(changes, Some(cursor.last_seq), epoch).await
+        self.apply_changes(changes, Some((cursor.last_seq, anchor)), epoch).await
     }
 
     /// Change events from a stream. The stream is a hint (not gap-free, not
@@ -1620,8 +1835,9 @@ impl Engine {
             (run, pull, self.inner.epoch.load(Ordering::SeqCst))
         };
         let mut pull = pull;
-        if let Some(last) = run.last().map(|e| e.seq) {
-            if self.apply_changes(run, Some(last), epoch).await.is_err() {
+        if let Some(last) = run.last() {
+            let at = Some((last.seq, Some(Anchor::of(last))));
+            if self.apply_changes(run, at, epoch).await.is_err() {
                 pull = true; // the pull reports the failure, with backoff
             }
         }
@@ -1630,8 +1846,31 @@ impl Engine {
         }
     }
 
-    /// Merges server changes (and the new cursor, if any) durably, then in memory.
-    pub(crate) async fn apply_changes(&self, changes: Vec<ChangeEvent>, cursor: Option<u64>, epoch: u64) -> Result<()> {
+    /// Merges server changes (and the new cursor with the event it was
+    /// reached by, if any) durably, then in memory. An insert event that
+    /// names one of our own inserts in doubt (by the nonce sent as its `id`)
+    /// acknowledges that insert first, so its row is never shown twice.
+    pub(crate) async fn apply_changes(
+        &self,
+        changes: Vec<ChangeEvent>,
+        cursor: Option<(u64, Option<Anchor>)>,
+        epoch: u64,
+    ) -> Result<()> {
+        let (own, parked): (Vec<(Mutation, Option<String>)>, Vec<(String, String)>) = {
+            let st = self.inner.state.read().unwrap();
+            let own = changes
+                .iter()
+                .filter_map(|c| Some((reconcile::own_insert(&st.queue, c)?.clone(), Some(c.row_id.clone()))));
+            let parked = changes.iter().filter_map(|c| {
+                let temp = reconcile::nonce(c).filter(|t| st.parked_in_doubt.contains(*t))?;
+                Some((temp.to_string(), c.row_id.clone()))
+            });
+            (own.collect(), parked.collect())
+        };
+        if !own.is_empty() {
+            tracing::debug!("adopt {:?}", own.iter().map(|(m, s)| (m.row_id.clone(), s.clone())).collect::<Vec<_>>());
+            self.applied_all(own).await?;
+        }
         let (mut effects, missing) = {
             let st = self.inner.state.read().unwrap();
             // an insert or update of a row the snapshot holds, from before the
@@ -1664,16 +1903,33 @@ impl Engine {
                 if me.inner.epoch.load(Ordering::SeqCst) != epoch {
                     return Ok(Vec::new()); // reset meanwhile: these changes belong to the old replica
                 }
+                let (cursor, anchor) = match cursor {
+                    Some((c, a)) => (Some(c), a),
+                    None => (None, None),
+                };
                 db.write(|w| {
                     w.effects(&effects)?;
+                    for (temp, server) in &parked {
+                        w.set_alias(temp, server)?;
+                    }
                     if let Some(c) = cursor {
                         w.set_cursor(c)?;
+                    }
+                    if let Some(a) = &anchor {
+                        w.set_meta("anchor", &serde_json::to_string(a)?)?;
                     }
                     Ok(())
                 })?;
                 let mut st = me.inner.state.write().unwrap();
                 if let Some(c) = cursor {
                     st.cursor = c;
+                }
+                if anchor.is_some() {
+                    st.anchor = anchor;
+                }
+                for (temp, server) in parked {
+                    st.parked_in_doubt.remove(&temp);
+                    st.aliases.insert(temp, server);
                 }
                 let State { replica, queue, witness, .. } = &mut *st;
                 let touched = replica.commit(&effects, queue);
@@ -1731,6 +1987,7 @@ impl Engine {
             me.emit(Event::Progress { entity: entity.to_string(), rows, done })
         })
         .await?;
+        self.settle_in_doubt(&snap, token.as_deref()).await?;
         self.install_snapshot(snap, epoch, Resume::Follow).await?;
         self.inner.complete_in_epoch.store(epoch, Ordering::SeqCst);
         Ok(())
@@ -1748,7 +2005,7 @@ impl Engine {
             if me.inner.epoch.load(Ordering::SeqCst) != epoch {
                 return Ok(());
             }
-            let (cursor, mut covered) = {
+            let (cursor, mut covered, moved) = {
                 let st = me.inner.state.read().unwrap();
                 let cursor = match resume {
                     Resume::Head => snap.head,
@@ -1758,7 +2015,7 @@ impl Engine {
                     Resume::Follow if st.cursor == 0 && snap.log_only.is_empty() => snap.head,
                     Resume::Follow => st.cursor,
                 };
-                (cursor, st.covered.clone())
+                (cursor, st.covered.clone(), cursor != st.cursor)
             };
             covered.extend(snap.rows.keys().map(|e| (e.clone(), snap.head)));
             covered.extend(snap.log_only.iter().map(|e| (e.clone(), 0)));
@@ -1788,6 +2045,10 @@ impl Engine {
                 }
                 w.set_cursor(cursor)?;
                 w.set_meta("covered", &serde_json::to_string(&covered)?)?;
+                if moved {
+                    // the next pull learns the event at the new cursor
+                    w.set_meta("anchor", "null")?;
+                }
                 Ok(())
             })?;
             let prepared: BTreeMap<String, Replacement> = {
@@ -1798,6 +2059,9 @@ impl Engine {
                 let mut st = me.inner.state.write().unwrap();
                 st.cursor = cursor;
                 st.covered = covered;
+                if moved {
+                    st.anchor = None;
+                }
                 let State { replica, queue, .. } = &mut *st;
                 let replaced = replica.replace_entities(prepared, queue);
                 me.refresh_counts(&mut st);
@@ -1822,18 +2086,35 @@ impl Engine {
     }
 
     async fn reset_replica_inner(&self, reason: &'static str) -> Result<()> {
+        tracing::debug!("reset {reason}");
         self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        let restarted = reason == "server";
+        if restarted {
+            self.inner.boot_check_due.store(true, Ordering::SeqCst);
+        }
         let entities = self
-            .with_db(|me, db| {
+            .with_db(move |me, db| {
+                let server_gen = me.inner.state.read().unwrap().server_gen + u64::from(restarted);
                 db.write(|w| {
                     w.clear_rows()?;
                     w.set_cursor(0)?;
-                    w.set_meta("covered", "[]")
+                    w.set_meta("covered", "[]")?;
+                    w.set_meta("anchor", "null")?;
+                    if restarted {
+                        // the boot check learns the new boot afresh
+                        w.set_meta("server_boot", "")?;
+                    }
+                    w.set_meta("server_gen", &server_gen.to_string())
                 })?;
                 let mut st = me.inner.state.write().unwrap();
                 let entities = st.replica.entities();
                 st.replica.clear();
                 st.cursor = 0;
+                st.anchor = None;
+                st.server_gen = server_gen;
+                if restarted {
+                    st.server_boot = None;
+                }
                 st.covered.clear();
                 let State { replica, queue, .. } = &mut *st;
                 replica.rebuild_overlay(queue);
@@ -1846,6 +2127,19 @@ impl Engine {
         }
         self.emit(Event::Change { entities });
         Ok(())
+    }
+
+    /// Counts a restart noticed without a reset (a 410 for a cursor past the
+    /// head resnapshots instead), so inserts in doubt from before it are not
+    /// looked for in the renumbered log.
+    async fn count_restart(&self) -> Result<()> {
+        self.with_db(|me, db| {
+            let server_gen = me.inner.state.read().unwrap().server_gen + 1;
+            db.write(|w| w.set_meta("server_gen", &server_gen.to_string()))?;
+            me.inner.state.write().unwrap().server_gen = server_gen;
+            Ok(())
+        })
+        .await
     }
 
     // ------------------------------------------------------------- hydration
@@ -1911,24 +2205,4 @@ pub async fn get_server_data(
             .collect(),
         cursor: Cursor { last_seq: snap.head },
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Boot;
-
-    #[test]
-    fn a_slow_answer_is_not_a_restart_and_a_real_one_is() {
-        // booted at 10,000 ms; checked at 20,000 (uptime 10 s) with a quick answer
-        let known = Boot::observed(20_000, 20_010, 10);
-        // the same boot seen through a 3 s answer (uptime read late: 13 s)
-        let slow = Boot::observed(20_500, 23_600, 13);
-        assert!(!slow.later_than(&known));
-        assert!(known.narrowed(&slow).earliest <= 10_000 && known.narrowed(&slow).latest >= 10_000);
-        // restarted at 25,000: uptime 2 s at 27,000
-        let restarted = Boot::observed(27_000, 27_020, 2);
-        assert!(restarted.later_than(&known));
-        assert_eq!(Boot::parse("5,7"), Some(Boot { earliest: 5, latest: 7 }));
-        assert_eq!(Boot::parse("123"), None);
-    }
 }

@@ -12,6 +12,7 @@ pub mod queue;
 pub mod realtime;
 pub mod reconcile;
 pub mod replica;
+mod restart;
 pub mod snapshot;
 pub mod tls;
 pub mod transport;

@@ -62,12 +62,25 @@ pub struct Mutation {
 }
 
 /// What the server could already hold when an insert was first sent.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sent {
     /// The greatest server id the engine held in that entity when it sent
     /// (acknowledged inserts included): server ids grow with time, so the
     /// insert, if applied, created a row with a greater id.
     pub after: Option<String>,
+    /// The temporary row id went out as the body's `id`: the server ignores
+    /// it for the row but keeps it in the insert event's `data`, so the
+    /// event names its writer exactly (PROTOCOL §3.2).
+    #[serde(default)]
+    pub nonce: bool,
+    /// The cursor when the insert was sent: its event, if any, comes later
+    /// in the log.
+    #[serde(default)]
+    pub since: Option<u64>,
+    /// The server lifetime (see `Engine`'s restart count) the insert was
+    /// sent in: a log renumbered since then no longer holds its event.
+    #[serde(default)]
+    pub server_gen: u64,
 }
 
 type RowKey = (String, String);

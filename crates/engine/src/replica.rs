@@ -277,7 +277,8 @@ impl Replica {
 
     /// Works out what a batch of server changes does to the stored rows,
     /// following the merge rules: an event at or below a row's seq (or its
-    /// tombstone's) is stale and ignored; insert replaces the row; update
+    /// tombstone's) is stale and ignored, and so is an insert of a row whose
+    /// acknowledged delete left a tombstone of seq 0; insert replaces the row; update
     /// patches it; delete leaves a tombstone. Updates of rows we do not hold
     /// are returned as [`Missing`] so the caller can fetch the full row.
     pub fn plan(&self, events: &[ChangeEvent]) -> (Vec<Effect>, Vec<Missing>) {
@@ -288,6 +289,12 @@ impl Replica {
             let k = (ev.entity.as_str(), ev.row_id.as_str());
             let current = scratch.get(&k).cloned().or_else(|| self.base(&ev.entity, &ev.row_id).cloned());
             if current.as_ref().is_some_and(|c| ev.seq <= c.seq) {
+                continue;
+            }
+            // a row we inserted and deleted ourselves, known only from the
+            // acknowledgements (seq 0): its insert event arriving later is
+            // older than our delete, never a new row (ids are not reused)
+            if ev.kind != Kind::Delete && current.as_ref().is_some_and(|c| c.data.is_none() && c.seq == 0) {
                 continue;
             }
             let next = match (ev.kind, &ev.data) {
@@ -552,6 +559,17 @@ mod tests {
         assert_eq!(r.base("Todo", "a").unwrap().seq, 6);
         apply(&mut r, &q, &[ev(9, "a", Kind::Insert, Some(json!({ "title": "again" })))]);
         assert_eq!(title(&r, "a"), Some(json!("again")));
+    }
+
+    #[test]
+    fn a_row_we_inserted_and_deleted_is_not_brought_back_by_its_late_insert_event() {
+        let (mut r, q) = (Replica::new(), Queue::default());
+        // both acknowledged before any event: the row, then its tombstone, at seq 0
+        r.put_base("Todo", "a", BaseRow { seq: 0, data: None });
+        apply(&mut r, &q, &[ev(7, "a", Kind::Insert, Some(json!({ "title": "x" })))]);
+        assert!(r.get("Todo", "a").is_none());
+        apply(&mut r, &q, &[ev(8, "a", Kind::Delete, None)]);
+        assert_eq!(r.base("Todo", "a").unwrap().seq, 8);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! flips and process restarts, run against the dev server. After every quiet
 //! point the engine must equal the server (what the current user may read),
 //! with its cursor at the head; at the end every resolved write is on the
-//! server exactly once; and listeners heard of every entity whose rows changed.
+//! server exactly once; and listeners heard of every entity whose rows
+//! changed. With `MODEL_STRICT=1`, restarts also come right after one another
+//! and every store notification must show no insert twice and no row whose
+//! delete resolved.
 //!
 //! proptest generates the sequences and shrinks a failure to a short one,
 //! which it prints and saves under `proptest-regressions/`.
@@ -101,6 +104,15 @@ struct World {
     refused: BTreeSet<String>,
     last_seen: BTreeMap<String, Vec<String>>,
     booted_at: std::time::Instant,
+    /// Titles whose local delete resolved, by user (titles are never reused).
+    deleted: Deleted,
+    /// The first impossible state a store notification showed.
+    violation: Arc<Mutex<Option<String>>>,
+    /// Titles of local inserts on the server when it restarted. If the
+    /// answer was lost before the restart and the engine had not looked
+    /// yet, only fields can match it, and they no longer match once the row
+    /// was changed (docs/compat.md): such an insert may end twice.
+    ambiguous: Arc<Mutex<BTreeSet<String>>>,
     n: usize,
 }
 
@@ -117,12 +129,41 @@ fn comparable(r: &serde_json::Map<String, Value>) -> String {
     serde_json::to_string(&m).unwrap()
 }
 
+/// Titles whose local delete resolved, by the user who deleted them: until
+/// it is sent, another user may still see the row.
+type Deleted = Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>;
+
+/// What no notification may show: an insert twice, or a row whose delete resolved.
+fn impossible(
+    rows: &[serde_json::Map<String, Value>],
+    deleted: &BTreeSet<String>,
+    ambiguous: &BTreeSet<String>,
+) -> Option<String> {
+    let mut seen = BTreeSet::new();
+    for r in rows {
+        let title = r.get("title").and_then(Value::as_str).unwrap_or_default();
+        if title.is_empty() || ambiguous.contains(title) {
+            continue;
+        }
+        if !seen.insert(title) {
+            return Some(format!("{title} shown twice: {rows:?}"));
+        }
+        if deleted.contains(title) {
+            return Some(format!("{title} shown after its delete resolved"));
+        }
+    }
+    None
+}
+
 impl World {
     fn open(
         url: &str,
         db: &std::path::Path,
         token: &str,
         transport: Transport,
+        deleted: Deleted,
+        violation: Arc<Mutex<Option<String>>>,
+        ambiguous: Arc<Mutex<BTreeSet<String>>>,
     ) -> (Engine, Arc<Mutex<BTreeSet<String>>>) {
         let mut c = Config::new(url);
         c.db_path = Some(db.to_path_buf());
@@ -136,6 +177,7 @@ impl World {
         let changed = Arc::new(Mutex::new(BTreeSet::new()));
         let sink = changed.clone();
         let debug = std::env::var("MODEL_DEBUG").is_ok();
+        let me = e.clone(); // the cycle is broken by close(), which drops the listener
         e.set_listener(Some(Arc::new(move |ev| {
             if debug
                 && !matches!(
@@ -146,6 +188,19 @@ impl World {
                 eprintln!("  event {ev:?}");
             }
             if let Event::Change { entities } = ev {
+                if strict() && entities.iter().any(|e| e == "Todo") {
+                    // what was deleted is read before the rows: a delete that
+                    // resolves after the rows were read may still show in them
+                    let user = me.session().and_then(|s| s.user_id).unwrap_or_default();
+                    let deleted = deleted.lock().unwrap().get(&user).cloned().unwrap_or_default();
+                    let rows = me.list("Todo");
+                    if let Some(v) = impossible(&rows, &deleted, &ambiguous.lock().unwrap()) {
+                        if debug {
+                            eprintln!("  VIOLATION {v}: {rows:?} queue {:?}", me.mutations());
+                        }
+                        violation.lock().unwrap().get_or_insert(v);
+                    }
+                }
                 sink.lock().unwrap().extend(entities);
             }
         })));
@@ -199,6 +254,7 @@ impl World {
                     self.engine.delete("Todo", &id).await.unwrap();
                     if let Some(t) = title {
                         self.expected.remove(&t);
+                        self.deleted.lock().unwrap().entry(USERS[self.user].to_string()).or_default().insert(t);
                     }
                 }
             }
@@ -238,13 +294,17 @@ impl World {
                 control(&self.url, "drop", json!({})).await;
             }
             Op::ServerRestart => {
-                // a restart is told apart by the server's boot time, in whole seconds
-                let since = self.booted_at.elapsed();
-                if since < Duration::from_secs(3) {
-                    tokio::time::sleep(Duration::from_secs(3) - since).await;
+                if !strict() {
+                    // far enough from the previous boot for `/health` to tell them apart
+                    let since = self.booted_at.elapsed();
+                    if since < Duration::from_secs(3) {
+                        tokio::time::sleep(Duration::from_secs(3) - since).await;
+                    }
                 }
-                control(&self.url, "restart", json!({})).await;
                 self.booted_at = std::time::Instant::now();
+                let titles = self.server_titles().await;
+                control(&self.url, "restart", json!({})).await;
+                self.ambiguous.lock().unwrap().extend(titles.into_iter().filter(|t| self.expected.contains(t)));
             }
             Op::Flip => {
                 self.user = 1 - self.user;
@@ -252,7 +312,15 @@ impl World {
             }
             Op::EngineRestart => {
                 self.engine.close().await;
-                let (e, changed) = World::open(&self.url, &self.db, &self.tokens[self.user], self.transport);
+                let (e, changed) = World::open(
+                    &self.url,
+                    &self.db,
+                    &self.tokens[self.user],
+                    self.transport,
+                    self.deleted.clone(),
+                    self.violation.clone(),
+                    self.ambiguous.clone(),
+                );
                 self.engine = e;
                 self.changed = changed;
                 self.last_seen.clear();
@@ -265,6 +333,8 @@ impl World {
 
     /// Faults off, sync until the queue is settled, then compare with the server.
     async fn quiet(&mut self) -> Result<(), TestCaseError> {
+        let shown = self.violation.lock().unwrap().clone();
+        prop_assert!(shown.is_none(), "a notification showed a state that never existed: {:?}", shown);
         control(&self.url, "faults", json!({ "sseKeepaliveMs": 100 })).await;
         // a stream that dropped (a restart, a fault) reopens first: its reopening
         // is what makes the engine check for a restarted server
@@ -322,14 +392,20 @@ impl World {
             self.apply(&Op::Flip).await?;
             self.quiet().await?;
         }
+        let rows = self.server_rows("Todo").await;
         let titles = self.server_titles().await;
+        let ambiguous = self.ambiguous.lock().unwrap().clone();
         for t in &self.expected {
             let n = titles.iter().filter(|x| *x == t).count();
+            if ambiguous.contains(t) && n == 2 {
+                eprintln!("tolerated: {t} sent again after a restart hid its first copy");
+                continue;
+            }
             prop_assert_eq!(n, 1, "resolved write {} is on the server {} times", t, n);
         }
-        let dup: Vec<&String> = titles.iter().filter(|t| titles.iter().filter(|x| x == t).count() > 1).collect();
+        let dup: Vec<&String> =
+            titles.iter().filter(|t| !ambiguous.contains(*t) && titles.iter().filter(|x| x == t).count() > 1).collect();
         prop_assert!(dup.is_empty(), "applied twice: {:?}", dup);
-        let rows = self.server_rows("Todo").await;
         for t in &self.refused {
             prop_assert!(!rows.iter().any(|r| r["userId"] == json!(t)), "refused write {} is on the server", t);
         }
@@ -354,7 +430,11 @@ async fn run(ops: Vec<Op>, streaming: bool) -> Result<(), TestCaseError> {
         tokens.push(t);
     }
     let transport = if streaming { Transport::Auto } else { Transport::Poll };
-    let (engine, changed) = World::open(&srv.url, &db, &tokens[0], transport);
+    let deleted: Deleted = Default::default();
+    let violation = Arc::new(Mutex::new(None));
+    let ambiguous = Arc::new(Mutex::new(BTreeSet::new()));
+    let (engine, changed) =
+        World::open(&srv.url, &db, &tokens[0], transport, deleted.clone(), violation.clone(), ambiguous.clone());
     engine.start().await.unwrap();
     let mut w = World {
         url: srv.url.clone(),
@@ -368,6 +448,9 @@ async fn run(ops: Vec<Op>, streaming: bool) -> Result<(), TestCaseError> {
         refused: BTreeSet::new(),
         last_seen: BTreeMap::new(),
         booted_at: std::time::Instant::now(),
+        deleted,
+        violation,
+        ambiguous,
         n: 0,
     };
     let mut outcome = Ok(());
@@ -391,6 +474,13 @@ async fn run(ops: Vec<Op>, streaming: bool) -> Result<(), TestCaseError> {
     w.engine.close().await;
     srv.stop().await;
     outcome
+}
+
+/// `MODEL_STRICT=1`: server restarts at any distance from the previous boot
+/// (the log check alone must notice them), and every store notification is
+/// checked for impossible states. Open findings: RELIABILITY.md.
+fn strict() -> bool {
+    std::env::var("MODEL_STRICT").is_ok_and(|v| v == "1")
 }
 
 fn cases() -> u32 {
