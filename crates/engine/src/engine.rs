@@ -30,7 +30,7 @@ use crate::queue::{Mutation, MutationError, Queue, Sent, Status};
 use crate::realtime::{Connection, Peer, Realtime};
 use crate::reconcile::{self, Found};
 use crate::replica::{BaseRow, Effect, Replacement, Replica, RowText, Tables};
-use crate::restart::{Anchor, Boot};
+use crate::restart::{Anchor, Boot, ANCHOR_SPAN};
 use crate::snapshot::{self, Snapshot};
 use crate::transport::{BinaryFrame, Liveness, Which};
 
@@ -54,9 +54,6 @@ const BOOT_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// With a live stream, pull at least this often anyway: streams are hints
 /// and may silently miss events (§10.6).
 const SAFETY_PULL: Duration = Duration::from_secs(30);
-/// The anchor is asked for again while it is at most this many events
-/// behind the cursor (a pull page holds 100).
-const ANCHOR_SPAN: u64 = 50;
 
 /// How the engine follows the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,6 +314,9 @@ struct Replay {
     at: u64,
     /// The replica generation it was started in.
     epoch: u64,
+    /// The event the snapshot's rows were read after: the replay must hold
+    /// it, or the log was renumbered since the rows were read.
+    expect: Option<Anchor>,
 }
 
 /// A write waiting for its transaction, and who to tell when it is durable.
@@ -937,7 +937,7 @@ impl Engine {
             (known && st.identity != identity, known && fingerprint(st.verified_token.as_deref()) != fp)
         };
         let session_for_event = session.clone();
-        self.inner.epoch.fetch_add(u64::from(flipped), Ordering::SeqCst);
+        tracing::debug!(flipped, new_token, "session resolved");
         let entities = self
             .with_db(move |me, db| {
                 let tkey = token_key(&fp);
@@ -961,6 +961,10 @@ impl Engine {
                 let mut st = me.inner.state.write().unwrap();
                 let mut entities = st.replica.entities();
                 if flipped {
+                    // with the rows, under the state lock: work planned before
+                    // the flip is refused from here on, even if the future that
+                    // started this one was dropped mid-way (stop() aborts it)
+                    me.inner.epoch.fetch_add(1, Ordering::SeqCst);
                     st.replica.clear();
                     st.cursor = 0;
                     st.anchor = None;
@@ -1223,9 +1227,10 @@ impl Engine {
             if m.kind == Kind::Insert && m.sent.is_none() && !checked {
                 // an insert is looked for in the log it went into, counted in
                 // the server lifetime it was sent in: make sure that lifetime
-                // is today's (a restart not noticed yet resets the replica)
+                // is today's (the pull checks the log still holds our anchor)
                 checked = true;
-                self.log_continues(token.as_deref()).await?;
+                self.pull_to_head().await?;
+                continue;
             }
             if m.row_id.starts_with(TEMP_PREFIX) && m.kind != Kind::Insert {
                 let err = MutationError {
@@ -1241,15 +1246,16 @@ impl Engine {
             }
             let m = match (m.kind, &m.sent) {
                 (Kind::Insert, Some(_)) => {
-                    // an earlier attempt may have been applied: look for its
-                    // event in the log; when the log cannot tell, pull (which
-                    // adopts it if its event comes along), then match fields
+                    // an earlier attempt may have been applied: pull (which
+                    // adopts it if its event comes along, and notices a
+                    // restart), then look for its event in the log; when the
+                    // log cannot tell, match fields
+                    self.pull_to_head().await?;
+                    let still = self.inner.state.read().unwrap().queue.get(&m.id).cloned();
+                    let Some(m) = still.filter(|m| m.status == Status::Pending) else { continue };
                     let found = match self.scan_for_insert(&m, token.as_deref()).await? {
                         Some(found) => found,
                         None => {
-                            self.pull_to_head().await?;
-                            let still = self.inner.state.read().unwrap().queue.get(&m.id).cloned();
-                            let Some(m) = still.filter(|m| m.status == Status::Pending) else { continue };
                             let st = self.inner.state.read().unwrap();
                             match reconcile::find_applied(&st.replica, &st.witness, &m) {
                                 Some(id) => Found::Applied(id),
@@ -1425,16 +1431,18 @@ impl Engine {
             return Ok(Some(Found::Applied(server.clone())));
         }
         let sent = m.sent.clone().unwrap_or_default();
-        if !sent.nonce || sent.since.is_none() {
+        if !sent.nonce {
             return Ok(None);
         }
-        // the log must still be the one the insert went into: a restart not
-        // noticed yet would hide its event
-        if !self.log_continues(token).await? {
-            return Ok(None);
-        }
+        // finding its event is proof wherever it is found; not finding it is
+        // proof only in the log the insert went into, read from where it
+        // stood then (a restart not noticed yet would hide the event)
         let same_lifetime = sent.server_gen == self.inner.state.read().unwrap().server_gen;
-        let (Some(mut at), true) = (sent.since, same_lifetime) else { return Ok(None) };
+        let exact = match sent.since {
+            Some(_) if same_lifetime => self.log_continues(token).await?,
+            _ => false,
+        };
+        let mut at = if exact { sent.since.unwrap_or(0) } else { 0 };
         loop {
             let page = match self.inner.api.pull(token, at).await {
                 Ok(p) => p,
@@ -1446,8 +1454,8 @@ impl Engine {
                 return Ok(Some(Found::Applied(c.row_id.clone())));
             }
             if !page.has_more || page.cursor.last_seq <= at {
-                tracing::debug!("scan {} not found from {:?} to {}", m.row_id, sent.since, page.cursor.last_seq);
-                return Ok(Some(Found::NotApplied));
+                tracing::debug!("scan {} not found from {at} to {} (exact: {exact})", m.row_id, page.cursor.last_seq);
+                return Ok(exact.then_some(Found::NotApplied));
             }
             at = page.cursor.last_seq;
         }
@@ -1687,8 +1695,10 @@ impl Engine {
     /// emptied and replayed from 0, all in the same transaction. False when
     /// there is nothing to refresh (the caller starts over).
     async fn resnapshot(&self) -> Result<bool> {
-        let epoch = self.inner.epoch.load(Ordering::SeqCst);
-        let covered = self.inner.state.read().unwrap().covered.clone();
+        let (epoch, covered) = {
+            let st = self.inner.state.read().unwrap();
+            (self.inner.epoch.load(Ordering::SeqCst), st.covered.clone())
+        };
         if covered.values().all(|head| *head == 0) {
             return Ok(false);
         }
@@ -1722,34 +1732,34 @@ impl Engine {
         let mut staged: Option<Replay> = None;
         loop {
             self.bootstrap_if_needed().await?;
-            let (since, anchor) = {
+            // the epoch is read with the cursor: both change together
+            let (since, kept, epoch) = {
                 let st = self.inner.state.read().unwrap();
-                (st.cursor, st.anchor.clone())
+                (st.cursor, st.anchor.clone(), self.inner.epoch.load(Ordering::SeqCst))
             };
             if let Some(at) = staged.as_ref().map(|r| r.at) {
                 let page = self.inner.api.pull(self.session_token().as_deref(), at).await?;
-                if let Some(done) = self.stage(&mut staged, page).await {
-                    return done;
+                match self.stage(&mut staged, page).await {
+                    None | Some(Ok(false)) => continue,
+                    Some(done) => return done.map(drop),
                 }
-                continue;
             }
-            let epoch = self.inner.epoch.load(Ordering::SeqCst);
             let token = self.session_token();
             // an anchor a page away is asked for again; without one (or too
             // far back) the last event we may read before the cursor is
             // learned as the next anchor
-            let anchor = anchor.filter(|a| check && a.seq >= 1 && a.seq <= since && since - a.seq < ANCHOR_SPAN);
+            let anchor = kept.clone().filter(|a| check && a.seq >= 1 && a.seq <= since && since - a.seq < ANCHOR_SPAN);
             let from = match &anchor {
                 Some(a) => a.seq - 1,
                 None if check => since.saturating_sub(ANCHOR_SPAN),
                 None => since,
             };
             check = false;
-            let page = match self.inner.api.pull(token.as_deref(), from).await {
-                // the log keeps nothing before the cursor: pull from it as usual
-                Err(Error::Resync { .. }) if from < since => continue,
-                other => other?,
-            };
+            tracing::debug!(since, from, anchor = ?anchor.as_ref().map(|a| a.seq), "pull");
+            // a 410 here is taken as for the cursor itself: at worst (the log
+            // keeps the cursor but not the anchor, some 10,000 events behind
+            // the head) one resnapshot too many
+            let page = self.inner.api.pull(token.as_deref(), from).await?;
             if let Some(a) = &anchor {
                 if !page.changes.iter().any(|c| a.matches(c)) {
                     self.reset_replica_inner("server").await?;
@@ -1759,11 +1769,11 @@ impl Engine {
             self.inner.resyncs_in_a_row.store(0, Ordering::SeqCst);
             let more = page.has_more;
             if since == 0 {
-                staged = Some(Replay { events: Vec::new(), at: 0, epoch });
-                if let Some(done) = self.stage(&mut staged, page).await {
-                    return done;
+                staged = Some(Replay { events: Vec::new(), at: 0, epoch, expect: kept });
+                match self.stage(&mut staged, page).await {
+                    None | Some(Ok(false)) => continue,
+                    Some(done) => return done.map(drop),
                 }
-                continue;
             }
             self.apply_page(page, since, epoch).await?;
             if !more {
@@ -1773,8 +1783,9 @@ impl Engine {
     }
 
     /// Adds a page to a replay from 0; at the head, applies the whole replay
-    /// in one transaction and returns its outcome.
-    async fn stage(&self, staged: &mut Option<Replay>, page: PullPage) -> Option<Result<()>> {
+    /// in one transaction and returns its outcome: false when the log turned
+    /// out renumbered since the snapshot (the replica is reset to start over).
+    async fn stage(&self, staged: &mut Option<Replay>, page: PullPage) -> Option<Result<bool>> {
         let replay = staged.as_mut()?;
         let (from, to) = (replay.at, page.cursor.last_seq);
         if to < from {
@@ -1787,9 +1798,17 @@ impl Engine {
         if page.has_more {
             return None;
         }
-        let Replay { events, at, epoch } = staged.take()?;
+        let Replay { events, at, epoch, expect } = staged.take()?;
+        tracing::debug!(events = events.len(), at, epoch, "replay from 0 reached the head");
+        if let Some(a) = expect {
+            // where the log still reaches back to the snapshot's event, it must hold it
+            let reaches = events.first().is_some_and(|c| c.seq <= a.seq);
+            if reaches && !events.iter().any(|c| a.matches(c)) {
+                return Some(self.reset_replica_inner("server").await.map(|()| false));
+            }
+        }
         let anchor = events.last().map(Anchor::of);
-        Some(self.apply_changes(events, Some((at, anchor)), epoch).await)
+        Some(self.apply_changes(events, Some((at, anchor)), epoch).await.map(|()| true))
     }
 
     /// Applies one page of changes and moves the cursor, in one transaction.
@@ -1835,6 +1854,7 @@ impl Engine {
             (run, pull, self.inner.epoch.load(Ordering::SeqCst))
         };
         let mut pull = pull;
+        tracing::debug!(run = run.len(), pull, "stream events");
         if let Some(last) = run.last() {
             let at = Some((last.seq, Some(Anchor::of(last))));
             if self.apply_changes(run, at, epoch).await.is_err() {
@@ -1856,17 +1876,20 @@ impl Engine {
         cursor: Option<(u64, Option<Anchor>)>,
         epoch: u64,
     ) -> Result<()> {
-        let (own, parked): (Vec<(Mutation, Option<String>)>, Vec<(String, String)>) = {
+        // our inserts in doubt this batch reports applied (acknowledged
+        // first), and those parked under another identity (temp → server id)
+        let mut own: Vec<(Mutation, Option<String>)> = Vec::new();
+        let mut parked: Vec<(String, String)> = Vec::new();
+        {
             let st = self.inner.state.read().unwrap();
-            let own = changes
-                .iter()
-                .filter_map(|c| Some((reconcile::own_insert(&st.queue, c)?.clone(), Some(c.row_id.clone()))));
-            let parked = changes.iter().filter_map(|c| {
-                let temp = reconcile::nonce(c).filter(|t| st.parked_in_doubt.contains(*t))?;
-                Some((temp.to_string(), c.row_id.clone()))
-            });
-            (own.collect(), parked.collect())
-        };
+            for c in &changes {
+                if let Some(m) = reconcile::own_insert(&st.queue, c) {
+                    own.push((m.clone(), Some(c.row_id.clone())));
+                } else if let Some(temp) = reconcile::nonce(c).filter(|t| st.parked_in_doubt.contains(*t)) {
+                    parked.push((temp.to_string(), c.row_id.clone()));
+                }
+            }
+        }
         if !own.is_empty() {
             tracing::debug!("adopt {:?}", own.iter().map(|(m, s)| (m.row_id.clone(), s.clone())).collect::<Vec<_>>());
             self.applied_all(own).await?;
@@ -1898,9 +1921,11 @@ impl Engine {
                 }
             }
         }
+        tracing::debug!(changes = changes.len(), effects = effects.len(), cursor = ?cursor.as_ref().map(|c| c.0), "apply");
         let entities = self
             .with_db(move |me, db| {
                 if me.inner.epoch.load(Ordering::SeqCst) != epoch {
+                    tracing::debug!("changes dropped: the replica was reset meanwhile");
                     return Ok(Vec::new()); // reset meanwhile: these changes belong to the old replica
                 }
                 let (cursor, anchor) = match cursor {
@@ -1962,12 +1987,14 @@ impl Engine {
     }
 
     async fn bootstrap_if_needed(&self) -> Result<()> {
-        let epoch = self.inner.epoch.load(Ordering::SeqCst);
+        let (epoch, covered) = {
+            let st = self.inner.state.read().unwrap();
+            (self.inner.epoch.load(Ordering::SeqCst), st.covered.clone())
+        };
         if self.inner.complete_in_epoch.load(Ordering::SeqCst) == epoch {
             return Ok(());
         }
         let token = self.session_token();
-        let covered = self.inner.state.read().unwrap().covered.clone();
         let infos = match self.inner.api.entities(token.as_deref()).await {
             Ok(i) => i,
             // a server without a manifest route: replaying the log is all we can do
@@ -2001,8 +2028,11 @@ impl Engine {
             entities.extend(snap.log_only.iter().cloned());
         }
         let changed = entities.clone();
+        tracing::debug!(?entities, head = snap.head, log_only = ?snap.log_only, ?resume, "install snapshot");
+        let snap_anchor = snap.anchor.clone();
         self.with_db(move |me, db| {
             if me.inner.epoch.load(Ordering::SeqCst) != epoch {
+                tracing::debug!("snapshot dropped: the replica was reset meanwhile");
                 return Ok(());
             }
             let (cursor, mut covered, moved) = {
@@ -2045,9 +2075,10 @@ impl Engine {
                 }
                 w.set_cursor(cursor)?;
                 w.set_meta("covered", &serde_json::to_string(&covered)?)?;
-                if moved {
-                    // the next pull learns the event at the new cursor
-                    w.set_meta("anchor", "null")?;
+                if moved || cursor == 0 {
+                    // the rows' own event: the next pull (or the replay from
+                    // 0) must find it, or the log was renumbered meanwhile
+                    w.set_meta("anchor", &serde_json::to_string(&snap_anchor)?)?;
                 }
                 Ok(())
             })?;
@@ -2059,8 +2090,8 @@ impl Engine {
                 let mut st = me.inner.state.write().unwrap();
                 st.cursor = cursor;
                 st.covered = covered;
-                if moved {
-                    st.anchor = None;
+                if moved || cursor == 0 {
+                    st.anchor = snap_anchor;
                 }
                 let State { replica, queue, .. } = &mut *st;
                 let replaced = replica.replace_entities(prepared, queue);
@@ -2087,7 +2118,6 @@ impl Engine {
 
     async fn reset_replica_inner(&self, reason: &'static str) -> Result<()> {
         tracing::debug!("reset {reason}");
-        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
         let restarted = reason == "server";
         if restarted {
             self.inner.boot_check_due.store(true, Ordering::SeqCst);
@@ -2107,6 +2137,7 @@ impl Engine {
                     w.set_meta("server_gen", &server_gen.to_string())
                 })?;
                 let mut st = me.inner.state.write().unwrap();
+                me.inner.epoch.fetch_add(1, Ordering::SeqCst); // see apply_session
                 let entities = st.replica.entities();
                 st.replica.clear();
                 st.cursor = 0;
@@ -2177,7 +2208,7 @@ impl Engine {
         }
         // the hydration's cursor replaces ours; replaying from it is harmless
         let head = h.cursor.last_seq;
-        self.install_snapshot(Snapshot { head, rows, log_only: Vec::new() }, epoch, Resume::Head).await
+        self.install_snapshot(Snapshot { head, rows, log_only: Vec::new(), anchor: None }, epoch, Resume::Head).await
     }
 }
 

@@ -20,6 +20,10 @@ use sha2::{Digest, Sha256};
 
 use crate::protocol::{ChangeEvent, Kind};
 
+/// The anchor is asked for again while it is at most this many events
+/// behind the cursor (a pull page holds 100).
+pub(crate) const ANCHOR_SPAN: u64 = 50;
+
 /// Client clock jitter allowed when telling boots apart (ms).
 const BOOT_SLACK: u64 = 1000;
 

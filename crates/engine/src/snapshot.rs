@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::api::{Api, EntityInfo};
 use crate::error::{Error, Result};
 use crate::protocol::Row;
+use crate::restart::{Anchor, ANCHOR_SPAN};
 
 /// Rows per request for entities without read policies.
 const PAGE: usize = 2000;
@@ -24,6 +25,10 @@ pub struct Snapshot {
     /// answers 403 to every row route of an entity under a row-level read
     /// policy): only the change log can fill them.
     pub log_only: Vec<String>,
+    /// The last event we may read at or before `head`, read before any row:
+    /// it ties the rows to the server lifetime the head counts in (see
+    /// `restart`). `None` when no such event is readable.
+    pub(crate) anchor: Option<Anchor>,
 }
 
 /// `progress(entity, rows_so_far, done)` is called after every page.
@@ -34,6 +39,13 @@ pub async fn take(
     progress: &(dyn Fn(&str, usize, bool) + Send + Sync),
 ) -> Result<Snapshot> {
     let head = api.head(token).await?;
+    let anchor = match api.pull(token, head.saturating_sub(ANCHOR_SPAN)).await {
+        Ok(page) => page.changes.iter().rev().find(|c| c.seq <= head).map(Anchor::of),
+        // the log was renumbered under us (or keeps nothing that old): the
+        // rows are tied to no event, and the boot check remains
+        Err(Error::Resync { .. }) => None,
+        Err(e) => return Err(e),
+    };
     let mut out = BTreeMap::new();
     let mut log_only = Vec::new();
     'entities: for info in entities {
@@ -68,5 +80,5 @@ pub async fn take(
         }
         out.insert(info.name.clone(), rows);
     }
-    Ok(Snapshot { head, rows: out, log_only })
+    Ok(Snapshot { head, rows: out, log_only, anchor })
 }
