@@ -182,3 +182,63 @@ function servers() {
 }
 
 module.exports.servers = servers
+
+// --------------------------------------------------------- fault proxy
+
+const http = require('node:http')
+
+/**
+ * An HTTP proxy on 127.0.0.1 in front of `target` (the server's HTTP port;
+ * streams go to the server directly). `rules` is a live list, checked in
+ * order, each used `count` times (default once), from the `nth` request it
+ * matches on (default the first):
+ *   { method, path, cutAfterMs }  forward, let the server apply it, hold the
+ *                                 answer that long, then cut the connection;
+ *   { method, path, delayMs }     forward after that long;
+ *   { method, path, status }      answer that status without forwarding.
+ * `path` matches the start of the request path.
+ */
+async function startFaultProxy(target) {
+  const rules = []
+  const take = (req) => {
+    let chosen = null
+    for (const rule of rules) {
+      if ((rule.method && rule.method !== req.method) || !req.url.startsWith(rule.path)) continue
+      rule.seen = (rule.seen ?? 0) + 1
+      if (!chosen && rule.seen >= (rule.nth ?? 1) && (rule.count ?? 1) > 0) chosen = rule
+    }
+    if (chosen) chosen.count = (chosen.count ?? 1) - 1
+    return chosen
+  }
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+  const server = http.createServer(async (req, res) => {
+    const rule = take(req)
+    if (rule?.status) {
+      res.writeHead(rule.status, { 'content-type': 'application/json' })
+      return res.end(JSON.stringify({ error: { code: 'INJECTED', message: 'injected by the proxy' } }))
+    }
+    if (rule?.delayMs) await sleep(rule.delayMs)
+    const body = []
+    for await (const chunk of req) body.push(chunk)
+    const upstream = http.request(`${target}${req.url}`, { method: req.method, headers: req.headers }, async (up) => {
+      const answer = []
+      for await (const chunk of up) answer.push(chunk)
+      if (rule?.cutAfterMs !== undefined) {
+        await sleep(rule.cutAfterMs)
+        return req.socket.destroy() // applied on the server, answer lost
+      }
+      res.writeHead(up.statusCode, up.headers)
+      res.end(Buffer.concat(answer))
+    })
+    upstream.on('error', () => req.socket.destroy())
+    upstream.end(Buffer.concat(body))
+  })
+  await new Promise((r) => server.listen(0, '127.0.0.1', r))
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    rules,
+    close: () => new Promise((r) => server.close(r)).then(() => server.closeAllConnections?.()),
+  }
+}
+
+module.exports.startFaultProxy = startFaultProxy

@@ -6,7 +6,7 @@
 const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const { createSyncEngine, SyncError } = require('../sync.js')
-const { api, eventually, servers } = require('./helpers.js')
+const { api, eventually, servers, startFaultProxy } = require('./helpers.js')
 
 const HOUR = 3600 * 1000
 
@@ -36,8 +36,8 @@ for (const server of servers()) {
       const srv = await server.start()
       if (!srv) return t.skip('pylon is not installed (bash .ci/run installs it)')
       const engines = []
-      const make = (options) => {
-        const e = engine(srv.url, options)
+      const make = (options, url = srv.url) => {
+        const e = engine(url, options)
         engines.push(e)
         return e
       }
@@ -48,6 +48,37 @@ for (const server of servers()) {
         await srv.stop()
       }
     })
+
+  scenario('an insert whose answer is cut after it was applied, with a delete queued behind it, is never shown twice', async (srv, make) => {
+    const token = await srv.login('dora')
+    const proxy = await startFaultProxy(srv.url)
+    try {
+      const port = Number(new URL(srv.url).port)
+      // writes and pulls go through the proxy; the WebSocket to the server itself
+      const e = make({ token, transport: 'websocket', wsUrl: `ws://127.0.0.1:${port + 1}` }, proxy.url)
+      const shown = []
+      let deleted = false
+      e.store.subscribe(() => {
+        const copies = e.store.list('Todo').filter((r) => r.title === 'cut').length
+        shown.push(copies)
+        if (copies > 1 || (deleted && copies > 0)) shown.bad = `${copies} copies (delete resolved: ${deleted})`
+      })
+      await e.start()
+      await open(e, 'websocket')
+      proxy.rules.push({ method: 'POST', path: '/api/entities/Todo', cutAfterMs: 800 })
+      const temp = await e.insert('Todo', { title: 'cut', done: false })
+      await e.delete('Todo', temp)
+      deleted = true
+      await eventually('the queue to drain', () => e.mutations.list().length === 0, 20000)
+      const server = await api(srv.url, 'GET', '/api/entities/Todo', undefined, srv.adminToken)
+      assert.deepEqual(server.body.data.filter((r) => r.title === 'cut'), [], 'the delete reached the row the insert made')
+      assert.equal(e.store.list('Todo').filter((r) => r.title === 'cut').length, 0)
+      assert.equal(shown.bad, undefined, `a notification showed ${shown.bad}`)
+      assert.ok(proxy.rules[0].count === 0, 'the answer was cut')
+    } finally {
+      await proxy.close()
+    }
+  })
 
   for (const transport of ['websocket', 'sse']) {
     scenario(`a write reaches the other engine over ${transport}`, async (srv, make) => {

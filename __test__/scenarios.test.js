@@ -8,7 +8,7 @@ const assert = require('node:assert/strict')
 const path = require('node:path')
 const { spawn } = require('node:child_process')
 const { createSyncEngine, createWriteThroughStorage } = require('../sync.js')
-const { servers, api, eventually, tempDir } = require('./helpers.js')
+const { servers, api, eventually, tempDir, startFaultProxy } = require('./helpers.js')
 
 const KILLS = Number(process.env.CRASH_KILLS || 100)
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
@@ -144,6 +144,27 @@ for (const server of servers()) {
     assert.equal(server.length, 25)
     assert.deepEqual(again.store.list('Todo').map((r) => `${r.id}:${r.title}`).sort(), server)
     await again.close()
+  })
+
+  scenario('a replay of the log from 0 with a slow page and a failed page is shown whole or not at all', 120000, async (srv) => {
+    // Note is under a row policy: a non-admin replica can fill it only from the log
+    const token = await srv.login('erin')
+    for (let i = 0; i < 250; i++) await api(srv.url, 'POST', '/api/entities/Note', { body: `n${i}`, userId: 'erin' }, token)
+    const proxy = await startFaultProxy(srv.url)
+    try {
+      proxy.rules.push({ path: '/api/sync/pull?since=', nth: 3, delayMs: 1000 })
+      proxy.rules.push({ path: '/api/sync/pull?since=', nth: 5, status: 503 })
+      const e = createSyncEngine(proxy.url, { token, persist: false, transport: 'poll', pollInterval: 50, reconnectDelay: 50 })
+      const counts = new Set()
+      e.store.subscribe(() => counts.add(e.store.list('Note').length))
+      await e.start()
+      await eventually('every note', () => e.store.list('Note').length === 250, 30000)
+      assert.ok(proxy.rules.every((r) => r.count === 0), 'both faults were met')
+      assert.deepEqual([...counts].filter((n) => n !== 0 && n !== 250), [], 'a partial replay was shown')
+      await e.close()
+    } finally {
+      await proxy.close()
+    }
   })
 
   scenario(`kill -9 at ${KILLS} random moments of writes, pulls, id swaps and resets: nothing lost, nothing twice, replica equal to the server`, 900000, async (srv) => {
