@@ -2015,14 +2015,19 @@ impl Engine {
         })
         .await?;
         self.settle_in_doubt(&snap, token.as_deref()).await?;
-        self.install_snapshot(snap, epoch, Resume::Follow).await?;
-        self.inner.complete_in_epoch.store(epoch, Ordering::SeqCst);
+        if let Some(now) = self.install_snapshot(snap, epoch, Resume::Follow).await? {
+            self.inner.complete_in_epoch.store(now, Ordering::SeqCst);
+        }
         Ok(())
     }
 
     /// Replaces the snapshot's entities wholesale, in one transaction with
-    /// the cursor, which goes where `resume` says.
-    async fn install_snapshot(&self, snap: Snapshot, epoch: u64, resume: Resume) -> Result<()> {
+    /// the cursor, which goes where `resume` says. Returns the replica
+    /// generation it leaves (`None`: dropped, the replica was reset first).
+    /// A cursor that moves starts a new generation, so that work planned
+    /// from the old cursor is refused even if its future was dropped
+    /// mid-way and the lock it held released early (stop() aborts the loop).
+    async fn install_snapshot(&self, snap: Snapshot, epoch: u64, resume: Resume) -> Result<Option<u64>> {
         let mut entities: Vec<String> = snap.rows.keys().cloned().collect();
         if resume == Resume::Replay {
             entities.extend(snap.log_only.iter().cloned());
@@ -2030,10 +2035,10 @@ impl Engine {
         let changed = entities.clone();
         tracing::debug!(?entities, head = snap.head, log_only = ?snap.log_only, ?resume, "install snapshot");
         let snap_anchor = snap.anchor.clone();
-        self.with_db(move |me, db| {
+        let installed = self.with_db(move |me, db| {
             if me.inner.epoch.load(Ordering::SeqCst) != epoch {
                 tracing::debug!("snapshot dropped: the replica was reset meanwhile");
-                return Ok(());
+                return Ok(None);
             }
             let (cursor, mut covered, moved) = {
                 let st = me.inner.state.read().unwrap();
@@ -2088,6 +2093,7 @@ impl Engine {
             };
             let replaced = {
                 let mut st = me.inner.state.write().unwrap();
+                let now = if moved { me.inner.epoch.fetch_add(1, Ordering::SeqCst) + 1 } else { epoch };
                 st.cursor = cursor;
                 st.covered = covered;
                 if moved || cursor == 0 {
@@ -2096,14 +2102,16 @@ impl Engine {
                 let State { replica, queue, .. } = &mut *st;
                 let replaced = replica.replace_entities(prepared, queue);
                 me.refresh_counts(&mut st);
-                replaced
+                (replaced, now)
             };
-            drop(replaced);
-            Ok(())
+            drop(replaced.0);
+            Ok(Some(replaced.1))
         })
         .await?;
-        self.emit(Event::Change { entities: changed });
-        Ok(())
+        if installed.is_some() {
+            self.emit(Event::Change { entities: changed });
+        }
+        Ok(installed)
     }
 
     // ----------------------------------------------------------------- reset
@@ -2208,7 +2216,8 @@ impl Engine {
         }
         // the hydration's cursor replaces ours; replaying from it is harmless
         let head = h.cursor.last_seq;
-        self.install_snapshot(Snapshot { head, rows, log_only: Vec::new(), anchor: None }, epoch, Resume::Head).await
+        let snap = Snapshot { head, rows, log_only: Vec::new(), anchor: None };
+        self.install_snapshot(snap, epoch, Resume::Head).await.map(drop)
     }
 }
 
