@@ -171,8 +171,7 @@ impl Api {
         }
     }
 
-    /// Creates a row; returns the server's id.
-    /// Inserts a row; the server names it. A `nonce` goes out as the body's
+    /// Creates a row; returns the server's id. A `nonce` goes out as the body's
     /// `id`: the server ignores it for the row but keeps it in the insert
     /// event's `data`, where the writer can recognise its own insert.
     pub async fn insert(&self, token: Option<&str>, entity: &str, data: &Row, nonce: Option<&str>) -> Result<String> {

@@ -352,8 +352,7 @@ fn random_suffix() -> String {
 
 /// Temporary ids of the inserts in doubt among `mutations`.
 fn in_doubt_ids(mutations: &[Mutation]) -> std::collections::HashSet<String> {
-    let in_doubt = |m: &&Mutation| m.kind == Kind::Insert && m.status == Status::Pending && m.sent.is_some();
-    mutations.iter().filter(in_doubt).map(|m| m.row_id.clone()).collect()
+    mutations.iter().filter(|m| crate::queue::is_in_doubt(m)).map(|m| m.row_id.clone()).collect()
 }
 
 /// A stable, non-reversible name for a token, so we can tell tokens apart
@@ -1257,10 +1256,7 @@ impl Engine {
                         Some(found) => found,
                         None => {
                             let st = self.inner.state.read().unwrap();
-                            match reconcile::find_applied(&st.replica, &st.witness, &m) {
-                                Some(id) => Found::Applied(id),
-                                None => Found::NotApplied,
-                            }
+                            reconcile::find_applied(&st.replica, &st.witness, &m).into()
                         }
                     };
                     match found {
@@ -1469,7 +1465,7 @@ impl Engine {
             let st = self.inner.state.read().unwrap();
             (st.cursor, st.anchor.clone())
         };
-        let Some(a) = anchor.filter(|a| a.seq >= 1 && a.seq <= cursor && cursor - a.seq < ANCHOR_SPAN) else {
+        let Some(a) = anchor.filter(|a| a.near(cursor)) else {
             return Ok(false);
         };
         let page = match self.inner.api.pull(token, a.seq - 1).await {
@@ -1504,10 +1500,7 @@ impl Engine {
                 Some(found) => found,
                 None => {
                     let st = self.inner.state.read().unwrap();
-                    match reconcile::find_in_snapshot(&snap.rows[&m.entity], &st.witness, &m) {
-                        Some(id) => Found::Applied(id),
-                        None => Found::NotApplied,
-                    }
+                    reconcile::find_in_snapshot(&snap.rows[&m.entity], &st.witness, &m).into()
                 }
             };
             tracing::debug!("settle {} {:?}", m.row_id, found);
@@ -1707,7 +1700,7 @@ impl Engine {
         let wanted: Vec<_> = infos.into_iter().filter(|i| covered.get(&i.name).is_some_and(|head| *head > 0)).collect();
         self.set_phase(Phase::Bootstrapping, None, 0);
         let me = self.clone();
-        let mut snap = snapshot::take(&self.inner.api, token.as_deref(), &wanted, &move |entity, rows, done| {
+        let mut snap = snapshot::take(&self.inner.api, token.as_deref(), &wanted, true, &move |entity, rows, done| {
             me.emit(Event::Progress { entity: entity.to_string(), rows, done })
         })
         .await?;
@@ -1748,7 +1741,7 @@ impl Engine {
             // an anchor a page away is asked for again; without one (or too
             // far back) the last event we may read before the cursor is
             // learned as the next anchor
-            let anchor = kept.clone().filter(|a| check && a.seq >= 1 && a.seq <= since && since - a.seq < ANCHOR_SPAN);
+            let anchor = kept.clone().filter(|a| check && a.near(since));
             let from = match &anchor {
                 Some(a) => a.seq - 1,
                 None if check => since.saturating_sub(ANCHOR_SPAN),
@@ -2010,7 +2003,7 @@ impl Engine {
         }
         self.set_phase(Phase::Bootstrapping, None, 0);
         let me = self.clone();
-        let snap = snapshot::take(&self.inner.api, token.as_deref(), &wanted, &move |entity, rows, done| {
+        let snap = snapshot::take(&self.inner.api, token.as_deref(), &wanted, true, &move |entity, rows, done| {
             me.emit(Event::Progress { entity: entity.to_string(), rows, done })
         })
         .await?;
@@ -2035,79 +2028,81 @@ impl Engine {
         let changed = entities.clone();
         tracing::debug!(?entities, head = snap.head, log_only = ?snap.log_only, ?resume, "install snapshot");
         let snap_anchor = snap.anchor.clone();
-        let installed = self.with_db(move |me, db| {
-            if me.inner.epoch.load(Ordering::SeqCst) != epoch {
-                tracing::debug!("snapshot dropped: the replica was reset meanwhile");
-                return Ok(None);
-            }
-            let (cursor, mut covered, moved) = {
-                let st = me.inner.state.read().unwrap();
-                let cursor = match resume {
-                    Resume::Head => snap.head,
-                    Resume::Replay => 0,
-                    // a replica that follows the log keeps its cursor; so does a fresh
-                    // one with an entity only the log can fill (it replays from 0)
-                    Resume::Follow if st.cursor == 0 && snap.log_only.is_empty() => snap.head,
-                    Resume::Follow => st.cursor,
+        let installed = self
+            .with_db(move |me, db| {
+                if me.inner.epoch.load(Ordering::SeqCst) != epoch {
+                    tracing::debug!("snapshot dropped: the replica was reset meanwhile");
+                    return Ok(None);
+                }
+                let (cursor, mut covered, moved) = {
+                    let st = me.inner.state.read().unwrap();
+                    let cursor = match resume {
+                        Resume::Head => snap.head,
+                        Resume::Replay => 0,
+                        // a replica that follows the log keeps its cursor; so does a fresh
+                        // one with an entity only the log can fill (it replays from 0)
+                        Resume::Follow if st.cursor == 0 && snap.log_only.is_empty() => snap.head,
+                        Resume::Follow => st.cursor,
+                    };
+                    (cursor, st.covered.clone(), cursor != st.cursor)
                 };
-                (cursor, st.covered.clone(), cursor != st.cursor)
-            };
-            covered.extend(snap.rows.keys().map(|e| (e.clone(), snap.head)));
-            covered.extend(snap.log_only.iter().map(|e| (e.clone(), 0)));
-            let mut tables: Tables = snap
-                .rows
-                .into_iter()
-                .map(|(entity, rows)| {
-                    let rows = rows.into_iter().map(|(id, r)| (id, BaseRow { seq: 0, data: Some(RowText::new(&r)) }));
-                    (entity, rows.collect())
-                })
-                .collect();
-            if resume == Resume::Replay {
-                // refilled by the replay from 0
-                tables.extend(snap.log_only.iter().map(|e| (e.clone(), BTreeMap::new())));
-            }
-            db.write(|w| {
-                for (entity, rows) in &tables {
-                    w.clear_entity(entity)?;
-                    let effects: Vec<Effect> = rows
-                        .iter()
-                        .filter_map(|(id, b)| {
-                            let data = b.data.clone()?;
-                            Some(Effect::Put { entity: entity.clone(), id: id.clone(), seq: 0, data })
-                        })
-                        .collect();
-                    w.effects(&effects)?;
+                covered.extend(snap.rows.keys().map(|e| (e.clone(), snap.head)));
+                covered.extend(snap.log_only.iter().map(|e| (e.clone(), 0)));
+                let mut tables: Tables = snap
+                    .rows
+                    .into_iter()
+                    .map(|(entity, rows)| {
+                        let rows =
+                            rows.into_iter().map(|(id, r)| (id, BaseRow { seq: 0, data: Some(RowText::new(&r)) }));
+                        (entity, rows.collect())
+                    })
+                    .collect();
+                if resume == Resume::Replay {
+                    // refilled by the replay from 0
+                    tables.extend(snap.log_only.iter().map(|e| (e.clone(), BTreeMap::new())));
                 }
-                w.set_cursor(cursor)?;
-                w.set_meta("covered", &serde_json::to_string(&covered)?)?;
-                if moved || cursor == 0 {
-                    // the rows' own event: the next pull (or the replay from
-                    // 0) must find it, or the log was renumbered meanwhile
-                    w.set_meta("anchor", &serde_json::to_string(&snap_anchor)?)?;
-                }
-                Ok(())
-            })?;
-            let prepared: BTreeMap<String, Replacement> = {
-                let st = me.inner.state.read().unwrap();
-                tables.into_iter().map(|(e, rows)| (e.clone(), st.replica.prepare(&e, rows))).collect()
-            };
-            let replaced = {
-                let mut st = me.inner.state.write().unwrap();
-                let now = if moved { me.inner.epoch.fetch_add(1, Ordering::SeqCst) + 1 } else { epoch };
-                st.cursor = cursor;
-                st.covered = covered;
-                if moved || cursor == 0 {
-                    st.anchor = snap_anchor;
-                }
-                let State { replica, queue, .. } = &mut *st;
-                let replaced = replica.replace_entities(prepared, queue);
-                me.refresh_counts(&mut st);
-                (replaced, now)
-            };
-            drop(replaced.0);
-            Ok(Some(replaced.1))
-        })
-        .await?;
+                db.write(|w| {
+                    for (entity, rows) in &tables {
+                        w.clear_entity(entity)?;
+                        let effects: Vec<Effect> = rows
+                            .iter()
+                            .filter_map(|(id, b)| {
+                                let data = b.data.clone()?;
+                                Some(Effect::Put { entity: entity.clone(), id: id.clone(), seq: 0, data })
+                            })
+                            .collect();
+                        w.effects(&effects)?;
+                    }
+                    w.set_cursor(cursor)?;
+                    w.set_meta("covered", &serde_json::to_string(&covered)?)?;
+                    if moved || cursor == 0 {
+                        // the rows' own event: the next pull (or the replay from
+                        // 0) must find it, or the log was renumbered meanwhile
+                        w.set_meta("anchor", &serde_json::to_string(&snap_anchor)?)?;
+                    }
+                    Ok(())
+                })?;
+                let prepared: BTreeMap<String, Replacement> = {
+                    let st = me.inner.state.read().unwrap();
+                    tables.into_iter().map(|(e, rows)| (e.clone(), st.replica.prepare(&e, rows))).collect()
+                };
+                let (replaced, now) = {
+                    let mut st = me.inner.state.write().unwrap();
+                    let now = if moved { me.inner.epoch.fetch_add(1, Ordering::SeqCst) + 1 } else { epoch };
+                    st.cursor = cursor;
+                    st.covered = covered;
+                    if moved || cursor == 0 {
+                        st.anchor = snap_anchor;
+                    }
+                    let State { replica, queue, .. } = &mut *st;
+                    let replaced = replica.replace_entities(prepared, queue);
+                    me.refresh_counts(&mut st);
+                    (replaced, now)
+                };
+                drop(replaced);
+                Ok(Some(now))
+            })
+            .await?;
         if installed.is_some() {
             self.emit(Event::Change { entities: changed });
         }
@@ -2236,7 +2231,7 @@ pub async fn get_server_data(
     }
     let infos: Vec<crate::api::EntityInfo> =
         entities.iter().map(|name| crate::api::EntityInfo { name: name.clone(), has_policy: true }).collect();
-    let snap = snapshot::take(&api, token, &infos, &|_, _, _| {}).await?;
+    let snap = snapshot::take(&api, token, &infos, false, &|_, _, _| {}).await?;
     Ok(Hydration {
         entities: snap
             .rows

@@ -99,7 +99,7 @@ pub struct Queue {
     in_doubt: usize,
 }
 
-fn is_in_doubt(m: &Mutation) -> bool {
+pub(crate) fn is_in_doubt(m: &Mutation) -> bool {
     m.status == Status::Pending && m.kind == Kind::Insert && m.sent.is_some()
 }
 

@@ -67,6 +67,13 @@ pub enum Found {
     NotApplied,
 }
 
+impl From<Option<String>> for Found {
+    /// What field matching found (see [`find_applied`]).
+    fn from(server_id: Option<String>) -> Found {
+        server_id.map_or(Found::NotApplied, Found::Applied)
+    }
+}
+
 /// The nonce an insert event carries, if a writer of ours could have sent it.
 pub fn nonce(c: &ChangeEvent) -> Option<&str> {
     if c.kind != Kind::Insert {
@@ -156,6 +163,24 @@ mod tests {
         v.as_object().unwrap().clone()
     }
 
+    /// A pending insert of `{title: "milk"}` under `row_id`, sent once.
+    fn sent_insert(row_id: &str, sent: Sent) -> Mutation {
+        Mutation {
+            id: "m".into(),
+            order: 1,
+            identity: String::new(),
+            entity: "Todo".into(),
+            row_id: row_id.into(),
+            kind: Kind::Insert,
+            data: Some(row(json!({ "title": "milk" }))),
+            status: Status::Pending,
+            error: None,
+            attempts: 1,
+            created_at: 0,
+            sent: Some(sent),
+        }
+    }
+
     #[test]
     fn stored_forms_of_the_sent_values_match() {
         let sent = row(json!({ "title": "a", "done": true, "tags": ["x"], "n": 1, "gone": null }));
@@ -176,20 +201,8 @@ mod tests {
         };
         // "milk" existed before we sent (id 0001); ours would be newer
         replica.commit(&[put("0001", "milk"), put("0002", "bread")], &Queue::default());
-        let mut m = Mutation {
-            id: "m".into(),
-            order: 1,
-            identity: String::new(),
-            entity: "Todo".into(),
-            row_id: "_pending_1".into(),
-            kind: Kind::Insert,
-            data: Some(row(json!({ "title": "milk" }))),
-            status: Status::Pending,
-            error: None,
-            attempts: 1,
-            created_at: 0,
-            sent: Some(Sent { after: replica.max_base_id("Todo").map(str::to_string), ..Default::default() }),
-        };
+        let after = replica.max_base_id("Todo").map(str::to_string);
+        let mut m = sent_insert("_pending_1", Sent { after, ..Default::default() });
         assert_eq!(find_applied(&replica, &Witness::default(), &m), None, "an older identical row is not ours");
         replica.commit(&[put("0003", "eggs"), put("0004", "milk")], &Queue::default());
         assert_eq!(find_applied(&replica, &Witness::default(), &m).as_deref(), Some("0004"));
@@ -213,20 +226,7 @@ mod tests {
 
     #[test]
     fn an_insert_event_names_its_writer_by_the_nonce_alone() {
-        let m = Mutation {
-            id: "m".into(),
-            order: 1,
-            identity: String::new(),
-            entity: "Todo".into(),
-            row_id: "_pending_1_abc".into(),
-            kind: Kind::Insert,
-            data: Some(row(json!({ "title": "milk" }))),
-            status: Status::Pending,
-            error: None,
-            attempts: 1,
-            created_at: 0,
-            sent: Some(Sent { nonce: true, ..Default::default() }),
-        };
+        let m = sent_insert("_pending_1_abc", Sent { nonce: true, ..Default::default() });
         let event = |entity: &str, kind: Kind, data: Value| crate::protocol::ChangeEvent {
             seq: 3,
             entity: entity.into(),

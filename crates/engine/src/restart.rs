@@ -94,6 +94,12 @@ impl Anchor {
         }
     }
 
+    /// Close enough behind `cursor` to be asked for again in the first page
+    /// of a pull.
+    pub(crate) fn near(&self, cursor: u64) -> bool {
+        self.seq >= 1 && self.seq <= cursor && cursor - self.seq < ANCHOR_SPAN
+    }
+
     /// `c`, read from the log now, is the event this anchor was taken from.
     pub(crate) fn matches(&self, c: &ChangeEvent) -> bool {
         let same = c.seq == self.seq && c.entity == self.entity && c.row_id == self.row_id && c.kind == self.kind;

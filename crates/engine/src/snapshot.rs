@@ -32,19 +32,26 @@ pub struct Snapshot {
 }
 
 /// `progress(entity, rows_so_far, done)` is called after every page.
+/// `anchored`: also read the snapshot's anchor (a replica that will follow
+/// the log needs it; a one-off read for hydration does not).
 pub async fn take(
     api: &Api,
     token: Option<&str>,
     entities: &[EntityInfo],
+    anchored: bool,
     progress: &(dyn Fn(&str, usize, bool) + Send + Sync),
 ) -> Result<Snapshot> {
     let head = api.head(token).await?;
-    let anchor = match api.pull(token, head.saturating_sub(ANCHOR_SPAN)).await {
-        Ok(page) => page.changes.iter().rev().find(|c| c.seq <= head).map(Anchor::of),
-        // the log was renumbered under us (or keeps nothing that old): the
-        // rows are tied to no event, and the boot check remains
-        Err(Error::Resync { .. }) => None,
-        Err(e) => return Err(e),
+    let anchor = if anchored {
+        match api.pull(token, head.saturating_sub(ANCHOR_SPAN)).await {
+            Ok(page) => page.changes.iter().rev().find(|c| c.seq <= head).map(Anchor::of),
+            // the log was renumbered under us (or keeps nothing that old): the
+            // rows are tied to no event, and the boot check remains
+            Err(Error::Resync { .. }) => None,
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
     };
     let mut out = BTreeMap::new();
     let mut log_only = Vec::new();
