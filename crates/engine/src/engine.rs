@@ -7,7 +7,12 @@
 //! change is written to SQLite first and applied to memory after the commit.
 //! `sync` serialises the network-facing work (session flips, sending writes,
 //! pulling), so a write's answer is always handled before later server
-//! changes are applied.
+//! changes are applied. The epoch (the replica generation) moves under the
+//! `state` lock together with the rows and cursor it invalidates (flip,
+//! reset, a snapshot that moves the cursor), and work reads it with the
+//! cursor it planned from: `stop()` may drop a round mid-way and release
+//! `sync` while its database work still runs, and the epoch is what refuses
+//! that work's stale plan.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
