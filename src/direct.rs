@@ -17,7 +17,10 @@ fn client(base_url: &str, opts: Option<Value>) -> Result<(Api, Option<String>)> 
         return Err(pylon_sync_engine::Error::InvalidArg(format!("unknown option {k:?}")));
     }
     let ca = convert::ca(&opts)?;
-    Ok((Api::new(base_url, ca.as_deref())?, convert::token(opts.get("token").cloned())?))
+    Ok((
+        Api::new(base_url, pylon_sync_engine::io::Net::shared(ca.as_deref())?)?,
+        convert::token(opts.get("token").cloned())?,
+    ))
 }
 
 /// Every row of `entity` the caller may read.

@@ -7,6 +7,7 @@
 //!
 //! Faults are switched at run time through `POST /__control/faults`.
 
+mod clock;
 mod control;
 mod log;
 mod policy;
@@ -15,4 +16,4 @@ mod server;
 mod store;
 mod stream;
 
-pub use server::{spawn, Config, Handle};
+pub use server::{spawn, Config, Handle, Local};

@@ -1,8 +1,11 @@
 //! The change log: one global seq, bounded retention, pull paging (§4, §5).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
+
+use crate::clock::Clock;
 
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -31,6 +34,7 @@ pub struct ChangeLog {
     events: VecDeque<Event>,
     head: u64,
     pub retention: usize,
+    clock: Arc<Clock>,
 }
 
 /// What a pull asks of the log, before read filtering.
@@ -47,8 +51,8 @@ pub enum Pull<'a> {
 }
 
 impl ChangeLog {
-    pub fn new(retention: usize) -> ChangeLog {
-        ChangeLog { events: VecDeque::new(), head: 0, retention }
+    pub fn new(retention: usize, clock: Arc<Clock>) -> ChangeLog {
+        ChangeLog { events: VecDeque::new(), head: 0, retention, clock }
     }
 
     pub fn head(&self) -> u64 {
@@ -63,7 +67,7 @@ impl ChangeLog {
         data: Option<Map<String, Value>>,
     ) -> Event {
         self.head += 1;
-        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let secs = self.clock.now_nanos() / 1_000_000_000;
         let ev = Event {
             seq: self.head,
             entity: entity.to_string(),

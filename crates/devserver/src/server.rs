@@ -1,7 +1,7 @@
 //! HTTP routing (axum) for the API of PROTOCOL.md §5–§9 and the control routes.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::{to_bytes, Bytes};
 use axum::extract::{Request, State};
@@ -9,12 +9,15 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Map, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
+use crate::clock::Clock;
 use crate::control::{FailRule, Faults};
 use crate::log::{ChangeLog, Pull};
 use crate::query::Query;
 use crate::store::{default_manifest, Auth, Session, Store};
-use crate::stream::{crdt_frame, serve_sse, serve_ws, Hub, Outbound};
+use crate::stream::{crdt_frame, serve_sse, serve_ws, sse_connection, ws_connection, Hub, Outbound};
 
 pub struct Config {
     /// 0 picks a free port.
@@ -23,11 +26,16 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Change-log events kept (the real server keeps 10,000).
     pub retention: usize,
+    /// For a simulation: the wall time at start (ms since the epoch), after
+    /// which the clock follows tokio's time (`None`: the system clock).
+    pub epoch_ms: Option<u64>,
+    /// For a simulation: the seed of every token (`None`: the OS's entropy).
+    pub seed: Option<u64>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { port: 0, manifest: None, admin_token: None, retention: 10_000 }
+        Config { port: 0, manifest: None, admin_token: None, retention: 10_000, epoch_ms: None, seed: None }
     }
 }
 
@@ -232,18 +240,77 @@ async fn bind_ports(port: u16) -> Result<[tokio::net::TcpListener; 3], String> {
     Err("no three consecutive free ports".into())
 }
 
-/// Starts the server on 127.0.0.1.
-pub async fn spawn(cfg: Config) -> Result<Handle, String> {
-    let store = Store::new(cfg.manifest.unwrap_or_else(default_manifest), cfg.admin_token)?;
+fn app(cfg: Config) -> Result<Arc<App>, String> {
+    let clock = Arc::new(Clock::new(cfg.epoch_ms, cfg.seed));
+    let store = Store::new(cfg.manifest.unwrap_or_else(default_manifest), cfg.admin_token, clock.clone())?;
     let hub = Arc::new(Hub::default());
-    let log = ChangeLog::new(cfg.retention.max(1));
-    let app = Arc::new(App {
+    let log = ChangeLog::new(cfg.retention.max(1), clock);
+    Ok(Arc::new(App {
         world: Mutex::new(World { store, log, faults: Faults::default(), hub: hub.clone() }),
-        hub: hub.clone(),
+        hub,
         started: Mutex::new(Instant::now()),
         requests: Mutex::new(Default::default()),
-    });
-    let [listener, ws, sse] = bind_ports(cfg.port).await?;
+    }))
+}
+
+/// The server without sockets, for a simulation: requests are answered in
+/// memory, and stream connections run over any byte stream (an in-memory
+/// pipe). Everything else — the log, faults, restarts — is the same server.
+#[derive(Clone)]
+pub struct Local {
+    app: Arc<App>,
+}
+
+impl Local {
+    pub fn new(cfg: Config) -> Result<Local, String> {
+        Ok(Local { app: app(cfg)? })
+    }
+
+    /// One HTTP request (API or `/__control/…`), answered: the status, the
+    /// `Retry-After` seconds and the body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, Option<u64>, Bytes) {
+        let mut req = axum::http::Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let Ok(req) = req.header(header::CONTENT_TYPE, "application/json").body(axum::body::Body::from(body)) else {
+            return (
+                400,
+                None,
+                Bytes::from_static(b"{\"error\":{\"code\":\"BAD_REQUEST\",\"message\":\"bad request\"}}"),
+            );
+        };
+        let resp = handle(State(self.app.clone()), req).await;
+        let status = resp.status().as_u16();
+        let retry_after = resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.trim().parse().ok());
+        (status, retry_after, to_bytes(resp.into_body(), usize::MAX).await.unwrap_or_default())
+    }
+
+    /// Serves a WebSocket connection (the port + 1 listener's side).
+    pub async fn websocket(&self, conn: impl AsyncRead + AsyncWrite + Unpin + Send + 'static) {
+        self.app.hub.ws_accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ws_connection(self.app.clone(), conn).await
+    }
+
+    /// Serves an event-stream connection (the port + 2 listener's side).
+    pub async fn event_stream(&self, conn: impl AsyncRead + AsyncWrite + Unpin + Send + 'static) {
+        self.app.hub.sse_accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        sse_connection(self.app.clone(), conn).await
+    }
+}
+
+/// Starts the server on 127.0.0.1.
+pub async fn spawn(cfg: Config) -> Result<Handle, String> {
+    let port = cfg.port;
+    let app = app(cfg)?;
+    let hub = app.hub.clone();
+    let [listener, ws, sse] = bind_ports(port).await?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let router = Router::new().fallback(handle).with_state(app.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

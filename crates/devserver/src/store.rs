@@ -2,9 +2,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
+use crate::clock::Clock;
 use crate::policy::ReadRule;
 
 #[derive(Debug, Clone)]
@@ -79,10 +81,11 @@ pub struct Store {
     pub admin_token: Option<String>,
     pub manifest: Value,
     counter: AtomicU64,
+    pub clock: Arc<Clock>,
 }
 
 impl Store {
-    pub fn new(manifest: Value, admin_token: Option<String>) -> Result<Store, String> {
+    pub fn new(manifest: Value, admin_token: Option<String>, clock: Arc<Clock>) -> Result<Store, String> {
         let mut entities = Vec::new();
         let policies = manifest["policies"].as_array().cloned().unwrap_or_default();
         for e in manifest["entities"].as_array().ok_or("manifest has no entities")? {
@@ -116,6 +119,7 @@ impl Store {
             admin_token,
             manifest,
             counter: AtomicU64::new(0),
+            clock,
         })
     }
 
@@ -125,16 +129,13 @@ impl Store {
 
     /// 32 hex digits of nanoseconds + 8 of a counter: time-ordered, like the real server.
     pub fn new_id(&self) -> String {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = self.clock.now_nanos();
         let n = self.counter.fetch_add(1, Ordering::SeqCst);
         format!("{nanos:032x}{:08x}", n as u32)
     }
 
     pub fn new_token(&self) -> String {
-        use rand::Rng;
-        let mut rng = rand::rng();
-        let hex: String = (0..64).map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap()).collect();
+        let hex: String = (0..64).map(|_| char::from_digit(self.clock.random(16), 16).unwrap()).collect();
         format!("pylon_{hex}")
     }
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -175,6 +175,7 @@ pub async fn serve_ws(app: Arc<App>, listener: TcpListener) {
             continue;
         };
         app.hub.ws_accepted.fetch_add(1, Ordering::SeqCst);
+        let _ = tcp.set_nodelay(true);
         let app = app.clone();
         tokio::spawn(async move { ws_connection(app, tcp).await });
     }
@@ -186,6 +187,7 @@ pub async fn serve_sse(app: Arc<App>, listener: TcpListener) {
             continue;
         };
         app.hub.sse_accepted.fetch_add(1, Ordering::SeqCst);
+        let _ = tcp.set_nodelay(true);
         let app = app.clone();
         tokio::spawn(async move { sse_connection(app, tcp).await });
     }
@@ -233,7 +235,8 @@ fn token_of(req: &Request) -> (Option<String>, Option<String>) {
     (None, None)
 }
 
-async fn ws_connection(app: Arc<App>, tcp: TcpStream) {
+/// One WebSocket client, over any byte connection.
+pub(crate) async fn ws_connection(app: Arc<App>, tcp: impl AsyncRead + AsyncWrite + Unpin + Send) {
     let (faults, events) = {
         let w = app.world.lock().unwrap();
         (w.faults.ws.clone(), w.faults.events.clone())
@@ -241,7 +244,6 @@ async fn ws_connection(app: Arc<App>, tcp: TcpStream) {
     if faults.refuse {
         return;
     }
-    let _ = tcp.set_nodelay(true);
     let mut token = None;
     let callback = |req: &Request, mut resp: Response| {
         let (t, echo) = token_of(req);
@@ -275,6 +277,7 @@ async fn ws_connection(app: Arc<App>, tcp: TcpStream) {
     let (mut sink, mut stream) = ws.split();
     loop {
         tokio::select! {
+            biased; // one order, so a simulation replays
             _ = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
                 if let Some(code) = faults.close_code {
                     let frame = CloseFrame { code: CloseCode::from(code), reason: "closed by fault".into() };
@@ -385,7 +388,8 @@ fn client_frame(
 const SSE_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
 Connection: keep-alive\r\nAccess-Control-Allow-Origin: *\r\nX-Content-Type-Options: nosniff\r\n\r\n: connected\n\n";
 
-async fn sse_connection(app: Arc<App>, mut tcp: TcpStream) {
+/// One event-stream client, over any byte connection.
+pub(crate) async fn sse_connection(app: Arc<App>, mut tcp: impl AsyncRead + AsyncWrite + Unpin + Send) {
     let (faults, events, keepalive) = {
         let w = app.world.lock().unwrap();
         (w.faults.sse.clone(), w.faults.events.clone(), w.faults.sse_keepalive_ms.unwrap_or(30_000))
@@ -393,7 +397,6 @@ async fn sse_connection(app: Arc<App>, mut tcp: TcpStream) {
     if faults.refuse {
         return;
     }
-    let _ = tcp.set_nodelay(true);
     // the server reads once and ignores what it got
     let mut buf = [0u8; 8192];
     if !matches!(tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await, Ok(Ok(n)) if n > 0) {
@@ -415,6 +418,7 @@ async fn sse_connection(app: Arc<App>, mut tcp: TcpStream) {
     tick.tick().await;
     loop {
         let texts: Vec<Arc<str>> = tokio::select! {
+            biased; // one order, so a simulation replays
             _ = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => break,
             _ = generation.changed() => break,
             _ = tick.tick() => {

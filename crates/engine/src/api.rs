@@ -5,11 +5,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::{Method, RequestBuilder, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
+use crate::io::{Io, Request};
 use crate::protocol::{Envelope, MeBody, PullPage, Row, Session};
 
 /// A `since` far above any real head: the server answers it with 410 and
@@ -19,7 +20,7 @@ const HEAD_PROBE: u64 = 1 << 62;
 /// A client for one Pylon server.
 #[derive(Clone)]
 pub struct Api {
-    http: reqwest::Client,
+    io: Arc<dyn Io>,
     /// Ask for a new connection per request: the server stalls on reused
     /// ones (see [`stalls_on_reuse`]).
     no_reuse: Arc<AtomicBool>,
@@ -35,8 +36,8 @@ pub struct Api {
 /// connection per request (`Connection: close`, about 0.3 ms on loopback)
 /// avoids it; the client cannot re-arm `TCP_QUICKACK` through reqwest. See
 /// docs/compat.md.
-fn stalls_on_reuse(headers: &reqwest::header::HeaderMap) -> bool {
-    headers.get(reqwest::header::SERVER).and_then(|v| v.to_str().ok()).is_some_and(|s| s.starts_with("tiny-http"))
+fn stalls_on_reuse(server: Option<&str>) -> bool {
+    server.is_some_and(|s| s.starts_with("tiny-http"))
 }
 
 /// One entity of the public manifest.
@@ -48,15 +49,10 @@ pub struct EntityInfo {
 }
 
 impl Api {
-    /// `ca`: PEM of certificate authorities to trust besides the web roots.
-    pub fn new(base_url: &str, ca: Option<&str>) -> Result<Api> {
+    /// Requests go out through `io` (the network, unless simulated).
+    pub fn new(base_url: &str, io: Arc<dyn Io>) -> Result<Api> {
         let base = normalize_base(base_url)?;
-        let builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .tcp_nodelay(true);
-        let http = crate::tls::trust_http(builder, ca)?.build().map_err(|e| Error::Network(e.to_string()))?;
-        Ok(Api { http, no_reuse: Arc::new(AtomicBool::new(false)), waited: Arc::new(AtomicU64::new(0)), base })
+        Ok(Api { io, no_reuse: Arc::new(AtomicBool::new(false)), waited: Arc::new(AtomicU64::new(0)), base })
     }
 
     pub fn base_url(&self) -> &str {
@@ -69,14 +65,13 @@ impl Api {
         Duration::from_nanos(self.waited.load(Ordering::Relaxed))
     }
 
-    fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
-        let mut req = self.http.request(method, format!("{}{}", self.base, path));
-        if self.no_reuse.load(Ordering::Relaxed) {
-            req = req.header(reqwest::header::CONNECTION, "close");
-        }
-        match token {
-            Some(t) if !t.is_empty() => req.bearer_auth(t),
-            _ => req,
+    fn request(&self, method: Method, path: &str, token: Option<&str>) -> Request {
+        Request {
+            method,
+            url: format!("{}{}", self.base, path),
+            token: token.filter(|t| !t.is_empty()).map(str::to_string),
+            json: None,
+            close: self.no_reuse.load(Ordering::Relaxed),
         }
     }
 
@@ -144,7 +139,7 @@ impl Api {
     /// `POST /api/query/<E>` with a filter object; returns the rows.
     pub async fn query(&self, token: Option<&str>, entity: &str, filter: &Value) -> Result<Vec<Row>> {
         check_entity(entity)?;
-        let req = self.request(Method::POST, &format!("/api/query/{entity}"), token).json(filter);
+        let req = with_json(self.request(Method::POST, &format!("/api/query/{entity}"), token), filter);
         send_json(req, self).await
     }
 
@@ -185,9 +180,9 @@ impl Api {
             Some(n) => {
                 let mut body = data.clone();
                 body.insert("id".into(), Value::String(n.to_string()));
-                req.json(&body)
+                with_json(req, &body)
             }
-            None => req.json(data),
+            None => with_json(req, data),
         };
         let created: Created = send_json(req, self).await?;
         Ok(created.id)
@@ -196,7 +191,7 @@ impl Api {
     pub async fn update(&self, token: Option<&str>, entity: &str, id: &str, patch: &Row) -> Result<()> {
         check_entity(entity)?;
         check_id(id)?;
-        let req = self.request(Method::PATCH, &format!("/api/entities/{entity}/{id}"), token).json(patch);
+        let req = with_json(self.request(Method::PATCH, &format!("/api/entities/{entity}/{id}"), token), patch);
         send_json::<Value>(req, self).await.map(drop)
     }
 
@@ -234,7 +229,7 @@ impl Api {
                 BatchWrite::Delete { entity, id } => json!({ "op": "delete", "entity": entity, "id": id }),
             })
             .collect();
-        let req = self.request(Method::POST, "/api/batch", token).json(&json!({ "operations": ops }));
+        let req = with_json(self.request(Method::POST, "/api/batch", token), &json!({ "operations": ops }));
         let answer: Answer = send_json(req, self).await?;
         if answer.results.len() != writes.len() {
             return Err(Error::Protocol(format!(
@@ -271,7 +266,7 @@ impl Api {
         if name.is_empty() || name.contains(['/', '?', '#', ' ']) {
             return Err(Error::InvalidArg(format!("invalid function name {name:?}")));
         }
-        let req = self.request(Method::POST, &format!("/api/fn/{name}"), token).json(args);
+        let req = with_json(self.request(Method::POST, &format!("/api/fn/{name}"), token), args);
         send_json(req, self).await
     }
 
@@ -343,31 +338,25 @@ pub fn check_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-async fn send_json<T: DeserializeOwned>(req: RequestBuilder, api: &Api) -> Result<T> {
-    let sent = std::time::Instant::now();
-    let answer = async {
-        let resp = req.send().await.map_err(network)?;
-        if stalls_on_reuse(resp.headers()) {
-            api.no_reuse.store(true, Ordering::Relaxed);
-        }
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let bytes = resp.bytes().await.map_err(network)?;
-        Ok::<_, Error>((status, retry_after, bytes))
-    }
-    .await;
+fn with_json(mut req: Request, body: &impl serde::Serialize) -> Request {
+    req.json = serde_json::to_vec(body).ok();
+    req
+}
+
+async fn send_json<T: DeserializeOwned>(req: Request, api: &Api) -> Result<T> {
+    let sent = tokio::time::Instant::now();
+    let answer = api.io.send(req).await;
     api.waited.fetch_add(sent.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    let (status, retry_after, bytes) = answer?;
+    let resp = answer?;
+    if stalls_on_reuse(resp.server.as_deref()) {
+        api.no_reuse.store(true, Ordering::Relaxed);
+    }
+    let status = StatusCode::from_u16(resp.status).map_err(|e| Error::Protocol(format!("bad status: {e}")))?;
     if status.is_success() {
-        return serde_json::from_slice(&bytes)
+        return serde_json::from_slice(&resp.body)
             .map_err(|e| Error::Protocol(format!("unreadable {} response: {e}", status.as_u16())));
     }
-    Err(http_error(status, retry_after, &bytes))
+    Err(http_error(status, resp.retry_after, &resp.body))
 }
 
 fn http_error(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Error {

@@ -1,19 +1,22 @@
 //! Full-jitter exponential backoff: `random(0, min(cap, base·2^attempt))`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
+use crate::io::Io;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Backoff {
     base: Duration,
     cap: Duration,
     attempt: u32,
+    /// Where the jitter comes from.
+    io: Arc<dyn Io>,
 }
 
 impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Backoff {
-        Backoff { base, cap, attempt: 0 }
+    pub fn new(base: Duration, cap: Duration, io: Arc<dyn Io>) -> Backoff {
+        Backoff { base, cap, attempt: 0, io }
     }
 
     /// The ceiling of the next delay, before jitter.
@@ -27,7 +30,7 @@ impl Backoff {
         let window = self.window();
         self.attempt = self.attempt.saturating_add(1);
         let ms = window.as_millis() as u64;
-        Duration::from_millis(if ms == 0 { 0 } else { rand::rng().random_range(0..=ms) })
+        Duration::from_millis(if ms == 0 { 0 } else { self.io.random(ms) })
     }
 
     /// Adds attempts at once (a 429 widens the window faster).
@@ -50,7 +53,8 @@ mod tests {
 
     #[test]
     fn delays_stay_inside_a_doubling_capped_window() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let io = crate::io::Net::shared(None).unwrap();
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000), io);
         for attempt in 0..10u32 {
             let ceiling = Duration::from_millis((100u64 << attempt).min(1000));
             assert_eq!(b.window(), ceiling);

@@ -19,7 +19,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -30,6 +30,7 @@ use crate::api::{check_entity, check_id, Api, BatchWrite};
 use crate::backoff::Backoff;
 use crate::db::{Db, Stored, Writer};
 use crate::error::{Error, Result};
+use crate::io::{random_suffix, Io, Net};
 use crate::protocol::{ChangeEvent, Cursor, Hydration, Kind, PullPage, Row, Session};
 use crate::queue::{Mutation, MutationError, Queue, Sent, Status};
 use crate::realtime::{Connection, Peer, Realtime};
@@ -93,6 +94,9 @@ pub struct Config {
     /// `None`: keep everything in memory.
     pub db_path: Option<PathBuf>,
     pub app_name: String,
+    /// Where requests, streams, the clock and chance come from (`None`: the
+    /// network and the system; a simulation brings its own).
+    pub io: Option<Arc<dyn Io>>,
 }
 
 impl Config {
@@ -110,6 +114,7 @@ impl Config {
             ca: None,
             db_path: None,
             app_name: "default".into(),
+            io: None,
         }
     }
 }
@@ -264,6 +269,7 @@ struct State {
 pub(crate) struct Inner {
     pub(crate) cfg: Config,
     pub(crate) rt: Realtime,
+    pub(crate) io: Arc<dyn Io>,
     api: Api,
     db: Mutex<Option<Db>>,
     state: RwLock<State>,
@@ -283,7 +289,7 @@ pub(crate) struct Inner {
     no_batch: AtomicBool,
     /// Check the server's boot time in the next round (start, errors, reconnects).
     boot_check_due: AtomicBool,
-    last_boot_check: Mutex<Option<std::time::Instant>>,
+    last_boot_check: Mutex<Option<tokio::time::Instant>>,
     /// The epoch in which every manifest entity was found covered: the
     /// manifest is read once per replica generation, not on every poll.
     complete_in_epoch: AtomicU64,
@@ -345,16 +351,6 @@ fn parse_covered(text: &str) -> Result<BTreeMap<String, u64>> {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn random_suffix() -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..10).map(|_| char::from_digit(rng.random_range(0..36), 36).unwrap()).collect()
-}
-
 /// Temporary ids of the inserts in doubt among `mutations`.
 fn in_doubt_ids(mutations: &[Mutation]) -> std::collections::HashSet<String> {
     mutations.iter().filter(|m| crate::queue::is_in_doubt(m)).map(|m| m.row_id.clone()).collect()
@@ -384,7 +380,11 @@ fn token_key(fp: &str) -> String {
 
 impl Engine {
     pub fn new(cfg: Config) -> Result<Engine> {
-        let api = Api::new(&cfg.base_url, cfg.ca.as_deref())?;
+        let io = match &cfg.io {
+            Some(io) => io.clone(),
+            None => Net::shared(cfg.ca.as_deref())?,
+        };
+        let api = Api::new(&cfg.base_url, io.clone())?;
         if let Some(ca) = &cfg.ca {
             crate::tls::client_config(ca)?; // a bad CA is a bad argument now, not a failed connection later
         }
@@ -437,8 +437,9 @@ impl Engine {
         };
         Ok(Engine {
             inner: Arc::new(Inner {
-                rt: Realtime::new(format!("c_{}_{}", now_ms(), random_suffix()), first),
+                rt: Realtime::new(format!("c_{}_{}", io.now_ms(), random_suffix(&*io)), first, io.now_ms()),
                 cfg,
+                io,
                 api,
                 db: Mutex::new(None),
                 state: RwLock::new(state),
@@ -559,6 +560,11 @@ impl Engine {
         self.inner.state.read().unwrap().cursor
     }
 
+    /// The wall clock, as the engine's [`Io`] tells it.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.inner.io.now_ms()
+    }
+
     pub fn status(&self) -> SyncStatus {
         self.inner.state.read().unwrap().status.clone()
     }
@@ -580,15 +586,17 @@ impl Engine {
     ) -> Result<T> {
         self.check_open()?;
         let me = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let work = move || {
             let mut guard = me.inner.db.lock().unwrap();
             if guard.is_none() {
                 *guard = Some(Db::open(me.inner.cfg.db_path.as_deref())?);
             }
             f(&me, guard.as_mut().unwrap())
-        })
-        .await
-        .map_err(|e| Error::Storage(format!("database task failed: {e}")))?
+        };
+        if self.inner.io.inline_db() {
+            return work();
+        }
+        tokio::task::spawn_blocking(work).await.map_err(|e| Error::Storage(format!("database task failed: {e}")))?
     }
 
     /// Opens the database and loads it into memory, once.
@@ -675,7 +683,7 @@ impl Engine {
                 st.status.last_error = Some(e.into());
             }
             if phase == Phase::Idle {
-                st.status.last_synced_at = Some(now_ms());
+                st.status.last_synced_at = Some(self.now_ms());
             }
             self.refresh_counts(&mut st);
             if !changed {
@@ -704,7 +712,7 @@ impl Engine {
             return Err(e);
         }
         let first = self.sync_once().await;
-        let mut backoff = Backoff::new(self.inner.cfg.reconnect_delay, BACKOFF_CAP);
+        let mut backoff = Backoff::new(self.inner.cfg.reconnect_delay, BACKOFF_CAP, self.inner.io.clone());
         let first_delay = self.after_sync(&first, &mut backoff);
         if !self.inner.running.load(Ordering::SeqCst) {
             return Ok(());
@@ -740,8 +748,30 @@ impl Engine {
         let _sync = self.inner.sync.lock().await;
         self.inner.closed.store(true, Ordering::SeqCst);
         let me = self.clone();
-        let _ = tokio::task::spawn_blocking(move || me.inner.db.lock().unwrap().take()).await;
+        let release = move || drop(me.inner.db.lock().unwrap().take());
+        if self.inner.io.inline_db() {
+            release();
+        } else {
+            let _ = tokio::task::spawn_blocking(release).await;
+        }
         self.set_phase(Phase::Closed, None, 0);
+        self.set_listener(None);
+    }
+
+    /// Ends the engine the way a killed process ends: its tasks are dropped
+    /// wherever they wait, nothing is sent or finished, and the database is
+    /// let go. A simulation's crash (`tests/sim.rs`); applications use
+    /// `close()`.
+    #[doc(hidden)]
+    pub fn abandon(&self) {
+        self.inner.running.store(false, Ordering::SeqCst);
+        self.inner.closed.store(true, Ordering::SeqCst);
+        for handle in [self.inner.loop_handle.lock().unwrap().take(), self.inner.rt.handle.lock().unwrap().take()] {
+            if let Some(h) = handle {
+                h.abort();
+            }
+        }
+        drop(self.inner.db.lock().unwrap().take());
         self.set_listener(None);
     }
 
@@ -749,9 +779,10 @@ impl Engine {
         loop {
             // a local write wakes the loop early, except while backing off
             tokio::select! {
+                biased; // one order, so a simulation replays
+                _ = self.inner.stop.notified() => return,
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.inner.wake.notified(), if backoff.attempts() == 0 => {}
-                _ = self.inner.stop.notified() => return,
             }
             if !self.inner.running.load(Ordering::SeqCst) {
                 return;
@@ -829,7 +860,7 @@ impl Engine {
         if !due {
             return Ok(());
         }
-        let sent = now_ms();
+        let sent = self.now_ms();
         let uptime = match self.inner.api.uptime().await {
             Ok(Some(u)) => u,
             Ok(None) => return Ok(()), // a server that does not say: nothing to learn
@@ -838,8 +869,8 @@ impl Engine {
                 return Err(e);
             }
         };
-        *self.inner.last_boot_check.lock().unwrap() = Some(std::time::Instant::now());
-        let seen = Boot::observed(sent, now_ms(), uptime);
+        *self.inner.last_boot_check.lock().unwrap() = Some(tokio::time::Instant::now());
+        let seen = Boot::observed(sent, self.now_ms(), uptime);
         let known = self.inner.state.read().unwrap().server_boot;
         let boot = match known {
             Some(k) if seen.later_than(&k) => {
@@ -1019,7 +1050,7 @@ impl Engine {
     /// Optimistic insert under a temporary id (returned once the write is
     /// durable), replaced by the server's id once acknowledged.
     pub fn insert(&self, entity: &str, data: Row) -> impl Future<Output = Result<String>> + Send + 'static {
-        let temp = format!("{TEMP_PREFIX}{}_{}", now_ms(), random_suffix());
+        let temp = format!("{TEMP_PREFIX}{}_{}", self.now_ms(), random_suffix(&*self.inner.io));
         let mut data = data;
         data.remove("id");
         let queued = check_entity(entity).and_then(|()| self.submit(entity, &temp, Kind::Insert, Some(data)));
@@ -1055,7 +1086,7 @@ impl Engine {
     ) -> Result<impl Future<Output = Result<()>> + Send + 'static> {
         self.check_open()?;
         let m = Mutation {
-            id: format!("mut_{}_{}", now_ms(), random_suffix()),
+            id: format!("mut_{}_{}", self.now_ms(), random_suffix(&*self.inner.io)),
             order: 0,
             identity: String::new(),
             entity: entity.to_string(),
@@ -1065,7 +1096,7 @@ impl Engine {
             status: Status::Pending,
             error: None,
             attempts: 0,
-            created_at: now_ms(),
+            created_at: self.now_ms(),
             sent: None,
         };
         let id = m.id.clone();
@@ -2230,7 +2261,7 @@ pub async fn get_server_data(
     token: Option<&str>,
     ca: Option<&str>,
 ) -> Result<Hydration> {
-    let api = Api::new(base_url, ca)?;
+    let api = Api::new(base_url, Net::shared(ca)?)?;
     for e in entities {
         check_entity(e)?;
     }

@@ -7,6 +7,7 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod infinite;
+pub mod io;
 pub mod protocol;
 pub mod queue;
 pub mod realtime;

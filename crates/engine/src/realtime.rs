@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::backoff::Backoff;
-use crate::engine::{now_ms, Engine, ErrorInfo, Event, Transport};
+use crate::engine::{Engine, ErrorInfo, Event, Transport};
 use crate::error::Error;
 use crate::protocol::ChangeEvent;
 use crate::transport::{self, sse, ws, Inbound, Which};
@@ -94,11 +94,11 @@ pub(crate) struct Realtime {
     /// Reconnect now (identity flip), without counting an attempt.
     restart: Notify,
     ignored: AtomicU64,
-    handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub(crate) handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Realtime {
-    pub fn new(client_id: String, transport: Which) -> Realtime {
+    pub fn new(client_id: String, transport: Which, now_ms: u64) -> Realtime {
         Realtime {
             client_id,
             status: Mutex::new(Connection {
@@ -106,7 +106,7 @@ impl Realtime {
                 transport,
                 attempts: 0,
                 last_error: None,
-                since: now_ms(),
+                since: now_ms,
                 ignored: 0,
             }),
             out: Mutex::new(None),
@@ -331,7 +331,7 @@ impl Engine {
             if s.state == state && s.transport == transport && s.attempts == attempts && s.last_error == last_error {
                 return;
             }
-            *s = Connection { state, transport, attempts, last_error, since: now_ms(), ignored: 0 };
+            *s = Connection { state, transport, attempts, last_error, since: self.now_ms(), ignored: 0 };
             drop(s);
             rt.status()
         };
@@ -351,13 +351,14 @@ impl Engine {
         let (tx, rx) = unbounded_channel::<ChangeEvent>();
         let _applier = AbortOnDrop(tokio::spawn(self.clone().apply_stream_loop(rx)));
         let mut ladder = Ladder::new(pinned, probe_first);
-        let mut backoff = Backoff::new(self.inner().cfg.reconnect_delay, BACKOFF_CAP);
+        let mut backoff = Backoff::new(self.inner().cfg.reconnect_delay, BACKOFF_CAP, self.inner().io.clone());
         loop {
             let top = if self.stream_user() { Which::WebSocket } else { Which::Sse };
             let which = ladder.pick(top);
             if which == Which::Poll {
                 self.set_connection(ConnState::Open, Which::Poll, backoff.attempts(), None);
                 tokio::select! {
+                biased; // one order, so a simulation replays
                     _ = sleep_until(ladder.probe_at) => {}
                     _ = rt.restart.notified() => ladder = Ladder::new(pinned, probe_first),
                 }
@@ -368,6 +369,7 @@ impl Engine {
             let mut opened: Option<Instant> = None;
             let probe = ladder.deadline(which, top);
             let end = tokio::select! {
+                biased; // one order, so a simulation replays
                 e = self.connect_and_run(which, &tx, out_tx, &mut out_rx, &mut opened, &mut ladder) => End::Died(e),
                 _ = rt.restart.notified() => End::Restart,
                 _ = sleep_until(probe.unwrap_or_else(Instant::now)), if probe.is_some() => End::Probe,
@@ -399,6 +401,7 @@ impl Engine {
             let delay = if at_once { Duration::ZERO } else { backoff.next_delay() };
             self.set_connection(ConnState::Backoff, which, backoff.attempts(), Some(&err));
             tokio::select! {
+                biased; // one order, so a simulation replays
                 _ = sleep(delay) => {}
                 _ = rt.restart.notified() => ladder = Ladder::new(pinned, probe_first),
             }
@@ -441,7 +444,8 @@ impl Engine {
                     Ok(t) => t,
                     Err(e) => return e,
                 };
-                let socket = match ws::connect(&url, token.as_deref(), live.ping_timeout, tls).await {
+                let socket = match ws::connect(&*self.inner().io, &url, token.as_deref(), live.ping_timeout, tls).await
+                {
                     Ok(s) => s,
                     Err(e) => return e,
                 };
@@ -458,7 +462,7 @@ impl Engine {
                         Err(e) => return e,
                     },
                 };
-                let stream = match sse::connect(&url, token.as_deref(), live.ping_timeout, cfg.ca.as_deref()).await {
+                let stream = match self.inner().io.event_stream(url, token.clone(), live.ping_timeout).await {
                     Ok(s) => s,
                     Err(e) => return e,
                 };
@@ -482,7 +486,7 @@ impl Engine {
             }
             rt.announce();
             rt.send(rt.presence_frame("sync", None));
-            self.sweep_presence_later(now_ms());
+            self.sweep_presence_later(self.now_ms());
         }
         // a dropped stream may mean a restarted server: check before the next pull
         self.server_may_have_restarted();
@@ -505,7 +509,7 @@ impl Engine {
                     if event == "leave" {
                         p.peers.remove(&key).is_some()
                     } else {
-                        let peer = Peer { from, client_id, data, seen: now_ms() };
+                        let peer = Peer { from, client_id, data, seen: self.now_ms() };
                         let same = p.peers.get(&key).is_some_and(|old| old.data == peer.data && old.from == peer.from);
                         p.peers.insert(key, peer);
                         !same
@@ -518,7 +522,7 @@ impl Engine {
             Inbound::Disconnect { .. } => {
                 // someone left, we cannot tell who: those still here re-announce
                 rt.announce();
-                self.sweep_presence_later(now_ms());
+                self.sweep_presence_later(self.now_ms());
             }
             Inbound::Topic { topic, from, data } => self.emit(Event::Topic { topic, from, data }),
             Inbound::Room(m) => self.emit(Event::Room(m)),

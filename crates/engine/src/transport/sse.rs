@@ -2,12 +2,12 @@
 //! `data:` line per event and `:` comment keepalives. The server sends no
 //! ids, so a reconnect catches up by pulling, not by `Last-Event-ID`.
 
-use std::time::Duration;
-
+use futures_util::StreamExt;
 use tokio::time::timeout;
 
 use super::{classify, Inbound, Liveness};
 use crate::error::{Error, Result};
+use crate::io::Chunks;
 
 /// The largest event we accept (the server's WebSocket frame limit).
 const MAX_EVENT: usize = 16 << 20;
@@ -83,25 +83,8 @@ fn take_line(data: &mut Option<String>, line: &[u8], events: &mut Vec<String>) {
     // event:, id:, retry: are never sent by the server; ignored
 }
 
-/// An open event stream.
-pub struct Stream {
-    resp: reqwest::Response,
-}
-
-/// Opens the stream; the header block must arrive within `within`.
-pub async fn connect(url: &str, token: Option<&str>, within: Duration, ca: Option<&str>) -> Result<Stream> {
-    let builder = reqwest::Client::builder().connect_timeout(within).tcp_nodelay(true);
-    let http = crate::tls::trust_http(builder, ca)?.build().map_err(network)?;
-    let mut req = http.get(url).header("accept", "text/event-stream").header("cache-control", "no-cache");
-    if let Some(t) = token.filter(|t| !t.is_empty()) {
-        req = req.bearer_auth(t); // ignored by the server today; harmless
-    }
-    let resp = match timeout(within, req.send()).await {
-        Err(_) => return Err(network("no answer in time")),
-        Ok(Err(e)) => return Err(crate::tls::failure(&e).unwrap_or_else(|| network(e.without_url()))),
-        Ok(Ok(r)) => r,
-    };
-    let status = resp.status().as_u16();
+/// Checks an event stream's response head.
+pub fn check_head(status: u16, content_type: Option<&str>) -> Result<()> {
     if status != 200 {
         return Err(Error::Http {
             status,
@@ -110,27 +93,22 @@ pub async fn connect(url: &str, token: Option<&str>, within: Duration, ca: Optio
             retry_after: None,
         });
     }
-    let is_stream = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if !is_stream {
+    if !content_type.is_some_and(|v| v.starts_with("text/event-stream")) {
         return Err(Error::Protocol("event stream answered without text/event-stream".into()));
     }
-    Ok(Stream { resp })
+    Ok(())
 }
 
 /// Reads the stream until it ends or stays silent longer than the liveness
 /// allows. Returns why it ended.
-pub async fn run(mut stream: Stream, live: Liveness, on_frame: &(dyn Fn(Inbound) + Send + Sync)) -> Error {
+pub async fn run(mut chunks: Chunks, live: Liveness, on_frame: &(dyn Fn(Inbound) + Send + Sync)) -> Error {
     let mut parser = Parser::default();
     loop {
-        match timeout(live.sse_idle(), stream.resp.chunk()).await {
+        match timeout(live.sse_idle(), chunks.next()).await {
             Err(_) => return network(format!("silent for {} ms", live.sse_idle().as_millis())),
-            Ok(Err(e)) => return network(e.without_url()),
-            Ok(Ok(None)) => return network("stream ended"),
-            Ok(Ok(Some(bytes))) => match parser.feed(&bytes) {
+            Ok(Some(Err(e))) => return e,
+            Ok(None) => return network("stream ended"),
+            Ok(Some(Ok(bytes))) => match parser.feed(&bytes) {
                 Ok(events) => events.iter().for_each(|d| on_frame(classify(d))),
                 Err(e) => return e,
             },

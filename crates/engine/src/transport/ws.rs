@@ -3,7 +3,6 @@
 //! connection died.
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -15,8 +14,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::{classify, BinaryFrame, Inbound, Liveness};
 use crate::error::{Error, Result};
+use crate::io::{Conn, Io};
 
-pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Socket = WebSocketStream<MaybeTlsStream<Box<dyn Conn>>>;
 
 /// The server's frame limit (§10.2).
 const MAX_MESSAGE: usize = 16 << 20;
@@ -60,9 +60,11 @@ fn from_ws(e: WsError) -> Error {
     }
 }
 
-/// Opens the socket; the handshake must finish within `within`. `tls`: a
-/// client config trusting the user's CAs (else the web roots).
+/// Opens the socket over a connection from `io`; the connection and the
+/// handshake must finish within `within`. `tls`: a client config trusting
+/// the user's CAs (else the web roots).
 pub async fn connect(
+    io: &dyn Io,
     url: &str,
     token: Option<&str>,
     within: std::time::Duration,
@@ -75,10 +77,17 @@ pub async fn connect(
     }
     let cfg = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
     let connector = tls.map(tokio_tungstenite::Connector::Rustls);
-    let fut = tokio_tungstenite::connect_async_tls_with_config(req, Some(cfg), true, connector);
+    let uri = req.uri();
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
+    let conn = io.dial(host, port);
+    let fut = async move {
+        let conn = conn.await?;
+        tokio_tungstenite::client_async_tls_with_config(req, conn, Some(cfg), connector).await.map_err(from_ws)
+    };
     match timeout(within, fut).await {
         Err(_) => Err(network("handshake timed out")),
-        Ok(Err(e)) => Err(from_ws(e)),
+        Ok(Err(e)) => Err(e),
         Ok(Ok((socket, _))) => Ok(socket),
     }
 }
@@ -98,6 +107,7 @@ pub async fn run(
     loop {
         let wake = dead_at.unwrap_or(next_ping);
         tokio::select! {
+            biased; // one order, so a simulation replays
             msg = socket.next() => {
                 dead_at = None;
                 match msg {
