@@ -290,6 +290,11 @@ pub(crate) struct Inner {
     /// Check the server's boot time in the next round (start, errors, reconnects).
     boot_check_due: AtomicBool,
     last_boot_check: Mutex<Option<tokio::time::Instant>>,
+    /// Streams opened ([`Realtime::opened`]) when a round's first pull last
+    /// found the log still holding the replica's last event. Events of a
+    /// stream opened after that may come from a restarted server whose log
+    /// happens to continue our cursor's numbering; they are only hints.
+    stream_checked: AtomicU64,
     /// The epoch in which every manifest entity was found covered: the
     /// manifest is read once per replica generation, not on every poll.
     complete_in_epoch: AtomicU64,
@@ -456,6 +461,7 @@ impl Engine {
                 pruned_at: AtomicU64::new(0),
                 boot_check_due: AtomicBool::new(true),
                 last_boot_check: Mutex::new(None),
+                stream_checked: AtomicU64::new(0),
                 complete_in_epoch: AtomicU64::new(u64::MAX),
                 loop_handle: Mutex::new(None),
                 submitted: Mutex::new(Vec::new()),
@@ -1501,15 +1507,15 @@ impl Engine {
             let st = self.inner.state.read().unwrap();
             (st.cursor, st.anchor.clone())
         };
-        let Some(a) = anchor.filter(|a| a.near(cursor)) else {
+        let Some(a) = anchor.and_then(|a| a.near(cursor)) else {
             return Ok(false);
         };
-        let page = match self.inner.api.pull(token, a.seq - 1).await {
+        let page = match self.inner.api.pull(token, a.read_from()).await {
             Ok(p) => p,
             Err(Error::Resync { .. }) => return Ok(false), // the pull that follows handles it
             Err(e) => return Err(e),
         };
-        if page.changes.iter().any(|c| a.matches(c)) {
+        if a.check(&page.changes, a.read_from(), page.cursor.last_seq, !page.has_more).is_some() {
             return Ok(true);
         }
         self.reset_replica_inner("server").await?;
@@ -1777,23 +1783,39 @@ impl Engine {
             // an anchor a page away is asked for again; without one (or too
             // far back) the last event we may read before the cursor is
             // learned as the next anchor
-            let anchor = kept.clone().filter(|a| check && a.near(since));
+            let anchor = kept.as_ref().filter(|_| check).and_then(|a| a.near(since));
             let from = match &anchor {
-                Some(a) => a.seq - 1,
+                Some(a) => a.read_from(),
                 None if check => since.saturating_sub(ANCHOR_SPAN),
                 None => since,
             };
-            check = false;
-            tracing::debug!(since, from, anchor = ?anchor.as_ref().map(|a| a.seq), "pull");
+            let checking = std::mem::take(&mut check);
+            // streams opened before this request are vouched for by its answer
+            let opened = self.inner.rt.opened.load(Ordering::SeqCst);
+            tracing::debug!(since, from, checked = anchor.is_some(), "pull");
             // a 410 here is taken as for the cursor itself: at worst (the log
             // keeps the cursor but not the anchor, some 10,000 events behind
             // the head) one resnapshot too many
             let page = self.inner.api.pull(token.as_deref(), from).await?;
+            if page.cursor.last_seq < since {
+                // the log ends before our cursor: it was renumbered (a 410
+                // says the same for a cursor past the head + 1)
+                self.reset_replica_inner("server").await?;
+                continue;
+            }
+            // what the new events extend: the anchor as the log confirms it
+            let mut base = kept.clone();
             if let Some(a) = &anchor {
-                if !page.changes.iter().any(|c| a.matches(c)) {
-                    self.reset_replica_inner("server").await?;
-                    continue;
+                match a.check(&page.changes, from, page.cursor.last_seq, !page.has_more) {
+                    Some(confirmed) => base = Some(confirmed),
+                    None => {
+                        self.reset_replica_inner("server").await?;
+                        continue;
+                    }
                 }
+            }
+            if checking {
+                self.inner.stream_checked.fetch_max(opened, Ordering::SeqCst);
             }
             self.inner.resyncs_in_a_row.store(0, Ordering::SeqCst);
             let more = page.has_more;
@@ -1804,7 +1826,7 @@ impl Engine {
                     Some(done) => return done.map(drop),
                 }
             }
-            self.apply_page(page, since, epoch).await?;
+            self.apply_page(page, since, epoch, base).await?;
             if !more {
                 return Ok(());
             }
@@ -1829,25 +1851,25 @@ impl Engine {
         }
         let Replay { events, at, epoch, expect } = staged.take()?;
         tracing::debug!(events = events.len(), at, epoch, "replay from 0 reached the head");
-        if let Some(a) = expect {
-            // where the log still reaches back to the snapshot's event, it must hold it
-            let reaches = events.first().is_some_and(|c| c.seq <= a.seq);
-            if reaches && !events.iter().any(|c| a.matches(c)) {
-                return Some(self.reset_replica_inner("server").await.map(|()| false));
-            }
+        // a replay from 0 reads the log from its start: it must hold the
+        // events the snapshot's rows were read after
+        if expect.is_some_and(|a| a.check(&events, 0, at, true).is_none()) {
+            return Some(self.reset_replica_inner("server").await.map(|()| false));
         }
-        let anchor = events.last().map(Anchor::of);
+        let anchor = Anchor::extended(None, &events, at);
         Some(self.apply_changes(events, Some((at, anchor)), epoch).await.map(|()| true))
     }
 
     /// Applies one page of changes and moves the cursor, in one transaction.
-    async fn apply_page(&self, page: PullPage, since: u64, epoch: u64) -> Result<()> {
+    /// `base`: the anchor the page's new events extend (`None`: one is
+    /// learned from the whole page).
+    async fn apply_page(&self, page: PullPage, since: u64, epoch: u64, base: Option<Anchor>) -> Result<()> {
         let PullPage { mut changes, cursor, .. } = page;
         if cursor.last_seq < since {
             return Err(Error::Protocol(format!("server moved the cursor backwards ({since} → {})", cursor.last_seq)));
         }
         // the page may start before the cursor (the anchor check)
-        let anchor = changes.iter().rev().find(|c| c.seq <= cursor.last_seq).map(Anchor::of);
+        let anchor = Anchor::extended(base.as_ref(), &changes, cursor.last_seq);
         changes.retain(|c| c.seq > since && c.seq <= cursor.last_seq);
         self.apply_changes(changes, Some((cursor.last_seq, anchor)), epoch).await
     }
@@ -1862,9 +1884,13 @@ impl Engine {
         let _sync = self.inner.sync.lock().await;
         events.sort_by_key(|e| e.seq);
         events.dedup_by_key(|e| e.seq);
-        let (run, pull, epoch) = {
+        let (run, pull, epoch, kept) = {
             let st = self.inner.state.read().unwrap();
-            let usable = st.loaded && !st.quarantined && st.session.is_some();
+            // a stream opened since the last check may be a restarted
+            // server's, numbering a new log: its events wait for a pull
+            let checked =
+                self.inner.stream_checked.load(Ordering::SeqCst) >= self.inner.rt.opened.load(Ordering::SeqCst);
+            let usable = checked && st.loaded && !st.quarantined && st.session.is_some();
             let mut next = st.cursor + 1;
             let mut run = Vec::new();
             let mut pull = false;
@@ -1880,12 +1906,12 @@ impl Engine {
                     break;
                 }
             }
-            (run, pull, self.inner.epoch.load(Ordering::SeqCst))
+            (run, pull, self.inner.epoch.load(Ordering::SeqCst), st.anchor.clone())
         };
         let mut pull = pull;
         tracing::debug!(run = run.len(), pull, "stream events");
         if let Some(last) = run.last() {
-            let at = Some((last.seq, Some(Anchor::of(last))));
+            let at = Some((last.seq, Anchor::extended(kept.as_ref(), &run, last.seq)));
             if self.apply_changes(run, at, epoch).await.is_err() {
                 pull = true; // the pull reports the failure, with backoff
             }

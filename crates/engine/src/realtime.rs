@@ -95,6 +95,8 @@ pub(crate) struct Realtime {
     restart: Notify,
     ignored: AtomicU64,
     pub(crate) handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Streams opened so far (see `Inner::stream_checked`).
+    pub(crate) opened: AtomicU64,
 }
 
 impl Realtime {
@@ -115,6 +117,7 @@ impl Realtime {
             restart: Notify::new(),
             ignored: AtomicU64::new(0),
             handle: Mutex::new(None),
+            opened: AtomicU64::new(0),
         }
     }
 
@@ -488,7 +491,9 @@ impl Engine {
             rt.send(rt.presence_frame("sync", None));
             self.sweep_presence_later(self.now_ms());
         }
-        // a dropped stream may mean a restarted server: check before the next pull
+        // a dropped stream may mean a restarted server: check before the next
+        // pull, and take no event of this stream as a page until then
+        rt.opened.fetch_add(1, Ordering::SeqCst);
         self.server_may_have_restarted();
         self.set_connection(ConnState::Open, which, rt.status().attempts, None);
         self.kick();

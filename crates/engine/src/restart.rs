@@ -65,14 +65,25 @@ impl Boot {
     }
 }
 
-/// The last change event the replica took, as much of it as tells it apart
-/// from the event a renumbered log holds at the same seq.
+/// The last events the replica took (at most [`MARKS`] of them, none more
+/// than [`ANCHOR_SPAN`] behind the cursor), each as much as tells it apart
+/// from the event a renumbered log holds at the same seq. A run of events
+/// rather than one: a single update can recur at the same seq (the same
+/// patch to the same row within the same second), a run of them does not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Anchor {
-    pub(crate) seq: u64,
-    entity: String,
-    row_id: String,
-    kind: Kind,
+    /// Ascending by seq; never empty.
+    marks: Vec<Mark>,
+}
+
+/// How many of the last events an anchor keeps.
+const MARKS: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Mark {
+    seq: u64,
+    /// A digest of the entity, row id and kind.
+    what: String,
     /// The log's timestamp (whole seconds); empty when the event came from a
     /// stream, which carries none.
     stamp: String,
@@ -81,35 +92,93 @@ pub(crate) struct Anchor {
     data: Option<String>,
 }
 
-impl Anchor {
-    pub(crate) fn of(c: &ChangeEvent) -> Anchor {
+impl Mark {
+    fn of(c: &ChangeEvent) -> Mark {
         let from_log = !c.timestamp.is_empty();
-        Anchor {
-            seq: c.seq,
-            entity: c.entity.clone(),
-            row_id: c.row_id.clone(),
-            kind: c.kind,
-            stamp: c.timestamp.clone(),
-            data: from_log.then(|| digest(c)),
+        Mark { seq: c.seq, what: what(c), stamp: c.timestamp.clone(), data: from_log.then(|| digest(c)) }
+    }
+
+    /// `c`, read from the log now, is the event this mark was taken from.
+    fn matches(&self, c: &ChangeEvent) -> bool {
+        if c.seq != self.seq || what(c) != self.what {
+            return false;
         }
-    }
-
-    /// Close enough behind `cursor` to be asked for again in the first page
-    /// of a pull.
-    pub(crate) fn near(&self, cursor: u64) -> bool {
-        self.seq >= 1 && self.seq <= cursor && cursor - self.seq < ANCHOR_SPAN
-    }
-
-    /// `c`, read from the log now, is the event this anchor was taken from.
-    pub(crate) fn matches(&self, c: &ChangeEvent) -> bool {
-        let same = c.seq == self.seq && c.entity == self.entity && c.row_id == self.row_id && c.kind == self.kind;
-        let both_logged = !self.stamp.is_empty() && !c.timestamp.is_empty();
-        same && (!both_logged || (c.timestamp == self.stamp && self.data.as_deref() == Some(digest(c).as_str())))
+        match (&self.data, c.timestamp.is_empty()) {
+            (Some(data), false) => c.timestamp == self.stamp && *data == digest(c),
+            // taken from a stream, which never carries a restart's re-seeded
+            // inserts: they are appended at boot, before any connection
+            (None, false) => !reseeded(c),
+            // read from a stream: compare what a stream carries
+            (_, true) => true,
+        }
     }
 }
 
+impl Anchor {
+    /// The anchor after the replica took `events` (ascending) on top of
+    /// `before`, with its cursor now at `cursor`. `None` when no event taken
+    /// lies near the cursor.
+    pub(crate) fn extended(before: Option<&Anchor>, events: &[ChangeEvent], cursor: u64) -> Option<Anchor> {
+        let newest = before.and_then(|a| a.marks.last()).map_or(0, |m| m.seq);
+        let mut marks: Vec<Mark> = before.map(|a| a.marks.clone()).unwrap_or_default();
+        marks.extend(events.iter().filter(|c| c.seq > newest && c.seq <= cursor).map(Mark::of));
+        let near = |m: &Mark| m.seq >= 1 && m.seq <= cursor && cursor - m.seq < ANCHOR_SPAN;
+        marks.retain(near);
+        let skip = marks.len().saturating_sub(MARKS);
+        marks.drain(..skip);
+        (!marks.is_empty()).then_some(Anchor { marks })
+    }
+
+    /// The marks close enough behind `cursor` to be asked for again in the
+    /// first page of a pull.
+    pub(crate) fn near(&self, cursor: u64) -> Option<Anchor> {
+        Anchor::extended(Some(self), &[], cursor)
+    }
+
+    /// The seq a pull starts after to read every mark again.
+    pub(crate) fn read_from(&self) -> u64 {
+        self.marks[0].seq - 1
+    }
+
+    /// Checks the log's events after `from` up to `to`, read now (`to` is
+    /// the head when `at_head`): `None` when an event this anchor marks is
+    /// missing or another (the log was renumbered); else the anchor as the
+    /// log confirms it (marks taken from a stream gain what only the log
+    /// carries).
+    pub(crate) fn check(&self, events: &[ChangeEvent], from: u64, to: u64, at_head: bool) -> Option<Anchor> {
+        let mut marks = Vec::with_capacity(self.marks.len());
+        for m in &self.marks {
+            if m.seq > to && at_head {
+                return None; // the log ends before it
+            }
+            if m.seq <= from || m.seq > to {
+                marks.push(m.clone());
+                continue;
+            }
+            let c = events.iter().find(|c| m.matches(c))?;
+            marks.push(if c.timestamp.is_empty() { m.clone() } else { Mark::of(c) });
+        }
+        Some(Anchor { marks })
+    }
+}
+
+/// The insert a restart appends for an existing row: its data is the row as
+/// read back, id included (a client's insert never carries the id the
+/// server is about to give).
+fn reseeded(c: &ChangeEvent) -> bool {
+    c.kind == Kind::Insert && c.data.as_ref().and_then(|d| d.get("id")).and_then(|v| v.as_str()) == Some(&c.row_id)
+}
+
+fn what(c: &ChangeEvent) -> String {
+    let kind = serde_json::to_string(&c.kind).unwrap_or_default();
+    short(&format!("{}\0{}\0{kind}", c.entity, c.row_id))
+}
+
 fn digest(c: &ChangeEvent) -> String {
-    let text = c.data.as_ref().map(|d| serde_json::Value::Object(d.clone()).to_string()).unwrap_or_default();
+    short(&c.data.as_ref().map(|d| serde_json::Value::Object(d.clone()).to_string()).unwrap_or_default())
+}
+
+fn short(text: &str) -> String {
     Sha256::digest(text.as_bytes())[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -145,23 +214,72 @@ mod tests {
         }
     }
 
+    fn anchor_of(c: &ChangeEvent) -> Anchor {
+        Anchor::extended(None, std::slice::from_ref(c), c.seq).unwrap()
+    }
+
+    fn seen(a: &Anchor, events: &[ChangeEvent]) -> bool {
+        let to = events.iter().map(|c| c.seq).max().unwrap_or(0);
+        a.check(events, a.read_from(), to, false).is_some()
+    }
+
     #[test]
     fn a_renumbered_log_is_told_from_the_same_log() {
         let taken = event(7, "0007", json!({ "title": "a" }), "1761811234Z");
-        let anchor = Anchor::of(&taken);
-        assert!(anchor.matches(&taken));
+        let anchor = anchor_of(&taken);
+        assert!(seen(&anchor, &[taken.clone()]));
         // the same event read again from the stream (no timestamp) is the same event
-        assert!(anchor.matches(&event(7, "0007", json!({ "title": "a" }), "")));
+        assert!(seen(&anchor, &[event(7, "0007", json!({ "title": "a" }), "")]));
         // a re-seeded log: another row at that seq, or the same row as read back, or a later boot
-        assert!(!anchor.matches(&event(7, "0009", json!({ "title": "a" }), "1761811234Z")));
-        assert!(!anchor.matches(&event(7, "0007", json!({ "id": "0007", "title": "a" }), "1761811234Z")));
-        assert!(!anchor.matches(&event(7, "0007", json!({ "title": "a" }), "1761811235Z")));
-        assert!(!anchor.matches(&event(8, "0007", json!({ "title": "a" }), "1761811234Z")));
-        // an anchor taken from a stream compares what a stream carries
-        let streamed = Anchor::of(&event(7, "0007", json!({ "title": "a" }), ""));
-        assert!(streamed.matches(&taken));
-        assert!(!streamed.matches(&event(7, "0008", json!({ "title": "a" }), "1761811234Z")));
+        assert!(!seen(&anchor, &[event(7, "0009", json!({ "title": "a" }), "1761811234Z")]));
+        assert!(!seen(&anchor, &[event(7, "0007", json!({ "id": "0007", "title": "a" }), "1761811234Z")]));
+        assert!(!seen(&anchor, &[event(7, "0007", json!({ "title": "a" }), "1761811235Z")]));
+        assert!(!seen(&anchor, &[event(8, "0007", json!({ "title": "a" }), "1761811234Z")]));
+        // an anchor taken from a stream compares what a stream carries, and
+        // is never a restart's re-seeded insert
+        let streamed = anchor_of(&event(7, "0007", json!({ "title": "a" }), ""));
+        assert!(seen(&streamed, &[taken.clone()]));
+        assert!(!seen(&streamed, &[event(7, "0008", json!({ "title": "a" }), "1761811234Z")]));
+        assert!(!seen(&streamed, &[event(7, "0007", json!({ "id": "0007", "title": "a" }), "1761811234Z")]));
+        // confirmed by the log, it carries what the log does
+        let confirmed = streamed.check(&[taken.clone()], 6, 7, true).unwrap();
+        // a log that ends before the event does not hold it
+        assert!(anchor.check(&[event(6, "0006", json!({}), "1761811234Z")], 5, 6, true).is_none());
+        assert!(anchor.check(&[event(6, "0006", json!({}), "1761811234Z")], 5, 6, false).is_some());
+        assert!(!seen(&confirmed, &[event(7, "0007", json!({ "title": "a" }), "1761811299Z")]));
         let text = serde_json::to_string(&anchor).unwrap();
         assert_eq!(serde_json::from_str::<Anchor>(&text).unwrap(), anchor);
+    }
+
+    #[test]
+    fn one_recurring_update_does_not_pass_for_the_run_before_it() {
+        let update = |seq, row: &str| ChangeEvent {
+            kind: Kind::Update,
+            ..event(seq, row, json!({ "done": true }), "1761811234Z")
+        };
+        // the replica took an insert then two identical updates of that row
+        let taken = [event(3, "r1", json!({ "title": "a" }), "1761811234Z"), update(4, "r1"), update(5, "r1")];
+        let anchor = Anchor::extended(None, &taken, 5).unwrap();
+        assert!(seen(&anchor, &taken));
+        // restarted in the same second: the row re-seeded at 3, another insert
+        // at 4, and the same update again at 5
+        let renumbered = [
+            event(3, "r1", json!({ "id": "r1", "title": "a" }), "1761811234Z"),
+            event(4, "r2", json!({}), "1761811234Z"),
+            update(5, "r1"),
+        ];
+        assert!(!seen(&anchor, &renumbered));
+    }
+
+    #[test]
+    fn an_anchor_keeps_the_last_events_near_the_cursor() {
+        let events: Vec<ChangeEvent> = (1..=40).map(|s| event(s, &format!("r{s}"), json!({}), "1Z")).collect();
+        let a = Anchor::extended(None, &events, 40).unwrap();
+        assert_eq!(a.marks.len(), MARKS);
+        assert_eq!(a.read_from(), 40 - MARKS as u64);
+        // the cursor moves on without events for us: the marks age out
+        assert!(a.near(40 + ANCHOR_SPAN - 1).is_some());
+        assert!(a.near(40 + ANCHOR_SPAN + MARKS as u64).is_none());
+        assert!(Anchor::extended(Some(&a), &[], 200).is_none());
     }
 }

@@ -44,7 +44,7 @@ pub async fn take(
     let head = api.head(token).await?;
     let anchor = if anchored {
         match api.pull(token, head.saturating_sub(ANCHOR_SPAN)).await {
-            Ok(page) => page.changes.iter().rev().find(|c| c.seq <= head).map(Anchor::of),
+            Ok(page) => Anchor::extended(None, &page.changes, head),
             // the log was renumbered under us (or keeps nothing that old): the
             // rows are tied to no event, and the boot check remains
             Err(Error::Resync { .. }) => None,

@@ -765,6 +765,14 @@ fn run(seed: u64, ops: &[Op]) -> (Result<(), TestCaseError>, Vec<String>) {
         }));
     });
     PANICKED.with(|p| p.set(false));
+    if debug() {
+        // the engines' own account of each step, interleaved with the ops
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(std::io::stderr)
+            .without_time()
+            .try_init();
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
     rt.block_on(async {
         let mut sim = Sim::new(seed).await;
