@@ -433,13 +433,13 @@ impl Sim {
             let transport = transports[sim.net.0.roll(3) as usize];
             let db = sim.dir.path().join(format!("replica{p}.db"));
             let user = p % 2;
-            let (engine, changed) = sim.open(p, &db, user, transport);
+            let token_user = Arc::new(AtomicUsize::new(user));
+            let (engine, changed) = sim.open(p, &db, token_user.clone(), transport);
             let mut calls = JoinSet::new();
             let e = engine.clone();
             calls.spawn(async move {
                 let _ = e.start().await;
             });
-            let token_user = Arc::new(AtomicUsize::new(user));
             sim.procs.push(Proc {
                 db,
                 user,
@@ -458,9 +458,10 @@ impl Sim {
         &self,
         p: usize,
         db: &std::path::Path,
-        user: usize,
+        token_user: Arc<AtomicUsize>,
         transport: Transport,
     ) -> (Engine, Arc<Mutex<BTreeSet<String>>>) {
+        let user = token_user.load(Ordering::SeqCst);
         let mut c = Config::new(BASE);
         c.db_path = Some(db.to_path_buf());
         c.token = Some(self.tokens[user].clone());
@@ -482,6 +483,7 @@ impl Sim {
             }
             let Event::Change { entities } = ev else { return };
             if entities.iter().any(|e| e == "Todo") {
+                let mut book = book.lock().unwrap();
                 // what was deleted is read before the rows: a delete that
                 // resolves after the rows were read may still show in them
                 let user = me.session().and_then(|s| s.user_id).unwrap_or_default();
@@ -489,12 +491,30 @@ impl Sim {
                 let rows = me.list("Todo");
                 // rows read across a flip belong to no one user
                 let same_user = me.session().and_then(|s| s.user_id).unwrap_or_default() == user;
-                let mut book = book.lock().unwrap();
                 if let Some(v) = impossible(&rows, &deleted, &book.ambiguous).filter(|_| same_user) {
                     if debug() {
                         eprintln!("  VIOLATION {v}: {rows:?} queue {:?}", me.mutations());
                     }
                     book.violation.get_or_insert(v);
+                }
+            }
+            if entities.iter().any(|e| e == "Note") {
+                // notes are readable by their owner only: the session's user,
+                // or before the session is known (rows stored under the same
+                // token are shown at once), the token's
+                let owner = || {
+                    let token_user = USERS[token_user.load(Ordering::SeqCst)].to_string();
+                    me.session().map_or(Some(token_user), |s| s.user_id).unwrap_or_default()
+                };
+                let user = owner();
+                let notes = me.list("Note");
+                let same_user = owner() == user;
+                if let Some(n) = notes.iter().find(|n| n.get("userId") != Some(&json!(user))).filter(|_| same_user) {
+                    let v = format!("{n:?} shown to {user}");
+                    if debug() {
+                        eprintln!("  VIOLATION {v}");
+                    }
+                    book.lock().unwrap().violation.get_or_insert(v);
                 }
             }
             sink.lock().unwrap().extend(entities);
@@ -623,14 +643,14 @@ impl Sim {
             }
             Op::Crash(p) => {
                 TALLY.crashes.fetch_add(1, Ordering::Relaxed);
-                let (db, user, transport) = {
+                let (db, token_user, transport) = {
                     let proc = &mut self.procs[p];
                     proc.calls.abort_all();
                     proc.engine.abandon();
-                    (proc.db.clone(), proc.user, proc.transport)
+                    (proc.db.clone(), proc.token_user.clone(), proc.transport)
                 };
                 while self.procs[p].calls.join_next().await.is_some() {}
-                let (engine, changed) = self.open(p, &db, user, transport);
+                let (engine, changed) = self.open(p, &db, token_user, transport);
                 let proc = &mut self.procs[p];
                 proc.engine = engine.clone();
                 proc.changed = changed;
