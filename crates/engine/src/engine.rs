@@ -772,10 +772,9 @@ impl Engine {
     pub fn abandon(&self) {
         self.inner.running.store(false, Ordering::SeqCst);
         self.inner.closed.store(true, Ordering::SeqCst);
-        for handle in [self.inner.loop_handle.lock().unwrap().take(), self.inner.rt.handle.lock().unwrap().take()] {
-            if let Some(h) = handle {
-                h.abort();
-            }
+        let handles = [self.inner.loop_handle.lock().unwrap().take(), self.inner.rt.handle.lock().unwrap().take()];
+        for h in handles.into_iter().flatten() {
+            h.abort();
         }
         drop(self.inner.db.lock().unwrap().take());
         self.set_listener(None);
@@ -1407,7 +1406,7 @@ impl Engine {
                 Ok(true)
             }
             Err(e) if e.is_transient() => self.retry_later(run[0].clone(), e).await.map(|_| true),
-            Err(Error::Http { status: 403 | 404 | 405, .. }) => {
+            Err(Error::Http { status: 403..=405, .. }) => {
                 // no batch route for us after all: the REST path does the same job
                 self.inner.no_batch.store(true, Ordering::SeqCst);
                 Ok(false)

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::checks::{impossible, readable, sorted, Fault};
 use common::{control, get, login, rest, row};
 use proptest::prelude::*;
 use pylon_sync_engine::{Config, Engine, Event, MutationStatus, Transport};
@@ -52,16 +53,6 @@ enum Op {
     Quiet,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    Unavailable,
-    RateLimited,
-    Malformed,
-    /// The insert is applied, its answer lost.
-    LostInsertAnswer,
-    Resync,
-}
-
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => Just(Op::LocalInsert),
@@ -71,14 +62,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => Just(Op::RemoteInsert),
         2 => (0usize..50).prop_map(Op::RemoteUpdate),
         2 => (0usize..50).prop_map(Op::RemoteDelete),
-        3 => prop_oneof![
-            Just(Fault::Unavailable),
-            Just(Fault::RateLimited),
-            Just(Fault::Malformed),
-            Just(Fault::LostInsertAnswer),
-            Just(Fault::Resync)
-        ]
-        .prop_map(Op::HttpFault),
+        3 => Fault::any(false).prop_map(Op::HttpFault),
         2 => (any::<bool>(), any::<bool>(), prop::option::of(2u32..5))
             .prop_map(|(duplicate, reorder, drop_every)| Op::StreamFault { duplicate, reorder, drop_every }),
         1 => Just(Op::ServerRestart),
@@ -116,44 +100,9 @@ struct World {
     n: usize,
 }
 
-fn normalize(v: &Value) -> Value {
-    match v {
-        Value::Bool(b) => json!(*b as i64),
-        other => other.clone(),
-    }
-}
-
-/// A row as compared: its fields, normalized, nulls dropped.
-fn comparable(r: &serde_json::Map<String, Value>) -> String {
-    let m: BTreeMap<&String, Value> = r.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, normalize(v))).collect();
-    serde_json::to_string(&m).unwrap()
-}
-
 /// Titles whose local delete resolved, by the user who deleted them: until
 /// it is sent, another user may still see the row.
 type Deleted = Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>;
-
-/// What no notification may show: an insert twice, or a row whose delete resolved.
-fn impossible(
-    rows: &[serde_json::Map<String, Value>],
-    deleted: &BTreeSet<String>,
-    ambiguous: &BTreeSet<String>,
-) -> Option<String> {
-    let mut seen = BTreeSet::new();
-    for r in rows {
-        let title = r.get("title").and_then(Value::as_str).unwrap_or_default();
-        if title.is_empty() || ambiguous.contains(title) {
-            continue;
-        }
-        if !seen.insert(title) {
-            return Some(format!("{title} shown twice: {rows:?}"));
-        }
-        if deleted.contains(title) {
-            return Some(format!("{title} shown after its delete resolved"));
-        }
-    }
-    None
-}
 
 impl World {
     fn open(
@@ -285,16 +234,7 @@ impl World {
                 }
             }
             Op::HttpFault(f) => {
-                let rule = match f {
-                    Fault::Unavailable => json!({ "path": "/api/", "count": 3, "status": 503 }),
-                    Fault::RateLimited => json!({ "path": "/api/", "count": 2, "status": 429, "retryAfter": 0 }),
-                    Fault::Malformed => json!({ "path": "/api/sync/pull", "count": 2, "malformed": true }),
-                    Fault::LostInsertAnswer => {
-                        json!({ "path": "/api/entities/Todo", "method": "POST", "count": 1, "status": 503, "afterApply": true })
-                    }
-                    Fault::Resync => json!({ "path": "/api/sync/pull", "count": 1, "status": 410 }),
-                };
-                control(&self.url, "faults", json!({ "rules": [rule] })).await;
+                control(&self.url, "faults", f.body()).await;
             }
             Op::StreamFault { duplicate, reorder, drop_every } => {
                 let events = json!({ "duplicate": duplicate, "reorder": reorder, "dropEvery": drop_every });
@@ -371,16 +311,8 @@ impl World {
         prop_assert_eq!(self.engine.cursor(), head, "cursor not at the head");
         let user = USERS[self.user];
         for entity in ["Todo", "Note"] {
-            let mut want: Vec<String> = self
-                .server_rows(entity)
-                .await
-                .iter()
-                .filter(|r| entity == "Todo" || r["userId"] == json!(user))
-                .map(comparable)
-                .collect();
-            want.sort();
-            let mut got: Vec<String> = self.engine.list(entity).iter().map(|r| comparable(r)).collect();
-            got.sort();
+            let want = readable(&self.server_rows(entity).await, entity, user);
+            let got = sorted(&self.engine.list(entity));
             prop_assert_eq!(&got, &want, "{} differs from the server for {}", entity, user);
             // listeners heard of every entity whose rows changed
             if let Some(before) = self.last_seen.get(entity) {

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::checks::{impossible, readable, sorted, title_of, Fault};
 use proptest::prelude::*;
 use pylon_devserver::{Config as ServerConfig, Local};
 use pylon_sync_engine::io::{BoxFuture, Chunks, Conn, Io, Request, Response};
@@ -36,6 +37,8 @@ use serde_json::{json, Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Instant};
+
+mod common;
 
 const BASE: &str = "http://sim.invalid:4321";
 const USERS: [&str; 2] = ["alice", "bob"];
@@ -106,6 +109,17 @@ impl Wire {
         loss > 0 && self.roll(999) < loss
     }
 
+    /// The way to the server: a latency, and while the weather is bad,
+    /// sometimes no way at all.
+    async fn reach(&self) -> pylon_sync_engine::Result<()> {
+        self.latency().await;
+        if self.lost() {
+            TALLY.lost_requests.fetch_add(1, Ordering::Relaxed);
+            return Err(network("connection refused"));
+        }
+        Ok(())
+    }
+
     /// Whole milliseconds: tokio's timers fire on a millisecond grid that
     /// the paused clock starts a random fraction of a millisecond off, so a
     /// finer delay would round into one tick or the next by chance.
@@ -123,11 +137,7 @@ impl Io for SimNet {
         let me = self.0.clone();
         Box::pin(async move {
             let path = req.url.strip_prefix(BASE).unwrap_or(&req.url).to_string();
-            me.latency().await;
-            if me.lost() {
-                TALLY.lost_requests.fetch_add(1, Ordering::Relaxed);
-                return Err(network("connection refused"));
-            }
+            me.reach().await?;
             let (status, retry, body) =
                 me.server.call(req.method.as_str(), &path, req.token.as_deref(), req.json.unwrap_or_default()).await;
             let at = me.origin.elapsed().as_micros();
@@ -149,11 +159,7 @@ impl Io for SimNet {
     ) -> BoxFuture<pylon_sync_engine::Result<Chunks>> {
         let me = self.0.clone();
         Box::pin(async move {
-            me.latency().await;
-            if me.lost() {
-                TALLY.lost_requests.fetch_add(1, Ordering::Relaxed);
-                return Err(network("connection refused"));
-            }
+            me.reach().await?;
             let (mut client, server_end) = tokio::io::duplex(1 << 16);
             let server = me.server.clone();
             tokio::spawn(async move { server.event_stream(server_end).await });
@@ -201,11 +207,7 @@ impl Io for SimNet {
     fn dial(&self, _host: String, _port: u16) -> BoxFuture<pylon_sync_engine::Result<Box<dyn Conn>>> {
         let me = self.0.clone();
         Box::pin(async move {
-            me.latency().await;
-            if me.lost() {
-                TALLY.lost_requests.fetch_add(1, Ordering::Relaxed);
-                return Err(network("connection refused"));
-            }
+            me.reach().await?;
             let (client, server_end) = tokio::io::duplex(1 << 16);
             let server = me.server.clone();
             tokio::spawn(async move { server.websocket(server_end).await });
@@ -265,17 +267,6 @@ enum Op {
     Quiet,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    Unavailable,
-    RateLimited,
-    Malformed,
-    /// The insert is applied, its answer lost.
-    LostInsertAnswer,
-    Resync,
-    Stall,
-}
-
 const PROCS: usize = 3;
 
 fn op() -> impl Strategy<Value = Op> {
@@ -288,15 +279,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::RemoteInsert),
         2 => (0usize..50).prop_map(Op::RemoteUpdate),
         2 => (0usize..50).prop_map(Op::RemoteDelete),
-        3 => prop_oneof![
-            Just(Fault::Unavailable),
-            Just(Fault::RateLimited),
-            Just(Fault::Malformed),
-            Just(Fault::LostInsertAnswer),
-            Just(Fault::Resync),
-            Just(Fault::Stall),
-        ]
-        .prop_map(Op::ServerFault),
+        3 => Fault::any(true).prop_map(Op::ServerFault),
         2 => prop_oneof![Just(0u32), Just(50), Just(300)].prop_map(Op::Weather),
         1 => (any::<bool>(), any::<bool>(), prop::option::of(2u32..5))
             .prop_map(|(duplicate, reorder, drop_every)| Op::StreamFault { duplicate, reorder, drop_every }),
@@ -341,41 +324,6 @@ struct Proc {
     calls: JoinSet<()>,
     changed: Arc<Mutex<BTreeSet<String>>>,
     last_seen: BTreeMap<String, Vec<String>>,
-}
-
-fn normalize(v: &Value) -> Value {
-    match v {
-        Value::Bool(b) => json!(*b as i64),
-        other => other.clone(),
-    }
-}
-
-/// A row as compared: its fields, normalized, nulls dropped.
-fn comparable(r: &Map<String, Value>) -> String {
-    let m: BTreeMap<&String, Value> = r.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, normalize(v))).collect();
-    serde_json::to_string(&m).unwrap()
-}
-
-fn title_of(r: &Map<String, Value>) -> String {
-    r.get("title").and_then(Value::as_str).unwrap_or_default().to_string()
-}
-
-/// What no notification may show: an insert twice, or a row whose delete resolved.
-fn impossible(rows: &[Map<String, Value>], deleted: &BTreeSet<String>, ambiguous: &BTreeSet<String>) -> Option<String> {
-    let mut seen = BTreeSet::new();
-    for r in rows {
-        let title = title_of(r);
-        if title.is_empty() || ambiguous.contains(&title) {
-            continue;
-        }
-        if deleted.contains(&title) {
-            return Some(format!("{title} shown after its delete resolved"));
-        }
-        if !seen.insert(title.clone()) {
-            return Some(format!("{title} shown twice"));
-        }
-    }
-    None
 }
 
 fn debug() -> bool {
@@ -605,21 +553,7 @@ impl Sim {
             }
             Op::ServerFault(f) => {
                 TALLY.server_faults.fetch_add(1, Ordering::Relaxed);
-                let rule = match f {
-                    Fault::Unavailable => json!({ "path": "/api/", "count": 3, "status": 503 }),
-                    Fault::RateLimited => json!({ "path": "/api/", "count": 2, "status": 429, "retryAfter": 0 }),
-                    Fault::Malformed => json!({ "path": "/api/sync/pull", "count": 2, "malformed": true }),
-                    Fault::LostInsertAnswer => {
-                        json!({ "path": "/api/entities/Todo", "method": "POST", "count": 1, "status": 503, "afterApply": true })
-                    }
-                    Fault::Resync => json!({ "path": "/api/sync/pull", "count": 1, "status": 410 }),
-                    Fault::Stall => Value::Null,
-                };
-                let faults = match f {
-                    Fault::Stall => json!({ "delayMs": 400, "sseKeepaliveMs": 100 }),
-                    _ => json!({ "rules": [rule], "sseKeepaliveMs": 100 }),
-                };
-                self.control("faults", faults).await;
+                self.control("faults", f.body()).await;
             }
             Op::Weather(loss) => self.net.0.loss.store(loss, Ordering::SeqCst),
             Op::StreamFault { duplicate, reorder, drop_every } => {
@@ -699,16 +633,8 @@ impl Sim {
             prop_assert_eq!(e.cursor(), head, "engine {} cursor not at the head", p);
             let user = USERS[self.procs[p].user];
             for entity in ["Todo", "Note"] {
-                let mut want: Vec<String> = self
-                    .server_rows(entity)
-                    .await
-                    .iter()
-                    .filter(|r| entity == "Todo" || r["userId"] == json!(user))
-                    .map(comparable)
-                    .collect();
-                want.sort();
-                let mut got: Vec<String> = e.list(entity).iter().map(|r| comparable(r)).collect();
-                got.sort();
+                let want = readable(&self.server_rows(entity).await, entity, user);
+                let got = sorted(&e.list(entity));
                 prop_assert_eq!(&got, &want, "engine {}: {} differs from the server for {}", p, entity, user);
                 let proc = &mut self.procs[p];
                 if let Some(before) = proc.last_seen.get(entity) {

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a dev server, configs, control calls.
 #![allow(dead_code)]
 
+pub mod checks;
+
 use std::time::Duration;
 
 use pylon_devserver::{spawn, Config as ServerConfig, Handle};
