@@ -290,11 +290,15 @@ pub(crate) struct Inner {
     /// Check the server's boot time in the next round (start, errors, reconnects).
     boot_check_due: AtomicBool,
     last_boot_check: Mutex<Option<tokio::time::Instant>>,
-    /// Streams opened ([`Realtime::opened`]) when a round's first pull last
-    /// found the log still holding the replica's last event. Events of a
-    /// stream opened after that may come from a restarted server whose log
-    /// happens to continue our cursor's numbering; they are only hints.
+    /// Stream connections are numbered as they open ([`Realtime::opened`]).
+    /// An event is applied as a page only from a connection opened before a
+    /// round's first pull last found the log still holding the replica's
+    /// last events (numbers up to `stream_checked`), and not before the last
+    /// restart noticed (numbers from `stream_floor`): a restarted server's
+    /// events can continue our cursor's numbering, and a dead server's
+    /// connection may still deliver what it had sent. Other events are hints.
     stream_checked: AtomicU64,
+    stream_floor: AtomicU64,
     /// The epoch in which every manifest entity was found covered: the
     /// manifest is read once per replica generation, not on every poll.
     complete_in_epoch: AtomicU64,
@@ -462,6 +466,7 @@ impl Engine {
                 boot_check_due: AtomicBool::new(true),
                 last_boot_check: Mutex::new(None),
                 stream_checked: AtomicU64::new(0),
+                stream_floor: AtomicU64::new(0),
                 complete_in_epoch: AtomicU64::new(u64::MAX),
                 loop_handle: Mutex::new(None),
                 submitted: Mutex::new(Vec::new()),
@@ -899,6 +904,14 @@ impl Engine {
     /// A dropped stream may mean a restarted server: check before the next pull.
     pub(crate) fn server_may_have_restarted(&self) {
         self.inner.boot_check_due.store(true, Ordering::SeqCst);
+    }
+
+    /// The server restarted: what its open connections still deliver belongs
+    /// to the old log (one opened since may be the new server's, and is
+    /// replaced so its events count again).
+    fn forget_streams(&self) {
+        self.inner.stream_floor.store(self.inner.rt.opened.load(Ordering::SeqCst) + 1, Ordering::SeqCst);
+        self.restart_realtime(false);
     }
 
     /// Asks the loop to sync now (after a local write).
@@ -1879,17 +1892,17 @@ impl Engine {
     /// would be; anything else (a gap, a protected entity, an entity not
     /// bootstrapped yet) asks for a pull instead. Events at or below the
     /// cursor are duplicates.
-    pub(crate) async fn apply_stream(&self, mut events: Vec<ChangeEvent>) {
+    pub(crate) async fn apply_stream(&self, events: Vec<(u64, ChangeEvent)>) {
         let _sync = self.inner.sync.lock().await;
+        let (floor, checked) =
+            (self.inner.stream_floor.load(Ordering::SeqCst), self.inner.stream_checked.load(Ordering::SeqCst));
+        let trusted = events.iter().all(|(connection, _)| (floor..=checked).contains(connection));
+        let mut events: Vec<ChangeEvent> = events.into_iter().map(|(_, e)| e).collect();
         events.sort_by_key(|e| e.seq);
         events.dedup_by_key(|e| e.seq);
         let (run, pull, epoch, kept) = {
             let st = self.inner.state.read().unwrap();
-            // a stream opened since the last check may be a restarted
-            // server's, numbering a new log: its events wait for a pull
-            let checked =
-                self.inner.stream_checked.load(Ordering::SeqCst) >= self.inner.rt.opened.load(Ordering::SeqCst);
-            let usable = checked && st.loaded && !st.quarantined && st.session.is_some();
+            let usable = trusted && st.loaded && !st.quarantined && st.session.is_some();
             let mut next = st.cursor + 1;
             let mut run = Vec::new();
             let mut pull = false;
@@ -2185,6 +2198,7 @@ impl Engine {
         let restarted = reason == "server";
         if restarted {
             self.inner.boot_check_due.store(true, Ordering::SeqCst);
+            self.forget_streams();
         }
         let entities = self
             .with_db(move |me, db| {
@@ -2228,6 +2242,7 @@ impl Engine {
     /// head resnapshots instead), so inserts in doubt from before it are not
     /// looked for in the renumbered log.
     async fn count_restart(&self) -> Result<()> {
+        self.forget_streams();
         self.with_db(|me, db| {
             let server_gen = me.inner.state.read().unwrap().server_gen + 1;
             db.write(|w| w.set_meta("server_gen", &server_gen.to_string()))?;

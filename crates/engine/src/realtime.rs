@@ -351,7 +351,7 @@ impl Engine {
             Transport::Sse => Some(Which::Sse),
         };
         let probe_first = self.inner().cfg.probe_interval;
-        let (tx, rx) = unbounded_channel::<ChangeEvent>();
+        let (tx, rx) = unbounded_channel::<(u64, ChangeEvent)>();
         let _applier = AbortOnDrop(tokio::spawn(self.clone().apply_stream_loop(rx)));
         let mut ladder = Ladder::new(pinned, probe_first);
         let mut backoff = Backoff::new(self.inner().cfg.reconnect_delay, BACKOFF_CAP, self.inner().io.clone());
@@ -424,7 +424,7 @@ impl Engine {
     async fn connect_and_run(
         &self,
         which: Which,
-        changes: &UnboundedSender<ChangeEvent>,
+        changes: &UnboundedSender<(u64, ChangeEvent)>,
         out_tx: UnboundedSender<String>,
         out_rx: &mut UnboundedReceiver<String>,
         opened: &mut Option<Instant>,
@@ -433,7 +433,9 @@ impl Engine {
         let cfg = &self.inner().cfg;
         let live = cfg.liveness;
         let token = self.stream_token();
-        let on_frame = |f: Inbound| self.on_inbound(f, changes);
+        // the connection's number, known once it is open (no frame comes before)
+        let connection = AtomicU64::new(0);
+        let on_frame = |f: Inbound| self.on_inbound(f, changes, connection.load(Ordering::SeqCst));
         match which {
             Which::WebSocket => {
                 let url = match &cfg.ws_url {
@@ -454,7 +456,7 @@ impl Engine {
                 };
                 *opened = Some(Instant::now());
                 ladder.opened(which);
-                self.opened(which, Some(out_tx));
+                connection.store(self.opened(which, Some(out_tx)), Ordering::SeqCst);
                 ws::run(socket, live, out_rx, &on_frame).await
             }
             Which::Sse => {
@@ -471,7 +473,7 @@ impl Engine {
                 };
                 *opened = Some(Instant::now());
                 ladder.opened(which);
-                self.opened(which, None);
+                connection.store(self.opened(which, None), Ordering::SeqCst);
                 sse::run(stream, live, &on_frame).await
             }
             Which::Poll => Error::InvalidArg("polling has no connection".into()),
@@ -479,7 +481,8 @@ impl Engine {
     }
 
     /// A stream opened: re-send what the server forgot, catch up by pulling.
-    fn opened(&self, which: Which, out: Option<UnboundedSender<String>>) {
+    /// Returns the connection's number (see `Inner::stream_checked`).
+    fn opened(&self, which: Which, out: Option<UnboundedSender<String>>) -> u64 {
         let rt = &self.inner().rt;
         *rt.out.lock().unwrap() = out;
         if which == Which::WebSocket {
@@ -493,17 +496,18 @@ impl Engine {
         }
         // a dropped stream may mean a restarted server: check before the next
         // pull, and take no event of this stream as a page until then
-        rt.opened.fetch_add(1, Ordering::SeqCst);
+        let connection = rt.opened.fetch_add(1, Ordering::SeqCst) + 1;
         self.server_may_have_restarted();
         self.set_connection(ConnState::Open, which, rt.status().attempts, None);
         self.kick();
+        connection
     }
 
-    fn on_inbound(&self, frame: Inbound, changes: &UnboundedSender<ChangeEvent>) {
+    fn on_inbound(&self, frame: Inbound, changes: &UnboundedSender<(u64, ChangeEvent)>, connection: u64) {
         let rt = &self.inner().rt;
         match frame {
             Inbound::Change(ev) => {
-                let _ = changes.send(ev);
+                let _ = changes.send((connection, ev));
             }
             Inbound::Presence { client_id, .. } if client_id.as_deref() == Some(rt.client_id.as_str()) => {}
             Inbound::Presence { event, .. } if event == "sync" => rt.announce(),
@@ -638,7 +642,7 @@ impl Engine {
         self.inner().rt.crdt.lock().unwrap().iter().map(|((e, r), n)| (e.clone(), r.clone(), *n)).collect()
     }
 
-    async fn apply_stream_loop(self, mut rx: UnboundedReceiver<ChangeEvent>) {
+    async fn apply_stream_loop(self, mut rx: UnboundedReceiver<(u64, ChangeEvent)>) {
         let mut batch = Vec::new();
         while rx.recv_many(&mut batch, 1024).await > 0 {
             self.apply_stream(std::mem::take(&mut batch)).await;

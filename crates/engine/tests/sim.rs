@@ -430,6 +430,27 @@ impl Sim {
                 eprintln!("  event {ev:?}");
             }
             let Event::Change { entities } = ev else { return };
+            if debug() {
+                let todo: Vec<String> = me
+                    .list("Todo")
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{}{}",
+                            title_of(r),
+                            if r["id"].as_str().unwrap_or_default().starts_with('_') { "*" } else { "" }
+                        )
+                    })
+                    .collect();
+                eprintln!(
+                    "  engine {p} change {entities:?} cursor {} todo {todo:?} queue {:?}",
+                    me.cursor(),
+                    me.mutations()
+                        .iter()
+                        .map(|m| format!("{:?} {}", m.kind, m.row_id.chars().rev().take(4).collect::<String>()))
+                        .collect::<Vec<_>>()
+                );
+            }
             if entities.iter().any(|e| e == "Todo") {
                 let mut book = book.lock().unwrap();
                 // what was deleted is read before the rows: a delete that
