@@ -1527,7 +1527,7 @@ impl Engine {
             Err(Error::Resync { .. }) => return Ok(false), // the pull that follows handles it
             Err(e) => return Err(e),
         };
-        if a.check(&page.changes, a.read_from(), page.cursor.last_seq, !page.has_more).is_some() {
+        if a.check(&page.changes, page.cursor.last_seq, !page.has_more, cursor).is_some() {
             return Ok(true);
         }
         self.reset_replica_inner("server").await?;
@@ -1809,7 +1809,7 @@ impl Engine {
             // keeps the cursor but not the anchor, some 10,000 events behind
             // the head) one resnapshot too many
             let page = self.inner.api.pull(token.as_deref(), from).await?;
-            if page.cursor.last_seq < since {
+            if !page.has_more && page.cursor.last_seq < since {
                 // the log ends before our cursor: it was renumbered (a 410
                 // says the same for a cursor past the head + 1)
                 self.reset_replica_inner("server").await?;
@@ -1818,7 +1818,7 @@ impl Engine {
             // what the new events extend: the anchor as the log confirms it
             let mut base = kept.clone();
             if let Some(a) = &anchor {
-                match a.check(&page.changes, from, page.cursor.last_seq, !page.has_more) {
+                match a.check(&page.changes, page.cursor.last_seq, !page.has_more, since) {
                     Some(confirmed) => base = Some(confirmed),
                     None => {
                         self.reset_replica_inner("server").await?;
@@ -1865,7 +1865,7 @@ impl Engine {
         tracing::debug!(events = events.len(), at, epoch, "replay from 0 reached the head");
         // a replay from 0 reads the log from its start: it must hold the
         // events the snapshot's rows were read after
-        if expect.is_some_and(|a| a.check(&events, 0, at, true).is_none()) {
+        if expect.is_some_and(|a| a.check(&events, at, true, a.newest()).is_none()) {
             return Some(self.reset_replica_inner("server").await.map(|()| false));
         }
         let anchor = Anchor::extended(None, &events, at);

@@ -245,8 +245,15 @@ enum Op {
     RemoteInsert,
     RemoteUpdate(usize),
     RemoteDelete(usize),
+    /// A user adds a note elsewhere (notes are filled from the log only).
+    RemoteNote(usize),
+    /// A user edits one of their notes elsewhere.
+    RemoteNoteEdit(usize, usize),
     /// The next few requests of a kind fail at the server.
     ServerFault(Fault),
+    /// Pull pages of this many events (the real server's are 100), until the
+    /// next fault: a replay from 0 then takes many pages.
+    SmallPages(usize),
     /// Per mille of requests lost on the way, from now on.
     Weather(u32),
     /// Stream faults for new connections, then every connection dropped.
@@ -279,8 +286,11 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::RemoteInsert),
         2 => (0usize..50).prop_map(Op::RemoteUpdate),
         2 => (0usize..50).prop_map(Op::RemoteDelete),
+        2 => (0..USERS.len()).prop_map(Op::RemoteNote),
+        1 => (0..USERS.len(), 0usize..50).prop_map(|(u, i)| Op::RemoteNoteEdit(u, i)),
         3 => Fault::any(true).prop_map(Op::ServerFault),
         2 => prop_oneof![Just(0u32), Just(50), Just(300)].prop_map(Op::Weather),
+        1 => (1usize..4).prop_map(Op::SmallPages),
         1 => (any::<bool>(), any::<bool>(), prop::option::of(2u32..5))
             .prop_map(|(duplicate, reorder, drop_every)| Op::StreamFault { duplicate, reorder, drop_every }),
         2 => Just(Op::ServerRestart),
@@ -306,8 +316,18 @@ struct Book {
     /// restart re-seeded the log, only fields can match a lost answer, and
     /// they no longer match once the row changed (docs/compat.md).
     ambiguous: BTreeSet<String>,
+    /// Every state each user's notes were in on the server, in order (id →
+    /// body): a store shows one of them or none, never a mix.
+    notes: BTreeMap<String, Vec<BTreeMap<String, String>>>,
     /// The first impossible state a notification showed.
     violation: Option<String>,
+}
+
+/// Notes as compared: id → body.
+fn note_state<'a>(rows: impl IntoIterator<Item = &'a Map<String, Value>>) -> BTreeMap<String, String> {
+    rows.into_iter()
+        .map(|r| (r["id"].as_str().unwrap_or_default().to_string(), r["body"].as_str().unwrap_or_default().to_string()))
+        .collect()
 }
 
 type Shared = Arc<Mutex<Book>>;
@@ -366,13 +386,14 @@ impl Sim {
             )
             .await;
         }
+        let sim_notes = note_history(&server).await;
         let mut sim = Sim {
             server,
             net,
             dir,
             tokens,
             procs: Vec::new(),
-            book: Default::default(),
+            book: Arc::new(Mutex::new(Book { notes: sim_notes, ..Default::default() })),
             deleted: Default::default(),
             n: 0,
         };
@@ -478,12 +499,20 @@ impl Sim {
                 let user = owner();
                 let notes = me.list("Note");
                 let same_user = owner() == user;
-                if let Some(n) = notes.iter().find(|n| n.get("userId") != Some(&json!(user))).filter(|_| same_user) {
-                    let v = format!("{n:?} shown to {user}");
+                let mut book = book.lock().unwrap();
+                let states = book.notes.get(&user).cloned().unwrap_or_default();
+                let v = if let Some(n) = notes.iter().find(|n| n.get("userId") != Some(&json!(user))) {
+                    Some(format!("{n:?} shown to {user}"))
+                } else if !notes.is_empty() && !states.contains(&note_state(&notes)) {
+                    Some(format!("{user}'s notes shown as they never were: {notes:?}"))
+                } else {
+                    None
+                };
+                if let Some(v) = v.filter(|_| same_user) {
                     if debug() {
                         eprintln!("  VIOLATION {v}");
                     }
-                    book.lock().unwrap().violation.get_or_insert(v);
+                    book.violation.get_or_insert(v);
                 }
             }
             sink.lock().unwrap().extend(entities);
@@ -572,10 +601,36 @@ impl Sim {
                     self.book.lock().unwrap().expected.remove(&title_of(r));
                 }
             }
+            Op::RemoteNote(u) | Op::RemoteNoteEdit(u, _) => {
+                let user = USERS[u];
+                if let Op::RemoteNoteEdit(_, i) = *op {
+                    let mine: Vec<Map<String, Value>> =
+                        self.server_rows("Note").await.into_iter().filter(|r| r["userId"] == json!(user)).collect();
+                    let Some(r) = mine.get(i % mine.len().max(1)) else { return Ok(()) };
+                    let path = format!("/api/entities/Note/{}", r["id"].as_str().unwrap());
+                    let t = self.title("n");
+                    // the patch names the owner: a filtered pull drops a patch without it (docs/compat.md)
+                    call(&self.server, "PATCH", &path, Some(&self.tokens[u]), json!({ "body": t, "userId": user }))
+                        .await;
+                } else {
+                    let t = self.title("n");
+                    let body = json!({ "body": t, "userId": user });
+                    call(&self.server, "POST", "/api/entities/Note", Some(&self.tokens[u]), body).await;
+                }
+                let now = note_history(&self.server).await;
+                let mut book = self.book.lock().unwrap();
+                for (user, state) in now {
+                    let states = book.notes.entry(user).or_default();
+                    if states.last() != state.last() {
+                        states.extend(state);
+                    }
+                }
+            }
             Op::ServerFault(f) => {
                 TALLY.server_faults.fetch_add(1, Ordering::Relaxed);
                 self.control("faults", f.body()).await;
             }
+            Op::SmallPages(n) => self.control("faults", json!({ "pageSize": n, "sseKeepaliveMs": 100 })).await,
             Op::Weather(loss) => self.net.0.loss.store(loss, Ordering::SeqCst),
             Op::StreamFault { duplicate, reorder, drop_every } => {
                 TALLY.stream_faults.fetch_add(1, Ordering::Relaxed);
@@ -712,6 +767,14 @@ impl Sim {
             p.engine.close().await;
         }
     }
+}
+
+/// Each user's notes on the server now, as a one-state history.
+async fn note_history(server: &Local) -> BTreeMap<String, Vec<BTreeMap<String, String>>> {
+    let rows = call(server, "GET", "/__control/rows/Note", None, Value::Null).await;
+    let rows: Vec<Map<String, Value>> =
+        rows.as_array().unwrap().iter().map(|r| r.as_object().unwrap().clone()).collect();
+    USERS.iter().map(|u| (u.to_string(), vec![note_state(rows.iter().filter(|r| r["userId"] == json!(u)))])).collect()
 }
 
 async fn call(server: &Local, method: &str, path: &str, token: Option<&str>, body: Value) -> Value {
