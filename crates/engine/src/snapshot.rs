@@ -44,6 +44,11 @@ pub async fn take(
     let head = api.head(token).await?;
     let anchor = if anchored {
         match api.pull(token, head.saturating_sub(ANCHOR_SPAN)).await {
+            // a log that now ends before the head just read was renumbered
+            // in between: start over (as a 410 would)
+            Ok(page) if !page.has_more && page.cursor.last_seq < head => {
+                return Err(Error::Resync { oldest_seq: page.cursor.last_seq + 1 })
+            }
             Ok(page) => Anchor::extended(None, &page.changes, head),
             // the log was renumbered under us (or keeps nothing that old): the
             // rows are tied to no event, and the boot check remains
