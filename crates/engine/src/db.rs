@@ -120,13 +120,9 @@ impl Db {
     }
 
     /// Temporary ids of acknowledged inserts and the server ids they became.
-    /// Those older than a week are forgotten on the way.
-    pub fn aliases(&self) -> Result<Vec<(String, String)>> {
-        let cutoff = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-            .saturating_sub(7 * 24 * 3600 * 1000);
+    /// Those more than a week older than `now_ms` are forgotten on the way.
+    pub fn aliases(&self, now_ms: u64) -> Result<Vec<(String, String)>> {
+        let cutoff = now_ms.saturating_sub(7 * 24 * 3600 * 1000);
         // temporary ids start with their creation time in ms (13 digits), so they sort by age
         self.conn.execute(
             "DELETE FROM meta WHERE key >= 'alias:' AND key < ?1",

@@ -632,7 +632,7 @@ impl Engine {
             let server_boot = db.meta("server_boot")?.as_deref().and_then(Boot::parse);
             let anchor = db.meta("anchor")?.and_then(|t| serde_json::from_str::<Option<Anchor>>(&t).ok()).flatten();
             let server_gen = db.meta("server_gen")?.and_then(|t| t.parse().ok()).unwrap_or(0);
-            let aliases = db.aliases()?.into_iter().collect();
+            let aliases = db.aliases(me.now_ms())?.into_iter().collect();
             let cursor = db.cursor()?;
             // Rows stored under another token stay hidden until /api/auth/me
             // says the new token is the same identity.
