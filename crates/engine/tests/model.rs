@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::checks::{impossible, readable, sorted, Fault};
+use common::checks::{impossible, readable, record_delete, sorted, still_deleted, Deletes, Fault};
 use common::{control, get, login, rest, row};
 use proptest::prelude::*;
 use pylon_sync_engine::{Config, Engine, Event, MutationStatus, Transport};
@@ -102,7 +102,7 @@ struct World {
 
 /// Titles whose local delete resolved, by the user who deleted them: until
 /// it is sent, another user may still see the row.
-type Deleted = Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>;
+type Deleted = Arc<Mutex<BTreeMap<String, Deletes>>>;
 
 impl World {
     fn open(
@@ -141,7 +141,7 @@ impl World {
                     // what was deleted is read before the rows: a delete that
                     // resolves after the rows were read may still show in them
                     let user = me.session().and_then(|s| s.user_id).unwrap_or_default();
-                    let deleted = deleted.lock().unwrap().get(&user).cloned().unwrap_or_default();
+                    let deleted = still_deleted(&deleted.lock().unwrap().get(&user).cloned().unwrap_or_default(), &me);
                     let rows = me.list("Todo");
                     // rows read across a flip belong to no one user
                     let same_user = me.session().and_then(|s| s.user_id).unwrap_or_default() == user;
@@ -210,7 +210,7 @@ impl World {
                     if let Some(t) = title {
                         self.expected.remove(&t);
                         if settled {
-                            self.deleted.lock().unwrap().entry(user).or_default().insert(t);
+                            record_delete(self.deleted.lock().unwrap().entry(user).or_default(), &self.engine, &id, t);
                         }
                     }
                 }
@@ -250,8 +250,11 @@ impl World {
                     }
                 }
                 self.booted_at = std::time::Instant::now();
-                let titles = self.server_titles().await;
+                // an insert in flight may land between the read and the
+                // restart: what is there just after counts too
+                let mut titles = self.server_titles().await;
                 control(&self.url, "restart", json!({})).await;
+                titles.extend(self.server_titles().await);
                 // local inserts are titled l1, l2, …
                 self.ambiguous.lock().unwrap().extend(titles.into_iter().filter(|t| t.starts_with('l')));
             }

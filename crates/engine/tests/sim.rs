@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::checks::{impossible, readable, sorted, title_of, Fault};
+use common::checks::{impossible, readable, record_delete, sorted, still_deleted, title_of, Deletes, Fault};
 use proptest::prelude::*;
 use pylon_devserver::{Config as ServerConfig, Local};
 use pylon_sync_engine::io::{BoxFuture, Chunks, Conn, Io, Request, Response};
@@ -269,6 +269,9 @@ enum Op {
     Flip(usize),
     /// The engine's process dies where it stands and starts again on its file.
     Crash(usize),
+    /// The engine is closed (`close()`, its calls still waiting) and opened
+    /// again on its file.
+    Reopen(usize),
     /// Time passes.
     Wait(u64),
     Quiet,
@@ -295,7 +298,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(duplicate, reorder, drop_every)| Op::StreamFault { duplicate, reorder, drop_every }),
         2 => Just(Op::ServerRestart),
         2 => p.clone().prop_map(Op::Flip),
-        3 => p.prop_map(Op::Crash),
+        3 => p.clone().prop_map(Op::Crash),
+        2 => p.prop_map(Op::Reopen),
         4 => prop_oneof![Just(1u64), Just(5), Just(30), Just(200), Just(2000)].prop_map(Op::Wait),
         2 => Just(Op::Quiet),
     ]
@@ -303,7 +307,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// Titles whose local delete resolved, by engine and the user who deleted
 /// them: until it is sent, other engines and users may still see the row.
-type Deleted = Arc<Mutex<BTreeMap<(usize, String), BTreeSet<String>>>>;
+type Deleted = Arc<Mutex<BTreeMap<(usize, String), Deletes>>>;
 
 /// What every engine's checks share.
 #[derive(Default)]
@@ -477,7 +481,8 @@ impl Sim {
                 // what was deleted is read before the rows: a delete that
                 // resolves after the rows were read may still show in them
                 let user = me.session().and_then(|s| s.user_id).unwrap_or_default();
-                let deleted = deleted.lock().unwrap().get(&(p, user.clone())).cloned().unwrap_or_default();
+                let deleted =
+                    still_deleted(&deleted.lock().unwrap().get(&(p, user.clone())).cloned().unwrap_or_default(), &me);
                 let rows = me.list("Todo");
                 // rows read across a flip belong to no one user
                 let same_user = me.session().and_then(|s| s.user_id).unwrap_or_default() == user;
@@ -578,7 +583,7 @@ impl Sim {
                         // right after a flip the store may still show the
                         // previous identity's rows; a delete of one fails later
                         if e.session().and_then(|s| s.user_id).as_ref() == Some(&user) {
-                            deleted.lock().unwrap().entry((p, user)).or_default().insert(title);
+                            record_delete(deleted.lock().unwrap().entry((p, user)).or_default(), &e, &id, title);
                         }
                     }
                 });
@@ -651,14 +656,19 @@ impl Sim {
                 proc.token_user.store(proc.user, Ordering::SeqCst);
                 proc.engine.set_token(Some(self.tokens[proc.user].clone()));
             }
-            Op::Crash(p) => {
-                TALLY.crashes.fetch_add(1, Ordering::Relaxed);
+            Op::Crash(p) | Op::Reopen(p) => {
                 let (db, token_user, transport) = {
                     let proc = &mut self.procs[p];
-                    proc.calls.abort_all();
-                    proc.engine.abandon();
                     (proc.db.clone(), proc.token_user.clone(), proc.transport)
                 };
+                if let Op::Crash(_) = op {
+                    TALLY.crashes.fetch_add(1, Ordering::Relaxed);
+                    self.procs[p].calls.abort_all();
+                    self.procs[p].engine.abandon();
+                } else {
+                    // calls still waiting end with ERR_SYNC_CLOSED or resolve
+                    self.procs[p].engine.close().await;
+                }
                 while self.procs[p].calls.join_next().await.is_some() {}
                 let (engine, changed) = self.open(p, &db, token_user, transport);
                 let proc = &mut self.procs[p];

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
+use pylon_sync_engine::{Engine, Kind, MutationStatus};
 use serde_json::{json, Map, Value};
 
 /// A fault of the dev server's HTTP side.
@@ -109,4 +110,23 @@ pub fn readable(rows: &[Map<String, Value>], entity: &str, user: &str) -> Vec<St
     let mine: Vec<Map<String, Value>> =
         rows.iter().filter(|r| entity == "Todo" || r["userId"] == json!(user)).cloned().collect();
     sorted(&mine)
+}
+
+/// Titles whose delete resolved, each with the id of its mutation (`None`
+/// once it left the queue).
+pub type Deletes = BTreeMap<String, Option<String>>;
+
+/// Records the delete of `row_id` (titled `title`) that just resolved on `engine`.
+pub fn record_delete(deletes: &mut Deletes, engine: &Engine, row_id: &str, title: String) {
+    let m = engine.mutations().into_iter().rev().find(|m| m.kind == Kind::Delete && m.row_id == row_id);
+    deletes.insert(title, m.map(|m| m.id));
+}
+
+/// The titles of `deletes` still deleted: a delete the server refused since
+/// gives its row back (e.g. one made across an identity flip, of a row the
+/// new identity never had).
+pub fn still_deleted(deletes: &Deletes, engine: &Engine) -> BTreeSet<String> {
+    let refused: BTreeSet<String> =
+        engine.mutations().into_iter().filter(|m| m.status == MutationStatus::Failed).map(|m| m.id).collect();
+    deletes.iter().filter(|(_, m)| m.as_ref().is_none_or(|m| !refused.contains(m))).map(|(t, _)| t.clone()).collect()
 }
