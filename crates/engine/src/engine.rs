@@ -1648,6 +1648,7 @@ impl Engine {
                 touched.extend(keys);
                 dependents.extend(changed.iter().map(|c| c.id.clone()));
                 let (m, server_id) = acks.next().unwrap();
+                tracing::debug!(kind = ?m.kind, row = %target, stored = ?base_row.as_ref().map(|b| (b.seq, b.data.is_some())), "acknowledged");
                 plans.push(Planned { m, server_id, target, base_row, changed });
             }
         }
