@@ -81,6 +81,20 @@ impl Api {
         send_json(req, self).await
     }
 
+    /// The log after `since`, read on page after page until it reaches
+    /// `until` (or the head), as one page: a read that starts before a
+    /// cursor must reach it, and pages may be short.
+    pub async fn pull_until(&self, token: Option<&str>, since: u64, until: u64) -> Result<PullPage> {
+        let mut page = self.pull(token, since).await?;
+        while page.has_more && page.cursor.last_seq < until {
+            let next = self.pull(token, page.cursor.last_seq).await?;
+            page.changes.extend(next.changes);
+            page.cursor = next.cursor;
+            page.has_more = next.has_more;
+        }
+        Ok(page)
+    }
+
     /// The newest seq in the server's change log.
     pub async fn head(&self, token: Option<&str>) -> Result<u64> {
         match self.pull(token, HEAD_PROBE).await {

@@ -1522,7 +1522,7 @@ impl Engine {
         let Some(a) = anchor.and_then(|a| a.near(cursor)) else {
             return Ok(false);
         };
-        let page = match self.inner.api.pull(token, a.read_from()).await {
+        let page = match self.inner.api.pull_until(token, a.read_from(), cursor).await {
             Ok(p) => p,
             Err(Error::Resync { .. }) => return Ok(false), // the pull that follows handles it
             Err(e) => return Err(e),
@@ -1809,7 +1809,7 @@ impl Engine {
             // a 410 here is taken as for the cursor itself: at worst (the log
             // keeps the cursor but not the anchor, some 10,000 events behind
             // the head) one resnapshot too many
-            let page = self.inner.api.pull(token.as_deref(), from).await?;
+            let page = self.inner.api.pull_until(token.as_deref(), from, since).await?;
             if !page.has_more && page.cursor.last_seq < since {
                 // the log ends before our cursor: it was renumbered (a 410
                 // says the same for a cursor past the head + 1)

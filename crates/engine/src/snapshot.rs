@@ -43,7 +43,7 @@ pub async fn take(
 ) -> Result<Snapshot> {
     let head = api.head(token).await?;
     let anchor = if anchored {
-        match api.pull(token, head.saturating_sub(ANCHOR_SPAN)).await {
+        match api.pull_until(token, head.saturating_sub(ANCHOR_SPAN), head).await {
             // a log that now ends before the head just read was renumbered
             // in between: start over (as a 410 would)
             Ok(page) if !page.has_more && page.cursor.last_seq < head => {
