@@ -1527,11 +1527,25 @@ impl Engine {
             Err(Error::Resync { .. }) => return Ok(false), // the pull that follows handles it
             Err(e) => return Err(e),
         };
-        if a.check(&page.changes, page.cursor.last_seq, !page.has_more, cursor).is_some() {
+        if a.check(&page.changes, a.read_from(), page.cursor.last_seq, !page.has_more, cursor).is_some() {
             return Ok(true);
+        }
+        if a.read_from() == 0 && self.log_moved_on(token, cursor).await?.is_some() {
+            return Ok(false); // the pull that follows handles it
         }
         self.reset_replica_inner("server").await?;
         Ok(false)
+    }
+
+    /// Whether the log no longer reaches `cursor` (its oldest seq, as a 410
+    /// says): then a check read from 0 met the oldest events kept, not
+    /// another log.
+    async fn log_moved_on(&self, token: Option<&str>, cursor: u64) -> Result<Option<u64>> {
+        match self.inner.api.pull(token, cursor.max(1)).await {
+            Err(Error::Resync { oldest_seq }) => Ok(Some(oldest_seq)),
+            Ok(_) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Before a snapshot is shown, inserts of ours in doubt that it holds are
@@ -1819,9 +1833,14 @@ impl Engine {
             // what the new events extend: the anchor as the log confirms it
             let mut base = kept.clone();
             if let Some(a) = &anchor {
-                match a.check(&page.changes, page.cursor.last_seq, !page.has_more, since) {
+                match a.check(&page.changes, from, page.cursor.last_seq, !page.has_more, since) {
                     Some(confirmed) => base = Some(confirmed),
                     None => {
+                        if from == 0 {
+                            if let Some(oldest_seq) = self.log_moved_on(token.as_deref(), since).await? {
+                                return Err(Error::Resync { oldest_seq });
+                            }
+                        }
                         self.reset_replica_inner("server").await?;
                         continue;
                     }
@@ -1866,7 +1885,7 @@ impl Engine {
         tracing::debug!(events = events.len(), at, epoch, "replay from 0 reached the head");
         // a replay from 0 reads the log from its start: it must hold the
         // events the snapshot's rows were read after
-        if expect.is_some_and(|a| a.check(&events, at, true, a.newest()).is_none()) {
+        if expect.is_some_and(|a| a.check(&events, 0, at, true, a.newest()).is_none()) {
             return Some(self.reset_replica_inner("server").await.map(|()| false));
         }
         let anchor = Anchor::extended(None, &events, at);

@@ -135,27 +135,40 @@ impl Anchor {
         Anchor::extended(Some(self), &[], cursor)
     }
 
-    /// The seq a pull starts after to read every mark again.
+    /// The seq a pull starts after to read the marks again. A read from 0
+    /// is answered from the oldest event kept rather than with a 410, so a
+    /// check from 0 that fails may only mean the log moved on: the caller
+    /// asks again from the cursor to tell.
     pub(crate) fn read_from(&self) -> u64 {
         self.marks[0].seq - 1
     }
 
-    /// Checks the log's events read now from [`Anchor::read_from`] up to
-    /// `to` (the head when `at_head`), for a replica whose cursor is at
-    /// `cursor`. `None` when the log differs from the one the replica
+    /// Checks the log's events read now after `from` up to `to` (the head
+    /// when `at_head`), for a replica whose cursor is at `cursor`. `None` when the log differs from the one the replica
     /// followed — an event this anchor marks is missing or another, or the
     /// log ends before it, or it holds an event the replica did not take
     /// between the oldest mark and the cursor (the same reader is shown the
     /// same events of the same log) — else the anchor as the log confirms
     /// it (marks taken from a stream gain what only the log carries).
-    pub(crate) fn check(&self, events: &[ChangeEvent], to: u64, at_head: bool, cursor: u64) -> Option<Anchor> {
-        let oldest = self.marks[0].seq;
+    pub(crate) fn check(
+        &self,
+        events: &[ChangeEvent],
+        from: u64,
+        to: u64,
+        at_head: bool,
+        cursor: u64,
+    ) -> Option<Anchor> {
+        let oldest = self.marks[0].seq.max(from + 1);
         let untaken = events.iter().filter(|c| c.seq >= oldest && c.seq <= cursor.min(to));
         if untaken.clone().any(|c| !self.marks.iter().any(|m| m.seq == c.seq)) {
             return None;
         }
         let mut marks = Vec::with_capacity(self.marks.len());
         for m in &self.marks {
+            if m.seq <= from {
+                marks.push(m.clone()); // not read again
+                continue;
+            }
             if m.seq > to {
                 if at_head {
                     return None; // the log ends before it
@@ -233,7 +246,7 @@ mod tests {
 
     fn seen(a: &Anchor, events: &[ChangeEvent]) -> bool {
         let to = events.iter().map(|c| c.seq).max().unwrap_or(0);
-        a.check(events, to, false, to).is_some()
+        a.check(events, a.read_from(), to, false, to).is_some()
     }
 
     #[test]
@@ -255,10 +268,10 @@ mod tests {
         assert!(!seen(&streamed, &[event(7, "0008", json!({ "title": "a" }), "1761811234Z")]));
         assert!(!seen(&streamed, &[event(7, "0007", json!({ "id": "0007", "title": "a" }), "1761811234Z")]));
         // confirmed by the log, it carries what the log does
-        let confirmed = streamed.check(std::slice::from_ref(&taken), 7, true, 7).unwrap();
+        let confirmed = streamed.check(std::slice::from_ref(&taken), 6, 7, true, 7).unwrap();
         // a log that ends before the event does not hold it
-        assert!(anchor.check(&[event(6, "0006", json!({}), "1761811234Z")], 6, true, 7).is_none());
-        assert!(anchor.check(&[event(6, "0006", json!({}), "1761811234Z")], 6, false, 7).is_some());
+        assert!(anchor.check(&[event(6, "0006", json!({}), "1761811234Z")], 5, 6, true, 7).is_none());
+        assert!(anchor.check(&[event(6, "0006", json!({}), "1761811234Z")], 5, 6, false, 7).is_some());
         assert!(!seen(&confirmed, &[event(7, "0007", json!({ "title": "a" }), "1761811299Z")]));
         let text = serde_json::to_string(&anchor).unwrap();
         assert_eq!(serde_json::from_str::<Anchor>(&text).unwrap(), anchor);
@@ -290,13 +303,13 @@ mod tests {
         // else's (filtered out); its cursor is at 3
         let note = event(1, "n1", json!({ "id": "n1", "body": "a" }), "1761811234Z");
         let anchor = Anchor::extended(None, std::slice::from_ref(&note), 3).unwrap();
-        assert!(anchor.check(std::slice::from_ref(&note), 3, true, 3).is_some());
+        assert!(anchor.check(std::slice::from_ref(&note), 0, 3, true, 3).is_some());
         // restarted within the second: the same re-seed at 1, and at 3 a note
         // of ours the old log never had there
         let ours = event(3, "n3", json!({ "body": "b" }), "1761811234Z");
-        assert!(anchor.check(&[note.clone(), ours.clone()], 3, true, 3).is_none());
+        assert!(anchor.check(&[note.clone(), ours.clone()], 0, 3, true, 3).is_none());
         // past the cursor, it is simply new
-        assert!(anchor.check(&[note, ChangeEvent { seq: 4, ..ours }], 4, true, 3).is_some());
+        assert!(anchor.check(&[note, ChangeEvent { seq: 4, ..ours }], 0, 4, true, 3).is_some());
     }
 
     #[test]
