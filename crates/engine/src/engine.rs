@@ -1885,7 +1885,7 @@ impl Engine {
         tracing::debug!(events = events.len(), at, epoch, "replay from 0 reached the head");
         // a replay from 0 reads the log from its start: it must hold the
         // events the snapshot's rows were read after
-        if expect.is_some_and(|a| a.check(&events, 0, at, true, a.newest()).is_none()) {
+        if expect.is_some_and(|a| a.check(&events, 0, at, true, a.at()).is_none()) {
             return Some(self.reset_replica_inner("server").await.map(|()| false));
         }
         let anchor = Anchor::extended(None, &events, at);

@@ -74,6 +74,10 @@ impl Boot {
 pub(crate) struct Anchor {
     /// Ascending by seq; never empty.
     marks: Vec<Mark>,
+    /// The cursor the marks were taken up to: events after the newest mark
+    /// up to here were not shown to this reader.
+    #[serde(default)]
+    at: u64,
 }
 
 /// How many of the last events an anchor keeps.
@@ -126,7 +130,7 @@ impl Anchor {
         marks.retain(near);
         let skip = marks.len().saturating_sub(MARKS);
         marks.drain(..skip);
-        (!marks.is_empty()).then_some(Anchor { marks })
+        (!marks.is_empty()).then_some(Anchor { marks, at: cursor })
     }
 
     /// The marks close enough behind `cursor` to be asked for again in the
@@ -179,12 +183,12 @@ impl Anchor {
             let c = events.iter().find(|c| m.matches(c))?;
             marks.push(if c.timestamp.is_empty() { m.clone() } else { Mark::of(c) });
         }
-        Some(Anchor { marks })
+        Some(Anchor { marks, at: self.at })
     }
 
-    /// The seq of the newest event marked.
-    pub(crate) fn newest(&self) -> u64 {
-        self.marks[self.marks.len() - 1].seq
+    /// The cursor the marks were taken up to.
+    pub(crate) fn at(&self) -> u64 {
+        self.at.max(self.marks[self.marks.len() - 1].seq)
     }
 }
 
