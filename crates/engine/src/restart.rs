@@ -150,7 +150,7 @@ impl Anchor {
     /// Checks the log's events read now after `from` up to `to` (the head
     /// when `at_head`), for a replica whose cursor is at `cursor`. `None` when the log differs from the one the replica
     /// followed — an event this anchor marks is missing or another, or the
-    /// log ends before it, or it holds an event the replica did not take
+    /// log ends before it or before the cursor, or it holds an event the replica did not take
     /// between the oldest mark and the cursor (the same reader is shown the
     /// same events of the same log) — else the anchor as the log confirms
     /// it (marks taken from a stream gain what only the log carries).
@@ -162,6 +162,9 @@ impl Anchor {
         at_head: bool,
         cursor: u64,
     ) -> Option<Anchor> {
+        if at_head && to < cursor {
+            return None; // the log ends before the cursor
+        }
         let oldest = self.marks[0].seq.max(from + 1);
         let untaken = events.iter().filter(|c| c.seq >= oldest && c.seq <= cursor.min(to));
         if untaken.clone().any(|c| !self.marks.iter().any(|m| m.seq == c.seq)) {
