@@ -84,6 +84,11 @@ impl ChangeLog {
     }
 
     /// Forgets everything (a server restart); seq starts again at 1.
+    /// Every event kept, oldest first.
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.events.iter()
+    }
+
     pub fn clear(&mut self) {
         self.events.clear();
         self.head = 0;

@@ -731,6 +731,8 @@ fn control(app: &App, method: &Method, what: &str, body: &Bytes) -> Response {
                 w.store.rows.get(name).into_iter().flatten().map(|(_, r)| Value::Object(entity.read_back(r))).collect();
             json_response(200, Value::Array(rows))
         }
+        // every event the log keeps, unfiltered and past faults (test oracles)
+        ("GET", "log") => json_response(200, Value::Array(w.log.events().map(|e| e.to_json()).collect())),
         ("POST", "drop") => {
             app.hub.drop_all();
             json_response(200, json!({ "ok": true }))

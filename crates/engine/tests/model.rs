@@ -250,9 +250,14 @@ impl World {
                     }
                 }
                 self.booted_at = std::time::Instant::now();
-                // an insert in flight may land between the read and the
-                // restart: what is there just after counts too
-                let mut titles = self.server_titles().await;
+                // every insert of this server lifetime, deleted since or not:
+                // the restart takes its nonce with the log (docs/compat.md);
+                // one in flight may land between the read and the restart, so
+                // what is there just after counts too
+                let log = get(&self.url, "/__control/log").await;
+                let inserts = log.as_array().unwrap().iter().filter(|c| c["entity"] == "Todo" && c["kind"] == "insert");
+                let mut titles: Vec<String> =
+                    inserts.map(|c| c["data"]["title"].as_str().unwrap_or_default().to_string()).collect();
                 control(&self.url, "restart", json!({})).await;
                 titles.extend(self.server_titles().await);
                 // local inserts are titled l1, l2, …
