@@ -1781,16 +1781,17 @@ impl Engine {
         Ok(true)
     }
 
-    /// Pulls pages until the head. The first page of the round starts a
-    /// little before the cursor, at the event the replica took last (its
-    /// anchor): a log that no longer holds that event was renumbered by a
-    /// restart, and the replica is rebuilt before anything is applied.
+    /// Pulls pages until the head. Every page starts a little before the
+    /// cursor, at the last events the replica took (its anchor): a log that
+    /// no longer holds them was renumbered by a restart — between rounds or
+    /// between two pages — and the replica is rebuilt before anything is
+    /// applied.
     ///
     /// A pull from 0 replays the whole log (entities only the log fills):
     /// its pages are gathered and applied at once, when the head is reached,
     /// so a row that a later page deletes is never shown meanwhile.
     async fn pull_pages(&self) -> Result<()> {
-        let mut check = true;
+        let mut first = true;
         let mut staged: Option<Replay> = None;
         loop {
             self.bootstrap_if_needed().await?;
@@ -1808,15 +1809,15 @@ impl Engine {
             }
             let token = self.session_token();
             // an anchor a page away is asked for again; without one (or too
-            // far back) the last event we may read before the cursor is
+            // far back) the last events we may read before the cursor are
             // learned as the next anchor
-            let anchor = kept.as_ref().filter(|_| check).and_then(|a| a.near(since));
+            let anchor = kept.as_ref().and_then(|a| a.near(since));
             let from = match &anchor {
                 Some(a) => a.read_from(),
-                None if check => since.saturating_sub(ANCHOR_SPAN),
+                None if first => since.saturating_sub(ANCHOR_SPAN),
                 None => since,
             };
-            let checking = std::mem::take(&mut check);
+            let checking = std::mem::take(&mut first) || anchor.is_some();
             // streams opened before this request are vouched for by its answer
             let opened = self.inner.rt.opened.load(Ordering::SeqCst);
             tracing::debug!(since, from, checked = anchor.is_some(), "pull");

@@ -509,7 +509,7 @@ impl Sim {
                 let v = if let Some(n) = notes.iter().find(|n| n.get("userId") != Some(&json!(user))) {
                     Some(format!("{n:?} shown to {user}"))
                 } else if !notes.is_empty() && !states.contains(&note_state(&notes)) {
-                    Some(format!("{user}'s notes shown as they never were: {notes:?}"))
+                    Some(format!("{user}'s notes shown as they never were: {notes:?}, states {states:?}"))
                 } else {
                     None
                 };
