@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::io::{Io, Request};
 use crate::protocol::{Envelope, MeBody, PullPage, Row, Session};
+use crate::restart::Anchor;
 
 /// A `since` far above any real head: the server answers it with 410 and
 /// `oldest_seq = head + 1`, which tells us the head in one request.
@@ -81,14 +82,27 @@ impl Api {
         send_json(req, self).await
     }
 
-    /// The log after `since`, read on page after page until it reaches
-    /// `until` (or the head), as one page: a read that starts before a
-    /// cursor must reach it, and pages may be short.
+    /// The log after `since`, read on page after page until it passes
+    /// `until` (or reaches the head), as one page: a read that starts before
+    /// a cursor must reach it and bring something new, and pages may be
+    /// short. Each page after the first reads again the last event before
+    /// it: a different one there means the log was renumbered between the
+    /// two requests, answered as a 410 at 0 (a restart).
     pub async fn pull_until(&self, token: Option<&str>, since: u64, until: u64) -> Result<PullPage> {
         let mut page = self.pull(token, since).await?;
-        while page.has_more && page.cursor.last_seq < until {
-            let next = self.pull(token, page.cursor.last_seq).await?;
-            page.changes.extend(next.changes);
+        while page.has_more && page.cursor.last_seq <= until {
+            let last = page.changes.last().cloned();
+            let from = last.as_ref().map_or(page.cursor.last_seq, |c| c.seq - 1);
+            let next = self.pull(token, from).await?;
+            if let Some(last) = &last {
+                let seen = Anchor::extended(None, std::slice::from_ref(last), last.seq);
+                let to = next.cursor.last_seq;
+                if seen.is_some_and(|a| a.check(&next.changes, from, to, !next.has_more, last.seq).is_none()) {
+                    return Err(Error::Resync { oldest_seq: 0 });
+                }
+            }
+            let at = page.cursor.last_seq;
+            page.changes.extend(next.changes.into_iter().filter(|c| c.seq > at));
             page.cursor = next.cursor;
             page.has_more = next.has_more;
         }

@@ -8,8 +8,11 @@
 //! and every store notification must show no insert twice and no row whose
 //! delete resolved.
 //!
-//! proptest generates the sequences and shrinks a failure to a short one,
-//! which it prints and saves under `proptest-regressions/`.
+//! This harness runs over real sockets and real time on two threads, so a
+//! sequence does not replay the same way twice; `sim.rs` is its
+//! deterministic counterpart (the same dev server, in memory, on a virtual
+//! clock). proptest generates the sequences and shrinks a failure to a short
+//! one, which it prints and saves in `model.proptest-regressions`.
 //! CI runs `MODEL_CASES` (default 16) sequences; the full run is
 //! `MODEL_CASES=10000 cargo test --release -p pylon-sync-engine --test model`.
 
