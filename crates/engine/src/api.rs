@@ -91,9 +91,15 @@ impl Api {
     pub async fn pull_until(&self, token: Option<&str>, since: u64, until: u64) -> Result<PullPage> {
         let mut page = self.pull(token, since).await?;
         while page.has_more && page.cursor.last_seq <= until {
-            let last = page.changes.last().cloned();
-            let from = last.as_ref().map_or(page.cursor.last_seq, |c| c.seq - 1);
-            let next = self.pull(token, from).await?;
+            let at = page.cursor.last_seq;
+            let mut last = page.changes.last().cloned();
+            let mut from = last.as_ref().map_or(at, |c| c.seq - 1);
+            let mut next = self.pull(token, from).await?;
+            if from < at && next.cursor.last_seq <= at {
+                // a page too short to hold the event again and something new
+                (last, from) = (None, at);
+                next = self.pull(token, from).await?;
+            }
             if let Some(last) = &last {
                 let seen = Anchor::extended(None, std::slice::from_ref(last), last.seq);
                 let to = next.cursor.last_seq;
@@ -101,7 +107,6 @@ impl Api {
                     return Err(Error::Resync { oldest_seq: 0 });
                 }
             }
-            let at = page.cursor.last_seq;
             page.changes.extend(next.changes.into_iter().filter(|c| c.seq > at));
             page.cursor = next.cursor;
             page.has_more = next.has_more;
