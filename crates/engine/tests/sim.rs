@@ -805,6 +805,24 @@ async fn call(server: &Local, method: &str, path: &str, token: Option<&str>, bod
 /// Runs one case on a fresh single-threaded runtime with a paused clock;
 /// returns the outcome and the trace of every exchange.
 fn run(seed: u64, ops: &[Op]) -> (Result<(), TestCaseError>, Vec<String>) {
+    // a case that never ends spins without moving the virtual clock: give it
+    // a minute of real time, then stop the whole run with the case in hand
+    let (tx, rx) = std::sync::mpsc::channel();
+    let case = ops.to_vec();
+    std::thread::spawn(move || {
+        let _ = tx.send(run_here(seed, &case));
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            eprintln!("a case did not finish in 60 s of real time (a livelock): seed {seed}, ops {ops:?}");
+            std::process::exit(101);
+        }
+    }
+}
+
+/// Runs one case on this thread.
+fn run_here(seed: u64, ops: &[Op]) -> (Result<(), TestCaseError>, Vec<String>) {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let default = std::panic::take_hook();
