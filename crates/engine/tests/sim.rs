@@ -805,6 +805,14 @@ async fn call(server: &Local, method: &str, path: &str, token: Option<&str>, bod
 /// Runs one case on a fresh single-threaded runtime with a paused clock;
 /// returns the outcome and the trace of every exchange.
 fn run(seed: u64, ops: &[Op]) -> (Result<(), TestCaseError>, Vec<String>) {
+    // a long run says how far it got
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static BEGAN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let began = *BEGAN.get_or_init(std::time::Instant::now);
+    let n = RUNS.fetch_add(1, Ordering::Relaxed) + 1;
+    if cases() >= 10_000 && n % 10_000 == 0 {
+        eprintln!("{n} cases run in {:.1} min", began.elapsed().as_secs_f64() / 60.0);
+    }
     // a case that never ends spins without moving the virtual clock: give it
     // a minute of real time, then stop the whole run with the case in hand
     let (tx, rx) = std::sync::mpsc::channel();
