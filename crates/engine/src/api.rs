@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::io::{Io, Request};
-use crate::protocol::{Envelope, MeBody, PullPage, Row, Session};
+use crate::protocol::{ChangeEvent, Envelope, MeBody, PullPage, Row, Session};
 use crate::restart::Anchor;
 
 /// A `since` far above any real head: the server answers it with 410 and
@@ -92,20 +92,21 @@ impl Api {
         let mut page = self.pull(token, since).await?;
         while page.has_more && page.cursor.last_seq <= until {
             let at = page.cursor.last_seq;
-            let mut last = page.changes.last().cloned();
-            let mut from = last.as_ref().map_or(at, |c| c.seq - 1);
+            let last = page.changes.last().cloned();
+            let from = last.as_ref().map_or(at, |c| c.seq - 1);
             let mut next = self.pull(token, from).await?;
-            if from < at && next.cursor.last_seq <= at {
-                // a page too short to hold the event again and something new
-                (last, from) = (None, at);
-                next = self.pull(token, from).await?;
-            }
-            if let Some(last) = &last {
-                let seen = Anchor::extended(None, std::slice::from_ref(last), last.seq);
-                let to = next.cursor.last_seq;
-                if seen.is_some_and(|a| a.check(&next.changes, from, to, !next.has_more, last.seq).is_none()) {
-                    return Err(Error::Resync { oldest_seq: 0 });
+            let confirmed = match &last {
+                Some(l) if from < at && next.cursor.last_seq <= at => {
+                    // too short to hold the event again and something new:
+                    // read on from the cursor, then ask for the event alone
+                    next = self.pull(token, at).await?;
+                    confirms(l, &self.pull(token, l.seq - 1).await?, l.seq - 1)
                 }
+                Some(l) => confirms(l, &next, from),
+                None => true,
+            };
+            if !confirmed {
+                return Err(Error::Resync { oldest_seq: 0 });
             }
             page.changes.extend(next.changes.into_iter().filter(|c| c.seq > at));
             page.cursor = next.cursor;
@@ -317,6 +318,12 @@ impl Api {
         let body: MeBody = send_json(self.request(Method::GET, "/api/auth/me", token), self).await?;
         Ok(body.into())
     }
+}
+
+/// `page`, read after `from`, still holds `last` as it was.
+fn confirms(last: &ChangeEvent, page: &PullPage, from: u64) -> bool {
+    Anchor::extended(None, std::slice::from_ref(last), last.seq)
+        .is_none_or(|a| a.check(&page.changes, from, page.cursor.last_seq, !page.has_more, last.seq).is_some())
 }
 
 /// One write of a `batch`.
