@@ -130,16 +130,16 @@ impl Io for Net {
     fn event_stream(&self, url: String, token: Option<String>, within: Duration) -> BoxFuture<Result<Chunks>> {
         let ca = self.ca.clone();
         Box::pin(async move {
-            let network = |e: &dyn std::fmt::Display| Error::Network(format!("sse: {e}"));
+            use crate::transport::sse::network;
             let builder = reqwest::Client::builder().connect_timeout(within).tcp_nodelay(true);
-            let http = crate::tls::trust_http(builder, ca.as_deref())?.build().map_err(|e| network(&e))?;
+            let http = crate::tls::trust_http(builder, ca.as_deref())?.build().map_err(network)?;
             let mut req = http.get(&url).header("accept", "text/event-stream").header("cache-control", "no-cache");
             if let Some(t) = token.filter(|t| !t.is_empty()) {
                 req = req.bearer_auth(t); // ignored by the server today; harmless
             }
             let resp = match timeout(within, req.send()).await {
-                Err(_) => return Err(network(&"no answer in time")),
-                Ok(Err(e)) => return Err(crate::tls::failure(&e).unwrap_or_else(|| network(&e.without_url()))),
+                Err(_) => return Err(network("no answer in time")),
+                Ok(Err(e)) => return Err(crate::tls::failure(&e).unwrap_or_else(|| network(e.without_url()))),
                 Ok(Ok(r)) => r,
             };
             let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -149,7 +149,7 @@ impl Io for Net {
                 match resp.chunk().await {
                     Ok(Some(bytes)) => Some((Ok(bytes), Some(resp))),
                     Ok(None) => None,
-                    Err(e) => Some((Err(Error::Network(format!("sse: {}", e.without_url()))), None)),
+                    Err(e) => Some((Err(network(e.without_url())), None)),
                 }
             });
             Ok(Box::pin(chunks) as Chunks)

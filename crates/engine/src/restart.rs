@@ -8,9 +8,11 @@
 //! - [`Boot`]: the server's boot time from `/health` (whole seconds of
 //!   uptime), which tells boots apart only when they are more than a second
 //!   or so apart;
-//! - [`Anchor`]: the last event the replica took. The first pull of every
-//!   round asks for it again; a log that no longer holds that very event at
-//!   that seq was renumbered, whatever the clocks say.
+//! - [`Anchor`]: the last events the replica took (a run of up to 16, and
+//!   the cursor they were taken up to). Every pull page reads them again; a
+//!   log that no longer holds those very events at those seqs, ends before
+//!   them, or shows this reader an event there it was never shown, was
+//!   renumbered, whatever the clocks say.
 //!
 //! This module owns no state: the engine keeps both values, in memory and in
 //! the database's meta table.

@@ -812,7 +812,7 @@ fn run(seed: u64, ops: &[Op]) -> (Result<(), TestCaseError>, Vec<String>) {
     static BEGAN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let began = *BEGAN.get_or_init(std::time::Instant::now);
     let n = RUNS.fetch_add(1, Ordering::Relaxed) + 1;
-    if cases() >= 10_000 && n % 10_000 == 0 {
+    if cases() >= 10_000 && n.is_multiple_of(10_000) {
         eprintln!("{n} cases run in {:.1} min", began.elapsed().as_secs_f64() / 60.0);
     }
     // a case that never ends spins without moving the virtual clock: give it

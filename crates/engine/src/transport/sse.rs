@@ -12,7 +12,7 @@ use crate::io::Chunks;
 /// The largest event we accept (the server's WebSocket frame limit).
 const MAX_EVENT: usize = 16 << 20;
 
-fn network(e: impl std::fmt::Display) -> Error {
+pub(crate) fn network(e: impl std::fmt::Display) -> Error {
     Error::Network(format!("sse: {e}"))
 }
 
