@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::io::{Io, Request};
-use crate::protocol::{ChangeEvent, Envelope, MeBody, PullPage, Row, Session};
+use crate::protocol::{Envelope, MeBody, PullPage, Row, Session};
 use crate::restart::Anchor;
 
 /// A `since` far above any real head: the server answers it with 410 and
@@ -85,24 +85,37 @@ impl Api {
     /// The log after `since`, read on page after page until it passes
     /// `until` (or reaches the head), as one page: a read that starts before
     /// a cursor must reach it and bring something new, and pages may be
-    /// short. Each page after the first reads again the last event before
-    /// it: a different one there means the log was renumbered between the
-    /// two requests, answered as a 410 at 0 (a restart).
-    pub async fn pull_until(&self, token: Option<&str>, since: u64, until: u64) -> Result<PullPage> {
+    /// short. Each page after the first reads again the newest event this
+    /// reader was shown before it (from the pages so far, else `known`'s
+    /// newest): a different one there means the log was renumbered between
+    /// the two requests, answered as a 410 at 0 (a restart). A page that
+    /// shows the reader nothing (a row policy hides it) is no exception.
+    pub(crate) async fn pull_until(
+        &self,
+        token: Option<&str>,
+        since: u64,
+        until: u64,
+        known: Option<&Anchor>,
+    ) -> Result<PullPage> {
         let mut page = self.pull(token, since).await?;
+        let mut newest = known.map(Anchor::newest);
         while page.has_more && page.cursor.last_seq <= until {
             let at = page.cursor.last_seq;
-            let last = page.changes.last().cloned();
-            let from = last.as_ref().map_or(at, |c| c.seq - 1);
+            if let Some(last) = page.changes.last() {
+                newest = Some(Anchor::of(last));
+            }
+            // an event past this page cannot overlap it
+            let check = newest.as_ref().filter(|n| n.at() <= at);
+            let from = check.map_or(at, |n| n.read_from());
             let mut next = self.pull(token, from).await?;
-            let confirmed = match &last {
-                Some(l) if from < at && next.cursor.last_seq <= at => {
+            let confirmed = match check {
+                Some(n) if from < at && next.cursor.last_seq <= at => {
                     // too short to hold the event again and something new:
                     // read on from the cursor, then ask for the event alone
                     next = self.pull(token, at).await?;
-                    confirms(l, &self.pull(token, l.seq - 1).await?, l.seq - 1)
+                    confirms(n, &self.pull(token, from).await?, from)
                 }
-                Some(l) => confirms(l, &next, from),
+                Some(n) => confirms(n, &next, from),
                 None => true,
             };
             if !confirmed {
@@ -320,10 +333,9 @@ impl Api {
     }
 }
 
-/// `page`, read after `from`, still holds `last` as it was.
-fn confirms(last: &ChangeEvent, page: &PullPage, from: u64) -> bool {
-    Anchor::extended(None, std::slice::from_ref(last), last.seq)
-        .is_none_or(|a| a.check(&page.changes, from, page.cursor.last_seq, !page.has_more, last.seq).is_some())
+/// `page`, read after `from`, still holds the event `mark` was taken from.
+fn confirms(mark: &Anchor, page: &PullPage, from: u64) -> bool {
+    mark.check(&page.changes, from, page.cursor.last_seq, !page.has_more, mark.at()).is_some()
 }
 
 /// One write of a `batch`.

@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::api::{check_entity, check_id, Api, BatchWrite};
 use crate::backoff::Backoff;
@@ -270,6 +271,9 @@ pub(crate) struct Inner {
     pub(crate) cfg: Config,
     pub(crate) rt: Realtime,
     pub(crate) io: Arc<dyn Io>,
+    /// Every record the engine's own tasks log is inside it: several engines
+    /// in one process are told apart by their replica file's name.
+    pub(crate) span: tracing::Span,
     api: Api,
     db: Mutex<Option<Db>>,
     state: RwLock<State>,
@@ -444,8 +448,11 @@ impl Engine {
             Transport::Poll => Which::Poll,
             Transport::Auto | Transport::WebSocket => Which::WebSocket,
         };
+        let replica = cfg.db_path.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+        let span = tracing::debug_span!("engine", replica = replica.as_deref().unwrap_or(":memory:"));
         Ok(Engine {
             inner: Arc::new(Inner {
+                span,
                 rt: Realtime::new(format!("c_{}_{}", io.now_ms(), random_suffix(&*io)), first, io.now_ms()),
                 cfg,
                 io,
@@ -729,7 +736,8 @@ impl Engine {
             return Ok(());
         }
         let me = self.clone();
-        let handle = tokio::spawn(async move { me.run(backoff, first_delay).await });
+        let span = me.inner.span.clone();
+        let handle = tokio::spawn(async move { me.run(backoff, first_delay).await }.instrument(span));
         *self.inner.loop_handle.lock().unwrap() = Some(handle);
         self.start_realtime();
         match first {
@@ -1522,7 +1530,7 @@ impl Engine {
         let Some(a) = anchor.and_then(|a| a.near(cursor)) else {
             return Ok(false);
         };
-        let page = match self.inner.api.pull_until(token, a.read_from(), cursor).await {
+        let page = match self.inner.api.pull_until(token, a.read_from(), cursor, Some(&a)).await {
             Ok(p) => p,
             Err(Error::Resync { .. }) => return Ok(false), // the pull that follows handles it
             Err(e) => return Err(e),
@@ -1824,7 +1832,7 @@ impl Engine {
             // a 410 here is taken as for the cursor itself: at worst (the log
             // keeps the cursor but not the anchor, some 10,000 events behind
             // the head) one resnapshot too many
-            let page = self.inner.api.pull_until(token.as_deref(), from, since).await?;
+            let page = self.inner.api.pull_until(token.as_deref(), from, since, anchor.as_ref()).await?;
             if !page.has_more && page.cursor.last_seq < since {
                 // the log ends before our cursor: it was renumbered (a 410
                 // says the same for a cursor past the head + 1)

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
 use tokio::time::{sleep, sleep_until, Instant};
+use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::engine::{Engine, ErrorInfo, Event, Transport};
@@ -285,7 +286,8 @@ impl Engine {
             return;
         }
         let me = self.clone();
-        let task = tokio::spawn(async move { me.follow().await });
+        let span = me.inner().span.clone();
+        let task = tokio::spawn(async move { me.follow().await }.instrument(span));
         if let Some(old) = rt.handle.lock().unwrap().replace(task) {
             old.abort();
         }
@@ -352,7 +354,8 @@ impl Engine {
         };
         let probe_first = self.inner().cfg.probe_interval;
         let (tx, rx) = unbounded_channel::<(u64, ChangeEvent)>();
-        let _applier = AbortOnDrop(tokio::spawn(self.clone().apply_stream_loop(rx)));
+        let applier = self.clone().apply_stream_loop(rx).instrument(self.inner().span.clone());
+        let _applier = AbortOnDrop(tokio::spawn(applier));
         let mut ladder = Ladder::new(pinned, probe_first);
         let mut backoff = Backoff::new(self.inner().cfg.reconnect_delay, BACKOFF_CAP, self.inner().io.clone());
         loop {

@@ -135,6 +135,17 @@ impl Anchor {
         (!marks.is_empty()).then_some(Anchor { marks, at: cursor })
     }
 
+    /// The anchor of one event alone.
+    pub(crate) fn of(c: &ChangeEvent) -> Anchor {
+        Anchor { marks: vec![Mark::of(c)], at: c.seq }
+    }
+
+    /// This anchor's newest mark alone.
+    pub(crate) fn newest(&self) -> Anchor {
+        let m = &self.marks[self.marks.len() - 1];
+        Anchor { marks: vec![m.clone()], at: m.seq }
+    }
+
     /// The marks close enough behind `cursor` to be asked for again in the
     /// first page of a pull.
     pub(crate) fn near(&self, cursor: u64) -> Option<Anchor> {

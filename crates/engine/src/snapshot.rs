@@ -31,6 +31,28 @@ pub struct Snapshot {
     pub(crate) anchor: Option<Anchor>,
 }
 
+/// The last events readable up to `head`, which the rows read next follow.
+/// A log renumbered meanwhile (a restart between two pages, or one that now
+/// ends before `head`) makes the caller start over, as a 410 would: rows read
+/// from a restarted server under the old log's head would take its events up
+/// to that seq as already in them.
+async fn anchor_at(api: &Api, token: Option<&str>, head: u64) -> Result<Option<Anchor>> {
+    let mut from = head.saturating_sub(ANCHOR_SPAN);
+    loop {
+        match api.pull_until(token, from, head, None).await {
+            Ok(page) if !page.has_more && page.cursor.last_seq < head => {
+                return Err(Error::Resync { oldest_seq: page.cursor.last_seq + 1 })
+            }
+            Ok(page) => return Ok(Anchor::extended(None, &page.changes, head)),
+            // the log keeps less than the span: read what it keeps
+            Err(Error::Resync { oldest_seq }) if oldest_seq > from + 1 && oldest_seq <= head => {
+                from = oldest_seq - 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// `progress(entity, rows_so_far, done)` is called after every page.
 /// `anchored`: also read the snapshot's anchor (a replica that will follow
 /// the log needs it; a one-off read for hydration does not).
@@ -42,22 +64,7 @@ pub async fn take(
     progress: &(dyn Fn(&str, usize, bool) + Send + Sync),
 ) -> Result<Snapshot> {
     let head = api.head(token).await?;
-    let anchor = if anchored {
-        match api.pull_until(token, head.saturating_sub(ANCHOR_SPAN), head).await {
-            // a log that now ends before the head just read was renumbered
-            // in between: start over (as a 410 would)
-            Ok(page) if !page.has_more && page.cursor.last_seq < head => {
-                return Err(Error::Resync { oldest_seq: page.cursor.last_seq + 1 })
-            }
-            Ok(page) => Anchor::extended(None, &page.changes, head),
-            // the log was renumbered under us (or keeps nothing that old): the
-            // rows are tied to no event, and the boot check remains
-            Err(Error::Resync { .. }) => None,
-            Err(e) => return Err(e),
-        }
-    } else {
-        None
-    };
+    let anchor = if anchored { anchor_at(api, token, head).await? } else { None };
     let mut out = BTreeMap::new();
     let mut log_only = Vec::new();
     'entities: for info in entities {
