@@ -1,11 +1,12 @@
 //! `NativeEngine`: the engine as a JS class. Reads are synchronous and only
 //! touch memory; everything that waits on disk or network returns a Promise.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
+use parking_lot::RwLock;
 use pylon_sync_engine::infinite::{Direction, InfiniteQuery};
 use pylon_sync_engine::{Engine, Event, Mutation};
 use serde_json::{json, Value};
@@ -89,7 +90,7 @@ impl NativeEngine {
         let binary = self.binary.clone();
         self.engine.set_listener(Some(Arc::new(move |ev: Event| match ev {
             Event::Binary(frame) => {
-                let sink = binary.read().unwrap().clone();
+                let sink = binary.read().clone();
                 if let Some(sink) = sink {
                     let header = frame.header.as_ref().map(|h| serde_json::to_string(h).expect("header serializes"));
                     sink.call(
@@ -114,7 +115,7 @@ impl NativeEngine {
             .callee_handled::<false>()
             .build()
             .map_err(|e| to_js(pylon_sync_engine::Error::InvalidArg(e.to_string())))?;
-        *self.binary.write().unwrap() = Some(Arc::new(tsfn));
+        *self.binary.write() = Some(Arc::new(tsfn));
         Ok(())
     }
 

@@ -3,9 +3,9 @@
 //! clock moves only with tokio's (paused, virtual) time and every id and
 //! token follows from the seed, so a run replays exactly.
 
-use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -36,6 +36,6 @@ impl Clock {
 
     /// A number in `0..max`.
     pub fn random(&self, max: u32) -> u32 {
-        self.rng.lock().unwrap().random_range(0..max)
+        self.rng.lock().random_range(0..max)
     }
 }

@@ -1,6 +1,6 @@
 //! HTTP routing (axum) for the API of PROTOCOL.md §5–§9 and the control routes.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{to_bytes, Bytes};
@@ -8,6 +8,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -368,9 +369,9 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     if let Some(rest) = path.strip_prefix("/__control/") {
         return control(&app, &method, rest, &body);
     }
-    *app.requests.lock().unwrap().entry(format!("{method} {path}")).or_default() += 1;
+    *app.requests.lock().entry(format!("{method} {path}")).or_default() += 1;
     let (rule, delay) = {
-        let mut w = app.world.lock().unwrap();
+        let mut w = app.world.lock();
         (w.faults.take(method.as_str(), &path), w.faults.delay_ms)
     };
     if let Some(ms) = delay {
@@ -395,7 +396,7 @@ fn failure(app: &App, rule: &FailRule) -> Response {
     }
     match rule.status {
         410 => {
-            let head = app.world.lock().unwrap().log.head();
+            let head = app.world.lock().log.head();
             json_response(
                 410,
                 json!({ "error": { "code": "RESYNC_REQUIRED",
@@ -424,7 +425,7 @@ fn parse_object(body: &Bytes) -> Result<Map<String, Value>, Response> {
 }
 
 fn route(app: &App, method: &Method, uri: &str, path: &str, headers: &HeaderMap, body: &Bytes) -> Response {
-    let mut guard = app.world.lock().unwrap();
+    let mut guard = app.world.lock();
     let w = &mut *guard;
     let token = bearer(headers);
     let auth = w.store.auth(token.as_deref());
@@ -435,7 +436,7 @@ fn route(app: &App, method: &Method, uri: &str, path: &str, headers: &HeaderMap,
     match (method.as_str(), segs.as_slice()) {
         ("GET", ["health"]) => json_response(
             200,
-            json!({ "status": "ok", "version": "0.1.0", "uptime_secs": app.started.lock().unwrap().elapsed().as_secs() }),
+            json!({ "status": "ok", "version": "0.1.0", "uptime_secs": app.started.lock().elapsed().as_secs() }),
         ),
         ("GET", ["api", "manifest"]) => json_response(200, w.store.public_manifest()),
         ("GET", ["api", "auth", "me"]) => json_response(200, auth.to_json()),
@@ -649,7 +650,7 @@ fn query(w: &mut World, e: &str, auth: &Auth, body: &Bytes) -> Response {
 
 /// `/__control/…`: faults, restart, bulk seeding, state.
 fn control(app: &App, method: &Method, what: &str, body: &Bytes) -> Response {
-    let mut w = app.world.lock().unwrap();
+    let mut w = app.world.lock();
     let parsed: Value = serde_json::from_slice(if body.is_empty() { b"{}" } else { body }).unwrap_or(Value::Null);
     match (method.as_str(), what) {
         ("POST", "faults") => match serde_json::from_value::<Faults>(parsed) {
@@ -664,7 +665,7 @@ fn control(app: &App, method: &Method, what: &str, body: &Bytes) -> Response {
             // one insert per existing row, in entity order then id order.
             let World { store, log, hub, .. } = &mut *w;
             hub.drop_all(); // a restarted server drops its sockets without a close frame
-            *app.started.lock().unwrap() = Instant::now();
+            *app.started.lock() = Instant::now();
             log.clear();
             for entity in &store.entities {
                 for (id, row) in store.rows.get(&entity.name).into_iter().flatten() {
@@ -709,7 +710,7 @@ fn control(app: &App, method: &Method, what: &str, body: &Bytes) -> Response {
                 json!({ "head": w.log.head(), "rows": counts,
                 "ws": { "accepted": n(&hub.ws_accepted), "open": n(&hub.ws_open) },
                 "sse": { "accepted": n(&hub.sse_accepted), "open": n(&hub.sse_open) },
-                "requests": *app.requests.lock().unwrap() }),
+                "requests": *app.requests.lock() }),
             )
         }
         ("GET", "frames") => {
@@ -717,7 +718,6 @@ fn control(app: &App, method: &Method, what: &str, body: &Bytes) -> Response {
                 .hub
                 .received
                 .lock()
-                .unwrap()
                 .iter()
                 .map(|r| json!({ "connection": r.connection, "user": r.user, "frame": r.frame }))
                 .collect();

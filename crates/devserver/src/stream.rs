@@ -8,10 +8,11 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -238,7 +239,7 @@ fn token_of(req: &Request) -> (Option<String>, Option<String>) {
 /// One WebSocket client, over any byte connection.
 pub(crate) async fn ws_connection(app: Arc<App>, tcp: impl AsyncRead + AsyncWrite + Unpin + Send) {
     let (faults, events) = {
-        let w = app.world.lock().unwrap();
+        let w = app.world.lock();
         (w.faults.ws.clone(), w.faults.events.clone())
     };
     if faults.refuse {
@@ -257,7 +258,7 @@ pub(crate) async fn ws_connection(app: Arc<App>, tcp: impl AsyncRead + AsyncWrit
         return;
     };
     // the session store only: admin tokens and API keys are not accepted here
-    let user = token.and_then(|t| app.world.lock().unwrap().store.sessions.get(&t).map(|s| s.user_id.clone()));
+    let user = token.and_then(|t| app.world.lock().store.sessions.get(&t).map(|s| s.user_id.clone()));
     let Some(user) = user else {
         let frame = CloseFrame { code: CloseCode::Policy, reason: "unauthorized: bearer token required".into() };
         let _ = ws.send(Message::Close(Some(frame))).await;
@@ -346,11 +347,7 @@ fn client_frame(
     let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(text) else {
         return None;
     };
-    app.hub.received.lock().unwrap().push(Received {
-        connection: id,
-        user: user.to_string(),
-        frame: Value::Object(m.clone()),
-    });
+    app.hub.received.lock().push(Received { connection: id, user: user.to_string(), frame: Value::Object(m.clone()) });
     let kind = m.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
     let row_of = |m: &serde_json::Map<String, Value>| -> Option<(String, String)> {
         let e = m.get("entity")?.as_str()?.to_string();
@@ -365,7 +362,7 @@ fn client_frame(
         }
         "crdt-subscribe" => {
             let (entity, row_id) = row_of(&m)?;
-            let w = app.world.lock().unwrap();
+            let w = app.world.lock();
             let e = w.store.entity(&entity).filter(|e| e.crdt)?;
             let row = w.store.rows.get(&entity)?.get(&row_id)?;
             let auth = w.store.auth_user(user);
@@ -391,7 +388,7 @@ Connection: keep-alive\r\nAccess-Control-Allow-Origin: *\r\nX-Content-Type-Optio
 /// One event-stream client, over any byte connection.
 pub(crate) async fn sse_connection(app: Arc<App>, mut tcp: impl AsyncRead + AsyncWrite + Unpin + Send) {
     let (faults, events, keepalive) = {
-        let w = app.world.lock().unwrap();
+        let w = app.world.lock();
         (w.faults.sse.clone(), w.faults.events.clone(), w.faults.sse_keepalive_ms.unwrap_or(30_000))
     };
     if faults.refuse {

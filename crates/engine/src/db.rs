@@ -126,7 +126,7 @@ impl Db {
         // temporary ids start with their creation time in ms (13 digits), so they sort by age
         self.conn.execute(
             "DELETE FROM meta WHERE key >= 'alias:' AND key < ?1",
-            [format!("alias:{}{cutoff:013}", crate::engine::TEMP_PREFIX)],
+            [format!("alias:{}{cutoff:013}", crate::protocol::TEMP_PREFIX)],
         )?;
         let mut stmt = self.conn.prepare("SELECT key, value FROM meta WHERE key >= 'alias:' AND key < 'alias;'")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;

@@ -3,8 +3,9 @@
 //! page skip or repeat a row (offset pagination would).
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use crate::api::check_entity;
@@ -56,19 +57,19 @@ impl InfiniteQuery {
     }
 
     pub fn has_more(&self) -> bool {
-        self.pages.lock().unwrap().has_more
+        self.pages.lock().has_more
     }
 
     pub fn loading(&self) -> bool {
-        self.pages.lock().unwrap().loading
+        self.pages.lock().loading
     }
 
     pub fn data(&self) -> Vec<Arc<Row>> {
-        self.pages.lock().unwrap().rows.clone()
+        self.pages.lock().rows.clone()
     }
 
     pub fn data_json(&self) -> Arc<str> {
-        let mut p = self.pages.lock().unwrap();
+        let mut p = self.pages.lock();
         if let Some(j) = &p.json {
             return j.clone();
         }
@@ -79,7 +80,7 @@ impl InfiniteQuery {
 
     /// Forgets every page.
     pub fn reset(&self) {
-        let mut p = self.pages.lock().unwrap();
+        let mut p = self.pages.lock();
         let generation = p.generation + 1;
         *p = Pages { has_more: true, generation, ..Pages::default() };
     }
@@ -88,7 +89,7 @@ impl InfiniteQuery {
     /// loading, exhausted, or reset meanwhile).
     pub async fn load_more(&self) -> Result<bool> {
         let (filter, generation, limit) = {
-            let mut p = self.pages.lock().unwrap();
+            let mut p = self.pages.lock();
             if p.loading || !p.has_more {
                 return Ok(false);
             }
@@ -98,7 +99,7 @@ impl InfiniteQuery {
         };
         let token = self.engine.token();
         let res = self.engine.api().query(token.as_deref(), &self.entity, &filter).await;
-        let mut p = self.pages.lock().unwrap();
+        let mut p = self.pages.lock();
         if p.generation != generation {
             return Ok(false);
         }

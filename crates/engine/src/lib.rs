@@ -3,9 +3,11 @@
 
 pub mod api;
 pub mod backoff;
+mod config;
 pub mod db;
 pub mod engine;
 pub mod error;
+mod events;
 pub mod infinite;
 pub mod io;
 pub mod protocol;
@@ -18,8 +20,10 @@ pub mod snapshot;
 pub mod tls;
 pub mod transport;
 
-pub use engine::{get_server_data, Config, Engine, Event, Listener, Phase, SyncStatus, Transport};
+pub use config::{Config, Transport};
+pub use engine::{get_server_data, Engine};
 pub use error::{Error, Result};
+pub use events::{ErrorInfo, Event, Listener, Phase, SyncStatus};
 pub use protocol::{ChangeEvent, Cursor, Hydration, Kind, Row, Session};
 pub use queue::{Mutation, MutationError, Status as MutationStatus};
 pub use realtime::{ConnState, Connection, Peer};

@@ -3,6 +3,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// Prefix of ids given to rows inserted locally until the server names them
+/// (the upstream clients' convention; sent as the insert's nonce).
+pub const TEMP_PREFIX: &str = "_pending_";
+
 /// A row: a JSON object. The row id lives in `"id"`.
 pub type Row = Map<String, Value>;
 

@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::engine::TEMP_PREFIX;
-use crate::protocol::{Kind, Row};
+use crate::protocol::{Kind, Row, TEMP_PREFIX};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -13,9 +13,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -24,8 +24,10 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
-use crate::engine::{Engine, ErrorInfo, Event, Transport};
+use crate::config::Transport;
+use crate::engine::Engine;
 use crate::error::Error;
+use crate::events::{ErrorInfo, Event};
 use crate::protocol::ChangeEvent;
 use crate::transport::{self, sse, ws, Inbound, Which};
 
@@ -123,20 +125,20 @@ impl Realtime {
     }
 
     pub fn status(&self) -> Connection {
-        let mut s = self.status.lock().unwrap().clone();
+        let mut s = self.status.lock().clone();
         s.ignored = self.ignored.load(Ordering::Relaxed);
         s
     }
 
     /// A live stream is delivering changes (polling can slow down).
     pub fn streaming(&self) -> bool {
-        let s = self.status.lock().unwrap();
+        let s = self.status.lock();
         s.state == ConnState::Open && s.transport != Which::Poll
     }
 
     /// Sends on the open WebSocket; false when there is none.
     fn send(&self, frame: Value) -> bool {
-        match &*self.out.lock().unwrap() {
+        match &*self.out.lock() {
             Some(tx) => tx.send(frame.to_string()).is_ok(),
             None => false,
         }
@@ -151,14 +153,14 @@ impl Realtime {
     }
 
     fn announce(&self) {
-        let mine = self.presence.lock().unwrap().mine.clone();
+        let mine = self.presence.lock().mine.clone();
         if let Some(d) = mine {
             self.send(self.presence_frame("update", Some(&d)));
         }
     }
 
     pub fn peers(&self) -> Vec<Peer> {
-        self.presence.lock().unwrap().peers.values().cloned().collect()
+        self.presence.lock().peers.values().cloned().collect()
     }
 }
 
@@ -288,19 +290,19 @@ impl Engine {
         let me = self.clone();
         let span = me.inner().span.clone();
         let task = tokio::spawn(async move { me.follow().await }.instrument(span));
-        if let Some(old) = rt.handle.lock().unwrap().replace(task) {
+        if let Some(old) = rt.handle.lock().replace(task) {
             old.abort();
         }
     }
 
     pub(crate) async fn stop_realtime(&self) {
         let rt = &self.inner().rt;
-        let task = rt.handle.lock().unwrap().take();
+        let task = rt.handle.lock().take();
         if let Some(t) = task {
             t.abort();
             let _ = t.await;
         }
-        *rt.out.lock().unwrap() = None;
+        *rt.out.lock() = None;
         let transport = rt.status().transport;
         self.set_connection(ConnState::Offline, transport, 0, None);
     }
@@ -311,7 +313,7 @@ impl Engine {
         let rt = &self.inner().rt;
         if flipped {
             let had_peers = {
-                let mut p = rt.presence.lock().unwrap();
+                let mut p = rt.presence.lock();
                 p.mine = None;
                 !std::mem::take(&mut p.peers).is_empty()
             };
@@ -319,7 +321,7 @@ impl Engine {
                 self.emit(Event::Presence(Vec::new()));
             }
         }
-        if rt.handle.lock().unwrap().as_ref().is_some_and(|h| !h.is_finished()) {
+        if rt.handle.lock().as_ref().is_some_and(|h| !h.is_finished()) {
             rt.restart.notify_one();
         }
     }
@@ -327,7 +329,7 @@ impl Engine {
     fn set_connection(&self, state: ConnState, transport: Which, attempts: u32, error: Option<&Error>) {
         let rt = &self.inner().rt;
         let status = {
-            let mut s = rt.status.lock().unwrap();
+            let mut s = rt.status.lock();
             let last_error = match error {
                 Some(e) => Some(ErrorInfo::from(e)),
                 None if state == ConnState::Open => None,
@@ -380,7 +382,7 @@ impl Engine {
                 _ = rt.restart.notified() => End::Restart,
                 _ = sleep_until(probe.unwrap_or_else(Instant::now)), if probe.is_some() => End::Probe,
             };
-            *rt.out.lock().unwrap() = None;
+            *rt.out.lock() = None;
             if opened.is_some() {
                 self.kick(); // pull at once and poll until a stream is open again
             }
@@ -487,9 +489,9 @@ impl Engine {
     /// Returns the connection's number (see `Inner::stream_checked`).
     fn opened(&self, which: Which, out: Option<UnboundedSender<String>>) -> u64 {
         let rt = &self.inner().rt;
-        *rt.out.lock().unwrap() = out;
+        *rt.out.lock() = out;
         if which == Which::WebSocket {
-            let subs: Vec<(String, String)> = rt.crdt.lock().unwrap().keys().cloned().collect();
+            let subs: Vec<(String, String)> = rt.crdt.lock().keys().cloned().collect();
             for (entity, row) in subs {
                 rt.send(json!({ "type": "crdt-subscribe", "entity": entity, "rowId": row }));
             }
@@ -517,7 +519,7 @@ impl Engine {
             Inbound::Presence { from, client_id, event, data } => {
                 let key = client_id.clone().unwrap_or_else(|| format!("user:{}", from.as_deref().unwrap_or("")));
                 let changed = {
-                    let mut p = rt.presence.lock().unwrap();
+                    let mut p = rt.presence.lock();
                     if event == "leave" {
                         p.peers.remove(&key).is_some()
                     } else {
@@ -552,7 +554,7 @@ impl Engine {
             sleep(PRESENCE_GRACE).await;
             let rt = &me.inner().rt;
             let removed = {
-                let mut p = rt.presence.lock().unwrap();
+                let mut p = rt.presence.lock();
                 let before = p.peers.len();
                 // peers without a client id (other client libraries) cannot answer; keep them
                 p.peers.retain(|_, peer| peer.client_id.is_none() || peer.seen >= asked_at);
@@ -584,7 +586,7 @@ impl Engine {
     /// when a WebSocket is open, and again after every reconnect.
     pub fn set_presence(&self, data: Option<Value>) {
         let rt = &self.inner().rt;
-        let previous = std::mem::replace(&mut rt.presence.lock().unwrap().mine, data.clone());
+        let previous = std::mem::replace(&mut rt.presence.lock().mine, data.clone());
         match data {
             Some(d) => {
                 rt.send(rt.presence_frame("update", Some(&d)));
@@ -607,7 +609,7 @@ impl Engine {
     pub fn subscribe_crdt(&self, entity: &str, row_id: &str) {
         let rt = &self.inner().rt;
         let first = {
-            let mut subs = rt.crdt.lock().unwrap();
+            let mut subs = rt.crdt.lock();
             let n = subs.entry((entity.to_string(), row_id.to_string())).or_insert(0);
             *n += 1;
             *n == 1
@@ -621,7 +623,7 @@ impl Engine {
     pub fn unsubscribe_crdt(&self, entity: &str, row_id: &str) {
         let rt = &self.inner().rt;
         let last = {
-            let mut subs = rt.crdt.lock().unwrap();
+            let mut subs = rt.crdt.lock();
             let key = (entity.to_string(), row_id.to_string());
             match subs.get_mut(&key) {
                 Some(n) if *n > 1 => {
@@ -642,7 +644,7 @@ impl Engine {
 
     /// Active CRDT subscriptions with their counts.
     pub fn crdt_subscriptions(&self) -> Vec<(String, String, u32)> {
-        self.inner().rt.crdt.lock().unwrap().iter().map(|((e, r), n)| (e.clone(), r.clone(), *n)).collect()
+        self.inner().rt.crdt.lock().iter().map(|((e, r), n)| (e.clone(), r.clone(), *n)).collect()
     }
 
     async fn apply_stream_loop(self, mut rx: UnboundedReceiver<(u64, ChangeEvent)>) {

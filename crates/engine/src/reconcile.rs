@@ -28,8 +28,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::engine::TEMP_PREFIX;
-use crate::protocol::{ChangeEvent, Kind, Row};
+use crate::protocol::{ChangeEvent, Kind, Row, TEMP_PREFIX};
 use crate::queue::{Mutation, Queue, Status};
 use crate::replica::Replica;
 

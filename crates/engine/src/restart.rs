@@ -68,7 +68,8 @@ impl Boot {
 }
 
 /// The last events the replica took (at most [`MARKS`] of them, none more
-/// than [`ANCHOR_SPAN`] behind the cursor), each as much as tells it apart
+/// than [`ANCHOR_SPAN`] behind the cursor, and after a snapshot also those
+/// its rows may hold beyond it), each as much as tells it apart
 /// from the event a renumbered log holds at the same seq. A run of events
 /// rather than one: a single update can recur at the same seq (the same
 /// patch to the same row within the same second), a run of them does not.
@@ -125,10 +126,18 @@ impl Anchor {
     /// `before`, with its cursor now at `cursor`. `None` when no event taken
     /// lies near the cursor.
     pub(crate) fn extended(before: Option<&Anchor>, events: &[ChangeEvent], cursor: u64) -> Option<Anchor> {
+        Anchor::ahead(before, events, cursor, cursor)
+    }
+
+    /// As [`extended`](Self::extended), for rows that may already hold the
+    /// events after `cursor` up to `upto` (a snapshot's rows, read while the
+    /// log grew): those are marked too, so a log renumbered before the
+    /// replica pulls them is noticed even when it is the same up to `cursor`.
+    pub(crate) fn ahead(before: Option<&Anchor>, events: &[ChangeEvent], upto: u64, cursor: u64) -> Option<Anchor> {
         let newest = before.and_then(|a| a.marks.last()).map_or(0, |m| m.seq);
         let mut marks: Vec<Mark> = before.map(|a| a.marks.clone()).unwrap_or_default();
-        marks.extend(events.iter().filter(|c| c.seq > newest && c.seq <= cursor).map(Mark::of));
-        let near = |m: &Mark| m.seq >= 1 && m.seq <= cursor && cursor - m.seq < ANCHOR_SPAN;
+        marks.extend(events.iter().filter(|c| c.seq > newest && c.seq <= upto).map(Mark::of));
+        let near = |m: &Mark| m.seq >= 1 && (m.seq > cursor || cursor - m.seq < ANCHOR_SPAN);
         marks.retain(near);
         let skip = marks.len().saturating_sub(MARKS);
         marks.drain(..skip);
@@ -342,5 +351,24 @@ mod tests {
         assert!(a.near(40 + ANCHOR_SPAN - 1).is_some());
         assert!(a.near(40 + ANCHOR_SPAN + MARKS as u64).is_none());
         assert!(Anchor::extended(Some(&a), &[], 200).is_none());
+    }
+
+    #[test]
+    fn rows_read_past_the_head_are_checked_past_it_too() {
+        let log = [
+            event(1, "a", json!({ "id": "a" }), "t1"),
+            event(2, "b", json!({ "id": "b" }), "t1"),
+            event(3, "c", json!({ "title": "c" }), "t1"),
+        ];
+        // rows read at head 2 that already hold the insert at 3
+        let anchor = Anchor::ahead(None, &log, 3, 2).unwrap();
+        assert!(anchor.check(&log, 0, 3, true, 2).is_some());
+        // a restart re-seeded the same first two events within the second
+        let other = [log[0].clone(), log[1].clone(), event(3, "d", json!({ "title": "d" }), "t1")];
+        assert!(anchor.check(&other, 0, 3, true, 2).is_none(), "another event past the head");
+        assert!(anchor.check(&other[..2], 0, 2, true, 2).is_none(), "a log that ends at the head");
+        // marks past the cursor are kept as the cursor moves up to them
+        assert_eq!(anchor.near(2).unwrap().read_from(), 0);
+        assert_eq!(Anchor::extended(Some(&anchor), &[], 3).unwrap().at(), 3);
     }
 }

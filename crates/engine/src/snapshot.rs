@@ -53,6 +53,35 @@ async fn anchor_at(api: &Api, token: Option<&str>, head: u64) -> Result<Option<A
     }
 }
 
+/// The anchor for rows read after `before` was taken at `head`: the log is
+/// read again from `before` to its head now, so the anchor also marks the
+/// events the rows may already hold. A log renumbered since `before` was read
+/// (the rows may come from the restarted server) makes the caller start over;
+/// one renumbered later differs from these marks, even if its first `head`
+/// events are the same (a restart re-seeds the same rows within a second).
+async fn anchor_after_rows(
+    api: &Api,
+    token: Option<&str>,
+    before: Option<Anchor>,
+    head: u64,
+) -> Result<Option<Anchor>> {
+    let now = api.head(token).await?;
+    if now < head {
+        return Err(Error::Resync { oldest_seq: now + 1 });
+    }
+    if now == head {
+        return Ok(before);
+    }
+    let from = before.as_ref().map_or(head, Anchor::read_from);
+    let page = api.pull_until(token, from, now - 1, before.as_ref()).await?;
+    if let Some(a) = &before {
+        if a.check(&page.changes, from, page.cursor.last_seq, !page.has_more, head).is_none() {
+            return Err(Error::Resync { oldest_seq: 0 });
+        }
+    }
+    Ok(Anchor::ahead(before.as_ref(), &page.changes, page.cursor.last_seq, head))
+}
+
 /// `progress(entity, rows_so_far, done)` is called after every page.
 /// `anchored`: also read the snapshot's anchor (a replica that will follow
 /// the log needs it; a one-off read for hydration does not).
@@ -99,5 +128,6 @@ pub async fn take(
         }
         out.insert(info.name.clone(), rows);
     }
+    let anchor = if anchored { anchor_after_rows(api, token, anchor, head).await? } else { None };
     Ok(Snapshot { head, rows: out, log_only, anchor })
 }

@@ -1001,6 +1001,45 @@ fn kept() -> Vec<(u64, Vec<Op>)> {
     use Op::*;
     vec![
         (
+            0,
+            vec![
+                LocalInsert(2),
+                Crash(0),
+                LocalInsert(0),
+                RemoteInsert,
+                LocalInsert(0),
+                LocalInsert(0),
+                Quiet,
+                LocalInsert(0),
+                LocalInsert(0),
+                Flip(0),
+                LocalInsert(0),
+                RemoteNote(1),
+                Wait(1),
+                LocalInsert(0),
+                LocalInsert(0),
+                LocalInsert(0),
+                RemoteNoteEdit(1, 29),
+                RemoteInsert,
+                LocalInsert(0),
+                LocalInsert(0),
+            ],
+        ),
+        (
+            15740755236896010541,
+            vec![
+                LocalInsert(1),
+                Reopen(2),
+                LocalDelete(1, 0),
+                LocalInsert(2),
+                ServerRestart,
+                LocalInvalid(0),
+                Wait(30),
+                RemoteDelete(0),
+                ServerRestart,
+            ],
+        ),
+        (
             5687367820799469729,
             vec![
                 RemoteInsert,

@@ -1,0 +1,66 @@
+//! What an engine is opened with.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::io::Io;
+use crate::transport::Liveness;
+
+/// How the engine follows the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// WebSocket; SSE when it cannot connect or keeps dying; polling after
+    /// that; better transports are probed again later.
+    Auto,
+    WebSocket,
+    Sse,
+    /// Pull every `poll_interval`, no stream.
+    Poll,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub base_url: String,
+    pub transport: Transport,
+    pub poll_interval: Duration,
+    /// Base of the reconnect/retry backoff.
+    pub reconnect_delay: Duration,
+    pub token: Option<String>,
+    /// Overrides the WebSocket URL derived from `base_url` (port + 1).
+    pub ws_url: Option<String>,
+    /// Overrides the SSE URL derived from `base_url` (port + 2, `/events`).
+    pub sse_url: Option<String>,
+    pub liveness: Liveness,
+    /// PEM of certificate authorities to trust for https/wss besides the web roots.
+    pub ca: Option<String>,
+    /// After falling back to a lesser transport, try a better one again this
+    /// long later (doubling while it keeps failing, up to 10 min).
+    pub probe_interval: Duration,
+    /// `None`: keep everything in memory.
+    pub db_path: Option<PathBuf>,
+    pub app_name: String,
+    /// Where requests, streams, the clock and chance come from (`None`: the
+    /// network and the system; a simulation brings its own).
+    pub io: Option<Arc<dyn Io>>,
+}
+
+impl Config {
+    pub fn new(base_url: &str) -> Config {
+        Config {
+            base_url: base_url.to_string(),
+            transport: Transport::Auto,
+            poll_interval: Duration::from_millis(1000),
+            reconnect_delay: Duration::from_millis(1000),
+            token: None,
+            ws_url: None,
+            sse_url: None,
+            liveness: Liveness { ping_interval: Duration::from_secs(15), ping_timeout: Duration::from_secs(10) },
+            probe_interval: Duration::from_secs(60),
+            ca: None,
+            db_path: None,
+            app_name: "default".into(),
+            io: None,
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! Catching up: pulling the log page by page to the head (every page checked
+//! against the anchor, see `restart`), replaying it from 0 for entities only
+//! the log fills (staged, shown once at the head), and applying stream events
+//! that continue the cursor exactly. Every change is committed to SQLite with
+//! the cursor and the anchor, then applied to the replica under `state`.
+//! Pulls run inside a round (`sync` held); the stream applier takes `sync`
+//! itself, so stream events never interleave with a round.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::protocol::{ChangeEvent, Kind, PullPage};
+use crate::queue::Mutation;
+use crate::reconcile;
+use crate::replica::{Effect, RowText};
+use crate::restart::{Anchor, ANCHOR_SPAN};
+
+use super::{Engine, Replay, State, PRUNE_EVERY};
+
+impl Engine {
+    /// Pulls until the server says there is no more, bootstrapping first when
+    /// some readable entity has no snapshot in the replica yet.
+    pub(super) async fn pull_to_head(&self) -> Result<()> {
+        loop {
+            match self.pull_pages().await {
+                Err(Error::Resync { oldest_seq }) => {
+                    if oldest_seq <= self.cursor() {
+                        // the log ends before our cursor: it was renumbered
+                        self.count_restart().await?;
+                    }
+                    let n = self.inner.resyncs_in_a_row.fetch_add(1, Ordering::SeqCst);
+                    if n == 0 && self.resnapshot().await? {
+                        continue;
+                    }
+                    self.reset_replica_inner("resync").await?;
+                    if n >= 1 {
+                        return Err(Error::Resync { oldest_seq });
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Pulls pages until the head. Every page starts a little before the
+    /// cursor, at the last events the replica took (its anchor): a log that
+    /// no longer holds them was renumbered by a restart — between rounds or
+    /// between two pages — and the replica is rebuilt before anything is
+    /// applied.
+    ///
+    /// A pull from 0 replays the whole log (entities only the log fills):
+    /// its pages are gathered and applied at once, when the head is reached,
+    /// so a row that a later page deletes is never shown meanwhile.
+    pub(super) async fn pull_pages(&self) -> Result<()> {
+        let mut first = true;
+        let mut staged: Option<Replay> = None;
+        loop {
+            self.bootstrap_if_needed().await?;
+            // the epoch is read with the cursor: both change together
+            let (since, kept, epoch) = {
+                let st = self.inner.state.read();
+                (st.cursor, st.anchor.clone(), self.inner.epoch.load(Ordering::SeqCst))
+            };
+            if let Some(at) = staged.as_ref().map(|r| r.at) {
+                let page = self.inner.api.pull(self.session_token().as_deref(), at).await?;
+                match self.stage(&mut staged, page).await {
+                    None | Some(Ok(false)) => continue,
+                    Some(done) => return done.map(drop),
+                }
+            }
+            let token = self.session_token();
+            // an anchor a page away is asked for again; without one (or too
+            // far back) the last events we may read before the cursor are
+            // learned as the next anchor
+            // (a replay from 0 checks it once at the head instead)
+            let anchor = kept.as_ref().filter(|_| since > 0).and_then(|a| a.near(since));
+            let from = match &anchor {
+                Some(a) => a.read_from(),
+                None if first => since.saturating_sub(ANCHOR_SPAN),
+                None => since,
+            };
+            let checking = std::mem::take(&mut first) || anchor.is_some();
+            // streams opened before this request are vouched for by its answer
+            let opened = self.inner.rt.opened.load(Ordering::SeqCst);
+            tracing::debug!(since, from, checked = anchor.is_some(), "pull");
+            // a 410 here is taken as for the cursor itself: at worst (the log
+            // keeps the cursor but not the anchor, some 10,000 events behind
+            // the head) one resnapshot too many
+            let page = self.inner.api.pull_until(token.as_deref(), from, since, anchor.as_ref()).await?;
+            if !page.has_more && page.cursor.last_seq < since {
+                // the log ends before our cursor: it was renumbered (a 410
+                // says the same for a cursor past the head + 1)
+                self.reset_replica_inner("server").await?;
+                continue;
+            }
+            // what the new events extend: the anchor as the log confirms it
+            let mut base = kept.clone();
+            if let Some(a) = &anchor {
+                match a.check(&page.changes, from, page.cursor.last_seq, !page.has_more, since) {
+                    Some(confirmed) => base = Some(confirmed),
+                    None => {
+                        if from == 0 {
+                            if let Some(oldest_seq) = self.log_moved_on(token.as_deref(), since).await? {
+                                return Err(Error::Resync { oldest_seq });
+                            }
+                        }
+                        self.reset_replica_inner("server").await?;
+                        continue;
+                    }
+                }
+            }
+            if checking {
+                self.inner.stream_checked.fetch_max(opened, Ordering::SeqCst);
+            }
+            self.inner.resyncs_in_a_row.store(0, Ordering::SeqCst);
+            let more = page.has_more;
+            if since == 0 {
+                staged = Some(Replay { events: Vec::new(), at: 0, epoch, expect: kept });
+                match self.stage(&mut staged, page).await {
+                    None | Some(Ok(false)) => continue,
+                    Some(done) => return done.map(drop),
+                }
+            }
+            self.apply_page(page, since, epoch, base).await?;
+            if !more {
+                if self.awaited_missing() {
+                    self.reset_replica_inner("server").await?;
+                    continue;
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Whether the log, read to its head, lacks the insert event of one of
+    /// ours acknowledged after the cursor was where it points: then the log
+    /// that acknowledged it was renumbered since, even if the new one is the
+    /// same up to that cursor (a restart re-seeds the same rows within the
+    /// same second), and the row shown from the acknowledgement, or anything
+    /// else that changed meanwhile, may no longer be so.
+    fn awaited_missing(&self) -> bool {
+        let st = self.inner.state.read();
+        let missing = st.awaited.values().any(|(_, after)| *after < st.cursor);
+        if missing {
+            tracing::debug!(awaited = ?st.awaited, cursor = st.cursor, "an acknowledged insert never came");
+        }
+        missing
+    }
+
+    /// Adds a page to a replay from 0; at the head, applies the whole replay
+    /// in one transaction and returns its outcome: false when the log turned
+    /// out renumbered since the snapshot (the replica is reset to start over).
+    pub(super) async fn stage(&self, staged: &mut Option<Replay>, page: PullPage) -> Option<Result<bool>> {
+        let replay = staged.as_mut()?;
+        let (from, to) = (replay.at, page.cursor.last_seq);
+        if to < from {
+            return Some(Err(Error::Protocol(format!(
+                "server moved the cursor backwards during a replay ({from} → {to})"
+            ))));
+        }
+        replay.events.extend(page.changes.into_iter().filter(|c| c.seq > from && c.seq <= to));
+        replay.at = to;
+        if page.has_more {
+            return None;
+        }
+        let Replay { events, at, epoch, expect } = staged.take()?;
+        tracing::debug!(events = events.len(), at, epoch, "replay from 0 reached the head");
+        // a replay from 0 reads the log from its start: it must hold the
+        // events the snapshot's rows were read after
+        if expect.is_some_and(|a| a.check(&events, 0, at, true, a.at()).is_none()) {
+            return Some(self.reset_replica_inner("server").await.map(|()| false));
+        }
+        let anchor = Anchor::extended(None, &events, at);
+        Some(self.apply_changes(events, Some((at, anchor)), epoch).await.map(|()| true))
+    }
+
+    /// Applies one page of changes and moves the cursor, in one transaction.
+    /// `base`: the anchor the page's new events extend (`None`: one is
+    /// learned from the whole page).
+    pub(super) async fn apply_page(&self, page: PullPage, since: u64, epoch: u64, base: Option<Anchor>) -> Result<()> {
+        let PullPage { mut changes, cursor, .. } = page;
+        if cursor.last_seq < since {
+            return Err(Error::Protocol(format!("server moved the cursor backwards ({since} → {})", cursor.last_seq)));
+        }
+        // the page may start before the cursor (the anchor check)
+        let anchor = Anchor::extended(base.as_ref(), &changes, cursor.last_seq);
+        changes.retain(|c| c.seq > since && c.seq <= cursor.last_seq);
+        self.apply_changes(changes, Some((cursor.last_seq, anchor)), epoch).await
+    }
+
+    /// Change events from a stream. The stream is a hint (not gap-free, not
+    /// policy-filtered): a run of events that continues the cursor exactly
+    /// and touches only entities everyone may read is applied as a pull page
+    /// would be; anything else (a gap, a protected entity, an entity not
+    /// bootstrapped yet) asks for a pull instead. Events at or below the
+    /// cursor are duplicates.
+    pub(crate) async fn apply_stream(&self, events: Vec<(u64, ChangeEvent)>) {
+        let _sync = self.inner.sync.lock().await;
+        let (floor, checked) =
+            (self.inner.stream_floor.load(Ordering::SeqCst), self.inner.stream_checked.load(Ordering::SeqCst));
+        let trusted = events.iter().all(|(connection, _)| (floor..=checked).contains(connection));
+        let mut events: Vec<ChangeEvent> = events.into_iter().map(|(_, e)| e).collect();
+        events.sort_by_key(|e| e.seq);
+        events.dedup_by_key(|e| e.seq);
+        let (run, pull, epoch, kept) = {
+            let st = self.inner.state.read();
+            let usable = trusted && st.loaded && !st.quarantined && st.session.is_some();
+            let mut next = st.cursor + 1;
+            let mut run = Vec::new();
+            let mut pull = false;
+            for e in events {
+                if e.seq < next {
+                    continue;
+                }
+                if usable && e.seq == next && st.open.contains(&e.entity) && st.covered.contains_key(&e.entity) {
+                    next += 1;
+                    run.push(e);
+                } else {
+                    pull = true;
+                    break;
+                }
+            }
+            (run, pull, self.inner.epoch.load(Ordering::SeqCst), st.anchor.clone())
+        };
+        let mut pull = pull;
+        tracing::debug!(run = run.len(), pull, "stream events");
+        if let Some(last) = run.last() {
+            let at = Some((last.seq, Anchor::extended(kept.as_ref(), &run, last.seq)));
+            if self.apply_changes(run, at, epoch).await.is_err() {
+                pull = true; // the pull reports the failure, with backoff
+            }
+        }
+        if pull {
+            self.kick();
+        }
+    }
+
+    /// Merges server changes (and the new cursor with the event it was
+    /// reached by, if any) durably, then in memory. An insert event that
+    /// names one of our own inserts in doubt (by the nonce sent as its `id`)
+    /// acknowledges that insert first, so its row is never shown twice.
+    pub(crate) async fn apply_changes(
+        &self,
+        changes: Vec<ChangeEvent>,
+        cursor: Option<(u64, Option<Anchor>)>,
+        epoch: u64,
+    ) -> Result<()> {
+        // our inserts in doubt this batch reports applied (acknowledged
+        // first), and those parked under another identity (temp → server id)
+        let mut own: Vec<(Mutation, Option<String>)> = Vec::new();
+        let mut parked: Vec<(String, String)> = Vec::new();
+        {
+            let st = self.inner.state.read();
+            for c in &changes {
+                if let Some(m) = reconcile::own_insert(&st.queue, c) {
+                    own.push((m.clone(), Some(c.row_id.clone())));
+                } else if let Some(temp) = reconcile::nonce(c).filter(|t| st.parked_in_doubt.contains(*t)) {
+                    parked.push((temp.to_string(), c.row_id.clone()));
+                }
+            }
+        }
+        if !own.is_empty() {
+            tracing::debug!("adopt {:?}", own.iter().map(|(m, s)| (m.row_id.clone(), s.clone())).collect::<Vec<_>>());
+            self.applied_all(own).await?;
+        }
+        let (mut effects, missing) = {
+            let st = self.inner.state.read();
+            // an insert or update of a row the snapshot holds, from before the
+            // snapshot's head: superseded. Anything else is applied as it
+            // comes: a row deleted before the snapshot must end as a tombstone,
+            // so that an in-doubt insert found in the log is not stored again.
+            let snapshot_holds = |c: &ChangeEvent| {
+                c.kind != Kind::Delete
+                    && st.covered.get(&c.entity).is_some_and(|head| c.seq <= *head)
+                    && st.replica.base(&c.entity, &c.row_id).is_some()
+            };
+            if changes.iter().any(snapshot_holds) {
+                let fresh: Vec<ChangeEvent> = changes.iter().filter(|c| !snapshot_holds(c)).cloned().collect();
+                st.replica.plan(&fresh)
+            } else {
+                st.replica.plan(&changes)
+            }
+        };
+        if !missing.is_empty() {
+            let token = self.session_token();
+            for m in missing {
+                if let Some(mut row) = self.inner.api.get(token.as_deref(), &m.entity, &m.id).await? {
+                    row.insert("id".into(), Value::String(m.id.clone()));
+                    effects.push(Effect::Put { entity: m.entity, id: m.id, seq: m.seq, data: RowText::new(&row) });
+                }
+            }
+        }
+        tracing::debug!(changes = changes.len(), effects = effects.len(), cursor = ?cursor.as_ref().map(|c| c.0), "apply");
+        let entities = self
+            .with_db(move |me, db| {
+                if me.inner.epoch.load(Ordering::SeqCst) != epoch {
+                    tracing::debug!("changes dropped: the replica was reset meanwhile");
+                    return Ok(Vec::new()); // reset meanwhile: these changes belong to the old replica
+                }
+                let (cursor, anchor) = match cursor {
+                    Some((c, a)) => (Some(c), a),
+                    None => (None, None),
+                };
+                // our inserts' own events, taken at last
+                let awaited = {
+                    let st = me.inner.state.read();
+                    let mut awaited = st.awaited.clone();
+                    awaited.retain(|nonce, _| !changes.iter().any(|c| reconcile::nonce(c) == Some(nonce.as_str())));
+                    (awaited.len() != st.awaited.len()).then_some(awaited)
+                };
+                db.write(|w| {
+                    w.effects(&effects)?;
+                    if let Some(a) = &awaited {
+                        w.set_meta("awaited", &serde_json::to_string(a)?)?;
+                    }
+                    for (temp, server) in &parked {
+                        w.set_alias(temp, server)?;
+                    }
+                    if let Some(c) = cursor {
+                        w.set_cursor(c)?;
+                    }
+                    if let Some(a) = &anchor {
+                        w.set_meta("anchor", &serde_json::to_string(a)?)?;
+                    }
+                    Ok(())
+                })?;
+                let mut st = me.inner.state.write();
+                if let Some(c) = cursor {
+                    st.cursor = c;
+                }
+                if anchor.is_some() {
+                    st.anchor = anchor;
+                }
+                if let Some(a) = awaited {
+                    st.awaited = a;
+                }
+                for (temp, server) in parked {
+                    st.parked_in_doubt.remove(&temp);
+                    st.aliases.insert(temp, server);
+                }
+                let State { replica, queue, witness, .. } = &mut *st;
+                let touched = replica.commit(&effects, queue);
+                if queue.in_doubt() > 0 {
+                    witness.record(&changes);
+                } else {
+                    witness.clear();
+                }
+                // every thousand events, tombstones the cursor has passed go
+                let pruned = me.inner.pruned_at.load(Ordering::SeqCst);
+                let gone = match cursor {
+                    Some(c) if c.abs_diff(pruned) >= PRUNE_EVERY => {
+                        me.inner.pruned_at.store(c, Ordering::SeqCst);
+                        replica.prune_tombstones(c)
+                    }
+                    _ => Vec::new(),
+                };
+                me.refresh_counts(&mut st);
+                drop(st);
+                if !gone.is_empty() {
+                    db.write(|w| gone.iter().try_for_each(|(e, id)| w.delete_row(e, id)))?;
+                }
+                Ok(touched)
+            })
+            .await?;
+        if !entities.is_empty() {
+            self.emit(Event::Change { entities });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! Lifecycle: `start`, `stop`, `close`, `abandon`, and the sync loop (one
+//! round: session check → boot check → send queued writes → pull to the
+//! head, then wait for a wake, a poll tick or the safety pull). Owns the
+//! loop task (`loop_handle`) and the `running`/`closed` flags. A round holds
+//! the `sync` lock; `stop()` aborts the loop between awaits, which is why
+//! work planned in a round re-checks the epoch before it commits.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
+use crate::events::{Event, Phase};
+
+use super::{Engine, BACKOFF_CAP, SAFETY_PULL};
+
+impl Engine {
+    /// The spec's `start()`: load the replica and the queue from disk, resolve
+    /// the session, catch up with the server, then follow it. Resolves after the
+    /// first sync attempt; when the server is unreachable it resolves anyway
+    /// (offline), reports the error as an event and keeps retrying.
+    pub async fn start(&self) -> Result<()> {
+        self.check_open()?;
+        if self.inner.running.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.set_phase(Phase::Starting, None, 0);
+        if let Err(e) = self.load().await {
+            self.inner.running.store(false, Ordering::SeqCst);
+            self.set_phase(Phase::Stopped, Some(&e), 0);
+            return Err(e);
+        }
+        let first = self.sync_once().await;
+        let mut backoff = Backoff::new(self.inner.cfg.reconnect_delay, BACKOFF_CAP, self.inner.io.clone());
+        let first_delay = self.after_sync(&first, &mut backoff);
+        if !self.inner.running.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let me = self.clone();
+        let span = me.inner.span.clone();
+        let handle = tokio::spawn(async move { me.run(backoff, first_delay).await }.instrument(span));
+        *self.inner.loop_handle.lock() = Some(handle);
+        self.start_realtime();
+        match first {
+            Err(e) if !e.is_transient() && !matches!(e, Error::Resync { .. } | Error::Http { .. }) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops following the server; local reads and writes keep working.
+    pub async fn stop(&self) {
+        self.inner.running.store(false, Ordering::SeqCst);
+        self.inner.stop.notify_waiters();
+        let handle = self.inner.loop_handle.lock().take();
+        if let Some(h) = handle {
+            h.abort();
+            let _ = h.await;
+        }
+        self.stop_realtime().await;
+        if !self.inner.closed.load(Ordering::SeqCst) {
+            self.set_phase(Phase::Stopped, None, 0);
+        }
+    }
+
+    /// Stops and releases the database; every later call fails with `ERR_SYNC_CLOSED`.
+    pub async fn close(&self) {
+        self.stop().await;
+        let _sync = self.inner.sync.lock().await;
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let me = self.clone();
+        let release = move || drop(me.inner.db.lock().take());
+        if self.inner.io.inline_db() {
+            release();
+        } else {
+            let _ = tokio::task::spawn_blocking(release).await;
+        }
+        self.set_phase(Phase::Closed, None, 0);
+        self.set_listener(None);
+    }
+
+    /// Ends the engine the way a killed process ends: its tasks are dropped
+    /// wherever they wait, nothing is sent or finished, and the database is
+    /// let go. A simulation's crash (`tests/sim.rs`); applications use
+    /// `close()`.
+    #[doc(hidden)]
+    pub fn abandon(&self) {
+        self.inner.running.store(false, Ordering::SeqCst);
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let handles = [self.inner.loop_handle.lock().take(), self.inner.rt.handle.lock().take()];
+        for h in handles.into_iter().flatten() {
+            h.abort();
+        }
+        drop(self.inner.db.lock().take());
+        self.set_listener(None);
+    }
+
+    pub(super) async fn run(self, mut backoff: Backoff, mut delay: Duration) {
+        loop {
+            // a local write wakes the loop early, except while backing off
+            tokio::select! {
+                biased; // one order, so a simulation replays
+                _ = self.inner.stop.notified() => return,
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.inner.wake.notified(), if backoff.attempts() == 0 => {}
+            }
+            if !self.inner.running.load(Ordering::SeqCst) {
+                return;
+            }
+            let res = self.sync_once().await;
+            delay = self.after_sync(&res, &mut backoff);
+        }
+    }
+
+    /// Decides how long to wait after a sync attempt, and reports it.
+    pub(super) fn after_sync(&self, res: &Result<()>, backoff: &mut Backoff) -> Duration {
+        match res {
+            Ok(()) => {
+                backoff.reset();
+                self.set_phase(Phase::Idle, None, 0);
+                if self.inner.rt.streaming() {
+                    // the stream brings changes; an occasional pull catches what it missed
+                    self.inner.cfg.poll_interval.max(SAFETY_PULL)
+                } else {
+                    self.inner.cfg.poll_interval
+                }
+            }
+            Err(e) => {
+                self.inner.boot_check_due.store(true, Ordering::SeqCst);
+                let context = match e {
+                    Error::Resync { .. } => "pull",
+                    _ => "sync",
+                };
+                self.emit(Event::Error { context, error: e.clone() });
+                let delay = match e {
+                    Error::Resync { .. } => {
+                        // the breaker: 2, 4, 8, 16, 30 s between repeated resyncs
+                        // (the first 410 of a series was retried at once)
+                        let n = self.inner.resyncs_in_a_row.load(Ordering::SeqCst).saturating_sub(1).clamp(1, 5);
+                        BACKOFF_CAP.min(Duration::from_secs(1 << n))
+                    }
+                    Error::Http { status: 429, retry_after, .. } => {
+                        backoff.penalize(2);
+                        let jitter = backoff.next_delay();
+                        retry_after.map_or(jitter, |r| r.max(jitter.min(r + self.inner.cfg.reconnect_delay)))
+                    }
+                    _ => backoff.next_delay(),
+                };
+                let phase = if matches!(e, Error::Network(_)) { Phase::Offline } else { Phase::Backoff };
+                self.set_phase(phase, Some(e), backoff.attempts());
+                delay
+            }
+        }
+    }
+
+    /// One round: make sure the session is known, send queued writes, pull.
+    pub async fn sync_once(&self) -> Result<()> {
+        self.check_open()?;
+        let _sync = self.inner.sync.lock().await;
+        self.load().await?;
+        self.ensure_session().await?;
+        self.check_server_boot().await?;
+        self.flush().await?;
+        self.pull_to_head().await
+    }
+
+    /// Asks the loop to sync now (after a local write).
+    pub(crate) fn kick(&self) {
+        self.inner.wake.notify_one();
+    }
+}

@@ -1,0 +1,489 @@
+//! The engine: owns the replica, the database and the queue, and runs the
+//! sync loop (session check → send queued writes → pull) on tokio.
+//!
+//! Locking: `db` serialises every durable change (held across the SQLite
+//! transaction); `state` guards the in-memory view and is only held briefly,
+//! so readers on the JS thread are never blocked by disk or network. Every
+//! change is written to SQLite first and applied to memory after the commit.
+//! `sync` serialises the network-facing work (session flips, sending writes,
+//! pulling), so a write's answer is always handled before later server
+//! changes are applied. The epoch (the replica generation) moves under the
+//! `state` lock together with the rows and cursor it invalidates (flip,
+//! reset, a snapshot that moves the cursor), and work reads it with the
+//! cursor it planned from: `stop()` may drop a round mid-way and release
+//! `sync` while its database work still runs, and the epoch is what refuses
+//! that work's stale plan.
+
+mod acks;
+mod boot;
+mod bootstrap;
+mod catchup;
+mod lifecycle;
+mod outbox;
+mod reads;
+mod reset;
+mod session;
+
+pub use bootstrap::get_server_data;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::api::Api;
+use crate::config::{Config, Transport};
+use crate::db::{Db, Stored};
+use crate::error::{Error, Result};
+use crate::events::{ErrorInfo, Event, Listener, Phase, SyncStatus};
+use crate::io::{random_suffix, Io, Net};
+use crate::protocol::{ChangeEvent, Hydration, Session};
+use crate::queue::{Mutation, MutationError, Queue};
+use crate::realtime::Realtime;
+use crate::reconcile;
+use crate::replica::Replica;
+use crate::restart::{Anchor, Boot};
+use crate::transport::Which;
+
+/// Why the server refused a write, as kept on the failed mutation.
+fn refusal(e: &Error) -> MutationError {
+    MutationError { code: e.server_code().unwrap_or(e.code()).to_string(), message: e.to_string(), status: e.status() }
+}
+
+/// Tombstones are pruned each time the cursor has moved this many events.
+const PRUNE_EVERY: u64 = 1000;
+
+/// Writes per `/api/batch` request, and its body size (the server takes 10 MiB).
+const BATCH_MAX: usize = 1000;
+const BATCH_BYTES: usize = 4 << 20;
+
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// How often the server's boot time is checked (also after errors and reconnects).
+const BOOT_CHECK_EVERY: Duration = Duration::from_secs(30);
+/// With a live stream, pull at least this often anyway: streams are hints
+/// and may silently miss events (§10.6).
+const SAFETY_PULL: Duration = Duration::from_secs(30);
+
+struct State {
+    replica: Replica,
+    queue: Queue,
+    cursor: u64,
+    /// Entities whose full snapshot is in the replica (the rest need
+    /// bootstrapping), each with the log head its snapshot was read after:
+    /// the snapshot already holds every change up to there, so replaying the
+    /// log (a replica that also follows log-only entities starts from 0)
+    /// skips them. 0 for an entity only the log fills.
+    covered: BTreeMap<String, u64>,
+    /// Entities no policy governs: everyone may read every row, so their
+    /// stream events can be applied as they arrive (the rest are confirmed by
+    /// a pull, which the server filters).
+    open: BTreeSet<String>,
+    session: Option<Session>,
+    /// Identity the stored rows belong to.
+    identity: String,
+    /// Fingerprint of the token that `session` was resolved with.
+    verified_fp: Option<String>,
+    /// That token. Every request that reads into the replica or sends a
+    /// queued write uses it, never a newer unverified one, so a token
+    /// change mid-round cannot mix identities.
+    verified_token: Option<String>,
+    /// Key of the queue in memory (the identity when verified, else the token's key).
+    queue_key: String,
+    /// Stored rows not yet shown because the token changed since they were stored.
+    quarantined: bool,
+    /// Insert events seen while an insert is in doubt (see `reconcile`).
+    witness: reconcile::Witness,
+    /// Temporary ids of acknowledged inserts → the server's ids.
+    aliases: std::collections::HashMap<String, String>,
+    /// Temporary ids of other identities' inserts in doubt, parked in the
+    /// database: an insert event naming one is recorded as its alias, so the
+    /// insert is known applied when its identity returns (even if a restart
+    /// has renumbered the log by then).
+    parked_in_doubt: std::collections::HashSet<String>,
+    /// When the server the replica follows started, from `/health`.
+    server_boot: Option<Boot>,
+    /// The last event the replica took (see `restart`); `None` after a
+    /// snapshot until the next pull learns one.
+    anchor: Option<Anchor>,
+    /// Our inserts acknowledged before their event was taken, by nonce →
+    /// (entity, the cursor then): the log must bring each after that cursor
+    /// (see `catchup`). Only for entities no policy governs, whose events
+    /// every reader is shown.
+    awaited: BTreeMap<String, (String, u64)>,
+    /// Restarts of the server noticed so far: an insert sent in an earlier
+    /// lifetime cannot be looked for in today's log.
+    server_gen: u64,
+    loaded: bool,
+    pending_hydration: Option<Hydration>,
+    status: SyncStatus,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: Config,
+    pub(crate) rt: Realtime,
+    pub(crate) io: Arc<dyn Io>,
+    /// Every record the engine's own tasks log is inside it: several engines
+    /// in one process are told apart by their replica file's name.
+    pub(crate) span: tracing::Span,
+    api: Api,
+    db: Mutex<Option<Db>>,
+    state: RwLock<State>,
+    token: RwLock<Option<String>>,
+    listener: RwLock<Option<Listener>>,
+    sync: tokio::sync::Mutex<()>,
+    wake: Notify,
+    stop: Notify,
+    /// Bumped by every reset, so work started before it is discarded.
+    epoch: AtomicU64,
+    running: AtomicBool,
+    closed: AtomicBool,
+    resyncs_in_a_row: AtomicU32,
+    /// The cursor at the last tombstone pruning.
+    pruned_at: AtomicU64,
+    /// The server refused `/api/batch`: admin writes go one by one.
+    no_batch: AtomicBool,
+    /// Check the server's boot time in the next round (start, errors, reconnects).
+    boot_check_due: AtomicBool,
+    last_boot_check: Mutex<Option<tokio::time::Instant>>,
+    /// Stream connections are numbered as they open ([`Realtime::opened`]).
+    /// An event is applied as a page only from a connection opened before a
+    /// round's first pull last found the log still holding the replica's
+    /// last events (numbers up to `stream_checked`), and not before the last
+    /// restart noticed (numbers from `stream_floor`): a restarted server's
+    /// events can continue our cursor's numbering, and a dead server's
+    /// connection may still deliver what it had sent. Other events are hints.
+    stream_checked: AtomicU64,
+    stream_floor: AtomicU64,
+    /// The epoch in which every manifest entity was found covered: the
+    /// manifest is read once per replica generation, not on every poll.
+    complete_in_epoch: AtomicU64,
+    loop_handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Writes made but not yet committed, in the order they were made.
+    submitted: Mutex<Vec<Submitted>>,
+}
+
+/// Where the cursor goes when a snapshot is installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// Keep following the log from our cursor (from the head for a fresh replica).
+    Follow,
+    /// From the head the snapshot was read after.
+    Head,
+    /// From 0: entities only the log fills are emptied and replayed.
+    Replay,
+}
+
+/// What [`Engine::applied_run`] committed: the acknowledged mutations (under
+/// their server ids), the acknowledgements left for the next run, and the
+/// entities that changed.
+struct AckedRun {
+    done: Vec<Mutation>,
+    left: Vec<(Mutation, Option<String>)>,
+    entities: Vec<String>,
+}
+
+/// A replay of the log from 0, gathered until it reaches the head.
+struct Replay {
+    events: Vec<ChangeEvent>,
+    /// The last seq read.
+    at: u64,
+    /// The replica generation it was started in.
+    epoch: u64,
+    /// The event the snapshot's rows were read after: the replay must hold
+    /// it, or the log was renumbered since the rows were read.
+    expect: Option<Anchor>,
+}
+
+/// A write waiting for its transaction, and who to tell when it is durable.
+struct Submitted {
+    m: Mutation,
+    done: tokio::sync::oneshot::Sender<Result<Mutation>>,
+}
+
+/// A sync engine for one server and one local database.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// The stored `covered` map; a list (schema v1/v2 before snapshot heads)
+/// means heads unknown, which replays everything as before.
+fn parse_covered(text: &str) -> Result<BTreeMap<String, u64>> {
+    match serde_json::from_str::<Value>(text)? {
+        Value::Array(names) => Ok(names.iter().filter_map(Value::as_str).map(|n| (n.to_string(), 0)).collect()),
+        other => Ok(serde_json::from_value(other)?),
+    }
+}
+
+/// Temporary ids of the inserts in doubt among `mutations`.
+fn in_doubt_ids(mutations: &[Mutation]) -> std::collections::HashSet<String> {
+    mutations.iter().filter(|m| crate::queue::is_in_doubt(m)).map(|m| m.row_id.clone()).collect()
+}
+
+/// A stable, non-reversible name for a token, so we can tell tokens apart
+/// without ever storing one.
+fn fingerprint(token: Option<&str>) -> String {
+    match token {
+        None => "anonymous".into(),
+        Some(t) => {
+            let digest = Sha256::digest(t.as_bytes());
+            digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+        }
+    }
+}
+
+const ANONYMOUS: &str = "user:|tenant:";
+
+fn token_key(fp: &str) -> String {
+    if fp == "anonymous" {
+        ANONYMOUS.into()
+    } else {
+        format!("token:{fp}")
+    }
+}
+
+impl Engine {
+    pub fn new(cfg: Config) -> Result<Engine> {
+        let io = match &cfg.io {
+            Some(io) => io.clone(),
+            None => Net::shared(cfg.ca.as_deref())?,
+        };
+        let api = Api::new(&cfg.base_url, io.clone())?;
+        if let Some(ca) = &cfg.ca {
+            crate::tls::client_config(ca)?; // a bad CA is a bad argument now, not a failed connection later
+        }
+        if cfg.app_name.is_empty() {
+            return Err(Error::InvalidArg("appName must not be empty".into()));
+        }
+        let token = cfg.token.clone().filter(|t| !t.is_empty());
+        let fp = fingerprint(token.as_deref());
+        let status = SyncStatus {
+            phase: Phase::Stopped,
+            transport: match cfg.transport {
+                Transport::Auto => "auto",
+                Transport::WebSocket => "websocket",
+                Transport::Sse => "sse",
+                Transport::Poll => "poll",
+            },
+            cursor: 0,
+            pending: 0,
+            failed: 0,
+            attempts: 0,
+            last_error: None,
+            last_synced_at: None,
+        };
+        let state = State {
+            replica: Replica::new(),
+            queue: Queue::default(),
+            cursor: 0,
+            covered: BTreeMap::new(),
+            open: BTreeSet::new(),
+            session: None,
+            identity: String::new(),
+            verified_fp: None,
+            verified_token: None,
+            queue_key: token_key(&fp),
+            quarantined: false,
+            server_boot: None,
+            anchor: None,
+            awaited: BTreeMap::new(),
+            server_gen: 0,
+            aliases: Default::default(),
+            parked_in_doubt: Default::default(),
+            witness: Default::default(),
+            loaded: false,
+            pending_hydration: None,
+            status,
+        };
+        let first = match cfg.transport {
+            Transport::Sse => Which::Sse,
+            Transport::Poll => Which::Poll,
+            Transport::Auto | Transport::WebSocket => Which::WebSocket,
+        };
+        let replica = cfg.db_path.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+        let span = tracing::debug_span!("engine", replica = replica.as_deref().unwrap_or(":memory:"));
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                span,
+                rt: Realtime::new(format!("c_{}_{}", io.now_ms(), random_suffix(&*io)), first, io.now_ms()),
+                cfg,
+                io,
+                api,
+                db: Mutex::new(None),
+                state: RwLock::new(state),
+                token: RwLock::new(token),
+                listener: RwLock::new(None),
+                sync: tokio::sync::Mutex::new(()),
+                wake: Notify::new(),
+                stop: Notify::new(),
+                epoch: AtomicU64::new(0),
+                running: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                resyncs_in_a_row: AtomicU32::new(0),
+                no_batch: AtomicBool::new(false),
+                pruned_at: AtomicU64::new(0),
+                boot_check_due: AtomicBool::new(true),
+                last_boot_check: Mutex::new(None),
+                stream_checked: AtomicU64::new(0),
+                stream_floor: AtomicU64::new(0),
+                complete_in_epoch: AtomicU64::new(u64::MAX),
+                loop_handle: Mutex::new(None),
+                submitted: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    pub fn api(&self) -> &Api {
+        &self.inner.api
+    }
+
+    pub fn set_listener(&self, listener: Option<Listener>) {
+        *self.inner.listener.write() = listener;
+    }
+
+    pub(crate) fn emit(&self, ev: Event) {
+        let l = self.inner.listener.read().clone();
+        if let Some(l) = l {
+            l(ev);
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The wall clock, as the engine's [`Io`] tells it.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.inner.io.now_ms()
+    }
+
+    /// Runs `f` with the open database on a blocking thread.
+    async fn with_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Engine, &mut Db) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.check_open()?;
+        let me = self.clone();
+        let work = move || {
+            let mut guard = me.inner.db.lock();
+            if guard.is_none() {
+                *guard = Some(Db::open(me.inner.cfg.db_path.as_deref())?);
+            }
+            f(&me, guard.as_mut().unwrap())
+        };
+        if self.inner.io.inline_db() {
+            return work();
+        }
+        tokio::task::spawn_blocking(work).await.map_err(|e| Error::Storage(format!("database task failed: {e}")))?
+    }
+
+    /// Opens the database and loads it into memory, once.
+    async fn load(&self) -> Result<()> {
+        if self.inner.state.read().loaded {
+            return Ok(());
+        }
+        self.with_db(|me, db| {
+            if me.inner.state.read().loaded {
+                return Ok(());
+            }
+            // read and index everything before taking the state lock, so
+            // readers on the JS thread never wait for the disk
+            let stored_fp = db.meta("token_fp")?;
+            let identity = db.meta("identity")?.unwrap_or_default();
+            let covered = match db.meta("covered")? {
+                Some(text) => parse_covered(&text)?,
+                None => BTreeMap::new(),
+            };
+            let fp = fingerprint(me.inner.token.read().as_deref());
+            let Stored { rows, mutations } = db.load()?;
+            let server_boot = db.meta("server_boot")?.as_deref().and_then(Boot::parse);
+            let anchor = db.meta("anchor")?.and_then(|t| serde_json::from_str::<Option<Anchor>>(&t).ok()).flatten();
+            let awaited = db.meta("awaited")?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+            let server_gen = db.meta("server_gen")?.and_then(|t| t.parse().ok()).unwrap_or(0);
+            let aliases = db.aliases(me.now_ms())?.into_iter().collect();
+            let cursor = db.cursor()?;
+            // Rows stored under another token stay hidden until /api/auth/me
+            // says the new token is the same identity.
+            let same_token = stored_fp.as_deref() == Some(fp.as_str()) || (rows.is_empty() && cursor == 0);
+            let queue_key = if same_token && !identity.is_empty() { identity.clone() } else { token_key(&fp) };
+            let (mine, others): (Vec<Mutation>, Vec<Mutation>) =
+                mutations.into_iter().partition(|m| m.identity == queue_key);
+            let parked_in_doubt = in_doubt_ids(&others);
+            let queue = Queue::new(mine);
+            let mut replica = Replica::new();
+            if same_token {
+                replica.load(rows);
+            }
+            replica.rebuild_overlay(&queue);
+            let mut st = me.inner.state.write();
+            st.identity = identity;
+            st.server_boot = server_boot;
+            st.anchor = anchor;
+            st.awaited = awaited;
+            st.server_gen = server_gen;
+            st.aliases = aliases;
+            st.parked_in_doubt = parked_in_doubt;
+            st.cursor = cursor;
+            st.covered = covered;
+            st.queue_key = queue_key;
+            st.quarantined = !same_token;
+            st.queue = queue;
+            st.replica.take_over(replica);
+            st.loaded = true;
+            me.refresh_counts(&mut st);
+            Ok(())
+        })
+        .await?;
+        let hydration = self.inner.state.write().pending_hydration.take();
+        if let Some(h) = hydration {
+            self.apply_hydration(h).await?;
+        }
+        let entities = self.entities();
+        if !entities.is_empty() {
+            self.emit(Event::Change { entities });
+        }
+        Ok(())
+    }
+
+    fn refresh_counts(&self, st: &mut State) {
+        st.status.pending = st.queue.pending_count();
+        st.status.failed = st.queue.len() - st.status.pending;
+        st.status.cursor = st.cursor;
+    }
+
+    fn set_phase(&self, phase: Phase, error: Option<&Error>, attempts: u32) {
+        let status = {
+            let mut st = self.inner.state.write();
+            let changed = st.status.phase != phase
+                || st.status.attempts != attempts
+                || error.map(ErrorInfo::from) != st.status.last_error && error.is_some();
+            st.status.phase = phase;
+            st.status.attempts = attempts;
+            if let Some(e) = error {
+                st.status.last_error = Some(e.into());
+            }
+            if phase == Phase::Idle {
+                st.status.last_synced_at = Some(self.now_ms());
+            }
+            self.refresh_counts(&mut st);
+            if !changed {
+                return;
+            }
+            st.status.clone()
+        };
+        self.emit(Event::Status(status));
+    }
+}

@@ -1,0 +1,440 @@
+//! The outbox: `insert/update/delete` queue a mutation, durable before the
+//! call resolves (writes made together commit in one transaction, in the
+//! order they were made), and a round sends what is queued — one by one over
+//! REST, or in `/api/batch` runs for admin tokens — in order, without ever
+//! sending an insert twice (an insert whose answer was lost is looked for
+//! first; see `acks`). Owns `submitted` and `no_batch`; changes the queue in
+//! `state` only after the database committed (`db`, then `state`).
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+
+use serde_json::Value;
+
+use crate::api::{check_entity, check_id, BatchWrite};
+use crate::db::Writer;
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::io::random_suffix;
+use crate::protocol::{Kind, Row, TEMP_PREFIX};
+use crate::queue::{Mutation, MutationError, Sent, Status};
+use crate::reconcile::{self, Found};
+
+use super::{refusal, Engine, State, Submitted, BATCH_BYTES, BATCH_MAX};
+
+impl Engine {
+    //
+    // Writes take their place in the queue when they are called, not when
+    // their future first runs: calls made one after another without awaiting
+    // are sent in that order. The future resolves once the write is in SQLite.
+
+    /// Optimistic insert under a temporary id (returned once the write is
+    /// durable), replaced by the server's id once acknowledged.
+    pub fn insert(&self, entity: &str, data: Row) -> impl Future<Output = Result<String>> + Send + 'static {
+        let temp = format!("{TEMP_PREFIX}{}_{}", self.now_ms(), random_suffix(&*self.inner.io));
+        let mut data = data;
+        data.remove("id");
+        let queued = check_entity(entity).and_then(|()| self.submit(entity, &temp, Kind::Insert, Some(data)));
+        async move { queued?.await.map(|()| temp) }
+    }
+
+    pub fn update(&self, entity: &str, id: &str, patch: Row) -> impl Future<Output = Result<()>> + Send + 'static {
+        let mut patch = patch;
+        patch.remove("id");
+        let queued = check_entity(entity).and_then(|()| check_id(id)).and_then(|()| {
+            if patch.is_empty() {
+                return Err(Error::InvalidArg("update needs at least one field to change".into()));
+            }
+            self.submit(entity, id, Kind::Update, Some(patch))
+        });
+        async move { queued?.await }
+    }
+
+    pub fn delete(&self, entity: &str, id: &str) -> impl Future<Output = Result<()>> + Send + 'static {
+        let queued =
+            check_entity(entity).and_then(|()| check_id(id)).and_then(|()| self.submit(entity, id, Kind::Delete, None));
+        async move { queued?.await }
+    }
+
+    /// Puts a write in line now; the returned future commits it (with any
+    /// others waiting: one transaction for a burst) and waits until it is durable.
+    pub(super) fn submit(
+        &self,
+        entity: &str,
+        row_id: &str,
+        kind: Kind,
+        data: Option<Row>,
+    ) -> Result<impl Future<Output = Result<()>> + Send + 'static> {
+        self.check_open()?;
+        let m = Mutation {
+            id: format!("mut_{}_{}", self.now_ms(), random_suffix(&*self.inner.io)),
+            order: 0,
+            identity: String::new(),
+            entity: entity.to_string(),
+            row_id: row_id.to_string(),
+            kind,
+            data,
+            status: Status::Pending,
+            error: None,
+            attempts: 0,
+            created_at: self.now_ms(),
+            sent: None,
+        };
+        let id = m.id.clone();
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.inner.submitted.lock().push(Submitted { m, done });
+        let me = self.clone();
+        Ok(async move {
+            let committed = match me.load().await {
+                Ok(()) => me.commit_submitted().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = committed {
+                // nobody committed it: take it back, so it can never be written after this error
+                let mut waiting = me.inner.submitted.lock();
+                if let Some(i) = waiting.iter().position(|s| s.m.id == id) {
+                    waiting.remove(i);
+                    return Err(e);
+                }
+            }
+            answer.await.map_err(|_| Error::Closed)?.map(|_| ())
+        })
+    }
+
+    /// Commits every submitted write in one transaction, then makes them visible.
+    pub(super) async fn commit_submitted(&self) -> Result<()> {
+        let batch = self
+            .with_db(|me, db| {
+                let mut batch = std::mem::take(&mut *me.inner.submitted.lock());
+                if batch.is_empty() {
+                    return Ok(Vec::new());
+                }
+                {
+                    // a temporary id the server has since named (the caller kept
+                    // what insert() returned) means that row; checked under the
+                    // database lock, so an acknowledgement cannot slip in between
+                    let st = me.inner.state.read();
+                    for Submitted { m, .. } in &mut batch {
+                        m.identity = st.queue_key.clone();
+                        if let Some(server) = st.aliases.get(&m.row_id) {
+                            m.row_id = server.clone();
+                        }
+                        for v in m.data.iter_mut().flat_map(|d| d.values_mut()) {
+                            if let Some(server) = v.as_str().and_then(|s| st.aliases.get(s)) {
+                                *v = Value::String(server.clone());
+                            }
+                        }
+                    }
+                }
+                if let Err(e) = db.write(|w| batch.iter_mut().try_for_each(|s| w.add_mutation(&mut s.m))) {
+                    for s in batch {
+                        let _ = s.done.send(Err(e.clone()));
+                    }
+                    return Ok(Vec::new());
+                }
+                let mut st = me.inner.state.write();
+                for Submitted { m, .. } in &batch {
+                    if m.identity == st.queue_key {
+                        st.queue.push(m.clone());
+                        let State { replica, queue, .. } = &mut *st;
+                        replica.refresh(&m.entity, &m.row_id, queue);
+                    }
+                }
+                me.refresh_counts(&mut st);
+                Ok(batch)
+            })
+            .await?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut entities: Vec<String> = batch.iter().map(|s| s.m.entity.clone()).collect();
+        entities.sort();
+        entities.dedup();
+        self.emit(Event::Change { entities });
+        for s in &batch {
+            self.emit(Event::Mutation { status: "pending", mutation: s.m.clone() });
+        }
+        self.kick();
+        for s in batch {
+            let _ = s.done.send(Ok(s.m));
+        }
+        Ok(())
+    }
+
+    /// Removes a mutation (typically a failed one) and its optimistic effect.
+    pub async fn remove_mutation(&self, id: &str) -> Result<bool> {
+        let id = id.to_string();
+        let removed = self
+            .with_db(move |me, db| {
+                if me.inner.state.read().queue.get(&id).is_none() {
+                    return Ok(None);
+                }
+                db.write(|w| w.delete_mutation(&id))?;
+                let mut st = me.inner.state.write();
+                let m = st.queue.remove(&id);
+                if let Some(m) = &m {
+                    let State { replica, queue, .. } = &mut *st;
+                    replica.refresh(&m.entity, &m.row_id, queue);
+                }
+                me.refresh_counts(&mut st);
+                Ok(m)
+            })
+            .await?;
+        match removed {
+            Some(m) => {
+                self.emit(Event::Change { entities: vec![m.entity.clone()] });
+                self.emit(Event::Mutation { status: "removed", mutation: m });
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Puts a failed mutation back in the queue.
+    pub async fn retry_mutation(&self, id: &str) -> Result<()> {
+        let m = self.set_mutation_status(id, Status::Pending, None).await?;
+        self.emit(Event::Change { entities: vec![m.entity.clone()] });
+        self.emit(Event::Mutation { status: "pending", mutation: m });
+        self.kick();
+        Ok(())
+    }
+
+    pub(super) async fn set_mutation_status(
+        &self,
+        id: &str,
+        status: Status,
+        error: Option<MutationError>,
+    ) -> Result<Mutation> {
+        let id = id.to_string();
+        self.with_db(move |me, db| {
+            let mut m = me
+                .inner
+                .state
+                .read()
+                .queue
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(format!("no mutation {id:?}")))?;
+            m.status = status;
+            m.error = error.clone();
+            if status == Status::Pending {
+                m.attempts = 0;
+            }
+            db.write(|w| w.save_mutation(&m))?;
+            let mut st = me.inner.state.write();
+            st.queue.replace(m.clone());
+            let State { replica, queue, .. } = &mut *st;
+            replica.refresh(&m.entity, &m.row_id, queue);
+            me.refresh_counts(&mut st);
+            Ok(m)
+        })
+        .await
+    }
+
+    /// Sends queued writes, oldest first, through the REST entity routes.
+    pub(super) async fn flush(&self) -> Result<()> {
+        let mut checked = false;
+        loop {
+            let (next, token, admin) = {
+                let st = self.inner.state.read();
+                if st.queue_key != st.identity {
+                    return Ok(()); // identity not verified for this token yet
+                }
+                let admin = st.session.as_ref().is_some_and(|s| s.is_admin);
+                (st.queue.next_pending().cloned(), st.verified_token.clone(), admin)
+            };
+            let Some(m) = next else { return Ok(()) };
+            if m.kind == Kind::Insert && m.sent.is_none() && !checked {
+                // an insert is looked for in the log it went into, counted in
+                // the server lifetime it was sent in: make sure that lifetime
+                // is today's (the pull checks the log still holds our anchor)
+                checked = true;
+                self.pull_to_head().await?;
+                continue;
+            }
+            if m.row_id.starts_with(TEMP_PREFIX) && m.kind != Kind::Insert {
+                let err = MutationError {
+                    code: "DEPENDENCY_FAILED".into(),
+                    message: format!("the insert that created {} failed or was removed", m.row_id),
+                    status: None,
+                };
+                self.fail(&m, err).await?;
+                continue;
+            }
+            if admin && !self.inner.no_batch.load(Ordering::SeqCst) && self.flush_batch(token.as_deref()).await? {
+                continue;
+            }
+            let m = match (m.kind, &m.sent) {
+                (Kind::Insert, Some(_)) => {
+                    // an earlier attempt may have been applied: pull (which
+                    // adopts it if its event comes along, and notices a
+                    // restart), then look for its event in the log; when the
+                    // log cannot tell, match fields
+                    self.pull_to_head().await?;
+                    let still = self.inner.state.read().queue.get(&m.id).cloned();
+                    let Some(m) = still.filter(|m| m.status == Status::Pending) else { continue };
+                    let found = match self.scan_for_insert(&m, token.as_deref()).await? {
+                        Some(found) => found,
+                        None => {
+                            let st = self.inner.state.read();
+                            reconcile::find_applied(&st.replica, &st.witness, &m).into()
+                        }
+                    };
+                    match found {
+                        Found::Applied(server_id) => {
+                            self.applied(&m, Some(server_id)).await?;
+                            continue;
+                        }
+                        Found::NotApplied => m,
+                    }
+                }
+                (Kind::Insert, None) => {
+                    let m = self.mark_sent(vec![m], true).await?.remove(0);
+                    tracing::debug!("send {} {:?}", m.row_id, m.sent);
+                    m
+                }
+                _ => m,
+            };
+            let api = &self.inner.api;
+            let t = token.as_deref();
+            let sent = match m.kind {
+                Kind::Insert => {
+                    let nonce = m.sent.as_ref().is_some_and(|s| s.nonce).then_some(m.row_id.as_str());
+                    api.insert(t, &m.entity, m.data.as_ref().unwrap_or(&Row::new()), nonce).await.map(Some)
+                }
+                Kind::Update => {
+                    api.update(t, &m.entity, &m.row_id, m.data.as_ref().unwrap_or(&Row::new())).await.map(|_| None)
+                }
+                Kind::Delete => match api.delete(t, &m.entity, &m.row_id).await {
+                    // already gone: the delete's goal holds
+                    Err(Error::Http { status: 404, .. }) => Ok(None),
+                    other => other.map(|_| None),
+                },
+            };
+            match sent {
+                Ok(server_id) => self.applied(&m, server_id).await?,
+                Err(e) if e.is_transient() && m.kind == Kind::Insert => {
+                    // its answer was lost: look in the log at once, while it
+                    // can still tell (a restart would renumber it). Only a
+                    // found insert is taken: one not found yet may still be
+                    // under way, and is looked for again before any re-send.
+                    if let Ok(Some(Found::Applied(server_id))) = self.scan_for_insert(&m, token.as_deref()).await {
+                        self.applied(&m, Some(server_id)).await?;
+                        continue;
+                    }
+                    return self.retry_later(m, e).await;
+                }
+                Err(e) if e.is_transient() => return self.retry_later(m, e).await,
+                Err(e) => self.fail(&m, refusal(&e)).await?,
+            }
+        }
+    }
+
+    /// Sends the queue head and the writes after it as one `/api/batch`
+    /// (admin sessions: a script importing 100,000 rows should not make
+    /// 100,000 requests). Per-write outcomes are handled exactly as on the
+    /// REST path. Returns false when the head must go alone, or the server
+    /// has no batch route.
+    pub(super) async fn flush_batch(&self, token: Option<&str>) -> Result<bool> {
+        let run: Vec<Mutation> = {
+            let st = self.inner.state.read();
+            let mut bytes = 0;
+            st.queue
+                .pending()
+                // an insert in doubt is reconciled alone; a write to a row whose
+                // insert is in this batch needs that insert's id first
+                .take_while(|m| !(m.kind == Kind::Insert && m.sent.is_some()))
+                .take_while(|m| m.kind == Kind::Insert || !m.row_id.starts_with(TEMP_PREFIX))
+                .take_while(|m| {
+                    bytes += 64 + m.data.as_ref().map_or(0, |d| serde_json::to_string(d).map_or(0, |t| t.len()));
+                    bytes <= BATCH_BYTES
+                })
+                .take(BATCH_MAX)
+                .cloned()
+                .collect()
+        };
+        if run.is_empty() {
+            return Ok(false);
+        }
+        let run = self.mark_sent(run, false).await?;
+        let empty = Row::new();
+        let writes: Vec<BatchWrite> = run
+            .iter()
+            .map(|m| {
+                let (entity, id, data) = (m.entity.as_str(), m.row_id.as_str(), m.data.as_ref().unwrap_or(&empty));
+                match m.kind {
+                    Kind::Insert => BatchWrite::Insert { entity, data },
+                    Kind::Update => BatchWrite::Update { entity, id, patch: data },
+                    Kind::Delete => BatchWrite::Delete { entity, id },
+                }
+            })
+            .collect();
+        match self.inner.api.batch(token, &writes).await {
+            Ok(outcomes) => {
+                // accepted writes are recorded together, refused ones in their place
+                let mut accepted = Vec::new();
+                for (m, outcome) in run.into_iter().zip(outcomes) {
+                    match outcome {
+                        Ok(server_id) => accepted.push((m, server_id)),
+                        Err(e) => {
+                            self.applied_all(std::mem::take(&mut accepted)).await?;
+                            self.fail(&m, refusal(&e)).await?;
+                        }
+                    }
+                }
+                self.applied_all(accepted).await?;
+                Ok(true)
+            }
+            Err(e) if e.is_transient() => self.retry_later(run[0].clone(), e).await.map(|_| true),
+            Err(Error::Http { status: 403..=405, .. }) => {
+                // no batch route for us after all: the REST path does the same job
+                self.inner.no_batch.store(true, Ordering::SeqCst);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Counts a failed attempt and gives up this round (backoff follows).
+    pub(super) async fn retry_later(&self, mut m: Mutation, e: Error) -> Result<()> {
+        m.attempts += 1;
+        self.save_mutations(vec![m], |w, m| w.save_mutation(m)).await?;
+        Err(e)
+    }
+
+    /// Persists changed bookkeeping of queued mutations with `save` (nothing
+    /// visible changes), then puts them in place in memory.
+    pub(super) async fn save_mutations(
+        &self,
+        changed: Vec<Mutation>,
+        save: fn(&Writer<'_>, &Mutation) -> Result<()>,
+    ) -> Result<()> {
+        self.with_db(move |me, db| {
+            db.write(|w| changed.iter().try_for_each(|m| save(w, m)))?;
+            let mut st = me.inner.state.write();
+            for m in changed {
+                st.queue.replace(m);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records, before inserts go out, that they may reach the server, and
+    /// how to find them there (`nonce`: the temporary id goes out as `id`).
+    pub(super) async fn mark_sent(&self, mut run: Vec<Mutation>, nonce: bool) -> Result<Vec<Mutation>> {
+        let mut changed = Vec::new();
+        {
+            let st = self.inner.state.read();
+            for m in run.iter_mut().filter(|m| m.kind == Kind::Insert && m.sent.is_none()) {
+                let after = st.replica.max_base_id(&m.entity).map(str::to_string);
+                m.sent = Some(Sent { after, nonce, since: Some(st.cursor), server_gen: st.server_gen });
+                changed.push(m.clone());
+            }
+        }
+        if !changed.is_empty() {
+            self.save_mutations(changed, |w, m| w.set_sent(m)).await?;
+        }
+        Ok(run)
+    }
+}

@@ -1,0 +1,68 @@
+//! Resetting the replica: rows, cursor, anchor and coverage dropped in one
+//! transaction, then a new epoch under the `state` lock; queued writes stay.
+//! Used after a 410, a restart noticed (which also counts a server
+//! generation and forgets the boot time and the streams), or on request.
+
+use std::sync::atomic::Ordering;
+
+use crate::error::Result;
+use crate::events::Event;
+
+use super::{Engine, State};
+
+impl Engine {
+    /// Drops every row and tombstone (memory and disk), cursor 0. Queued
+    /// writes stay. Does not pull.
+    pub async fn reset_replica(&self) -> Result<()> {
+        self.check_open()?;
+        self.load().await?;
+        self.reset_replica_inner("reset").await
+    }
+
+    pub(super) async fn reset_replica_inner(&self, reason: &'static str) -> Result<()> {
+        tracing::debug!("reset {reason}");
+        let restarted = reason == "server";
+        if restarted {
+            self.inner.boot_check_due.store(true, Ordering::SeqCst);
+            self.forget_streams();
+        }
+        let entities = self
+            .with_db(move |me, db| {
+                let server_gen = me.inner.state.read().server_gen + u64::from(restarted);
+                db.write(|w| {
+                    w.clear_rows()?;
+                    w.set_cursor(0)?;
+                    w.set_meta("covered", "[]")?;
+                    w.set_meta("anchor", "null")?;
+                    w.set_meta("awaited", "{}")?;
+                    if restarted {
+                        // the boot check learns the new boot afresh
+                        w.set_meta("server_boot", "")?;
+                    }
+                    w.set_meta("server_gen", &server_gen.to_string())
+                })?;
+                let mut st = me.inner.state.write();
+                me.inner.epoch.fetch_add(1, Ordering::SeqCst); // see apply_session
+                let entities = st.replica.entities();
+                st.replica.clear();
+                st.cursor = 0;
+                st.anchor = None;
+                st.awaited.clear();
+                st.server_gen = server_gen;
+                if restarted {
+                    st.server_boot = None;
+                }
+                st.covered.clear();
+                let State { replica, queue, .. } = &mut *st;
+                replica.rebuild_overlay(queue);
+                me.refresh_counts(&mut st);
+                Ok(entities)
+            })
+            .await?;
+        if reason != "reset" {
+            self.emit(Event::Resync { reason });
+        }
+        self.emit(Event::Change { entities });
+        Ok(())
+    }
+}
