@@ -56,10 +56,6 @@ impl Api {
         Ok(Api { io, no_reuse: Arc::new(AtomicBool::new(false)), waited: Arc::new(AtomicU64::new(0)), base })
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base
-    }
-
     /// Time spent so far waiting for the server's answers (request sent to
     /// body read; streams not included).
     pub fn waited(&self) -> Duration {
@@ -188,18 +184,6 @@ impl Api {
         check_entity(entity)?;
         let req = with_json(self.request(Method::POST, &format!("/api/query/{entity}"), token), filter);
         send_json(req, self).await
-    }
-
-    /// `GET /api/entities/<E>`: every row (the server does not filter per row).
-    pub async fn list(&self, token: Option<&str>, entity: &str) -> Result<Vec<Row>> {
-        check_entity(entity)?;
-        #[derive(serde::Deserialize)]
-        struct ListBody {
-            data: Vec<Row>,
-        }
-        let body: ListBody =
-            send_json(self.request(Method::GET, &format!("/api/entities/{entity}"), token), self).await?;
-        Ok(body.data)
     }
 
     pub async fn get(&self, token: Option<&str>, entity: &str, id: &str) -> Result<Option<Row>> {

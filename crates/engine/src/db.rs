@@ -14,7 +14,7 @@ use crate::replica::{BaseRow, Effect, RowText, Tables};
 
 /// Marks a file as ours (`PRAGMA application_id`, "PYSN").
 const APPLICATION_ID: i32 = 0x5059_534E;
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE rows (
@@ -25,7 +25,6 @@ CREATE TABLE rows (
   PRIMARY KEY (entity, row_id)
 ) WITHOUT ROWID;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE mutations (
   ord        INTEGER PRIMARY KEY AUTOINCREMENT,
   id         TEXT NOT NULL UNIQUE,
@@ -43,7 +42,11 @@ CREATE TABLE mutations (
 ";
 
 /// Upgrades from each older schema version, in order.
-const MIGRATIONS: &[(i32, &str)] = &[(1, "ALTER TABLE mutations ADD COLUMN sent TEXT;")];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, "ALTER TABLE mutations ADD COLUMN sent TEXT;"),
+    // a key-value table nothing ever read
+    (2, "DROP TABLE IF EXISTS kv;"),
+];
 
 pub struct Db {
     conn: Connection,
@@ -211,16 +214,6 @@ impl Db {
         Ok(out)
     }
 
-    pub fn kv_get(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.conn.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0)).optional()?)
-    }
-
-    pub fn kv_entries(&self) -> Result<Vec<(String, String)>> {
-        let mut stmt = self.conn.prepare("SELECT key, value FROM kv ORDER BY key")?;
-        let out = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(out)
-    }
-
     /// Runs `f` in one transaction; nothing is visible on disk unless it returns Ok.
     pub fn write<T>(&mut self, f: impl FnOnce(&Writer<'_>) -> Result<T>) -> Result<T> {
         let tx = self.conn.transaction()?;
@@ -344,16 +337,6 @@ impl Writer<'_> {
     pub fn adopt_mutations(&self, from: &str, to: &str) -> Result<usize> {
         Ok(self.tx.execute("UPDATE mutations SET identity = ?2 WHERE identity = ?1", [from, to])?)
     }
-
-    pub fn kv_set(&self, key: &str, value: Option<&str>) -> Result<()> {
-        match value {
-            Some(v) => {
-                self.tx.prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")?.execute([key, v])?
-            }
-            None => self.tx.prepare_cached("DELETE FROM kv WHERE key = ?1")?.execute([key])?,
-        };
-        Ok(())
-    }
 }
 
 fn format_error(e: &MutationError) -> String {
@@ -455,5 +438,21 @@ mod tests {
         let garbage = dir.path().join("garbage.db");
         std::fs::write(&garbage, vec![7u8; 4096]).unwrap();
         assert!(matches!(Db::open(Some(&garbage)), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_file_of_the_previous_schema_is_upgraded_and_loses_its_unused_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replica.db");
+        drop(Db::open(Some(&path)).unwrap());
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL); PRAGMA user_version=2;").unwrap();
+        drop(c);
+        let db = Db::open(Some(&path)).unwrap();
+        let version: i32 = db.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let kv: i64 =
+            db.conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'kv'", [], |r| r.get(0)).unwrap();
+        assert_eq!(kv, 0);
     }
 }

@@ -83,13 +83,6 @@ impl Error {
             _ => None,
         }
     }
-
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Error::Http { retry_after, .. } => *retry_after,
-            _ => None,
-        }
-    }
 }
 
 impl From<rusqlite::Error> for Error {

@@ -2,22 +2,22 @@
 //! over the Pylon protocol. Pure Rust; the Node binding lives elsewhere.
 
 pub mod api;
-pub mod backoff;
+mod backoff;
 mod config;
-pub mod db;
-pub mod engine;
+mod db;
+mod engine;
 pub mod error;
 mod events;
 pub mod infinite;
 pub mod io;
 pub mod protocol;
-pub mod queue;
-pub mod realtime;
-pub mod reconcile;
-pub mod replica;
+mod queue;
+mod realtime;
+mod reconcile;
+mod replica;
 mod restart;
-pub mod snapshot;
-pub mod tls;
+mod snapshot;
+mod tls;
 pub mod transport;
 
 pub use config::{Config, Transport};

@@ -3,13 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::protocol::{Kind, Row, TEMP_PREFIX};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Pending,
     Failed,
@@ -25,7 +23,7 @@ impl Status {
 }
 
 /// Why the server refused a mutation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MutationError {
     pub code: String,
     pub message: String,
@@ -33,30 +31,24 @@ pub struct MutationError {
 }
 
 /// One local write.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Mutation {
     pub id: String,
     /// Position in the queue (SQLite rowid): later writes have larger orders.
-    #[serde(skip)]
     pub order: i64,
     /// The identity the write was made under; it is only ever sent with that identity's token.
-    #[serde(skip)]
     pub identity: String,
     pub entity: String,
     pub row_id: String,
     pub kind: Kind,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<Row>,
     pub status: Status,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<MutationError>,
     pub attempts: u32,
     pub created_at: u64,
     /// Set before an insert is first sent. Inserts carry no idempotency key,
     /// so once sent, an insert whose answer was lost is looked for on the
     /// server before it is sent again.
-    #[serde(skip)]
     pub sent: Option<Sent>,
 }
 
@@ -168,10 +160,6 @@ impl Queue {
 
     pub fn len(&self) -> usize {
         self.items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
     }
 
     pub fn pending_count(&self) -> usize {
