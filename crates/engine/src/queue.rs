@@ -255,3 +255,82 @@ pub fn project<'a>(base: Option<&Row>, row_id: &str, pending: impl Iterator<Item
     }
     row
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn m(order: i64, kind: Kind, row_id: &str, data: Option<Value>) -> Mutation {
+        Mutation {
+            id: format!("m{order}"),
+            order,
+            identity: "user:a|tenant:".into(),
+            entity: "Todo".into(),
+            row_id: row_id.into(),
+            kind,
+            data: data.map(|d| d.as_object().unwrap().clone()),
+            status: Status::Pending,
+            error: None,
+            attempts: 0,
+            created_at: 0,
+            sent: None,
+        }
+    }
+
+    #[test]
+    fn the_queue_keeps_order_counts_and_per_row_indexes_in_step() {
+        let temp = "_pending_1_a";
+        let mut failed = m(3, Kind::Update, "b", Some(json!({ "done": true })));
+        failed.status = Status::Failed;
+        let mut q = Queue::new([
+            m(2, Kind::Update, temp, Some(json!({ "done": true }))),
+            m(1, Kind::Insert, temp, Some(json!({ "title": "x" }))),
+            failed,
+        ]);
+        assert_eq!((q.len(), q.pending_count(), q.in_doubt()), (3, 2, 0));
+        assert_eq!(q.next_pending().unwrap().id, "m1", "oldest first, whatever the order given");
+        assert_eq!(q.pending_for("Todo", temp).map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m1", "m2"]);
+        assert!(!q.has_pending_for("Todo", "b"), "a failed write is not pending");
+        // an insert sent without an answer is in doubt
+        let mut sent = q.get("m1").unwrap().clone();
+        sent.sent = Some(Sent::default());
+        q.replace(sent);
+        assert_eq!(q.in_doubt(), 1);
+        q.remove("m1");
+        assert_eq!((q.len(), q.pending_count(), q.in_doubt()), (2, 1, 0));
+        assert!(q.remove("m1").is_none());
+    }
+
+    #[test]
+    fn an_acknowledged_insert_rewrites_only_the_writes_that_name_it() {
+        let temp = "_pending_1_a";
+        let q = Queue::new([
+            m(1, Kind::Insert, temp, Some(json!({ "title": "x" }))),
+            m(2, Kind::Update, temp, Some(json!({ "done": true }))),
+            m(3, Kind::Insert, "_pending_2_b", Some(json!({ "parent": temp }))),
+            m(4, Kind::Update, "c", Some(json!({ "note": "_pending_9_z" }))),
+        ]);
+        let changed = q.remapped("Todo", temp, "srv1");
+        let ids: Vec<&str> = changed.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["m1", "m2", "m3"]);
+        assert_eq!(changed[1].row_id, "srv1");
+        assert_eq!(changed[2].data.as_ref().unwrap()["parent"], "srv1");
+        assert_eq!(q.get("m2").unwrap().row_id, temp, "remapped() only plans");
+    }
+
+    #[test]
+    fn pending_writes_project_onto_the_server_row_in_order() {
+        let base = json!({ "id": "a", "title": "x", "done": false }).as_object().unwrap().clone();
+        let update = m(1, Kind::Update, "a", Some(json!({ "done": true, "id": "other" })));
+        let row = project(Some(&base), "a", [&update].into_iter()).unwrap();
+        assert_eq!(Value::Object(row), json!({ "id": "a", "title": "x", "done": true }));
+        let delete = m(2, Kind::Delete, "a", None);
+        assert_eq!(project(Some(&base), "a", [&update, &delete].into_iter()), None);
+        let insert = m(3, Kind::Insert, "t", Some(json!({ "title": "y" })));
+        let row = project(None, "t", [&insert, &update].into_iter()).unwrap();
+        assert_eq!(Value::Object(row), json!({ "id": "t", "title": "y", "done": true }));
+        assert_eq!(project(None, "t", [&update].into_iter()), None, "an update of no row makes none");
+    }
+}

@@ -654,3 +654,67 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ladder_steps_down_after_repeated_deaths_and_probes_back_up() {
+        let mut l = Ladder::new(None, MINUTE);
+        assert_eq!(l.pick(Which::WebSocket), Which::WebSocket);
+        // two quick deaths stay; the third steps down, to be tried at once
+        assert!(!l.ended(true, false));
+        assert!(!l.ended(false, false));
+        assert!(l.ended(false, false));
+        assert_eq!(l.pick(Which::WebSocket), Which::Sse);
+        // a connection below the top ends when it is time to probe
+        assert_eq!(l.deadline(Which::Sse, Which::WebSocket), Some(Instant::now() + MINUTE));
+        tokio::time::advance(MINUTE).await;
+        assert_eq!(l.pick(Which::WebSocket), Which::WebSocket, "the probe");
+        // a probe that fails goes back down at once, and waits twice as long
+        assert!(l.ended(false, false));
+        assert_eq!(l.pick(Which::WebSocket), Which::Sse);
+        assert_eq!(l.deadline(Which::Sse, Which::WebSocket), Some(Instant::now() + 2 * MINUTE));
+        // a probe that opens climbs back, and the wait starts over
+        tokio::time::advance(2 * MINUTE).await;
+        assert_eq!(l.pick(Which::WebSocket), Which::WebSocket);
+        l.opened(Which::WebSocket);
+        assert_eq!(l.pick(Which::WebSocket), Which::WebSocket);
+        assert_eq!(l.deadline(Which::WebSocket, Which::WebSocket), None);
+        assert_eq!(l.probe_every, MINUTE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stable_connection_forgets_earlier_deaths() {
+        let mut l = Ladder::new(None, MINUTE);
+        l.pick(Which::WebSocket);
+        assert!(!l.ended(true, false));
+        assert!(!l.ended(true, false));
+        assert!(!l.ended(true, true), "stable");
+        assert!(!l.ended(true, false));
+        assert!(!l.ended(true, false));
+        assert_eq!(l.pick(Which::WebSocket), Which::WebSocket);
+        // the bottom step has nowhere to go
+        let mut bottom = Ladder::new(None, MINUTE);
+        bottom.level = Which::Poll;
+        for _ in 0..2 * STEP_DOWN_AFTER {
+            assert!(!bottom.ended(false, false));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_user_session_the_top_is_sse_and_a_pinned_transport_never_moves() {
+        let mut l = Ladder::new(None, MINUTE);
+        assert_eq!(l.pick(Which::Sse), Which::Sse);
+        assert_eq!(l.deadline(Which::Sse, Which::Sse), None);
+        let mut pinned = Ladder::new(Some(Which::WebSocket), MINUTE);
+        for _ in 0..2 * STEP_DOWN_AFTER {
+            assert_eq!(pinned.pick(Which::WebSocket), Which::WebSocket);
+            assert!(!pinned.ended(false, false));
+        }
+        assert_eq!(pinned.deadline(Which::WebSocket, Which::Sse), None);
+    }
+}

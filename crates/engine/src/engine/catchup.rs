@@ -202,27 +202,12 @@ impl Engine {
         let (floor, checked) =
             (self.inner.stream_floor.load(Ordering::SeqCst), self.inner.stream_checked.load(Ordering::SeqCst));
         let trusted = events.iter().all(|(connection, _)| (floor..=checked).contains(connection));
-        let mut events: Vec<ChangeEvent> = events.into_iter().map(|(_, e)| e).collect();
-        events.sort_by_key(|e| e.seq);
-        events.dedup_by_key(|e| e.seq);
+        let events: Vec<ChangeEvent> = events.into_iter().map(|(_, e)| e).collect();
         let (run, pull, epoch, kept) = {
             let st = self.inner.state.read();
             let usable = trusted && st.loaded && !st.quarantined && st.session.is_some();
-            let mut next = st.cursor + 1;
-            let mut run = Vec::new();
-            let mut pull = false;
-            for e in events {
-                if e.seq < next {
-                    continue;
-                }
-                if usable && e.seq == next && st.open.contains(&e.entity) && st.covered.contains_key(&e.entity) {
-                    next += 1;
-                    run.push(e);
-                } else {
-                    pull = true;
-                    break;
-                }
-            }
+            let appliable = |entity: &str| usable && st.open.contains(entity) && st.covered.contains_key(entity);
+            let (run, pull) = stream_run(events, st.cursor, appliable);
             (run, pull, self.inner.epoch.load(Ordering::SeqCst), st.anchor.clone())
         };
         let mut pull = pull;
@@ -369,5 +354,69 @@ impl Engine {
             self.emit(Event::Change { entities });
         }
         Ok(())
+    }
+}
+
+/// The run of stream events that continues `cursor` exactly, each of an
+/// entity `appliable` says may be applied as it comes; and whether a pull
+/// is needed (a gap, or an event that may not be applied as it comes).
+/// Events at or below the cursor are duplicates; the order of arrival does
+/// not matter.
+fn stream_run(mut events: Vec<ChangeEvent>, cursor: u64, appliable: impl Fn(&str) -> bool) -> (Vec<ChangeEvent>, bool) {
+    events.sort_by_key(|e| e.seq);
+    events.dedup_by_key(|e| e.seq);
+    let mut next = cursor + 1;
+    let mut run = Vec::new();
+    for e in events {
+        if e.seq < next {
+            continue;
+        }
+        if e.seq != next || !appliable(&e.entity) {
+            return (run, true);
+        }
+        next += 1;
+        run.push(e);
+    }
+    (run, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64, entity: &str) -> ChangeEvent {
+        ChangeEvent {
+            seq,
+            entity: entity.into(),
+            row_id: format!("r{seq}"),
+            kind: Kind::Insert,
+            data: None,
+            timestamp: String::new(),
+        }
+    }
+
+    fn seqs(run: &[ChangeEvent]) -> Vec<u64> {
+        run.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn a_stream_run_continues_the_cursor_exactly() {
+        let open = |e: &str| e == "Todo";
+        // duplicates, reordering and old events are taken in stride
+        let (run, pull) =
+            stream_run(vec![ev(7, "Todo"), ev(5, "Todo"), ev(6, "Todo"), ev(6, "Todo"), ev(4, "Todo")], 4, open);
+        assert_eq!((seqs(&run), pull), (vec![5, 6, 7], false));
+        // only old events: nothing to do
+        let (run, pull) = stream_run(vec![ev(3, "Todo")], 4, open);
+        assert_eq!((seqs(&run), pull), (vec![], false));
+        // a gap stops the run and asks for a pull
+        let (run, pull) = stream_run(vec![ev(5, "Todo"), ev(7, "Todo")], 4, open);
+        assert_eq!((seqs(&run), pull), (vec![5], true));
+        // so does an entity a policy governs (the pull is filtered, the stream is not)
+        let (run, pull) = stream_run(vec![ev(5, "Todo"), ev(6, "Note"), ev(7, "Todo")], 4, open);
+        assert_eq!((seqs(&run), pull), (vec![5], true));
+        // and nothing is applied as it comes when nothing may be
+        let (run, pull) = stream_run(vec![ev(5, "Todo")], 4, |_| false);
+        assert_eq!((seqs(&run), pull), (vec![], true));
     }
 }
