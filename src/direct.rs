@@ -18,7 +18,7 @@ fn client(base_url: &str, opts: Option<Value>) -> Result<(Api, Option<String>)> 
     }
     let ca = convert::ca(&opts)?;
     Ok((
-        Api::new(base_url, pylon_sync_engine::io::Net::shared(ca.as_deref())?)?,
+        Api::new(base_url, pylon_sync_engine::net::Net::shared(ca.as_deref())?)?,
         convert::token(opts.get("token").cloned())?,
     ))
 }

@@ -416,22 +416,3 @@ fn http_error(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) ->
         retry_after: retry_after.or(retry_secs.map(Duration::from_secs)),
     }
 }
-
-pub(crate) fn network(e: reqwest::Error) -> Error {
-    if let Some(tls) = crate::tls::failure(&e) {
-        return tls;
-    }
-    // reqwest's Display names the URL, never headers, so no token can leak here.
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    if e.is_decode() {
-        Error::Protocol(msg)
-    } else {
-        Error::Network(msg)
-    }
-}

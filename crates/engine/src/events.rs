@@ -8,8 +8,7 @@ use serde_json::{Map, Value};
 use crate::error::Error;
 use crate::protocol::Session;
 use crate::queue::Mutation;
-use crate::realtime::{Connection, Peer};
-use crate::transport::BinaryFrame;
+use crate::transport::{BinaryFrame, Which};
 
 /// Where the sync loop is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -108,3 +107,42 @@ pub enum Event {
 }
 
 pub type Listener = Arc<dyn Fn(Event) + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnState {
+    /// Not following the server (engine stopped).
+    Offline,
+    Connecting,
+    Open,
+    /// Waiting before the next attempt.
+    Backoff,
+}
+
+/// What `engine.connection` shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connection {
+    pub state: ConnState,
+    pub transport: Which,
+    /// Failed attempts since the last stable connection.
+    pub attempts: u32,
+    pub last_error: Option<ErrorInfo>,
+    /// Unix ms of the last state change.
+    pub since: u64,
+    /// Frames received and ignored: malformed, or of a type we do not know.
+    pub ignored: u64,
+}
+
+/// Another engine's presence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Peer {
+    /// The sender's user id, stamped by the server.
+    pub from: Option<String>,
+    pub client_id: Option<String>,
+    pub data: Value,
+    /// When it was last heard from (unix ms).
+    #[serde(skip)]
+    pub(crate) seen: u64,
+}

@@ -2,7 +2,7 @@
 //! transport (WebSocket, else SSE, else polling — or the one the user
 //! pinned), keeps it alive, reconnects with full-jitter backoff, and routes
 //! what arrives: change events to the replica (as hints, see
-//! `Engine::apply_stream`), presence, topics, room events and CRDT frames to
+//! the engine's `apply_stream`), presence, topics, room events and CRDT frames to
 //! their own APIs.
 //!
 //! Presence over the real server has no membership list and its disconnect
@@ -12,11 +12,12 @@
 //! and those silent for `PRESENCE_GRACE` are dropped.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
@@ -24,10 +25,10 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
-use crate::config::Transport;
-use crate::engine::Engine;
+use crate::config::{Config, Transport};
 use crate::error::Error;
-use crate::events::{ErrorInfo, Event};
+use crate::events::{ConnState, Connection, ErrorInfo, Event, Peer};
+use crate::io::Io;
 use crate::protocol::ChangeEvent;
 use crate::transport::{self, sse, ws, Inbound, Which};
 
@@ -41,44 +42,6 @@ const PROBE_MAX: Duration = Duration::from_secs(600);
 /// Peers asked to re-announce their presence have this long to answer.
 const PRESENCE_GRACE: Duration = Duration::from_secs(2);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConnState {
-    /// Not following the server (engine stopped).
-    Offline,
-    Connecting,
-    Open,
-    /// Waiting before the next attempt.
-    Backoff,
-}
-
-/// What `engine.connection` shows.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Connection {
-    pub state: ConnState,
-    pub transport: Which,
-    /// Failed attempts since the last stable connection.
-    pub attempts: u32,
-    pub last_error: Option<ErrorInfo>,
-    /// Unix ms of the last state change.
-    pub since: u64,
-    /// Frames received and ignored: malformed, or of a type we do not know.
-    pub ignored: u64,
-}
-
-/// Another engine's presence.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Peer {
-    /// The sender's user id, stamped by the server.
-    pub from: Option<String>,
-    pub client_id: Option<String>,
-    pub data: Value,
-    #[serde(skip)]
-    seen: u64,
-}
 
 #[derive(Default)]
 struct Presence {
@@ -279,24 +242,51 @@ impl Drop for AbortOnDrop {
     }
 }
 
-impl Engine {
+/// What the realtime task needs of the engine it serves: a narrow handle,
+/// so that this module never reaches into the engine.
+pub(crate) trait Host: Clone + Send + Sync + 'static {
+    fn realtime(&self) -> &Realtime;
+    fn config(&self) -> &Config;
+    fn io(&self) -> &Arc<dyn Io>;
+    /// The span the engine's own tasks log in.
+    fn span(&self) -> tracing::Span;
+    fn now_ms(&self) -> u64;
+    fn emit(&self, ev: Event);
+    /// Asks for a sync round now.
+    fn kick(&self);
+    /// A stream (re)opened: the server may have restarted meanwhile.
+    fn server_may_have_restarted(&self);
+    /// The token a stream authenticates with.
+    fn stream_token(&self) -> Option<String>;
+    /// Whether that token is a user's (a WebSocket needs one: the server
+    /// accepts neither anonymous clients nor admin tokens there).
+    fn stream_user(&self) -> bool;
+    /// Change events as they arrived, each with its connection's number.
+    fn apply_stream(&self, events: Vec<(u64, ChangeEvent)>) -> impl Future<Output = ()> + Send;
+}
+
+/// The connect–run–back off loop and everything around it, for one host.
+#[derive(Clone)]
+pub(crate) struct Follower<H>(pub(crate) H);
+
+impl<H: Host> Follower<H> {
     /// Starts following the server in real time (no-op when polling is pinned).
-    pub(crate) fn start_realtime(&self) {
-        let rt = &self.inner().rt;
-        if self.inner().cfg.transport == Transport::Poll {
+    pub(crate) fn start(&self) {
+        let rt = &self.0.realtime();
+        if self.0.config().transport == Transport::Poll {
             self.set_connection(ConnState::Open, Which::Poll, 0, None);
             return;
         }
         let me = self.clone();
-        let span = me.inner().span.clone();
+        let span = me.0.span();
         let task = tokio::spawn(async move { me.follow().await }.instrument(span));
         if let Some(old) = rt.handle.lock().replace(task) {
             old.abort();
         }
     }
 
-    pub(crate) async fn stop_realtime(&self) {
-        let rt = &self.inner().rt;
+    pub(crate) async fn stop(&self) {
+        let rt = &self.0.realtime();
         let task = rt.handle.lock().take();
         if let Some(t) = task {
             t.abort();
@@ -309,8 +299,8 @@ impl Engine {
 
     /// Reconnects at once with the current token. After an identity flip,
     /// presence is forgotten: it belonged to the previous identity.
-    pub(crate) fn restart_realtime(&self, flipped: bool) {
-        let rt = &self.inner().rt;
+    pub(crate) fn restart(&self, flipped: bool) {
+        let rt = &self.0.realtime();
         if flipped {
             let had_peers = {
                 let mut p = rt.presence.lock();
@@ -318,7 +308,7 @@ impl Engine {
                 !std::mem::take(&mut p.peers).is_empty()
             };
             if had_peers {
-                self.emit(Event::Presence(Vec::new()));
+                self.0.emit(Event::Presence(Vec::new()));
             }
         }
         if rt.handle.lock().as_ref().is_some_and(|h| !h.is_finished()) {
@@ -327,7 +317,7 @@ impl Engine {
     }
 
     fn set_connection(&self, state: ConnState, transport: Which, attempts: u32, error: Option<&Error>) {
-        let rt = &self.inner().rt;
+        let rt = &self.0.realtime();
         let status = {
             let mut s = rt.status.lock();
             let last_error = match error {
@@ -338,30 +328,30 @@ impl Engine {
             if s.state == state && s.transport == transport && s.attempts == attempts && s.last_error == last_error {
                 return;
             }
-            *s = Connection { state, transport, attempts, last_error, since: self.now_ms(), ignored: 0 };
+            *s = Connection { state, transport, attempts, last_error, since: self.0.now_ms(), ignored: 0 };
             drop(s);
             rt.status()
         };
-        self.emit(Event::Connection(status));
+        self.0.emit(Event::Connection(status));
     }
 
     /// The connect–run–back off loop.
     async fn follow(self) {
-        let rt = &self.inner().rt;
-        let pinned = match self.inner().cfg.transport {
+        let rt = &self.0.realtime();
+        let pinned = match self.0.config().transport {
             Transport::Poll => return,
             Transport::Auto => None,
             Transport::WebSocket => Some(Which::WebSocket),
             Transport::Sse => Some(Which::Sse),
         };
-        let probe_first = self.inner().cfg.probe_interval;
+        let probe_first = self.0.config().probe_interval;
         let (tx, rx) = unbounded_channel::<(u64, ChangeEvent)>();
-        let applier = self.clone().apply_stream_loop(rx).instrument(self.inner().span.clone());
+        let applier = self.clone().apply_stream_loop(rx).instrument(self.0.span());
         let _applier = AbortOnDrop(tokio::spawn(applier));
         let mut ladder = Ladder::new(pinned, probe_first);
-        let mut backoff = Backoff::new(self.inner().cfg.reconnect_delay, BACKOFF_CAP, self.inner().io.clone());
+        let mut backoff = Backoff::new(self.0.config().reconnect_delay, BACKOFF_CAP, self.0.io().clone());
         loop {
-            let top = if self.stream_user() { Which::WebSocket } else { Which::Sse };
+            let top = if self.0.stream_user() { Which::WebSocket } else { Which::Sse };
             let which = ladder.pick(top);
             if which == Which::Poll {
                 self.set_connection(ConnState::Open, Which::Poll, backoff.attempts(), None);
@@ -384,7 +374,7 @@ impl Engine {
             };
             *rt.out.lock() = None;
             if opened.is_some() {
-                self.kick(); // pull at once and poll until a stream is open again
+                self.0.kick(); // pull at once and poll until a stream is open again
             }
             let err = match end {
                 End::Restart => {
@@ -401,7 +391,7 @@ impl Engine {
             match &err {
                 Error::Http { status: 429, .. } => backoff.penalize(3),
                 Error::Http { status: 401, .. } => {
-                    self.emit(Event::Error { context: "connection", error: err.clone() })
+                    self.0.emit(Event::Error { context: "connection", error: err.clone() })
                 }
                 _ => {}
             }
@@ -416,16 +406,6 @@ impl Engine {
         }
     }
 
-    /// A WebSocket needs a user session (the server accepts neither
-    /// anonymous clients nor admin tokens there).
-    fn stream_user(&self) -> bool {
-        self.stream_token().is_some() && self.session().is_none_or(|s| s.user_id.is_some())
-    }
-
-    fn stream_token(&self) -> Option<String> {
-        self.session_token().or_else(|| self.token())
-    }
-
     async fn connect_and_run(
         &self,
         which: Which,
@@ -435,9 +415,9 @@ impl Engine {
         opened: &mut Option<Instant>,
         ladder: &mut Ladder,
     ) -> Error {
-        let cfg = &self.inner().cfg;
+        let cfg = self.0.config();
         let live = cfg.liveness;
-        let token = self.stream_token();
+        let token = self.0.stream_token();
         // the connection's number, known once it is open (no frame comes before)
         let connection = AtomicU64::new(0);
         let on_frame = |f: Inbound| self.on_inbound(f, changes, connection.load(Ordering::SeqCst));
@@ -454,8 +434,7 @@ impl Engine {
                     Ok(t) => t,
                     Err(e) => return e,
                 };
-                let socket = match ws::connect(&*self.inner().io, &url, token.as_deref(), live.ping_timeout, tls).await
-                {
+                let socket = match ws::connect(&**self.0.io(), &url, token.as_deref(), live.ping_timeout, tls).await {
                     Ok(s) => s,
                     Err(e) => return e,
                 };
@@ -472,7 +451,7 @@ impl Engine {
                         Err(e) => return e,
                     },
                 };
-                let stream = match self.inner().io.event_stream(url, token.clone(), live.ping_timeout).await {
+                let stream = match self.0.io().event_stream(url, token.clone(), live.ping_timeout).await {
                     Ok(s) => s,
                     Err(e) => return e,
                 };
@@ -488,7 +467,7 @@ impl Engine {
     /// A stream opened: re-send what the server forgot, catch up by pulling.
     /// Returns the connection's number (see `Inner::stream_checked`).
     fn opened(&self, which: Which, out: Option<UnboundedSender<String>>) -> u64 {
-        let rt = &self.inner().rt;
+        let rt = &self.0.realtime();
         *rt.out.lock() = out;
         if which == Which::WebSocket {
             let subs: Vec<(String, String)> = rt.crdt.lock().keys().cloned().collect();
@@ -497,19 +476,19 @@ impl Engine {
             }
             rt.announce();
             rt.send(rt.presence_frame("sync", None));
-            self.sweep_presence_later(self.now_ms());
+            self.sweep_presence_later(self.0.now_ms());
         }
         // a dropped stream may mean a restarted server: check before the next
         // pull, and take no event of this stream as a page until then
         let connection = rt.opened.fetch_add(1, Ordering::SeqCst) + 1;
-        self.server_may_have_restarted();
+        self.0.server_may_have_restarted();
         self.set_connection(ConnState::Open, which, rt.status().attempts, None);
-        self.kick();
+        self.0.kick();
         connection
     }
 
     fn on_inbound(&self, frame: Inbound, changes: &UnboundedSender<(u64, ChangeEvent)>, connection: u64) {
-        let rt = &self.inner().rt;
+        let rt = &self.0.realtime();
         match frame {
             Inbound::Change(ev) => {
                 let _ = changes.send((connection, ev));
@@ -523,24 +502,24 @@ impl Engine {
                     if event == "leave" {
                         p.peers.remove(&key).is_some()
                     } else {
-                        let peer = Peer { from, client_id, data, seen: self.now_ms() };
+                        let peer = Peer { from, client_id, data, seen: self.0.now_ms() };
                         let same = p.peers.get(&key).is_some_and(|old| old.data == peer.data && old.from == peer.from);
                         p.peers.insert(key, peer);
                         !same
                     }
                 };
                 if changed {
-                    self.emit(Event::Presence(rt.peers()));
+                    self.0.emit(Event::Presence(rt.peers()));
                 }
             }
             Inbound::Disconnect { .. } => {
                 // someone left, we cannot tell who: those still here re-announce
                 rt.announce();
-                self.sweep_presence_later(self.now_ms());
+                self.sweep_presence_later(self.0.now_ms());
             }
-            Inbound::Topic { topic, from, data } => self.emit(Event::Topic { topic, from, data }),
-            Inbound::Room(m) => self.emit(Event::Room(m)),
-            Inbound::Binary(f) => self.emit(Event::Binary(f)),
+            Inbound::Topic { topic, from, data } => self.0.emit(Event::Topic { topic, from, data }),
+            Inbound::Room(m) => self.0.emit(Event::Room(m)),
+            Inbound::Binary(f) => self.0.emit(Event::Binary(f)),
             Inbound::Unknown | Inbound::Malformed => {
                 rt.ignored.fetch_add(1, Ordering::Relaxed);
             }
@@ -552,7 +531,7 @@ impl Engine {
         let me = self.clone();
         tokio::spawn(async move {
             sleep(PRESENCE_GRACE).await;
-            let rt = &me.inner().rt;
+            let rt = &me.0.realtime();
             let removed = {
                 let mut p = rt.presence.lock();
                 let before = p.peers.len();
@@ -561,38 +540,32 @@ impl Engine {
                 before != p.peers.len()
             };
             if removed {
-                me.emit(Event::Presence(rt.peers()));
+                me.0.emit(Event::Presence(rt.peers()));
             }
         });
     }
 
-    // ------------------------------------------------------- public surface
-
-    pub fn connection(&self) -> Connection {
-        self.inner().rt.status()
+    async fn apply_stream_loop(self, mut rx: UnboundedReceiver<(u64, ChangeEvent)>) {
+        let mut batch = Vec::new();
+        while rx.recv_many(&mut batch, 1024).await > 0 {
+            self.0.apply_stream(std::mem::take(&mut batch)).await;
+        }
     }
+}
 
-    /// This engine's id in presence frames.
-    pub fn client_id(&self) -> &str {
-        &self.inner().rt.client_id
-    }
-
-    /// Presence of the other engines connected to the server.
-    pub fn presence(&self) -> Vec<Peer> {
-        self.inner().rt.peers()
-    }
-
+/// What the engine's public API offers of real time (besides `status`,
+/// `peers` and `client_id`).
+impl Realtime {
     /// Sets (or with `None` withdraws) this engine's presence. It is sent now
     /// when a WebSocket is open, and again after every reconnect.
     pub fn set_presence(&self, data: Option<Value>) {
-        let rt = &self.inner().rt;
-        let previous = std::mem::replace(&mut rt.presence.lock().mine, data.clone());
+        let previous = std::mem::replace(&mut self.presence.lock().mine, data.clone());
         match data {
             Some(d) => {
-                rt.send(rt.presence_frame("update", Some(&d)));
+                self.send(self.presence_frame("update", Some(&d)));
             }
             None if previous.is_some() => {
-                rt.send(rt.presence_frame("leave", None));
+                self.send(self.presence_frame("leave", None));
             }
             None => {}
         }
@@ -601,13 +574,13 @@ impl Engine {
     /// Publishes to a topic over the open WebSocket; false when none is open
     /// (topic messages are not queued: they are about now).
     pub fn publish_topic(&self, topic: &str, data: Value) -> bool {
-        self.inner().rt.send(json!({ "type": "topic", "topic": topic, "data": data }))
+        self.send(json!({ "type": "topic", "topic": topic, "data": data }))
     }
 
     /// Refcounted: the first subscriber sends `crdt-subscribe`, and it is
     /// re-sent after every reconnect.
     pub fn subscribe_crdt(&self, entity: &str, row_id: &str) {
-        let rt = &self.inner().rt;
+        let rt = self;
         let first = {
             let mut subs = rt.crdt.lock();
             let n = subs.entry((entity.to_string(), row_id.to_string())).or_insert(0);
@@ -621,7 +594,7 @@ impl Engine {
 
     /// The last unsubscriber sends `crdt-unsubscribe`; extra calls are no-ops.
     pub fn unsubscribe_crdt(&self, entity: &str, row_id: &str) {
-        let rt = &self.inner().rt;
+        let rt = self;
         let last = {
             let mut subs = rt.crdt.lock();
             let key = (entity.to_string(), row_id.to_string());
@@ -644,14 +617,7 @@ impl Engine {
 
     /// Active CRDT subscriptions with their counts.
     pub fn crdt_subscriptions(&self) -> Vec<(String, String, u32)> {
-        self.inner().rt.crdt.lock().iter().map(|((e, r), n)| (e.clone(), r.clone(), *n)).collect()
-    }
-
-    async fn apply_stream_loop(self, mut rx: UnboundedReceiver<(u64, ChangeEvent)>) {
-        let mut batch = Vec::new();
-        while rx.recv_many(&mut batch, 1024).await > 0 {
-            self.apply_stream(std::mem::take(&mut batch)).await;
-        }
+        self.crdt.lock().iter().map(|((e, r), n)| (e.clone(), r.clone(), *n)).collect()
     }
 }
 

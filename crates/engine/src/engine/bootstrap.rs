@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::api::{check_entity, Api, EntityInfo};
 use crate::error::{Error, Result};
 use crate::events::{Event, Phase};
-use crate::io::Net;
+use crate::net::Net;
 use crate::protocol::{Cursor, Hydration, Row};
 use crate::replica::{BaseRow, Effect, Replacement, RowText, Tables};
 use crate::snapshot::{self, Snapshot};

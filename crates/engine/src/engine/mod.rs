@@ -19,6 +19,7 @@ mod boot;
 mod bootstrap;
 mod catchup;
 mod lifecycle;
+mod live;
 mod outbox;
 mod reads;
 mod reset;
@@ -41,7 +42,8 @@ use crate::config::{Config, Transport};
 use crate::db::{Db, Stored};
 use crate::error::{Error, Result};
 use crate::events::{ErrorInfo, Event, Listener, Phase, SyncStatus};
-use crate::io::{random_suffix, Io, Net};
+use crate::io::{random_suffix, Io};
+use crate::net::Net;
 use crate::protocol::{ChangeEvent, Hydration, Session};
 use crate::queue::{Mutation, MutationError, Queue};
 use crate::realtime::Realtime;
@@ -123,13 +125,13 @@ struct State {
     status: SyncStatus,
 }
 
-pub(crate) struct Inner {
-    pub(crate) cfg: Config,
-    pub(crate) rt: Realtime,
-    pub(crate) io: Arc<dyn Io>,
+struct Inner {
+    cfg: Config,
+    rt: Realtime,
+    io: Arc<dyn Io>,
     /// Every record the engine's own tasks log is inside it: several engines
     /// in one process are told apart by their replica file's name.
-    pub(crate) span: tracing::Span,
+    span: tracing::Span,
     api: Api,
     db: Mutex<Option<Db>>,
     state: RwLock<State>,
@@ -336,10 +338,6 @@ impl Engine {
                 submitted: Mutex::new(Vec::new()),
             }),
         })
-    }
-
-    pub(crate) fn inner(&self) -> &Inner {
-        &self.inner
     }
 
     pub fn api(&self) -> &Api {

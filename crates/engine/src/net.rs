@@ -1,0 +1,127 @@
+//! The real world behind [`Io`]: reqwest for HTTP and event streams, TCP
+//! for WebSockets, the system clock, the thread's random generator, and a
+//! blocking thread for database work.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::timeout;
+
+use crate::error::{Error, Result};
+use crate::io::{BoxFuture, Chunks, Conn, Io, Request, Response};
+use crate::transport::sse;
+
+/// The real world: reqwest over TCP (and TLS), the system clock, the thread RNG.
+pub struct Net {
+    http: reqwest::Client,
+    /// Certificate authorities to trust besides the web roots (PEM).
+    ca: Option<String>,
+}
+
+impl Net {
+    pub fn new(ca: Option<&str>) -> Result<Net> {
+        let builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .tcp_nodelay(true);
+        let http = crate::tls::trust_http(builder, ca)?.build().map_err(|e| Error::Network(e.to_string()))?;
+        Ok(Net { http, ca: ca.map(str::to_string) })
+    }
+
+    pub fn shared(ca: Option<&str>) -> Result<Arc<dyn Io>> {
+        Ok(Arc::new(Net::new(ca)?))
+    }
+}
+
+impl Io for Net {
+    fn send(&self, req: Request) -> BoxFuture<Result<Response>> {
+        let mut builder = self.http.request(req.method, &req.url);
+        if req.close {
+            builder = builder.header(reqwest::header::CONNECTION, "close");
+        }
+        if let Some(t) = req.token.filter(|t| !t.is_empty()) {
+            builder = builder.bearer_auth(t);
+        }
+        if let Some(body) = req.json {
+            builder = builder.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        }
+        Box::pin(async move {
+            let resp = builder.send().await.map_err(network)?;
+            let header = |name| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let server = header(reqwest::header::SERVER);
+            let retry_after = header(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.map_err(network)?;
+            Ok(Response { status, retry_after, server, body })
+        })
+    }
+
+    fn event_stream(&self, url: String, token: Option<String>, within: Duration) -> BoxFuture<Result<Chunks>> {
+        let ca = self.ca.clone();
+        Box::pin(async move {
+            let builder = reqwest::Client::builder().connect_timeout(within).tcp_nodelay(true);
+            let http = crate::tls::trust_http(builder, ca.as_deref())?.build().map_err(sse::network)?;
+            let mut req = http.get(&url).header("accept", "text/event-stream").header("cache-control", "no-cache");
+            if let Some(t) = token.filter(|t| !t.is_empty()) {
+                req = req.bearer_auth(t); // ignored by the server today; harmless
+            }
+            let resp = match timeout(within, req.send()).await {
+                Err(_) => return Err(sse::network("no answer in time")),
+                Ok(Err(e)) => return Err(crate::tls::failure(&e).unwrap_or_else(|| sse::network(e.without_url()))),
+                Ok(Ok(r)) => r,
+            };
+            let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+            sse::check_head(resp.status().as_u16(), content_type.as_deref())?;
+            let chunks = futures_util::stream::unfold(Some(resp), |resp| async move {
+                let mut resp = resp?;
+                match resp.chunk().await {
+                    Ok(Some(bytes)) => Some((Ok(bytes), Some(resp))),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(sse::network(e.without_url())), None)),
+                }
+            });
+            Ok(Box::pin(chunks) as Chunks)
+        })
+    }
+
+    fn dial(&self, host: String, port: u16) -> BoxFuture<Result<Box<dyn Conn>>> {
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| Error::Network(format!("websocket: connect to {host}:{port}: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            Ok(Box::new(tcp) as Box<dyn Conn>)
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+
+    fn random(&self, max: u64) -> u64 {
+        use rand::Rng;
+        rand::rng().random_range(0..=max)
+    }
+}
+
+/// A failed HTTP exchange, as an error that names no token (reqwest's
+/// `Display` names the URL, never headers).
+fn network(e: reqwest::Error) -> Error {
+    if let Some(tls) = crate::tls::failure(&e) {
+        return tls;
+    }
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    if e.is_decode() {
+        Error::Protocol(msg)
+    } else {
+        Error::Network(msg)
+    }
+}
