@@ -20,6 +20,7 @@ mod restart;
 mod snapshot;
 mod tls;
 pub mod transport;
+mod view;
 
 pub use config::{Config, Transport};
 pub use engine::{get_server_data, Engine};

@@ -17,7 +17,7 @@ use crate::reconcile::{self, Found};
 use crate::replica::{BaseRow, Effect, RowText};
 use crate::snapshot::Snapshot;
 
-use super::{AckedRun, Engine, State};
+use super::{AckedRun, Engine};
 
 impl Engine {
     /// Whether an insert in doubt reached the server, read from the log:
@@ -65,10 +65,11 @@ impl Engine {
     pub(super) async fn settle_in_doubt(&self, snap: &Snapshot, token: Option<&str>) -> Result<()> {
         let in_doubt: Vec<Mutation> = {
             let st = self.inner.state.read();
-            if st.queue.in_doubt() == 0 {
+            if st.view.queue().in_doubt() == 0 {
                 return Ok(());
             }
-            st.queue
+            st.view
+                .queue()
                 .pending()
                 .filter(|m| m.kind == Kind::Insert && m.sent.is_some() && snap.rows.contains_key(&m.entity))
                 .cloned()
@@ -141,7 +142,7 @@ impl Engine {
                 // the server accepted the write: the stored row becomes what we sent,
                 // until the server's own event replaces it (events of a
                 // policy-governed entity may never come, see docs/compat.md)
-                let base = st.replica.base(&m.entity, &target);
+                let base = st.view.replica().base(&m.entity, &target);
                 let base_row = match (server_id, m.kind, base) {
                     (Some(sid), Kind::Insert, None) => {
                         let mut row = m.data.clone().unwrap_or_default();
@@ -159,9 +160,13 @@ impl Engine {
                     _ => None,
                 };
                 let changed: Vec<Mutation> = match server_id {
-                    Some(sid) => {
-                        st.queue.remapped(&m.entity, &m.row_id, sid).into_iter().filter(|c| c.id != m.id).collect()
-                    }
+                    Some(sid) => st
+                        .view
+                        .queue()
+                        .remapped(&m.entity, &m.row_id, sid)
+                        .into_iter()
+                        .filter(|c| c.id != m.id)
+                        .collect(),
                     None => Vec::new(),
                 };
                 let keys = [(m.entity.clone(), m.row_id.clone()), (m.entity.clone(), target.clone())];
@@ -221,28 +226,20 @@ impl Engine {
         let mut done = Vec::with_capacity(plans.len());
         for p in plans {
             let m = p.m;
-            st.queue.remove(&m.id);
+            st.view.remove(&m.id);
             if let (Some(sid), Kind::Insert) = (&p.server_id, m.kind) {
                 st.aliases.insert(m.row_id.clone(), sid.clone());
             }
             for c in &p.changed {
-                st.queue.replace(c.clone());
+                st.view.replace(c.clone());
             }
             if let Some(row) = p.base_row {
-                st.replica.put_base(&m.entity, &p.target, row);
-            }
-            let State { replica, queue, .. } = &mut *st;
-            replica.refresh(&m.entity, &m.row_id, queue);
-            if let Some(sid) = &p.server_id {
-                replica.refresh(&m.entity, sid, queue);
+                st.view.put_base(&m.entity, &p.target, row);
             }
             for e in std::iter::once(&m.entity).chain(p.changed.iter().map(|c| &c.entity)) {
                 if !entities.contains(e) {
                     entities.push(e.clone());
                 }
-            }
-            for c in &p.changed {
-                replica.refresh(&c.entity, &c.row_id, queue);
             }
             let mut m = m;
             if let Some(sid) = p.server_id {
@@ -250,7 +247,6 @@ impl Engine {
             }
             done.push(m);
         }
-        self.refresh_counts(&mut st);
         Ok(AckedRun { done, left: acks.collect(), entities })
     }
 }

@@ -19,7 +19,7 @@ use crate::protocol::{Cursor, Hydration, Row};
 use crate::replica::{BaseRow, Effect, Replacement, RowText, Tables};
 use crate::snapshot::{self, Snapshot};
 
-use super::{Engine, Resume, State};
+use super::{Engine, Resume};
 
 impl Engine {
     /// The log no longer reaches our cursor (410), on the same server and
@@ -160,7 +160,7 @@ impl Engine {
                 })?;
                 let prepared: BTreeMap<String, Replacement> = {
                     let st = me.inner.state.read();
-                    tables.into_iter().map(|(e, rows)| (e.clone(), st.replica.prepare(&e, rows))).collect()
+                    tables.into_iter().map(|(e, rows)| (e.clone(), st.view.replica().prepare(&e, rows))).collect()
                 };
                 let (replaced, now) = {
                     let mut st = me.inner.state.write();
@@ -171,10 +171,7 @@ impl Engine {
                         st.anchor = snap_anchor;
                         st.awaited.clear();
                     }
-                    let State { replica, queue, .. } = &mut *st;
-                    let replaced = replica.replace_entities(prepared, queue);
-                    me.refresh_counts(&mut st);
-                    (replaced, now)
+                    (st.view.replace_entities(prepared), now)
                 };
                 drop(replaced);
                 Ok(Some(now))

@@ -18,7 +18,7 @@ use crate::reconcile;
 use crate::replica::{Effect, RowText};
 use crate::restart::{Anchor, ANCHOR_SPAN};
 
-use super::{Engine, Replay, State, PRUNE_EVERY};
+use super::{Engine, Replay, PRUNE_EVERY};
 
 impl Engine {
     /// Pulls until the server says there is no more, bootstrapping first when
@@ -240,7 +240,7 @@ impl Engine {
         {
             let st = self.inner.state.read();
             for c in &changes {
-                if let Some(m) = reconcile::own_insert(&st.queue, c) {
+                if let Some(m) = reconcile::own_insert(st.view.queue(), c) {
                     own.push((m.clone(), Some(c.row_id.clone())));
                 } else if let Some(temp) = reconcile::nonce(c).filter(|t| st.parked_in_doubt.contains(*t)) {
                     parked.push((temp.to_string(), c.row_id.clone()));
@@ -260,13 +260,13 @@ impl Engine {
             let snapshot_holds = |c: &ChangeEvent| {
                 c.kind != Kind::Delete
                     && st.covered.get(&c.entity).is_some_and(|head| c.seq <= *head)
-                    && st.replica.base(&c.entity, &c.row_id).is_some()
+                    && st.view.replica().base(&c.entity, &c.row_id).is_some()
             };
             if changes.iter().any(snapshot_holds) {
                 let fresh: Vec<ChangeEvent> = changes.iter().filter(|c| !snapshot_holds(c)).cloned().collect();
-                st.replica.plan(&fresh)
+                st.view.replica().plan(&fresh)
             } else {
-                st.replica.plan(&changes)
+                st.view.replica().plan(&changes)
             }
         };
         if !missing.is_empty() {
@@ -326,23 +326,21 @@ impl Engine {
                     st.parked_in_doubt.remove(&temp);
                     st.aliases.insert(temp, server);
                 }
-                let State { replica, queue, witness, .. } = &mut *st;
-                let touched = replica.commit(&effects, queue);
-                if queue.in_doubt() > 0 {
-                    witness.record(&changes);
+                let touched = st.view.commit(&effects);
+                if st.view.queue().in_doubt() > 0 {
+                    st.witness.record(&changes);
                 } else {
-                    witness.clear();
+                    st.witness.clear();
                 }
                 // every thousand events, tombstones the cursor has passed go
                 let pruned = me.inner.pruned_at.load(Ordering::SeqCst);
                 let gone = match cursor {
                     Some(c) if c.abs_diff(pruned) >= PRUNE_EVERY => {
                         me.inner.pruned_at.store(c, Ordering::SeqCst);
-                        replica.prune_tombstones(c)
+                        st.view.prune_tombstones(c)
                     }
                     _ => Vec::new(),
                 };
-                me.refresh_counts(&mut st);
                 drop(st);
                 if !gone.is_empty() {
                     db.write(|w| gone.iter().try_for_each(|(e, id)| w.delete_row(e, id)))?;

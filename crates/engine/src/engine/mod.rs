@@ -48,9 +48,9 @@ use crate::protocol::{ChangeEvent, Hydration, Session};
 use crate::queue::{Mutation, MutationError, Queue};
 use crate::realtime::Realtime;
 use crate::reconcile;
-use crate::replica::Replica;
 use crate::restart::{Anchor, Boot};
 use crate::transport::Which;
+use crate::view::View;
 
 /// Why the server refused a write, as kept on the failed mutation.
 fn refusal(e: &Error) -> MutationError {
@@ -72,8 +72,8 @@ const BOOT_CHECK_EVERY: Duration = Duration::from_secs(30);
 const SAFETY_PULL: Duration = Duration::from_secs(30);
 
 struct State {
-    replica: Replica,
-    queue: Queue,
+    /// The rows and the queue of local writes shown on top of them.
+    view: View,
     cursor: u64,
     /// Entities whose full snapshot is in the replica (the rest need
     /// bootstrapping), each with the log head its snapshot was read after:
@@ -123,6 +123,15 @@ struct State {
     loaded: bool,
     pending_hydration: Option<Hydration>,
     status: SyncStatus,
+}
+
+impl State {
+    /// The status as it stands: the loop's phase with the queue's counts
+    /// and the cursor now.
+    fn status(&self) -> SyncStatus {
+        let (pending, failed) = self.view.counts();
+        SyncStatus { pending, failed, cursor: self.cursor, ..self.status.clone() }
+    }
 }
 
 struct Inner {
@@ -280,8 +289,7 @@ impl Engine {
             last_synced_at: None,
         };
         let state = State {
-            replica: Replica::new(),
-            queue: Queue::default(),
+            view: View::default(),
             cursor: 0,
             covered: BTreeMap::new(),
             open: BTreeSet::new(),
@@ -420,12 +428,7 @@ impl Engine {
             let (mine, others): (Vec<Mutation>, Vec<Mutation>) =
                 mutations.into_iter().partition(|m| m.identity == queue_key);
             let parked_in_doubt = in_doubt_ids(&others);
-            let queue = Queue::new(mine);
-            let mut replica = Replica::new();
-            if same_token {
-                replica.load(rows);
-            }
-            replica.rebuild_overlay(&queue);
+            let view = View::new(same_token.then_some(rows), Queue::new(mine));
             let mut st = me.inner.state.write();
             st.identity = identity;
             st.server_boot = server_boot;
@@ -438,10 +441,8 @@ impl Engine {
             st.covered = covered;
             st.queue_key = queue_key;
             st.quarantined = !same_token;
-            st.queue = queue;
-            st.replica.take_over(replica);
+            st.view.take_over(view);
             st.loaded = true;
-            me.refresh_counts(&mut st);
             Ok(())
         })
         .await?;
@@ -454,12 +455,6 @@ impl Engine {
             self.emit(Event::Change { entities });
         }
         Ok(())
-    }
-
-    fn refresh_counts(&self, st: &mut State) {
-        st.status.pending = st.queue.pending_count();
-        st.status.failed = st.queue.len() - st.status.pending;
-        st.status.cursor = st.cursor;
     }
 
     fn set_phase(&self, phase: Phase, error: Option<&Error>, attempts: u32) {
@@ -476,11 +471,10 @@ impl Engine {
             if phase == Phase::Idle {
                 st.status.last_synced_at = Some(self.now_ms());
             }
-            self.refresh_counts(&mut st);
             if !changed {
                 return;
             }
-            st.status.clone()
+            st.status()
         };
         self.emit(Event::Status(status));
     }

@@ -20,7 +20,7 @@ use crate::protocol::{Kind, Row, TEMP_PREFIX};
 use crate::queue::{Mutation, MutationError, Sent, Status};
 use crate::reconcile::{self, Found};
 
-use super::{refusal, Engine, State, Submitted, BATCH_BYTES, BATCH_MAX};
+use super::{refusal, Engine, Submitted, BATCH_BYTES, BATCH_MAX};
 
 impl Engine {
     //
@@ -135,12 +135,9 @@ impl Engine {
                 let mut st = me.inner.state.write();
                 for Submitted { m, .. } in &batch {
                     if m.identity == st.queue_key {
-                        st.queue.push(m.clone());
-                        let State { replica, queue, .. } = &mut *st;
-                        replica.refresh(&m.entity, &m.row_id, queue);
+                        st.view.push(m.clone());
                     }
                 }
-                me.refresh_counts(&mut st);
                 Ok(batch)
             })
             .await?;
@@ -166,18 +163,11 @@ impl Engine {
         let id = id.to_string();
         let removed = self
             .with_db(move |me, db| {
-                if me.inner.state.read().queue.get(&id).is_none() {
+                if me.inner.state.read().view.queue().get(&id).is_none() {
                     return Ok(None);
                 }
                 db.write(|w| w.delete_mutation(&id))?;
-                let mut st = me.inner.state.write();
-                let m = st.queue.remove(&id);
-                if let Some(m) = &m {
-                    let State { replica, queue, .. } = &mut *st;
-                    replica.refresh(&m.entity, &m.row_id, queue);
-                }
-                me.refresh_counts(&mut st);
-                Ok(m)
+                Ok(me.inner.state.write().view.remove(&id))
             })
             .await?;
         match removed {
@@ -211,7 +201,8 @@ impl Engine {
                 .inner
                 .state
                 .read()
-                .queue
+                .view
+                .queue()
                 .get(&id)
                 .cloned()
                 .ok_or_else(|| Error::NotFound(format!("no mutation {id:?}")))?;
@@ -221,11 +212,7 @@ impl Engine {
                 m.attempts = 0;
             }
             db.write(|w| w.save_mutation(&m))?;
-            let mut st = me.inner.state.write();
-            st.queue.replace(m.clone());
-            let State { replica, queue, .. } = &mut *st;
-            replica.refresh(&m.entity, &m.row_id, queue);
-            me.refresh_counts(&mut st);
+            me.inner.state.write().view.replace(m.clone());
             Ok(m)
         })
         .await
@@ -241,7 +228,7 @@ impl Engine {
                     return Ok(()); // identity not verified for this token yet
                 }
                 let admin = st.session.as_ref().is_some_and(|s| s.is_admin);
-                (st.queue.next_pending().cloned(), st.verified_token.clone(), admin)
+                (st.view.queue().next_pending().cloned(), st.verified_token.clone(), admin)
             };
             let Some(m) = next else { return Ok(()) };
             if m.kind == Kind::Insert && m.sent.is_none() && !checked {
@@ -271,13 +258,13 @@ impl Engine {
                     // restart), then look for its event in the log; when the
                     // log cannot tell, match fields
                     self.pull_to_head().await?;
-                    let still = self.inner.state.read().queue.get(&m.id).cloned();
+                    let still = self.inner.state.read().view.queue().get(&m.id).cloned();
                     let Some(m) = still.filter(|m| m.status == Status::Pending) else { continue };
                     let found = match self.scan_for_insert(&m, token.as_deref()).await? {
                         Some(found) => found,
                         None => {
                             let st = self.inner.state.read();
-                            reconcile::find_applied(&st.replica, &st.witness, &m).into()
+                            reconcile::find_applied(st.view.replica(), &st.witness, &m).into()
                         }
                     };
                     match found {
@@ -339,7 +326,8 @@ impl Engine {
         let run: Vec<Mutation> = {
             let st = self.inner.state.read();
             let mut bytes = 0;
-            st.queue
+            st.view
+                .queue()
                 .pending()
                 // an insert in doubt is reconciled alone; a write to a row whose
                 // insert is in this batch needs that insert's id first
@@ -413,7 +401,7 @@ impl Engine {
             db.write(|w| changed.iter().try_for_each(|m| save(w, m)))?;
             let mut st = me.inner.state.write();
             for m in changed {
-                st.queue.replace(m);
+                st.view.replace(m);
             }
             Ok(())
         })
@@ -427,7 +415,7 @@ impl Engine {
         {
             let st = self.inner.state.read();
             for m in run.iter_mut().filter(|m| m.kind == Kind::Insert && m.sent.is_none()) {
-                let after = st.replica.max_base_id(&m.entity).map(str::to_string);
+                let after = st.view.replica().max_base_id(&m.entity).map(str::to_string);
                 m.sent = Some(Sent { after, nonce, since: Some(st.cursor), server_gen: st.server_gen });
                 changed.push(m.clone());
             }

@@ -14,14 +14,14 @@ use super::Engine;
 impl Engine {
     /// The visible rows of `entity` as one JSON array, in id order.
     pub fn list_json(&self, entity: &str) -> String {
-        self.inner.state.read().replica.list_json(entity)
+        self.inner.state.read().view.replica().list_json(entity)
     }
 
     /// What changed in `entity` since `version` (see [`Replica::changes_since`]),
     /// as JSON `{"version", "rows": [changed rows], "gone": [ids]}`; `None` when
     /// only the whole list can tell.
     pub fn changes_json(&self, entity: &str, version: u64) -> Option<String> {
-        let changes = self.inner.state.read().replica.changes_since(entity, version)?;
+        let changes = self.inner.state.read().view.replica().changes_since(entity, version)?;
         let (now, mut rows, mut gone) = (changes.version, String::from("["), Vec::new());
         for (id, row) in changes.rows {
             match row {
@@ -40,7 +40,7 @@ impl Engine {
 
     /// The visible rows of `entity`, in id order, parsed.
     pub fn list(&self, entity: &str) -> Vec<Row> {
-        let rows = self.inner.state.read().replica.list(entity);
+        let rows = self.inner.state.read().view.replica().list(entity);
         rows.iter().map(RowText::parse).collect()
     }
 
@@ -52,14 +52,14 @@ impl Engine {
 
     /// How many rows of `entity` are visible.
     pub fn count(&self, entity: &str) -> usize {
-        self.inner.state.read().replica.count(entity)
+        self.inner.state.read().view.replica().count(entity)
     }
 
     /// A visible row as JSON text. A temporary id the server has since named still finds its row.
     pub fn get_json(&self, entity: &str, id: &str) -> Option<RowText> {
         let st = self.inner.state.read();
         let id = st.aliases.get(id).map_or(id, String::as_str);
-        st.replica.get(entity, id)
+        st.view.replica().get(entity, id)
     }
 
     /// A visible row, parsed (see [`Engine::get_json`]).
@@ -69,11 +69,11 @@ impl Engine {
 
     /// Changes whenever the visible rows of `entity` change.
     pub fn entity_version(&self, entity: &str) -> u64 {
-        self.inner.state.read().replica.entity_version(entity)
+        self.inner.state.read().view.replica().entity_version(entity)
     }
 
     pub fn entities(&self) -> Vec<String> {
-        self.inner.state.read().replica.entities()
+        self.inner.state.read().view.replica().entities()
     }
 
     pub fn cursor(&self) -> u64 {
@@ -81,7 +81,7 @@ impl Engine {
     }
 
     pub fn status(&self) -> SyncStatus {
-        self.inner.state.read().status.clone()
+        self.inner.state.read().status()
     }
 
     pub fn session(&self) -> Option<Session> {
@@ -89,6 +89,6 @@ impl Engine {
     }
 
     pub fn mutations(&self) -> Vec<Mutation> {
-        self.inner.state.read().queue.all().cloned().collect()
+        self.inner.state.read().view.queue().all().cloned().collect()
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use crate::error::Result;
 use crate::events::Event;
 
-use super::{Engine, State};
+use super::Engine;
 
 impl Engine {
     /// Drops every row and tombstone (memory and disk), cursor 0. Queued
@@ -43,8 +43,8 @@ impl Engine {
                 })?;
                 let mut st = me.inner.state.write();
                 me.inner.epoch.fetch_add(1, Ordering::SeqCst); // see apply_session
-                let entities = st.replica.entities();
-                st.replica.clear();
+                let entities = st.view.replica().entities();
+                st.view.clear_rows();
                 st.cursor = 0;
                 st.anchor = None;
                 st.awaited.clear();
@@ -53,9 +53,6 @@ impl Engine {
                     st.server_boot = None;
                 }
                 st.covered.clear();
-                let State { replica, queue, .. } = &mut *st;
-                replica.rebuild_overlay(queue);
-                me.refresh_counts(&mut st);
                 Ok(entities)
             })
             .await?;

@@ -13,7 +13,7 @@ use crate::events::Event;
 use crate::protocol::Session;
 use crate::queue::{Mutation, Queue};
 
-use super::{fingerprint, in_doubt_ids, token_key, Engine, State};
+use super::{fingerprint, in_doubt_ids, token_key, Engine};
 
 impl Engine {
     /// The bearer token requests are sent with now.
@@ -107,20 +107,20 @@ impl Engine {
                 let stored = if !flipped && me.inner.state.read().quarantined { Some(db.load()?.rows) } else { None };
                 let mutations = db.mutations()?;
                 let mut st = me.inner.state.write();
-                let mut entities = st.replica.entities();
+                let mut entities = st.view.replica().entities();
                 if flipped {
                     // with the rows, under the state lock: work planned before
                     // the flip is refused from here on, even if the future that
                     // started this one was dropped mid-way (stop() aborts it)
                     me.inner.epoch.fetch_add(1, Ordering::SeqCst);
-                    st.replica.clear();
+                    st.view.clear_rows();
                     st.cursor = 0;
                     st.anchor = None;
                     st.awaited.clear();
                     st.covered.clear();
                 }
                 if let Some(rows) = stored {
-                    st.replica.load(rows);
+                    st.view.load_rows(rows);
                 }
                 st.quarantined = false;
                 st.identity = identity.clone();
@@ -131,15 +131,12 @@ impl Engine {
                 let (mine, others): (Vec<Mutation>, Vec<Mutation>) =
                     mutations.into_iter().partition(|m| m.identity == identity);
                 st.parked_in_doubt = in_doubt_ids(&others);
-                st.queue = Queue::new(mine);
-                let State { replica, queue, .. } = &mut *st;
-                replica.rebuild_overlay(queue);
-                for e in st.replica.entities() {
+                st.view.set_queue(Queue::new(mine));
+                for e in st.view.replica().entities() {
                     if !entities.contains(&e) {
                         entities.push(e);
                     }
                 }
-                me.refresh_counts(&mut st);
                 Ok(entities)
             })
             .await?;
