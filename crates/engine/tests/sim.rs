@@ -1001,6 +1001,21 @@ fn kept() -> Vec<(u64, Vec<Op>)> {
     use Op::*;
     vec![
         (
+            14762,
+            vec![
+                Wait(1),
+                LocalInsert(1),
+                Flip(1),
+                Wait(1),
+                LocalInsert(1),
+                LocalDelete(1, 0),
+                LocalInsert(0),
+                Flip(1),
+                Crash(0),
+                Flip(1),
+            ],
+        ),
+        (
             0,
             vec![
                 LocalInsert(2),

@@ -236,14 +236,14 @@ impl Engine {
         // our inserts in doubt this batch reports applied (acknowledged
         // first), and those parked under another identity (temp → server id)
         let mut own: Vec<(Mutation, Option<String>)> = Vec::new();
-        let mut parked: Vec<(String, String)> = Vec::new();
+        let mut parked: Vec<(String, String, String)> = Vec::new();
         {
             let st = self.inner.state.read();
             for c in &changes {
                 if let Some(m) = reconcile::own_insert(st.view.queue(), c) {
                     own.push((m.clone(), Some(c.row_id.clone())));
                 } else if let Some(temp) = reconcile::nonce(c).filter(|t| st.parked_in_doubt.contains(*t)) {
-                    parked.push((temp.to_string(), c.row_id.clone()));
+                    parked.push((c.entity.clone(), temp.to_string(), c.row_id.clone()));
                 }
             }
         }
@@ -296,13 +296,23 @@ impl Engine {
                     awaited.retain(|nonce, _| !changes.iter().any(|c| reconcile::nonce(c) == Some(nonce.as_str())));
                     (awaited.len() != st.awaited.len()).then_some(awaited)
                 };
+                // our writes that name another identity's insert now named by
+                // the server (parked inserts are that identity's)
+                let renamed: Vec<Mutation> = {
+                    let st = me.inner.state.read();
+                    let q = st.view.queue();
+                    parked.iter().flat_map(|(entity, temp, server)| q.remapped(entity, temp, server)).collect()
+                };
                 db.write(|w| {
                     w.effects(&effects)?;
                     if let Some(a) = &awaited {
                         w.set_meta("awaited", &serde_json::to_string(a)?)?;
                     }
-                    for (temp, server) in &parked {
+                    for (_, temp, server) in &parked {
                         w.set_alias(temp, server)?;
+                    }
+                    for m in &renamed {
+                        w.save_mutation(m)?;
                     }
                     if let Some(c) = cursor {
                         w.set_cursor(c)?;
@@ -322,9 +332,12 @@ impl Engine {
                 if let Some(a) = awaited {
                     st.awaited = a;
                 }
-                for (temp, server) in parked {
+                for (_, temp, server) in parked {
                     st.parked_in_doubt.remove(&temp);
                     st.aliases.insert(temp, server);
+                }
+                for m in renamed {
+                    st.view.replace(m);
                 }
                 let touched = st.view.commit(&effects);
                 if st.view.queue().in_doubt() > 0 {

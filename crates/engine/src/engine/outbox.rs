@@ -6,6 +6,7 @@
 //! first; see `acks`). Owns `submitted` and `no_batch`; changes the queue in
 //! `state` only after the database committed (`db`, then `state`).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 
@@ -116,14 +117,7 @@ impl Engine {
                     let st = me.inner.state.read();
                     for Submitted { m, .. } in &mut batch {
                         m.identity = st.queue_key.clone();
-                        if let Some(server) = st.aliases.get(&m.row_id) {
-                            m.row_id = server.clone();
-                        }
-                        for v in m.data.iter_mut().flat_map(|d| d.values_mut()) {
-                            if let Some(server) = v.as_str().and_then(|s| st.aliases.get(s)) {
-                                *v = Value::String(server.clone());
-                            }
-                        }
+                        renamed(m, &st.aliases);
                     }
                 }
                 if let Err(e) = db.write(|w| batch.iter_mut().try_for_each(|s| w.add_mutation(&mut s.m))) {
@@ -425,4 +419,21 @@ impl Engine {
         }
         Ok(run)
     }
+}
+
+/// Rewrites the temporary ids `m` names that the server has since named
+/// (`aliases`), as its row and in its data; true when it changed.
+pub(super) fn renamed(m: &mut Mutation, aliases: &HashMap<String, String>) -> bool {
+    let mut changed = false;
+    if let Some(server) = aliases.get(&m.row_id) {
+        m.row_id = server.clone();
+        changed = true;
+    }
+    for v in m.data.iter_mut().flat_map(|d| d.values_mut()) {
+        if let Some(server) = v.as_str().and_then(|s| aliases.get(s)) {
+            *v = Value::String(server.clone());
+            changed = true;
+        }
+    }
+    changed
 }

@@ -13,7 +13,7 @@ use crate::events::Event;
 use crate::protocol::Session;
 use crate::queue::{Mutation, Queue};
 
-use super::{fingerprint, in_doubt_ids, token_key, Engine};
+use super::{outbox, fingerprint, in_doubt_ids, token_key, Engine};
 
 impl Engine {
     /// The bearer token requests are sent with now.
@@ -105,7 +105,17 @@ impl Engine {
                     Ok(())
                 })?;
                 let stored = if !flipped && me.inner.state.read().quarantined { Some(db.load()?.rows) } else { None };
-                let mutations = db.mutations()?;
+                let (mut mine, others): (Vec<Mutation>, Vec<Mutation>) =
+                    db.mutations()?.into_iter().partition(|m| m.identity == identity);
+                // writes parked while another identity's insert was acknowledged
+                // may still name its temporary id
+                let renamed: Vec<Mutation> = {
+                    let st = me.inner.state.read();
+                    mine.iter_mut().filter_map(|m| outbox::renamed(m, &st.aliases).then(|| m.clone())).collect()
+                };
+                if !renamed.is_empty() {
+                    db.write(|w| renamed.iter().try_for_each(|m| w.save_mutation(m)))?;
+                }
                 let mut st = me.inner.state.write();
                 let mut entities = st.view.replica().entities();
                 if flipped {
@@ -128,8 +138,6 @@ impl Engine {
                 st.verified_fp = Some(fp);
                 st.verified_token = token;
                 st.session = Some(session);
-                let (mine, others): (Vec<Mutation>, Vec<Mutation>) =
-                    mutations.into_iter().partition(|m| m.identity == identity);
                 st.parked_in_doubt = in_doubt_ids(&others);
                 st.view.set_queue(Queue::new(mine));
                 for e in st.view.replica().entities() {
