@@ -256,28 +256,32 @@ pub fn project<'a>(base: Option<&Row>, row_id: &str, pending: impl Iterator<Item
     row
 }
 
+/// A pending write of a `Todo` for tests, with id `m<order>`.
+#[cfg(test)]
+pub(crate) fn sample(order: i64, kind: Kind, row_id: &str, data: Option<Value>) -> Mutation {
+    Mutation {
+        id: format!("m{order}"),
+        order,
+        identity: String::new(),
+        entity: "Todo".into(),
+        row_id: row_id.into(),
+        kind,
+        data: data.map(|d| d.as_object().expect("an object").clone()),
+        status: Status::Pending,
+        error: None,
+        attempts: 0,
+        created_at: 0,
+        sent: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
 
-    fn m(order: i64, kind: Kind, row_id: &str, data: Option<Value>) -> Mutation {
-        Mutation {
-            id: format!("m{order}"),
-            order,
-            identity: "user:a|tenant:".into(),
-            entity: "Todo".into(),
-            row_id: row_id.into(),
-            kind,
-            data: data.map(|d| d.as_object().unwrap().clone()),
-            status: Status::Pending,
-            error: None,
-            attempts: 0,
-            created_at: 0,
-            sent: None,
-        }
-    }
+    use super::sample as m;
 
     #[test]
     fn the_queue_keeps_order_counts_and_per_row_indexes_in_step() {

@@ -607,20 +607,7 @@ mod tests {
     }
 
     fn mutation(order: i64, id: &str, kind: Kind, data: Option<Value>) -> Mutation {
-        Mutation {
-            id: format!("m{order}"),
-            order,
-            identity: String::new(),
-            entity: "Todo".into(),
-            row_id: id.into(),
-            kind,
-            data: data.map(|d| d.as_object().unwrap().clone()),
-            status: Status::Pending,
-            error: None,
-            attempts: 0,
-            created_at: 0,
-            sent: None,
-        }
+        crate::queue::sample(order, kind, id, data)
     }
 
     #[test]

@@ -141,20 +141,7 @@ mod tests {
     use crate::replica::RowText;
 
     fn m(id: &str, kind: Kind, row_id: &str, data: Option<Value>) -> Mutation {
-        Mutation {
-            id: id.into(),
-            order: id[1..].parse().unwrap(),
-            identity: String::new(),
-            entity: "Todo".into(),
-            row_id: row_id.into(),
-            kind,
-            data: data.map(|d| d.as_object().unwrap().clone()),
-            status: Status::Pending,
-            error: None,
-            attempts: 0,
-            created_at: 0,
-            sent: None,
-        }
+        crate::queue::sample(id[1..].parse().unwrap(), kind, row_id, data)
     }
 
     fn shown(v: &View, id: &str) -> Option<Value> {

@@ -13,7 +13,7 @@ use crate::events::Event;
 use crate::protocol::Session;
 use crate::queue::{Mutation, Queue};
 
-use super::{outbox, fingerprint, in_doubt_ids, token_key, Engine};
+use super::{fingerprint, in_doubt_ids, outbox, token_key, Engine};
 
 impl Engine {
     /// The bearer token requests are sent with now.
