@@ -4,12 +4,42 @@
 //! `boot_check_due`, `last_boot_check` and the stream floor; a restart
 //! noticed resets the replica (`reset`). Runs inside a round (`sync` held).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::restart::Boot;
 
 use super::{Engine, BOOT_CHECK_EVERY};
+
+/// What this part owns: when the boot time is checked next, and which
+/// stream connections' events may be applied as pages.
+pub(super) struct Watch {
+    /// Check the server's boot time in the next round (start, errors, reconnects).
+    pub(super) boot_check_due: AtomicBool,
+    pub(super) last_boot_check: Mutex<Option<tokio::time::Instant>>,
+    /// Stream connections are numbered as they open (`Realtime::opened`).
+    /// An event is applied as a page only from a connection opened before a
+    /// round's first pull last found the log still holding the replica's
+    /// last events (numbers up to `stream_checked`), and not before the last
+    /// restart noticed (numbers from `stream_floor`): a restarted server's
+    /// events can continue our cursor's numbering, and a dead server's
+    /// connection may still deliver what it had sent. Other events are hints.
+    pub(super) stream_checked: AtomicU64,
+    pub(super) stream_floor: AtomicU64,
+}
+
+impl Default for Watch {
+    fn default() -> Watch {
+        Watch {
+            boot_check_due: AtomicBool::new(true),
+            last_boot_check: Mutex::new(None),
+            stream_checked: AtomicU64::new(0),
+            stream_floor: AtomicU64::new(0),
+        }
+    }
+}
 
 impl Engine {
     /// The real server keeps its change log in memory: a restart renumbers it
@@ -22,9 +52,9 @@ impl Engine {
         // without a live stream nothing else would notice a restart between
         // polls (a restart drops streams, which marks a check due), so a
         // polling engine asks every round: one small request beside the pull
-        let due = self.inner.boot_check_due.swap(false, Ordering::SeqCst)
+        let due = self.inner.watch.boot_check_due.swap(false, Ordering::SeqCst)
             || !self.inner.rt.streaming()
-            || self.inner.last_boot_check.lock().is_none_or(|t| t.elapsed() >= BOOT_CHECK_EVERY);
+            || self.inner.watch.last_boot_check.lock().is_none_or(|t| t.elapsed() >= BOOT_CHECK_EVERY);
         if !due {
             return Ok(());
         }
@@ -33,11 +63,11 @@ impl Engine {
             Ok(Some(u)) => u,
             Ok(None) => return Ok(()), // a server that does not say: nothing to learn
             Err(e) => {
-                self.inner.boot_check_due.store(true, Ordering::SeqCst);
+                self.inner.watch.boot_check_due.store(true, Ordering::SeqCst);
                 return Err(e);
             }
         };
-        *self.inner.last_boot_check.lock() = Some(tokio::time::Instant::now());
+        *self.inner.watch.last_boot_check.lock() = Some(tokio::time::Instant::now());
         let seen = Boot::observed(sent, self.now_ms(), uptime);
         let known = self.inner.state.read().server_boot;
         let boot = match known {
@@ -61,14 +91,14 @@ impl Engine {
 
     /// A dropped stream may mean a restarted server: check before the next pull.
     pub(crate) fn server_may_have_restarted(&self) {
-        self.inner.boot_check_due.store(true, Ordering::SeqCst);
+        self.inner.watch.boot_check_due.store(true, Ordering::SeqCst);
     }
 
     /// The server restarted: what its open connections still deliver belongs
     /// to the old log (one opened since may be the new server's, and is
     /// replaced so its events count again).
     pub(super) fn forget_streams(&self) {
-        self.inner.stream_floor.store(self.inner.rt.opened.load(Ordering::SeqCst) + 1, Ordering::SeqCst);
+        self.inner.watch.stream_floor.store(self.inner.rt.opened.load(Ordering::SeqCst) + 1, Ordering::SeqCst);
         self.restart_realtime(false);
     }
 

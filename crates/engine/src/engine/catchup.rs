@@ -6,7 +6,7 @@
 //! Pulls run inside a round (`sync` held); the stream applier takes `sync`
 //! itself, so stream events never interleave with a round.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use serde_json::Value;
 
@@ -20,6 +20,15 @@ use crate::restart::{Anchor, ANCHOR_SPAN};
 
 use super::{Engine, Replay, PRUNE_EVERY};
 
+/// What this part owns besides the replica it feeds: the run of resyncs
+/// (for the breaker) and where tombstones were last pruned.
+#[derive(Default)]
+pub(super) struct CatchUp {
+    pub(super) resyncs_in_a_row: AtomicU32,
+    /// The cursor at the last tombstone pruning.
+    pub(super) pruned_at: AtomicU64,
+}
+
 impl Engine {
     /// Pulls until the server says there is no more, bootstrapping first when
     /// some readable entity has no snapshot in the replica yet.
@@ -31,7 +40,7 @@ impl Engine {
                         // the log ends before our cursor: it was renumbered
                         self.count_restart().await?;
                     }
-                    let n = self.inner.resyncs_in_a_row.fetch_add(1, Ordering::SeqCst);
+                    let n = self.inner.catchup.resyncs_in_a_row.fetch_add(1, Ordering::SeqCst);
                     if n == 0 && self.resnapshot().await? {
                         continue;
                     }
@@ -113,9 +122,9 @@ impl Engine {
                 }
             }
             if checking {
-                self.inner.stream_checked.fetch_max(opened, Ordering::SeqCst);
+                self.inner.watch.stream_checked.fetch_max(opened, Ordering::SeqCst);
             }
-            self.inner.resyncs_in_a_row.store(0, Ordering::SeqCst);
+            self.inner.catchup.resyncs_in_a_row.store(0, Ordering::SeqCst);
             let more = page.has_more;
             if since == 0 {
                 staged = Some(Replay { events: Vec::new(), at: 0, epoch, expect: kept });
@@ -199,8 +208,10 @@ impl Engine {
     /// cursor are duplicates.
     pub(crate) async fn apply_stream(&self, events: Vec<(u64, ChangeEvent)>) {
         let _sync = self.inner.sync.lock().await;
-        let (floor, checked) =
-            (self.inner.stream_floor.load(Ordering::SeqCst), self.inner.stream_checked.load(Ordering::SeqCst));
+        let (floor, checked) = (
+            self.inner.watch.stream_floor.load(Ordering::SeqCst),
+            self.inner.watch.stream_checked.load(Ordering::SeqCst),
+        );
         let trusted = events.iter().all(|(connection, _)| (floor..=checked).contains(connection));
         let events: Vec<ChangeEvent> = events.into_iter().map(|(_, e)| e).collect();
         let (run, pull, epoch, kept) = {
@@ -346,10 +357,10 @@ impl Engine {
                     st.witness.clear();
                 }
                 // every thousand events, tombstones the cursor has passed go
-                let pruned = me.inner.pruned_at.load(Ordering::SeqCst);
+                let pruned = me.inner.catchup.pruned_at.load(Ordering::SeqCst);
                 let gone = match cursor {
                     Some(c) if c.abs_diff(pruned) >= PRUNE_EVERY => {
-                        me.inner.pruned_at.store(c, Ordering::SeqCst);
+                        me.inner.catchup.pruned_at.store(c, Ordering::SeqCst);
                         st.view.prune_tombstones(c)
                     }
                     _ => Vec::new(),

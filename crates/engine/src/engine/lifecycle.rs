@@ -5,9 +5,11 @@
 //! the `sync` lock; `stop()` aborts the loop between awaits, which is why
 //! work planned in a round re-checks the epoch before it commits.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
@@ -16,6 +18,18 @@ use crate::events::{Event, Phase};
 
 use super::{Engine, BACKOFF_CAP, SAFETY_PULL};
 
+/// What this part owns: whether the engine runs or is closed, the loop
+/// task, and the two signals the loop waits on.
+#[derive(Default)]
+pub(super) struct Life {
+    pub(super) running: AtomicBool,
+    pub(super) closed: AtomicBool,
+    /// A local write (or a stream hint) asks for a round now.
+    pub(super) wake: Notify,
+    pub(super) stop: Notify,
+    pub(super) loop_handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
 impl Engine {
     /// The spec's `start()`: load the replica and the queue from disk, resolve
     /// the session, catch up with the server, then follow it. Resolves after the
@@ -23,25 +37,25 @@ impl Engine {
     /// (offline), reports the error as an event and keeps retrying.
     pub async fn start(&self) -> Result<()> {
         self.check_open()?;
-        if self.inner.running.swap(true, Ordering::SeqCst) {
+        if self.inner.life.running.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
         self.set_phase(Phase::Starting, None, 0);
         if let Err(e) = self.load().await {
-            self.inner.running.store(false, Ordering::SeqCst);
+            self.inner.life.running.store(false, Ordering::SeqCst);
             self.set_phase(Phase::Stopped, Some(&e), 0);
             return Err(e);
         }
         let first = self.sync_once().await;
         let mut backoff = Backoff::new(self.inner.cfg.reconnect_delay, BACKOFF_CAP, self.inner.io.clone());
         let first_delay = self.after_sync(&first, &mut backoff);
-        if !self.inner.running.load(Ordering::SeqCst) {
+        if !self.inner.life.running.load(Ordering::SeqCst) {
             return Ok(());
         }
         let me = self.clone();
         let span = me.inner.span.clone();
         let handle = tokio::spawn(async move { me.run(backoff, first_delay).await }.instrument(span));
-        *self.inner.loop_handle.lock() = Some(handle);
+        *self.inner.life.loop_handle.lock() = Some(handle);
         self.start_realtime();
         match first {
             Err(e) if !e.is_transient() && !matches!(e, Error::Resync { .. } | Error::Http { .. }) => Err(e),
@@ -51,15 +65,15 @@ impl Engine {
 
     /// Stops following the server; local reads and writes keep working.
     pub async fn stop(&self) {
-        self.inner.running.store(false, Ordering::SeqCst);
-        self.inner.stop.notify_waiters();
-        let handle = self.inner.loop_handle.lock().take();
+        self.inner.life.running.store(false, Ordering::SeqCst);
+        self.inner.life.stop.notify_waiters();
+        let handle = self.inner.life.loop_handle.lock().take();
         if let Some(h) = handle {
             h.abort();
             let _ = h.await;
         }
         self.stop_realtime().await;
-        if !self.inner.closed.load(Ordering::SeqCst) {
+        if !self.inner.life.closed.load(Ordering::SeqCst) {
             self.set_phase(Phase::Stopped, None, 0);
         }
     }
@@ -68,7 +82,7 @@ impl Engine {
     pub async fn close(&self) {
         self.stop().await;
         let _sync = self.inner.sync.lock().await;
-        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.life.closed.store(true, Ordering::SeqCst);
         let me = self.clone();
         let release = move || drop(me.inner.db.lock().take());
         if self.inner.io.inline_db() {
@@ -86,9 +100,9 @@ impl Engine {
     /// `close()`.
     #[doc(hidden)]
     pub fn abandon(&self) {
-        self.inner.running.store(false, Ordering::SeqCst);
-        self.inner.closed.store(true, Ordering::SeqCst);
-        let handles = [self.inner.loop_handle.lock().take(), self.inner.rt.handle.lock().take()];
+        self.inner.life.running.store(false, Ordering::SeqCst);
+        self.inner.life.closed.store(true, Ordering::SeqCst);
+        let handles = [self.inner.life.loop_handle.lock().take(), self.inner.rt.handle.lock().take()];
         for h in handles.into_iter().flatten() {
             h.abort();
         }
@@ -101,11 +115,11 @@ impl Engine {
             // a local write wakes the loop early, except while backing off
             tokio::select! {
                 biased; // one order, so a simulation replays
-                _ = self.inner.stop.notified() => return,
+                _ = self.inner.life.stop.notified() => return,
                 _ = tokio::time::sleep(delay) => {}
-                _ = self.inner.wake.notified(), if backoff.attempts() == 0 => {}
+                _ = self.inner.life.wake.notified(), if backoff.attempts() == 0 => {}
             }
-            if !self.inner.running.load(Ordering::SeqCst) {
+            if !self.inner.life.running.load(Ordering::SeqCst) {
                 return;
             }
             let res = self.sync_once().await;
@@ -127,7 +141,7 @@ impl Engine {
                 }
             }
             Err(e) => {
-                self.inner.boot_check_due.store(true, Ordering::SeqCst);
+                self.inner.watch.boot_check_due.store(true, Ordering::SeqCst);
                 let context = match e {
                     Error::Resync { .. } => "pull",
                     _ => "sync",
@@ -137,7 +151,8 @@ impl Engine {
                     Error::Resync { .. } => {
                         // the breaker: 2, 4, 8, 16, 30 s between repeated resyncs
                         // (the first 410 of a series was retried at once)
-                        let n = self.inner.resyncs_in_a_row.load(Ordering::SeqCst).saturating_sub(1).clamp(1, 5);
+                        let n =
+                            self.inner.catchup.resyncs_in_a_row.load(Ordering::SeqCst).saturating_sub(1).clamp(1, 5);
                         BACKOFF_CAP.min(Duration::from_secs(1 << n))
                     }
                     Error::Http { status: 429, retry_after, .. } => {
@@ -167,6 +182,6 @@ impl Engine {
 
     /// Asks the loop to sync now (after a local write).
     pub(crate) fn kick(&self) {
-        self.inner.wake.notify_one();
+        self.inner.life.wake.notify_one();
     }
 }

@@ -28,14 +28,13 @@ mod session;
 pub use bootstrap::get_server_data;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
 
 use crate::api::Api;
 use crate::config::{Config, Transport};
@@ -134,6 +133,10 @@ impl State {
     }
 }
 
+/// The engine's state. What every part shares is here (configuration,
+/// the database, the in-memory `state`, the locks and the epoch); what one
+/// part owns is in that part's own struct (`life`, `watch`, `outbox`,
+/// `catchup`), defined in its file.
 struct Inner {
     cfg: Config,
     rt: Realtime,
@@ -147,35 +150,15 @@ struct Inner {
     token: RwLock<Option<String>>,
     listener: RwLock<Option<Listener>>,
     sync: tokio::sync::Mutex<()>,
-    wake: Notify,
-    stop: Notify,
     /// Bumped by every reset, so work started before it is discarded.
     epoch: AtomicU64,
-    running: AtomicBool,
-    closed: AtomicBool,
-    resyncs_in_a_row: AtomicU32,
-    /// The cursor at the last tombstone pruning.
-    pruned_at: AtomicU64,
-    /// The server refused `/api/batch`: admin writes go one by one.
-    no_batch: AtomicBool,
-    /// Check the server's boot time in the next round (start, errors, reconnects).
-    boot_check_due: AtomicBool,
-    last_boot_check: Mutex<Option<tokio::time::Instant>>,
-    /// Stream connections are numbered as they open ([`Realtime::opened`]).
-    /// An event is applied as a page only from a connection opened before a
-    /// round's first pull last found the log still holding the replica's
-    /// last events (numbers up to `stream_checked`), and not before the last
-    /// restart noticed (numbers from `stream_floor`): a restarted server's
-    /// events can continue our cursor's numbering, and a dead server's
-    /// connection may still deliver what it had sent. Other events are hints.
-    stream_checked: AtomicU64,
-    stream_floor: AtomicU64,
+    life: lifecycle::Life,
+    watch: boot::Watch,
+    outbox: outbox::Outbox,
+    catchup: catchup::CatchUp,
     /// The epoch in which every manifest entity was found covered: the
     /// manifest is read once per replica generation, not on every poll.
     complete_in_epoch: AtomicU64,
-    loop_handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Writes made but not yet committed, in the order they were made.
-    submitted: Mutex<Vec<Submitted>>,
 }
 
 /// Where the cursor goes when a snapshot is installed.
@@ -208,12 +191,6 @@ struct Replay {
     /// The event the snapshot's rows were read after: the replay must hold
     /// it, or the log was renumbered since the rows were read.
     expect: Option<Anchor>,
-}
-
-/// A write waiting for its transaction, and who to tell when it is durable.
-struct Submitted {
-    m: Mutation,
-    done: tokio::sync::oneshot::Sender<Result<Mutation>>,
 }
 
 /// A sync engine for one server and one local database.
@@ -329,21 +306,12 @@ impl Engine {
                 token: RwLock::new(token),
                 listener: RwLock::new(None),
                 sync: tokio::sync::Mutex::new(()),
-                wake: Notify::new(),
-                stop: Notify::new(),
                 epoch: AtomicU64::new(0),
-                running: AtomicBool::new(false),
-                closed: AtomicBool::new(false),
-                resyncs_in_a_row: AtomicU32::new(0),
-                no_batch: AtomicBool::new(false),
-                pruned_at: AtomicU64::new(0),
-                boot_check_due: AtomicBool::new(true),
-                last_boot_check: Mutex::new(None),
-                stream_checked: AtomicU64::new(0),
-                stream_floor: AtomicU64::new(0),
+                life: Default::default(),
+                watch: Default::default(),
+                outbox: Default::default(),
+                catchup: Default::default(),
                 complete_in_epoch: AtomicU64::new(u64::MAX),
-                loop_handle: Mutex::new(None),
-                submitted: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -364,7 +332,7 @@ impl Engine {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.inner.closed.load(Ordering::SeqCst) {
+        if self.inner.life.closed.load(Ordering::SeqCst) {
             Err(Error::Closed)
         } else {
             Ok(())

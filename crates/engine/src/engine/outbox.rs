@@ -8,8 +8,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::api::{check_entity, check_id, BatchWrite};
@@ -21,7 +22,23 @@ use crate::protocol::{Kind, Row, TEMP_PREFIX};
 use crate::queue::{Mutation, MutationError, Sent, Status};
 use crate::reconcile::{self, Found};
 
-use super::{refusal, Engine, Submitted, BATCH_BYTES, BATCH_MAX};
+use super::{refusal, Engine, BATCH_BYTES, BATCH_MAX};
+
+/// What this part owns: writes made but not yet committed, and whether
+/// the server takes `/api/batch`.
+#[derive(Default)]
+pub(super) struct Outbox {
+    /// Writes made but not yet committed, in the order they were made.
+    pub(super) submitted: Mutex<Vec<Submitted>>,
+    /// The server refused `/api/batch`: admin writes go one by one.
+    pub(super) no_batch: AtomicBool,
+}
+
+/// A write waiting for its transaction, and who to tell when it is durable.
+pub(super) struct Submitted {
+    pub(super) m: Mutation,
+    pub(super) done: tokio::sync::oneshot::Sender<Result<Mutation>>,
+}
 
 impl Engine {
     //
@@ -83,7 +100,7 @@ impl Engine {
         };
         let id = m.id.clone();
         let (done, answer) = tokio::sync::oneshot::channel();
-        self.inner.submitted.lock().push(Submitted { m, done });
+        self.inner.outbox.submitted.lock().push(Submitted { m, done });
         let me = self.clone();
         Ok(async move {
             let committed = match me.load().await {
@@ -92,7 +109,7 @@ impl Engine {
             };
             if let Err(e) = committed {
                 // nobody committed it: take it back, so it can never be written after this error
-                let mut waiting = me.inner.submitted.lock();
+                let mut waiting = me.inner.outbox.submitted.lock();
                 if let Some(i) = waiting.iter().position(|s| s.m.id == id) {
                     waiting.remove(i);
                     return Err(e);
@@ -106,7 +123,7 @@ impl Engine {
     pub(super) async fn commit_submitted(&self) -> Result<()> {
         let batch = self
             .with_db(|me, db| {
-                let mut batch = std::mem::take(&mut *me.inner.submitted.lock());
+                let mut batch = std::mem::take(&mut *me.inner.outbox.submitted.lock());
                 if batch.is_empty() {
                     return Ok(Vec::new());
                 }
@@ -242,7 +259,8 @@ impl Engine {
                 self.fail(&m, err).await?;
                 continue;
             }
-            if admin && !self.inner.no_batch.load(Ordering::SeqCst) && self.flush_batch(token.as_deref()).await? {
+            if admin && !self.inner.outbox.no_batch.load(Ordering::SeqCst) && self.flush_batch(token.as_deref()).await?
+            {
                 continue;
             }
             let m = match (m.kind, &m.sent) {
@@ -370,7 +388,7 @@ impl Engine {
             Err(e) if e.is_transient() => self.retry_later(run[0].clone(), e).await.map(|_| true),
             Err(Error::Http { status: 403..=405, .. }) => {
                 // no batch route for us after all: the REST path does the same job
-                self.inner.no_batch.store(true, Ordering::SeqCst);
+                self.inner.outbox.no_batch.store(true, Ordering::SeqCst);
                 Ok(false)
             }
             Err(e) => Err(e),

@@ -23,7 +23,7 @@ impl Engine {
         tracing::debug!("reset {reason}");
         let restarted = reason == "server";
         if restarted {
-            self.inner.boot_check_due.store(true, Ordering::SeqCst);
+            self.inner.watch.boot_check_due.store(true, Ordering::SeqCst);
             self.forget_streams();
         }
         let entities = self

@@ -57,7 +57,7 @@ impl Engine {
         self.load().await?;
         self.inner.state.write().verified_fp = None;
         self.ensure_session().await?;
-        if self.inner.running.load(Ordering::SeqCst) {
+        if self.inner.life.running.load(Ordering::SeqCst) {
             self.kick();
         }
         Ok(self.session())
