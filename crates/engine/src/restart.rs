@@ -165,8 +165,16 @@ impl Anchor {
     /// is answered from the oldest event kept rather than with a 410, so a
     /// check from 0 that fails may only mean the log moved on: the caller
     /// asks again from the cursor to tell.
+    /// Never past the cursor: when every mark lies past it (a snapshot's
+    /// rows that hold more than 16 events past their head), the events
+    /// between the cursor and the marks are still to be read.
     pub(crate) fn read_from(&self) -> u64 {
-        self.marks[0].seq - 1
+        let first = self.marks[0].seq - 1;
+        if self.at > 0 {
+            first.min(self.at)
+        } else {
+            first
+        }
     }
 
     /// Checks the log's events read now after `from` up to `to` (the head
@@ -370,5 +378,11 @@ mod tests {
         // marks past the cursor are kept as the cursor moves up to them
         assert_eq!(anchor.near(2).unwrap().read_from(), 0);
         assert_eq!(Anchor::extended(Some(&anchor), &[], 3).unwrap().at(), 3);
+        // rows that hold more events past their head than the anchor keeps:
+        // the events between the head and the marks are still read
+        let busy: Vec<ChangeEvent> =
+            (3..=30).map(|seq| event(seq, &format!("r{seq}"), json!({ "title": "t" }), "t1")).collect();
+        let anchor = Anchor::ahead(None, &busy, 30, 2).unwrap();
+        assert_eq!(anchor.read_from(), 2);
     }
 }

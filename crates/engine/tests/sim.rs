@@ -1001,6 +1001,24 @@ fn kept() -> Vec<(u64, Vec<Op>)> {
     use Op::*;
     vec![
         (
+            13622151183365003692,
+            vec![
+                LocalInsert(0),
+                Reopen(1),
+                Crash(0),
+                LocalInsert(2),
+                LocalInsert(2),
+                LocalInsert(1),
+                Crash(0),
+                ServerFault(Fault::RateLimited),
+                Wait(30),
+                RemoteNote(0),
+                Wait(30),
+                Flip(2),
+                Crash(2),
+            ],
+        ),
+        (
             14762,
             vec![
                 Wait(1),

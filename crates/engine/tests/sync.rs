@@ -1,5 +1,6 @@
 //! The engine against the dev server over real sockets, with a real SQLite file.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod common;
@@ -383,6 +384,13 @@ async fn an_admin_sends_queued_writes_in_batches_with_the_same_outcomes() {
     c.token = Some("admin-secret".into());
     c.transport = pylon_sync_engine::Transport::Poll;
     let e = Engine::new(c).unwrap();
+    let resyncs = Arc::new(Mutex::new(Vec::new()));
+    let seen = resyncs.clone();
+    e.set_listener(Some(Arc::new(move |ev| {
+        if let Event::Resync { reason } = ev {
+            seen.lock().unwrap().push(reason);
+        }
+    })));
     // queued before start: 2,500 inserts, one the server refuses, and writes
     // that depend on an insert's id
     let mut temps = Vec::new();
@@ -408,6 +416,8 @@ async fn an_admin_sends_queued_writes_in_batches_with_the_same_outcomes() {
     assert_eq!(e.list("Todo").len(), 2498);
     assert!(e.list("Todo").iter().any(|r| r["title"] == "renamed"));
     assert!(!e.list("Todo").iter().any(|r| r["title"] == "r11"));
+    // a batch sends no nonces: its inserts are not awaited in the log
+    assert!(resyncs.lock().unwrap().is_empty(), "resyncs: {:?}", resyncs.lock().unwrap());
     e.close().await;
     srv.stop().await;
 }

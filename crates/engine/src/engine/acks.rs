@@ -189,7 +189,10 @@ impl Engine {
             let mut awaited = st.awaited.clone();
             for p in &plans {
                 let shown_early = p.base_row.as_ref().is_some_and(|b| b.seq == 0) && p.m.kind == Kind::Insert;
-                if shown_early && st.open.contains(&p.m.entity) {
+                // only an insert sent with its nonce can be told in the log
+                // (admin batches send none)
+                let nonce = p.m.sent.as_ref().is_some_and(|s| s.nonce);
+                if shown_early && nonce && st.open.contains(&p.m.entity) {
                     awaited.insert(p.m.row_id.clone(), (p.m.entity.clone(), st.cursor));
                 }
             }

@@ -440,10 +440,12 @@ impl Engine {
 }
 
 /// Rewrites the temporary ids `m` names that the server has since named
-/// (`aliases`), as its row and in its data; true when it changed.
+/// (`aliases`), as its row and in its data; true when it changed. An
+/// insert keeps its own temporary id: it is its nonce, by which it is
+/// acknowledged (through the alias) rather than sent again.
 pub(super) fn renamed(m: &mut Mutation, aliases: &HashMap<String, String>) -> bool {
     let mut changed = false;
-    if let Some(server) = aliases.get(&m.row_id) {
+    if let Some(server) = aliases.get(&m.row_id).filter(|_| m.kind != Kind::Insert) {
         m.row_id = server.clone();
         changed = true;
     }
