@@ -111,15 +111,16 @@ impl View {
         self.replica.rebuild_overlay(&self.queue);
     }
 
-    /// Stored rows, shown again (the token they were kept under is
-    /// confirmed the same identity).
-    pub fn load_rows(&mut self, rows: Tables) {
-        self.replica.load(rows);
-        self.replica.rebuild_overlay(&self.queue);
-    }
-
-    /// Another identity's queue.
-    pub fn set_queue(&mut self, queue: Queue) {
+    /// A session resolved: the rows dropped (`clear`, another identity),
+    /// stored rows shown again (`rows`, kept under a token now confirmed the
+    /// same identity), and that identity's queue on top, in one rebuild.
+    pub fn switch(&mut self, clear: bool, rows: Option<Tables>, queue: Queue) {
+        if clear {
+            self.replica.clear();
+        }
+        if let Some(rows) = rows {
+            self.replica.load(rows);
+        }
         self.queue = queue;
         self.replica.rebuild_overlay(&self.queue);
     }
@@ -174,7 +175,7 @@ mod tests {
         // a reset drops the rows, and another identity's queue shows alone
         v.clear_rows();
         assert_eq!(shown(&v, "s1"), None);
-        v.set_queue(Queue::new([m("m3", Kind::Insert, "_pending_2_b", Some(json!({ "title": "y" })))]));
+        v.switch(true, None, Queue::new([m("m3", Kind::Insert, "_pending_2_b", Some(json!({ "title": "y" })))]));
         assert_eq!(shown(&v, "_pending_2_b"), Some(json!({ "id": "_pending_2_b", "title": "y" })));
         assert_eq!(v.counts(), (1, 0));
     }

@@ -123,14 +123,10 @@ impl Engine {
                     // the flip is refused from here on, even if the future that
                     // started this one was dropped mid-way (stop() aborts it)
                     me.inner.epoch.fetch_add(1, Ordering::SeqCst);
-                    st.view.clear_rows();
                     st.cursor = 0;
                     st.anchor = None;
                     st.awaited.clear();
                     st.covered.clear();
-                }
-                if let Some(rows) = stored {
-                    st.view.load_rows(rows);
                 }
                 st.quarantined = false;
                 st.identity = identity.clone();
@@ -139,7 +135,7 @@ impl Engine {
                 st.verified_token = token;
                 st.session = Some(session);
                 st.parked_in_doubt = in_doubt_ids(&others);
-                st.view.set_queue(Queue::new(mine));
+                st.view.switch(flipped, stored, Queue::new(mine));
                 for e in st.view.replica().entities() {
                     if !entities.contains(&e) {
                         entities.push(e);
