@@ -1276,6 +1276,26 @@ fn kept() -> Vec<(u64, Vec<Op>)> {
                 ServerFault(Fault::Unavailable),
             ],
         ),
+        (
+            787022544663658924,
+            vec![
+                Crash(0),
+                Flip(2),
+                LocalInsert(0),
+                ServerRestart,
+                Wait(30),
+                RemoteInsert,
+                Weather(50),
+                LocalInvalid(0),
+                StreamFault { duplicate: false, reorder: false, drop_every: None },
+                LocalInsert(0),
+                LocalInsert(0),
+                Reopen(0),
+                RemoteDelete(0),
+                ServerRestart,
+                Reopen(0),
+            ],
+        ),
     ]
 }
 
