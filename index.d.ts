@@ -10,27 +10,27 @@
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
 export declare class NativeEngine {
-  constructor(baseUrl: string, options?: any | undefined | null)
+  constructor(baseUrl: string, options?: unknown)
   /**
-   * Registers the one event sink (JSON strings). The function is weak: it
-   * never keeps the process alive on its own.
+   * Registers the one event sink. The function is weak: it never keeps
+   * the process alive on its own.
    */
-  onEvent(callback: (arg: string) => void): void
+  onEvent(callback: (arg: Event) => void): void
   /** Registers the sink of binary (CRDT) frames: `(bytes, headerJson | null)`. Weak, like `onEvent`. */
-  onBinary(callback: (arg0: Buffer, arg1?: string | undefined | null) => void): void
-  connectionJson(): string
-  presenceJson(): string
+  onBinary(callback: (bytes: Uint8Array, header: string | null) => void): void
+  connection(): Connection
+  presence(): Array<Peer>
   clientId(): string
   /** `data`: any JSON value; null withdraws this engine's presence. */
-  setPresence(data?: any | undefined | null): void
-  publishTopic(topic: string, data?: any | undefined | null): boolean
+  setPresence(data?: unknown): void
+  publishTopic(topic: string, data?: unknown): boolean
   subscribeCrdt(entity: string, rowId: string): void
   unsubscribeCrdt(entity: string, rowId: string): void
-  start(): Promise<any>
-  stop(): Promise<any>
-  close(): Promise<any>
+  start(): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+  stop(): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+  close(): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
   /** Runs one sync round now (session, writes, pull); rejects on failure. */
-  sync(): Promise<any>
+  sync(): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
   listJson(entity: string): string
   /** `{version, rows, gone}` since `version`, or null: read the whole list. */
   changesJson(entity: string, version: number): string | null
@@ -39,47 +39,111 @@ export declare class NativeEngine {
   version(entity: string): number
   entities(): Array<string>
   cursor(): number
-  statusJson(): string
-  sessionJson(): string
-  mutationsJson(): string
-  setToken(token?: any | undefined | null): void
-  insert(entity: string, data: any): Promise<any>
-  update(entity: string, id: string, patch: any): Promise<any>
-  delete(entity: string, id: string): Promise<any>
-  removeMutation(id: string): Promise<any>
-  retryMutation(id: string): Promise<any>
-  notifySessionChanged(): Promise<any>
-  resetReplica(): Promise<any>
-  hydrate(data: any): Promise<any>
+  status(): SyncStatus
+  /** Null before the session is known. */
+  session(): Session | null
+  /** Queued writes (pending and failed), oldest first. */
+  mutations(): Array<MutationInfo>
+  setToken(token?: unknown): void
+  insert(entity: string, data: unknown): Promise<{ ok: true; value: string } | { ok: false; error: ErrorInfo }>
+  update(entity: string, id: string, patch: unknown): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+  delete(entity: string, id: string): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+  removeMutation(id: string): Promise<{ ok: true; value: boolean } | { ok: false; error: ErrorInfo }>
+  retryMutation(id: string): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+  notifySessionChanged(): Promise<{ ok: true; value: Session | null } | { ok: false; error: ErrorInfo }>
+  resetReplica(): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+  hydrate(data: unknown): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
   createInfiniteQuery(entity: string, pageSize?: number | undefined | null, orderField?: string | undefined | null, descending?: boolean | undefined | null): NativeInfiniteQuery
 }
 
 export declare class NativeInfiniteQuery {
   /** Loads the next page; resolves false when nothing was loaded. */
-  loadMore(): Promise<any>
+  loadMore(): Promise<{ ok: true; value: boolean } | { ok: false; error: ErrorInfo }>
   dataJson(): string
   hasMore(): boolean
   loading(): boolean
   reset(): void
 }
 
-export declare function directCallFn(baseUrl: string, name: string, args?: any | undefined | null, opts?: any | undefined | null): Promise<any>
+/** A queued write as the server will receive it. */
+export interface Change {
+  entity: string
+  row_id: string
+  kind: 'insert' | 'update' | 'delete'
+  data: Record<string, unknown> | null
+}
+
+/** The realtime connection. */
+export interface Connection {
+  /** `offline`: not following (stopped); `open` with transport "poll": polling. */
+  state: 'offline' | 'connecting' | 'open' | 'backoff'
+  transport: 'websocket' | 'sse' | 'poll'
+  /** Failed attempts since the last connection that stayed up 5 s. */
+  attempts: number
+  lastError: ErrorInfo | null
+  /** Unix ms of the last state change. */
+  since: number
+  /** Frames ignored so far: malformed, or of an unknown type. */
+  ignored: number
+}
+
+export declare function directCallFn(baseUrl: string, name: string, args?: unknown, opts?: unknown): Promise<{ ok: true; value: unknown } | { ok: false; error: ErrorInfo }>
 
 /** One row, or null when it does not exist. */
-export declare function directFetchById(baseUrl: string, entity: string, id: string, opts?: any | undefined | null): Promise<any>
+export declare function directFetchById(baseUrl: string, entity: string, id: string, opts?: unknown): Promise<{ ok: true; value: { id: string; [field: string]: unknown } | null } | { ok: false; error: ErrorInfo }>
 
 /** Every row of `entity` the caller may read. */
-export declare function directFetchList(baseUrl: string, entity: string, opts?: any | undefined | null): Promise<any>
+export declare function directFetchList(baseUrl: string, entity: string, opts?: unknown): Promise<{ ok: true; value: Array<{ id: string; [field: string]: unknown }> } | { ok: false; error: ErrorInfo }>
 
 /** Creates a row; resolves `{ id }`. */
-export declare function directInsert(baseUrl: string, entity: string, data: any, opts?: any | undefined | null): Promise<any>
+export declare function directInsert(baseUrl: string, entity: string, data: unknown, opts?: unknown): Promise<{ ok: true; value: { id: string } } | { ok: false; error: ErrorInfo }>
 
-export declare function directRemove(baseUrl: string, entity: string, id: string, opts?: any | undefined | null): Promise<any>
+export declare function directRemove(baseUrl: string, entity: string, id: string, opts?: unknown): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
 
-export declare function directUpdate(baseUrl: string, entity: string, id: string, patch: any, opts?: any | undefined | null): Promise<any>
+export declare function directUpdate(baseUrl: string, entity: string, id: string, patch: unknown, opts?: unknown): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+
+/** What went wrong, as `error` events, `status.lastError` and rejections carry it. */
+export interface ErrorInfo {
+  code: 'ERR_SYNC_NETWORK' | 'ERR_SYNC_AUTH' | 'ERR_SYNC_NOT_FOUND' | 'ERR_SYNC_RATE_LIMITED' | 'ERR_SYNC_SERVER' | 'ERR_SYNC_REJECTED' | 'ERR_SYNC_RESYNC' | 'ERR_SYNC_TLS' | 'ERR_SYNC_PROTOCOL' | 'ERR_SYNC_STORAGE' | 'ERR_SYNC_CORRUPT' | 'ERR_SYNC_CLOSED' | 'ERR_SYNC_INVALID_ARG' | 'ERR_SYNC_INTERNAL'
+  message: string
+  /** HTTP status, for errors the server answered. */
+  status?: number
+  /** The server's own code (`POLICY_DENIED`, `INSERT_FAILED`, …). */
+  serverCode?: string
+}
+
+/** What the engine tells `onEvent`, one variant per `type`. */
+export type Event =
+  | { type: 'change'; entities: Array<string> }
+  | { type: 'mutation'; mutation: MutationInfo }
+  | { type: 'status'; status: SyncStatus }
+  | { type: 'error'; context: string; error: ErrorInfo }
+  | { type: 'session'; session: Session | null }
+  | { type: 'resync'; reason: 'resync' | 'identity' | 'server' }
+  | { type: 'progress'; entity: string; rows: number; done: boolean }
+  | { type: 'connection'; connection: Connection }
+  | { type: 'presence'; peers: Array<Peer> }
+  | { type: 'topic'; topic: string; from: string | null; data: unknown }
+  | { type: 'room'; event: Record<string, unknown> }
 
 /** Rows of `entities` and a cursor consistent with them, for `engine.hydrate`. */
-export declare function getServerData(baseUrl: string, entities: Array<string>, opts?: any | undefined | null): Promise<any>
+export declare function getServerData(baseUrl: string, entities: Array<string>, opts?: unknown): Promise<{ ok: true; value: { entities: Record<string, Array<{ id: string; [field: string]: unknown }>>; cursor: { last_seq: number } } } | { ok: false; error: ErrorInfo }>
+
+/**
+ * A queued write (`mutations.list()`), or a transition of one (the
+ * `mutation` event, whose status may also be `applied` or `removed`).
+ */
+export interface MutationInfo {
+  id: string
+  status: 'pending' | 'applied' | 'failed' | 'removed'
+  change: Change
+  /** Why the server refused it (failed mutations). */
+  error?: string
+  errorCode?: string
+  httpStatus?: number
+  attempts: number
+  createdAt: number
+}
 
 /**
  * Diagnostics: panics on purpose, so a test can show that a Rust panic
@@ -87,5 +151,36 @@ export declare function getServerData(baseUrl: string, entities: Array<string>, 
  */
 export declare function panicForTests(): void
 
+/** Another engine's presence. */
+export interface Peer {
+  /** User id of the sender, stamped by the server. */
+  from: string | null
+  clientId: string | null
+  data: unknown
+}
+
 /** Diagnostics: tasks alive on the engine runtime (a leak check for soak tests). */
 export declare function runtimeTasks(): Promise<number>
+
+export interface Session {
+  userId: string | null
+  tenantId: string | null
+  isAdmin: boolean
+  roles: Array<string>
+}
+
+export interface SyncStatus {
+  phase: 'stopped' | 'starting' | 'bootstrapping' | 'idle' | 'backoff' | 'offline' | 'closed'
+  /** The configured transport; `connection.transport` is the one in use. */
+  transport: 'auto' | 'websocket' | 'sse' | 'poll'
+  cursor: number
+  /** Queued writes not yet acknowledged. */
+  pending: number
+  /** Writes the server refused, kept until removed or retried. */
+  failed: number
+  /** Consecutive failed rounds (drives the backoff). */
+  attempts: number
+  lastError: ErrorInfo | null
+  /** Unix ms of the last pull that reached the head of the log. */
+  lastSyncedAt: number | null
+}

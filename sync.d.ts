@@ -1,26 +1,16 @@
-// Public types of pylon-sync-native (the spec's @pylonsync/sync API).
+// Public types of pylon-sync-native (the spec's @pylonsync/sync API). The
+// shapes the engine reports are generated from the binding (index.d.ts);
+// this file adds the JavaScript façade around them.
+
+import type { Change, Connection, ErrorInfo, MutationInfo, Peer, Session, SyncStatus } from './index.js'
+
+export type { Change, Connection, ErrorInfo, Peer, Session, SyncStatus }
 
 /** A row: a JSON object whose `id` is the row id. */
 export type Row = { id: string; [field: string]: unknown }
 
 /** Every error the engine reports. */
-export type SyncErrorCode =
-  | 'ERR_SYNC_NETWORK'
-  | 'ERR_SYNC_AUTH'
-  | 'ERR_SYNC_NOT_FOUND'
-  | 'ERR_SYNC_RATE_LIMITED'
-  | 'ERR_SYNC_SERVER'
-  | 'ERR_SYNC_REJECTED'
-  | 'ERR_SYNC_RESYNC'
-  /** The server's certificate could not be verified; pass its CA as `ca`. */
-  | 'ERR_SYNC_TLS'
-  | 'ERR_SYNC_PROTOCOL'
-  | 'ERR_SYNC_STORAGE'
-  | 'ERR_SYNC_CORRUPT'
-  | 'ERR_SYNC_CLOSED'
-  | 'ERR_SYNC_INVALID_ARG'
-  /** A contained failure inside the engine (a bug): the call failed, the process lives on. */
-  | 'ERR_SYNC_INTERNAL'
+export type SyncErrorCode = ErrorInfo['code']
 
 export declare class SyncError extends Error {
   readonly code: SyncErrorCode
@@ -72,77 +62,13 @@ export interface SyncEngineConfig {
   storage?: Storage
 }
 
-export interface Session {
-  userId: string | null
-  tenantId: string | null
-  isAdmin: boolean
-  roles: string[]
-}
-
-export interface Change {
-  entity: string
-  row_id: string
-  kind: 'insert' | 'update' | 'delete'
-  data?: Record<string, unknown> | null
-}
-
-export interface PendingMutation {
-  id: string
+/** A queued write: pending, or refused by the server and kept until removed or retried. */
+export interface PendingMutation extends Omit<MutationInfo, 'status'> {
   status: 'pending' | 'failed'
-  change: Change
-  /** Why the server refused it (failed mutations). */
-  error?: string
-  errorCode?: string
-  httpStatus?: number | null
-  attempts: number
-  createdAt: number
 }
 
 /** A queue transition, as passed to `mutationQueueListener`. */
-export interface MutationEvent extends Omit<PendingMutation, 'status'> {
-  status: 'pending' | 'applied' | 'failed' | 'removed'
-}
-
-export interface SyncStatus {
-  phase: 'stopped' | 'starting' | 'bootstrapping' | 'idle' | 'backoff' | 'offline' | 'closed'
-  /** The configured transport; `connection.transport` is the one in use. */
-  transport: 'auto' | 'websocket' | 'sse' | 'poll'
-  cursor: number
-  pending: number
-  failed: number
-  attempts: number
-  lastError: ErrorInfo | null
-  lastSyncedAt: number | null
-}
-
-export interface ErrorInfo {
-  code: SyncErrorCode
-  message: string
-  status?: number
-  serverCode?: string
-}
-
-/** The realtime connection. */
-export interface Connection {
-  /** `offline`: not following (stopped); `open` with transport "poll": polling. */
-  state: 'offline' | 'connecting' | 'open' | 'backoff'
-  transport: 'websocket' | 'sse' | 'poll'
-  /** Failed attempts since the last connection that stayed up 5 s. */
-  attempts: number
-  lastError: ErrorInfo | null
-  /** Unix ms of the last state change. */
-  since: number
-  /** Frames ignored so far: malformed, or of an unknown type. */
-  ignored: number
-}
-
-/** Another engine's presence. */
-export interface Peer {
-  /** User id of the sender, stamped by the server. */
-  from: string | null
-  clientId: string | null
-  data: unknown
-}
+export type MutationEvent = MutationInfo
 
 /** A decoded binary (CRDT) frame. */
 export interface BinaryFrame {

@@ -283,7 +283,7 @@ class Mutations {
 
   /** Queued mutations (pending and failed), oldest first. */
   list() {
-    return JSON.parse(this._engine._native.mutationsJson())
+    return this._engine._native.mutations()
   }
 
   get(id) {
@@ -389,7 +389,7 @@ class SyncEngine {
     this._topics = new Map() // topic -> Set of handlers
     this._binary = new Set()
     this._hydrating = Promise.resolve()
-    this._native.onEvent((json) => this._dispatch(JSON.parse(json)))
+    this._native.onEvent((ev) => this._dispatch(ev))
     this._unwatch = typeof storage._watch === 'function' ? storage._watch((key) => key === this._tokenKey && this._readToken()) : null
     this._readToken()
     this.store = new Store(this)
@@ -487,7 +487,7 @@ class SyncEngine {
 
   /** Current sync state: phase, transport, cursor, pending/failed counts, last error. */
   get status() {
-    return JSON.parse(this._native.statusJson())
+    return this._native.status()
   }
 
   get cursor() {
@@ -496,7 +496,7 @@ class SyncEngine {
 
   /** The realtime connection: `{ state, transport, attempts, lastError, since, ignored }`. */
   get connection() {
-    return JSON.parse(this._native.connectionJson())
+    return this._native.connection()
   }
 
   /** True while a WebSocket is open (as upstream's `connected`). */
@@ -512,7 +512,7 @@ class SyncEngine {
 
   /** Other engines' presence: `[{ from, clientId, data }]`. */
   get presence() {
-    return JSON.parse(this._native.presenceJson())
+    return this._native.presence()
   }
 
   /** Sets this engine's presence (any JSON value; null withdraws it). Re-sent after every reconnect. */
@@ -597,7 +597,7 @@ class SyncEngine {
 
   /** `{ userId, tenantId, isAdmin, roles }`, or null before the session is known. */
   resolvedSession() {
-    return JSON.parse(this._native.sessionJson())
+    return this._native.session()
   }
 
   /** Drops every row (memory and disk) and sets the cursor to 0. Does not pull. */

@@ -24,8 +24,14 @@ fn client(base_url: &str, opts: Option<Value>) -> Result<(Api, Option<String>)> 
 }
 
 /// Every row of `entity` the caller may read.
-#[napi]
-pub async fn direct_fetch_list(base_url: String, entity: String, opts: Option<Value>) -> Value {
+#[napi(
+    ts_return_type = "Promise<{ ok: true; value: Array<{ id: string; [field: string]: unknown }> } | { ok: false; error: ErrorInfo }>"
+)]
+pub async fn direct_fetch_list(
+    base_url: String,
+    entity: String,
+    #[napi(ts_arg_type = "unknown")] opts: Option<Value>,
+) -> Value {
     settle(
         async {
             let (api, token) = client(&base_url, opts)?;
@@ -37,8 +43,15 @@ pub async fn direct_fetch_list(base_url: String, entity: String, opts: Option<Va
 }
 
 /// One row, or null when it does not exist.
-#[napi]
-pub async fn direct_fetch_by_id(base_url: String, entity: String, id: String, opts: Option<Value>) -> Value {
+#[napi(
+    ts_return_type = "Promise<{ ok: true; value: { id: string; [field: string]: unknown } | null } | { ok: false; error: ErrorInfo }>"
+)]
+pub async fn direct_fetch_by_id(
+    base_url: String,
+    entity: String,
+    id: String,
+    #[napi(ts_arg_type = "unknown")] opts: Option<Value>,
+) -> Value {
     settle(
         async {
             let (api, token) = client(&base_url, opts)?;
@@ -49,8 +62,13 @@ pub async fn direct_fetch_by_id(base_url: String, entity: String, id: String, op
 }
 
 /// Creates a row; resolves `{ id }`.
-#[napi]
-pub async fn direct_insert(base_url: String, entity: String, data: Value, opts: Option<Value>) -> Value {
+#[napi(ts_return_type = "Promise<{ ok: true; value: { id: string } } | { ok: false; error: ErrorInfo }>")]
+pub async fn direct_insert(
+    base_url: String,
+    entity: String,
+    #[napi(ts_arg_type = "unknown")] data: Value,
+    #[napi(ts_arg_type = "unknown")] opts: Option<Value>,
+) -> Value {
     settle(
         async {
             let (api, token) = client(&base_url, opts)?;
@@ -62,8 +80,14 @@ pub async fn direct_insert(base_url: String, entity: String, data: Value, opts: 
     )
 }
 
-#[napi]
-pub async fn direct_update(base_url: String, entity: String, id: String, patch: Value, opts: Option<Value>) -> Value {
+#[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
+pub async fn direct_update(
+    base_url: String,
+    entity: String,
+    id: String,
+    #[napi(ts_arg_type = "unknown")] patch: Value,
+    #[napi(ts_arg_type = "unknown")] opts: Option<Value>,
+) -> Value {
     settle(
         async {
             let (api, token) = client(&base_url, opts)?;
@@ -74,8 +98,13 @@ pub async fn direct_update(base_url: String, entity: String, id: String, patch: 
     )
 }
 
-#[napi]
-pub async fn direct_remove(base_url: String, entity: String, id: String, opts: Option<Value>) -> Value {
+#[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
+pub async fn direct_remove(
+    base_url: String,
+    entity: String,
+    id: String,
+    #[napi(ts_arg_type = "unknown")] opts: Option<Value>,
+) -> Value {
     settle(
         async {
             let (api, token) = client(&base_url, opts)?;
@@ -85,8 +114,13 @@ pub async fn direct_remove(base_url: String, entity: String, id: String, opts: O
     )
 }
 
-#[napi]
-pub async fn direct_call_fn(base_url: String, name: String, args: Option<Value>, opts: Option<Value>) -> Value {
+#[napi(ts_return_type = "Promise<{ ok: true; value: unknown } | { ok: false; error: ErrorInfo }>")]
+pub async fn direct_call_fn(
+    base_url: String,
+    name: String,
+    #[napi(ts_arg_type = "unknown")] args: Option<Value>,
+    #[napi(ts_arg_type = "unknown")] opts: Option<Value>,
+) -> Value {
     settle(
         async {
             let (api, token) = client(&base_url, opts)?;
@@ -98,8 +132,14 @@ pub async fn direct_call_fn(base_url: String, name: String, args: Option<Value>,
 }
 
 /// Rows of `entities` and a cursor consistent with them, for `engine.hydrate`.
-#[napi]
-pub async fn get_server_data(base_url: String, entities: Vec<String>, opts: Option<Value>) -> Value {
+#[napi(
+    ts_return_type = "Promise<{ ok: true; value: { entities: Record<string, Array<{ id: string; [field: string]: unknown }>>; cursor: { last_seq: number } } } | { ok: false; error: ErrorInfo }>"
+)]
+pub async fn get_server_data(
+    base_url: String,
+    entities: Vec<String>,
+    #[napi(ts_arg_type = "unknown")] opts: Option<Value>,
+) -> Value {
     settle(
         async {
             let opts = convert::object(opts.unwrap_or(Value::Null), "options")?;

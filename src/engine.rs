@@ -8,12 +8,13 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use parking_lot::RwLock;
 use pylon_sync_engine::infinite::{Direction, InfiniteQuery};
-use pylon_sync_engine::{Engine, Event, Mutation};
-use serde_json::{json, Value};
+use pylon_sync_engine::{Engine, Event};
+use serde_json::Value;
 
 use crate::convert;
 use crate::error::{promise, settle, to_js, Result};
 use crate::query::NativeInfiniteQuery;
+use crate::types;
 
 /// `(bytes, header JSON or null)` for `onBinaryFrame` handlers.
 type BinarySink =
@@ -25,62 +26,19 @@ pub struct NativeEngine {
     binary: Arc<RwLock<Option<Arc<BinarySink>>>>,
 }
 
-/// The JS shape of a queued mutation (`{ id, status, change, error? }`, as upstream).
-pub fn mutation_json(m: &Mutation) -> Value {
-    let mut v = json!({
-        "id": m.id,
-        "status": m.status.as_str(),
-        "change": { "entity": m.entity, "row_id": m.row_id, "kind": m.kind.as_str(), "data": m.data },
-        "attempts": m.attempts,
-        "createdAt": m.created_at,
-    });
-    if let Some(e) = &m.error {
-        v["error"] = json!(e.message);
-        v["errorCode"] = json!(e.code);
-        v["httpStatus"] = json!(e.status);
-    }
-    v
-}
-
-fn event_json(ev: &Event) -> String {
-    let v = match ev {
-        Event::Change { entities } => json!({ "type": "change", "entities": entities }),
-        Event::Mutation { status, mutation } => {
-            let mut m = mutation_json(mutation);
-            m["status"] = json!(status);
-            json!({ "type": "mutation", "mutation": m })
-        }
-        Event::Status(s) => json!({ "type": "status", "status": s }),
-        Event::Error { context, error } => json!({ "type": "error", "context": context,
-            "error": { "code": error.code(), "message": error.to_string(), "status": error.status(),
-                       "serverCode": error.server_code() } }),
-        Event::Session(s) => json!({ "type": "session", "session": s }),
-        Event::Resync { reason } => json!({ "type": "resync", "reason": reason }),
-        Event::Progress { entity, rows, done } => {
-            json!({ "type": "progress", "entity": entity, "rows": rows, "done": done })
-        }
-        Event::Connection(c) => json!({ "type": "connection", "connection": c }),
-        Event::Presence(peers) => json!({ "type": "presence", "peers": peers }),
-        Event::Topic { topic, from, data } => json!({ "type": "topic", "topic": topic, "from": from, "data": data }),
-        Event::Room(m) => json!({ "type": "room", "event": m }),
-        Event::Binary(_) => unreachable!("binary frames go to their own sink"),
-    };
-    v.to_string()
-}
-
 #[napi]
 impl NativeEngine {
     #[napi(constructor, catch_unwind)]
-    pub fn new(base_url: String, options: Option<Value>) -> Result<Self> {
+    pub fn new(base_url: String, #[napi(ts_arg_type = "unknown")] options: Option<Value>) -> Result<Self> {
         let cfg = convert::config(&base_url, options.unwrap_or(Value::Null)).map_err(to_js)?;
         Ok(NativeEngine { engine: Engine::new(cfg).map_err(to_js)?, binary: Arc::new(RwLock::new(None)) })
     }
 
-    /// Registers the one event sink (JSON strings). The function is weak: it
-    /// never keeps the process alive on its own.
+    /// Registers the one event sink. The function is weak: it never keeps
+    /// the process alive on its own.
     #[napi(catch_unwind)]
-    pub fn on_event(&self, callback: Function<String, ()>) -> Result<()> {
-        let tsfn: ThreadsafeFunction<String, (), String, Status, false, true> = callback
+    pub fn on_event(&self, callback: Function<types::Event, ()>) -> Result<()> {
+        let tsfn: ThreadsafeFunction<types::Event, (), types::Event, Status, false, true> = callback
             .build_threadsafe_function()
             .weak::<true>()
             .callee_handled::<false>()
@@ -100,14 +58,16 @@ impl NativeEngine {
                 }
             }
             ev => {
-                tsfn.call(event_json(&ev), ThreadsafeFunctionCallMode::NonBlocking);
+                if let Some(ev) = types::Event::of(&ev) {
+                    tsfn.call(ev, ThreadsafeFunctionCallMode::NonBlocking);
+                }
             }
         })));
         Ok(())
     }
 
     /// Registers the sink of binary (CRDT) frames: `(bytes, headerJson | null)`. Weak, like `onEvent`.
-    #[napi(catch_unwind)]
+    #[napi(catch_unwind, ts_args_type = "callback: (bytes: Uint8Array, header: string | null) => void")]
     pub fn on_binary(&self, callback: Function<FnArgs<(Buffer, Option<String>)>, ()>) -> Result<()> {
         let tsfn: BinarySink = callback
             .build_threadsafe_function()
@@ -120,13 +80,13 @@ impl NativeEngine {
     }
 
     #[napi(catch_unwind)]
-    pub fn connection_json(&self) -> String {
-        serde_json::to_string(&self.engine.connection()).expect("connection serializes")
+    pub fn connection(&self) -> types::Connection {
+        (&self.engine.connection()).into()
     }
 
     #[napi(catch_unwind)]
-    pub fn presence_json(&self) -> String {
-        serde_json::to_string(&self.engine.presence()).expect("presence serializes")
+    pub fn presence(&self) -> Vec<types::Peer> {
+        self.engine.presence().iter().map(types::Peer::from).collect()
     }
 
     #[napi(catch_unwind)]
@@ -136,12 +96,12 @@ impl NativeEngine {
 
     /// `data`: any JSON value; null withdraws this engine's presence.
     #[napi(catch_unwind)]
-    pub fn set_presence(&self, data: Option<Value>) {
+    pub fn set_presence(&self, #[napi(ts_arg_type = "unknown")] data: Option<Value>) {
         self.engine.set_presence(data.filter(|d| !d.is_null()));
     }
 
     #[napi(catch_unwind)]
-    pub fn publish_topic(&self, topic: String, data: Option<Value>) -> Result<bool> {
+    pub fn publish_topic(&self, topic: String, #[napi(ts_arg_type = "unknown")] data: Option<Value>) -> Result<bool> {
         if topic.is_empty() {
             return Err(to_js(pylon_sync_engine::Error::InvalidArg("topic must be a non-empty string".into())));
         }
@@ -162,25 +122,25 @@ impl NativeEngine {
         Ok(())
     }
 
-    #[napi]
+    #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
     pub async fn start(&self) -> Value {
         settle(self.engine.start().await)
     }
 
-    #[napi]
+    #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
     pub async fn stop(&self) -> Value {
         self.engine.stop().await;
         settle(Ok(()))
     }
 
-    #[napi]
+    #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
     pub async fn close(&self) -> Value {
         self.engine.close().await;
         settle(Ok(()))
     }
 
     /// Runs one sync round now (session, writes, pull); rejects on failure.
-    #[napi]
+    #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
     pub async fn sync(&self) -> Value {
         settle(self.engine.sync_once().await)
     }
@@ -218,22 +178,24 @@ impl NativeEngine {
     }
 
     #[napi(catch_unwind)]
-    pub fn status_json(&self) -> String {
-        serde_json::to_string(&self.engine.status()).expect("status serializes")
+    pub fn status(&self) -> types::SyncStatus {
+        (&self.engine.status()).into()
+    }
+
+    /// Null before the session is known.
+    #[napi(catch_unwind)]
+    pub fn session(&self) -> Option<types::Session> {
+        self.engine.session().as_ref().map(types::Session::from)
+    }
+
+    /// Queued writes (pending and failed), oldest first.
+    #[napi(catch_unwind)]
+    pub fn mutations(&self) -> Vec<types::MutationInfo> {
+        self.engine.mutations().iter().map(types::MutationInfo::from).collect()
     }
 
     #[napi(catch_unwind)]
-    pub fn session_json(&self) -> String {
-        serde_json::to_string(&self.engine.session()).expect("session serializes")
-    }
-
-    #[napi(catch_unwind)]
-    pub fn mutations_json(&self) -> String {
-        Value::Array(self.engine.mutations().iter().map(mutation_json).collect()).to_string()
-    }
-
-    #[napi(catch_unwind)]
-    pub fn set_token(&self, token: Option<Value>) -> Result<()> {
+    pub fn set_token(&self, #[napi(ts_arg_type = "unknown")] token: Option<Value>) -> Result<()> {
         self.engine.set_token(convert::token(token).map_err(to_js)?);
         Ok(())
     }
@@ -241,45 +203,56 @@ impl NativeEngine {
     // Writes are synchronous calls that return a promise: the engine puts
     // the write in line during the call, so writes keep the order of the calls.
 
-    #[napi(catch_unwind, ts_return_type = "Promise<any>")]
-    pub fn insert<'e>(&self, env: &'e Env, entity: String, data: Value) -> Result<PromiseRaw<'e, Value>> {
+    #[napi(catch_unwind, ts_return_type = "Promise<{ ok: true; value: string } | { ok: false; error: ErrorInfo }>")]
+    pub fn insert<'e>(
+        &self,
+        env: &'e Env,
+        entity: String,
+        #[napi(ts_arg_type = "unknown")] data: Value,
+    ) -> Result<PromiseRaw<'e, Value>> {
         let write = convert::object(data, "data").map(|data| self.engine.insert(&entity, data));
         promise(env, async move { write?.await })
     }
 
-    #[napi(catch_unwind, ts_return_type = "Promise<any>")]
-    pub fn update<'e>(&self, env: &'e Env, entity: String, id: String, patch: Value) -> Result<PromiseRaw<'e, Value>> {
+    #[napi(catch_unwind, ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
+    pub fn update<'e>(
+        &self,
+        env: &'e Env,
+        entity: String,
+        id: String,
+        #[napi(ts_arg_type = "unknown")] patch: Value,
+    ) -> Result<PromiseRaw<'e, Value>> {
         let write = convert::object(patch, "patch").map(|patch| self.engine.update(&entity, &id, patch));
         promise(env, async move { write?.await })
     }
 
-    #[napi(catch_unwind, ts_return_type = "Promise<any>")]
+    #[napi(catch_unwind, ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
     pub fn delete<'e>(&self, env: &'e Env, entity: String, id: String) -> Result<PromiseRaw<'e, Value>> {
         promise(env, self.engine.delete(&entity, &id))
     }
 
-    #[napi]
+    #[napi(ts_return_type = "Promise<{ ok: true; value: boolean } | { ok: false; error: ErrorInfo }>")]
     pub async fn remove_mutation(&self, id: String) -> Value {
         settle(self.engine.remove_mutation(&id).await)
     }
 
-    #[napi]
+    #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
     pub async fn retry_mutation(&self, id: String) -> Value {
         settle(self.engine.retry_mutation(&id).await)
     }
 
-    #[napi]
+    #[napi(ts_return_type = "Promise<{ ok: true; value: Session | null } | { ok: false; error: ErrorInfo }>")]
     pub async fn notify_session_changed(&self) -> Value {
         settle(self.engine.notify_session_changed().await)
     }
 
-    #[napi]
+    #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
     pub async fn reset_replica(&self) -> Value {
         settle(self.engine.reset_replica().await)
     }
 
-    #[napi]
-    pub async fn hydrate(&self, data: Value) -> Value {
+    #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
+    pub async fn hydrate(&self, #[napi(ts_arg_type = "unknown")] data: Value) -> Value {
         match convert::hydration(data) {
             Ok(h) => settle(self.engine.hydrate(h).await),
             Err(e) => settle::<()>(Err(e)),

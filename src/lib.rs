@@ -9,6 +9,7 @@ mod direct;
 mod engine;
 mod error;
 mod query;
+mod types;
 
 /// Diagnostics: panics on purpose, so a test can show that a Rust panic
 /// reaches JavaScript as an exception instead of ending the process.

@@ -19,7 +19,7 @@ impl NativeInfiniteQuery {
 #[napi]
 impl NativeInfiniteQuery {
     /// Loads the next page; resolves false when nothing was loaded.
-    #[napi]
+    #[napi(ts_return_type = "Promise<{ ok: true; value: boolean } | { ok: false; error: ErrorInfo }>")]
     pub async fn load_more(&self) -> serde_json::Value {
         settle(self.query.load_more().await)
     }

@@ -65,7 +65,8 @@ fn made_after(head: u64, events: &[ChangeEvent]) -> Option<String> {
     if head == 0 {
         return Some(String::new()); // an empty log: every row is newer
     }
-    let newest_insert = events.iter().filter(|c| c.kind == Kind::Insert && server_made(&c.row_id)).map(|c| &c.row_id).max();
+    let newest_insert =
+        events.iter().filter(|c| c.kind == Kind::Insert && server_made(&c.row_id)).map(|c| &c.row_id).max();
     let second = events
         .last()
         .and_then(|c| c.timestamp.strip_suffix('Z')?.parse::<u64>().ok())
@@ -97,8 +98,12 @@ async fn forget_vanished(
 ) -> Result<()> {
     for info in entities.iter().filter(|e| !e.has_policy) {
         let Some(rows) = rows.get_mut(&info.name) else { continue };
-        let newer: Vec<String> =
-            rows.range::<str, _>((Excluded(bound), Unbounded)).map(|(id, _)| id).filter(|id| server_made(id)).cloned().collect();
+        let newer: Vec<String> = rows
+            .range::<str, _>((Excluded(bound), Unbounded))
+            .map(|(id, _)| id)
+            .filter(|id| server_made(id))
+            .cloned()
+            .collect();
         if newer.is_empty() {
             continue;
         }

@@ -1,0 +1,288 @@
+//! The engine's observable state and events as typed JS objects, so the
+//! generated `index.d.ts` states their exact shape and nothing crosses as
+//! JSON text to be parsed again. Conversions only: every value here is a
+//! copy of what the engine reports.
+
+use napi_derive::napi;
+use pylon_sync_engine::{
+    Connection as EngineConnection, ErrorInfo as EngineErrorInfo, Event as EngineEvent, Mutation, Peer as EnginePeer,
+    Session as EngineSession, SyncStatus as EngineStatus,
+};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// The lowercase name serde gives a unit enum value (`Phase::Idle` → "idle").
+fn name_of<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        other => unreachable!("a unit enum serializes as a string, got {other:?}"),
+    }
+}
+
+/// Unix ms and counters cross as numbers (exact up to 2^53).
+fn number(n: u64) -> f64 {
+    n as f64
+}
+
+/// What went wrong, as `error` events, `status.lastError` and rejections carry it.
+#[napi(object)]
+pub struct ErrorInfo {
+    #[napi(
+        ts_type = "'ERR_SYNC_NETWORK' | 'ERR_SYNC_AUTH' | 'ERR_SYNC_NOT_FOUND' | 'ERR_SYNC_RATE_LIMITED' | 'ERR_SYNC_SERVER' | 'ERR_SYNC_REJECTED' | 'ERR_SYNC_RESYNC' | 'ERR_SYNC_TLS' | 'ERR_SYNC_PROTOCOL' | 'ERR_SYNC_STORAGE' | 'ERR_SYNC_CORRUPT' | 'ERR_SYNC_CLOSED' | 'ERR_SYNC_INVALID_ARG' | 'ERR_SYNC_INTERNAL'"
+    )]
+    pub code: String,
+    pub message: String,
+    /// HTTP status, for errors the server answered.
+    pub status: Option<u32>,
+    /// The server's own code (`POLICY_DENIED`, `INSERT_FAILED`, …).
+    pub server_code: Option<String>,
+}
+
+impl From<&EngineErrorInfo> for ErrorInfo {
+    fn from(e: &EngineErrorInfo) -> Self {
+        ErrorInfo {
+            code: e.code.clone(),
+            message: e.message.clone(),
+            status: e.status.map(u32::from),
+            server_code: e.server_code.clone(),
+        }
+    }
+}
+
+impl From<&pylon_sync_engine::Error> for ErrorInfo {
+    fn from(e: &pylon_sync_engine::Error) -> Self {
+        ErrorInfo::from(&EngineErrorInfo::from(e))
+    }
+}
+
+#[napi(object, use_nullable = true)]
+pub struct SyncStatus {
+    #[napi(ts_type = "'stopped' | 'starting' | 'bootstrapping' | 'idle' | 'backoff' | 'offline' | 'closed'")]
+    pub phase: String,
+    /// The configured transport; `connection.transport` is the one in use.
+    #[napi(ts_type = "'auto' | 'websocket' | 'sse' | 'poll'")]
+    pub transport: String,
+    pub cursor: f64,
+    /// Queued writes not yet acknowledged.
+    pub pending: u32,
+    /// Writes the server refused, kept until removed or retried.
+    pub failed: u32,
+    /// Consecutive failed rounds (drives the backoff).
+    pub attempts: u32,
+    pub last_error: Option<ErrorInfo>,
+    /// Unix ms of the last pull that reached the head of the log.
+    pub last_synced_at: Option<f64>,
+}
+
+impl From<&EngineStatus> for SyncStatus {
+    fn from(s: &EngineStatus) -> Self {
+        SyncStatus {
+            phase: name_of(&s.phase),
+            transport: s.transport.to_string(),
+            cursor: number(s.cursor),
+            pending: s.pending as u32,
+            failed: s.failed as u32,
+            attempts: s.attempts,
+            last_error: s.last_error.as_ref().map(ErrorInfo::from),
+            last_synced_at: s.last_synced_at.map(number),
+        }
+    }
+}
+
+/// The realtime connection.
+#[napi(object, use_nullable = true)]
+pub struct Connection {
+    /// `offline`: not following (stopped); `open` with transport "poll": polling.
+    #[napi(ts_type = "'offline' | 'connecting' | 'open' | 'backoff'")]
+    pub state: String,
+    #[napi(ts_type = "'websocket' | 'sse' | 'poll'")]
+    pub transport: String,
+    /// Failed attempts since the last connection that stayed up 5 s.
+    pub attempts: u32,
+    pub last_error: Option<ErrorInfo>,
+    /// Unix ms of the last state change.
+    pub since: f64,
+    /// Frames ignored so far: malformed, or of an unknown type.
+    pub ignored: f64,
+}
+
+impl From<&EngineConnection> for Connection {
+    fn from(c: &EngineConnection) -> Self {
+        Connection {
+            state: name_of(&c.state),
+            transport: name_of(&c.transport),
+            attempts: c.attempts,
+            last_error: c.last_error.as_ref().map(ErrorInfo::from),
+            since: number(c.since),
+            ignored: number(c.ignored),
+        }
+    }
+}
+
+/// Another engine's presence.
+#[napi(object, use_nullable = true)]
+pub struct Peer {
+    /// User id of the sender, stamped by the server.
+    pub from: Option<String>,
+    pub client_id: Option<String>,
+    #[napi(ts_type = "unknown")]
+    pub data: Value,
+}
+
+impl From<&EnginePeer> for Peer {
+    fn from(p: &EnginePeer) -> Self {
+        Peer { from: p.from.clone(), client_id: p.client_id.clone(), data: p.data.clone() }
+    }
+}
+
+#[napi(object, use_nullable = true)]
+pub struct Session {
+    pub user_id: Option<String>,
+    pub tenant_id: Option<String>,
+    pub is_admin: bool,
+    pub roles: Vec<String>,
+}
+
+impl From<&EngineSession> for Session {
+    fn from(s: &EngineSession) -> Self {
+        Session {
+            user_id: s.user_id.clone(),
+            tenant_id: s.tenant_id.clone(),
+            is_admin: s.is_admin,
+            roles: s.roles.clone(),
+        }
+    }
+}
+
+/// A queued write as the server will receive it.
+#[napi(object)]
+pub struct Change {
+    pub entity: String,
+    #[napi(js_name = "row_id")]
+    pub row_id: String,
+    #[napi(ts_type = "'insert' | 'update' | 'delete'")]
+    pub kind: String,
+    #[napi(ts_type = "Record<string, unknown> | null")]
+    pub data: Value,
+}
+
+/// A queued write (`mutations.list()`), or a transition of one (the
+/// `mutation` event, whose status may also be `applied` or `removed`).
+#[napi(object)]
+pub struct MutationInfo {
+    pub id: String,
+    #[napi(ts_type = "'pending' | 'applied' | 'failed' | 'removed'")]
+    pub status: String,
+    pub change: Change,
+    /// Why the server refused it (failed mutations).
+    pub error: Option<String>,
+    pub error_code: Option<String>,
+    pub http_status: Option<u32>,
+    pub attempts: u32,
+    pub created_at: f64,
+}
+
+impl MutationInfo {
+    pub fn new(m: &Mutation, status: &str) -> Self {
+        MutationInfo {
+            id: m.id.clone(),
+            status: status.to_string(),
+            change: Change {
+                entity: m.entity.clone(),
+                row_id: m.row_id.clone(),
+                kind: m.kind.as_str().to_string(),
+                data: m.data.clone().map_or(Value::Null, Value::Object),
+            },
+            error: m.error.as_ref().map(|e| e.message.clone()),
+            error_code: m.error.as_ref().map(|e| e.code.clone()),
+            http_status: m.error.as_ref().and_then(|e| e.status).map(u32::from),
+            attempts: m.attempts,
+            created_at: number(m.created_at),
+        }
+    }
+}
+
+impl From<&Mutation> for MutationInfo {
+    fn from(m: &Mutation) -> Self {
+        MutationInfo::new(m, m.status.as_str())
+    }
+}
+
+/// What the engine tells `onEvent`, one variant per `type`.
+#[napi(discriminant = "type", discriminant_case = "lowercase", use_nullable = true)]
+pub enum Event {
+    /// Visible rows of these entities changed.
+    Change {
+        entities: Vec<String>,
+    },
+    Mutation {
+        mutation: MutationInfo,
+    },
+    Status {
+        status: SyncStatus,
+    },
+    /// A background failure; `context` says where ("sync", "pull", "session").
+    Error {
+        context: String,
+        error: ErrorInfo,
+    },
+    /// The session changed (null: unknown).
+    Session {
+        session: Option<Session>,
+    },
+    /// The replica is being rebuilt.
+    Resync {
+        #[napi(ts_type = "'resync' | 'identity' | 'server'")]
+        reason: String,
+    },
+    /// Bootstrap progress: rows fetched so far for `entity`.
+    Progress {
+        entity: String,
+        rows: u32,
+        done: bool,
+    },
+    Connection {
+        connection: Connection,
+    },
+    /// Other engines' presence: the whole current list.
+    Presence {
+        peers: Vec<Peer>,
+    },
+    Topic {
+        topic: String,
+        from: Option<String>,
+        #[napi(ts_type = "unknown")]
+        data: Value,
+    },
+    /// A rooms API event, as the server sent it.
+    Room {
+        #[napi(ts_type = "Record<string, unknown>")]
+        event: Map<String, Value>,
+    },
+}
+
+impl Event {
+    /// `None` for binary frames, which go to their own sink.
+    pub fn of(ev: &EngineEvent) -> Option<Event> {
+        Some(match ev {
+            EngineEvent::Change { entities } => Event::Change { entities: entities.clone() },
+            EngineEvent::Mutation { status, mutation } => {
+                Event::Mutation { mutation: MutationInfo::new(mutation, status) }
+            }
+            EngineEvent::Status(s) => Event::Status { status: s.into() },
+            EngineEvent::Error { context, error } => Event::Error { context: context.to_string(), error: error.into() },
+            EngineEvent::Session(s) => Event::Session { session: s.as_ref().map(Session::from) },
+            EngineEvent::Resync { reason } => Event::Resync { reason: reason.to_string() },
+            EngineEvent::Progress { entity, rows, done } => {
+                Event::Progress { entity: entity.clone(), rows: *rows as u32, done: *done }
+            }
+            EngineEvent::Connection(c) => Event::Connection { connection: c.into() },
+            EngineEvent::Presence(peers) => Event::Presence { peers: peers.iter().map(Peer::from).collect() },
+            EngineEvent::Topic { topic, from, data } => {
+                Event::Topic { topic: topic.clone(), from: from.clone(), data: data.clone() }
+            }
+            EngineEvent::Room(m) => Event::Room { event: m.clone() },
+            EngineEvent::Binary(_) => return None,
+        })
+    }
+}
