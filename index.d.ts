@@ -10,7 +10,7 @@
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
 export declare class NativeEngine {
-  constructor(baseUrl: string, options?: unknown)
+  constructor(baseUrl: string, options?: EngineOptions | null)
   /**
    * Registers the one event sink. The function is weak: it never keeps
    * the process alive on its own.
@@ -87,20 +87,74 @@ export interface Connection {
   ignored: number
 }
 
-export declare function directCallFn(baseUrl: string, name: string, args?: unknown, opts?: unknown): Promise<{ ok: true; value: unknown } | { ok: false; error: ErrorInfo }>
+export declare function directCallFn(baseUrl: string, name: string, args?: unknown, opts?: DirectOptions | null): Promise<{ ok: true; value: unknown } | { ok: false; error: ErrorInfo }>
 
 /** One row, or null when it does not exist. */
-export declare function directFetchById(baseUrl: string, entity: string, id: string, opts?: unknown): Promise<{ ok: true; value: { id: string; [field: string]: unknown } | null } | { ok: false; error: ErrorInfo }>
+export declare function directFetchById(baseUrl: string, entity: string, id: string, opts?: DirectOptions | null): Promise<{ ok: true; value: { id: string; [field: string]: unknown } | null } | { ok: false; error: ErrorInfo }>
 
 /** Every row of `entity` the caller may read. */
-export declare function directFetchList(baseUrl: string, entity: string, opts?: unknown): Promise<{ ok: true; value: Array<{ id: string; [field: string]: unknown }> } | { ok: false; error: ErrorInfo }>
+export declare function directFetchList(baseUrl: string, entity: string, opts?: DirectOptions | null): Promise<{ ok: true; value: Array<{ id: string; [field: string]: unknown }> } | { ok: false; error: ErrorInfo }>
 
 /** Creates a row; resolves `{ id }`. */
-export declare function directInsert(baseUrl: string, entity: string, data: unknown, opts?: unknown): Promise<{ ok: true; value: { id: string } } | { ok: false; error: ErrorInfo }>
+export declare function directInsert(baseUrl: string, entity: string, data: unknown, opts?: DirectOptions | null): Promise<{ ok: true; value: { id: string } } | { ok: false; error: ErrorInfo }>
 
-export declare function directRemove(baseUrl: string, entity: string, id: string, opts?: unknown): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+/** The options of one direct call (`fetchList`, `insert`, … `getServerData`). */
+export interface DirectOptions {
+  /** Bearer token. */
+  token?: string
+  /** PEM of extra certificate authorities to trust. */
+  ca?: string
+}
 
-export declare function directUpdate(baseUrl: string, entity: string, id: string, patch: unknown, opts?: unknown): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+export declare function directRemove(baseUrl: string, entity: string, id: string, opts?: DirectOptions | null): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+
+export declare function directUpdate(baseUrl: string, entity: string, id: string, patch: unknown, opts?: DirectOptions | null): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+
+/**
+ * `createSyncEngine`'s options, all but `storage` (which JavaScript keeps):
+ * their names, types and documentation are defined here once, checked in
+ * [`config`], and generated into `index.d.ts`.
+ */
+export interface EngineOptions {
+  /**
+   * "auto" (default): WebSocket, falling back to SSE and then polling when
+   * a transport cannot connect or keeps dying, and probing back up later.
+   * Any other value pins that transport.
+   */
+  transport?: 'auto' | 'websocket' | 'sse' | 'poll'
+  /** WebSocket URL (default: the base URL's host, port + 1). */
+  wsUrl?: string
+  /** SSE URL (default: the base URL's host, port + 2, path /events). */
+  sseUrl?: string
+  /**
+   * ms between WebSocket pings (default 15000); SSE counts as dead after
+   * 2 × this + pingTimeout of silence.
+   */
+  pingInterval?: number
+  /** ms a ping may go unanswered before the connection is replaced (default 10000). */
+  pingTimeout?: number
+  /**
+   * ms before a better transport is tried again after falling back
+   * (default 60000, doubling up to 10 min).
+   */
+  probeInterval?: number
+  /** ms between polls (default 1000). */
+  pollInterval?: number
+  /** Base of the full-jitter retry backoff, ms (default 1000). */
+  reconnectDelay?: number
+  /**
+   * PEM of certificate authorities to trust for https:// and wss://
+   * besides the web roots (a private or self-signed server).
+   */
+  ca?: string
+  /** Bearer token; overrides storage. */
+  token?: string
+  /** Keep the replica and queued writes in SQLite (default true). */
+  persist?: boolean
+  /** SQLite file; default `$XDG_DATA_HOME/pylon-sync/<appName>/<host_port>.db`. */
+  dbPath?: string
+  appName?: string
+}
 
 /** What went wrong, as `error` events, `status.lastError` and rejections carry it. */
 export interface ErrorInfo {
@@ -127,7 +181,7 @@ export type Event =
   | { type: 'room'; event: Record<string, unknown> }
 
 /** Rows of `entities` and a cursor consistent with them, for `engine.hydrate`. */
-export declare function getServerData(baseUrl: string, entities: Array<string>, opts?: unknown): Promise<{ ok: true; value: { entities: Record<string, Array<{ id: string; [field: string]: unknown }>>; cursor: { last_seq: number } } } | { ok: false; error: ErrorInfo }>
+export declare function getServerData(baseUrl: string, entities: Array<string>, opts?: DirectOptions | null): Promise<{ ok: true; value: { entities: Record<string, Array<{ id: string; [field: string]: unknown }>>; cursor: { last_seq: number } } } | { ok: false; error: ErrorInfo }>
 
 /**
  * A queued write (`mutations.list()`), or a transition of one (the

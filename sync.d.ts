@@ -2,9 +2,19 @@
 // shapes the engine reports are generated from the binding (index.d.ts);
 // this file adds the JavaScript façade around them.
 
-import type { Change, Connection, ErrorInfo, MutationInfo, Peer, Session, SyncStatus } from './index.js'
+import type {
+  Change,
+  Connection,
+  DirectOptions,
+  EngineOptions,
+  ErrorInfo,
+  MutationInfo,
+  Peer,
+  Session,
+  SyncStatus,
+} from './index.js'
 
-export type { Change, Connection, ErrorInfo, Peer, Session, SyncStatus }
+export type { Change, Connection, DirectOptions, EngineOptions, ErrorInfo, Peer, Session, SyncStatus }
 
 /** A row: a JSON object whose `id` is the row id. */
 export type Row = { id: string; [field: string]: unknown }
@@ -29,36 +39,8 @@ export interface Storage {
   remove(key: string): void
 }
 
-export interface SyncEngineConfig {
-  /**
-   * "auto" (default): WebSocket, falling back to SSE and then polling when a
-   * transport cannot connect or keeps dying, and probing back up later.
-   * Any other value pins that transport.
-   */
-  transport?: 'auto' | 'websocket' | 'sse' | 'poll'
-  /** WebSocket URL (default: the base URL's host, port + 1). */
-  wsUrl?: string
-  /** SSE URL (default: the base URL's host, port + 2, path /events). */
-  sseUrl?: string
-  /** ms between WebSocket pings (default 15000); SSE counts as dead after 2 × this + pingTimeout of silence. */
-  pingInterval?: number
-  /** ms a ping may go unanswered before the connection is replaced (default 10000). */
-  pingTimeout?: number
-  /** ms before a better transport is tried again after falling back (default 60000, doubling up to 10 min). */
-  probeInterval?: number
-  /** ms between polls (default 1000). */
-  pollInterval?: number
-  /** Base of the full-jitter retry backoff, ms (default 1000). */
-  reconnectDelay?: number
-  /** PEM of certificate authorities to trust for https:// and wss:// besides the web roots (a private or self-signed server). */
-  ca?: string
-  /** Bearer token; overrides storage. */
-  token?: string
-  /** Keep the replica and queued writes in SQLite (default true). */
-  persist?: boolean
-  /** SQLite file; default `$XDG_DATA_HOME/pylon-sync/<appName>/<host_port>.db`. */
-  dbPath?: string
-  appName?: string
+/** `createSyncEngine`'s options: the engine's own, and where the token is read from. */
+export interface SyncEngineConfig extends EngineOptions {
   storage?: Storage
 }
 
@@ -182,11 +164,6 @@ export declare function createWriteThroughStorage(
 export declare function mutationQueueListener(mutations: Mutations, listener: (event: MutationEvent) => void): () => void
 export declare function getServerData(baseUrl: string, entities: string[], options?: DirectOptions): Promise<Hydration>
 
-export interface DirectOptions {
-  token?: string
-  /** PEM of extra certificate authorities to trust. */
-  ca?: string
-}
 export declare function fetchList(baseUrl: string, entity: string, options?: DirectOptions): Promise<Row[]>
 export declare function fetchById(baseUrl: string, entity: string, id: string, options?: DirectOptions): Promise<Row | null>
 export declare function insert(baseUrl: string, entity: string, data: Record<string, unknown>, options?: DirectOptions): Promise<{ id: string }>

@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use napi_derive::napi;
 use pylon_sync_engine::{Config, Hydration, Row, Transport};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 
 use pylon_sync_engine::{Error, Result};
@@ -38,51 +41,84 @@ pub fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn millis(opts: &Row, key: &str, default: u64, min: u64) -> Result<Duration> {
-    match opts.get(key) {
-        None | Some(Value::Null) => Ok(Duration::from_millis(default)),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(f) if f.is_finite() && f >= min as f64 && f <= 86_400_000.0 => Ok(Duration::from_millis(f as u64)),
-            _ => Err(invalid(format!("{key} must be a number of milliseconds between {min} and 86400000, got {n}"))),
-        },
-        Some(other) => Err(invalid(format!("{key} must be a number, got {}", type_name(other)))),
+/// `createSyncEngine`'s options, all but `storage` (which JavaScript keeps):
+/// their names, types and documentation are defined here once, checked in
+/// [`config`], and generated into `index.d.ts`.
+#[napi(object)]
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EngineOptions {
+    /// "auto" (default): WebSocket, falling back to SSE and then polling when
+    /// a transport cannot connect or keeps dying, and probing back up later.
+    /// Any other value pins that transport.
+    #[napi(ts_type = "'auto' | 'websocket' | 'sse' | 'poll'")]
+    pub transport: Option<String>,
+    /// WebSocket URL (default: the base URL's host, port + 1).
+    pub ws_url: Option<String>,
+    /// SSE URL (default: the base URL's host, port + 2, path /events).
+    pub sse_url: Option<String>,
+    /// ms between WebSocket pings (default 15000); SSE counts as dead after
+    /// 2 × this + pingTimeout of silence.
+    pub ping_interval: Option<f64>,
+    /// ms a ping may go unanswered before the connection is replaced (default 10000).
+    pub ping_timeout: Option<f64>,
+    /// ms before a better transport is tried again after falling back
+    /// (default 60000, doubling up to 10 min).
+    pub probe_interval: Option<f64>,
+    /// ms between polls (default 1000).
+    pub poll_interval: Option<f64>,
+    /// Base of the full-jitter retry backoff, ms (default 1000).
+    pub reconnect_delay: Option<f64>,
+    /// PEM of certificate authorities to trust for https:// and wss://
+    /// besides the web roots (a private or self-signed server).
+    pub ca: Option<String>,
+    /// Bearer token; overrides storage.
+    pub token: Option<String>,
+    /// Keep the replica and queued writes in SQLite (default true).
+    pub persist: Option<bool>,
+    /// SQLite file; default `$XDG_DATA_HOME/pylon-sync/<appName>/<host_port>.db`.
+    pub db_path: Option<String>,
+    pub app_name: Option<String>,
+}
+
+fn millis(key: &str, value: Option<f64>, default: u64, min: u64) -> Result<Duration> {
+    match value {
+        None => Ok(Duration::from_millis(default)),
+        Some(f) if f.is_finite() && f >= min as f64 && f <= 86_400_000.0 => Ok(Duration::from_millis(f as u64)),
+        Some(f) => Err(invalid(format!("{key} must be a number of milliseconds between {min} and 86400000, got {f}"))),
     }
 }
 
-fn string<'a>(opts: &'a Row, key: &str) -> Result<Option<&'a str>> {
-    match opts.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(invalid(format!("{key} must be a string, got {}", type_name(other)))),
-    }
+/// The options of one direct call (`fetchList`, `insert`, … `getServerData`).
+#[napi(object)]
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectOptions {
+    /// Bearer token.
+    pub token: Option<String>,
+    /// PEM of extra certificate authorities to trust.
+    pub ca: Option<String>,
 }
 
-const KNOWN: &[&str] = &[
-    "transport",
-    "wsUrl",
-    "sseUrl",
-    "pollInterval",
-    "reconnectDelay",
-    "pingInterval",
-    "pingTimeout",
-    "probeInterval",
-    "ca",
-    "token",
-    "persist",
-    "appName",
-    "storage",
-    "dbPath",
-];
+/// An options object read into its typed struct: a wrong type names the
+/// option, an unknown one is refused.
+pub fn options<T: DeserializeOwned>(opts: Value) -> Result<T> {
+    let opts = Value::Object(object(opts, "options")?);
+    serde_path_to_error::deserialize(opts).map_err(|e| {
+        let (path, inner) = (e.path().to_string(), e.into_inner().to_string());
+        match inner.strip_prefix("unknown field") {
+            Some(rest) => invalid(format!("unknown option{rest}")),
+            None => invalid(format!("{path}: {}", inner.replace("expected f64", "expected a number"))),
+        }
+    })
+}
 
 /// `createSyncEngine(baseUrl, options)` → engine config. `persist` defaults to
 /// true and then uses `default_db_path`.
 pub fn config(base_url: &str, opts: Value) -> Result<Config> {
-    let opts = object(opts, "options")?;
-    if let Some(k) = opts.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(invalid(format!("unknown option {k:?}")));
-    }
+    let opts: EngineOptions = options(opts)?;
     let mut cfg = Config::new(base_url);
-    cfg.transport = match string(&opts, "transport")? {
+    cfg.transport = match opts.transport.as_deref() {
         None | Some("auto") => Transport::Auto,
         Some("websocket") => Transport::WebSocket,
         Some("sse") => Transport::Sse,
@@ -91,25 +127,19 @@ pub fn config(base_url: &str, opts: Value) -> Result<Config> {
             return Err(invalid(format!("transport must be \"auto\", \"websocket\", \"sse\" or \"poll\", got {t:?}")))
         }
     };
-    cfg.ws_url = stream_url(&opts, "wsUrl", &["ws", "wss"])?;
-    cfg.sse_url = stream_url(&opts, "sseUrl", &["http", "https"])?;
-    cfg.liveness.ping_interval = millis(&opts, "pingInterval", 15_000, 10)?;
-    cfg.liveness.ping_timeout = millis(&opts, "pingTimeout", 10_000, 10)?;
-    cfg.probe_interval = millis(&opts, "probeInterval", 60_000, 10)?;
-    cfg.ca = ca(&opts)?;
-    cfg.poll_interval = millis(&opts, "pollInterval", 1000, 10)?;
-    cfg.reconnect_delay = millis(&opts, "reconnectDelay", 1000, 1)?;
-    cfg.token = string(&opts, "token")?.map(str::to_string);
-    if let Some(name) = string(&opts, "appName")? {
-        cfg.app_name = name.to_string();
+    cfg.ws_url = stream_url("wsUrl", opts.ws_url, &["ws", "wss"])?;
+    cfg.sse_url = stream_url("sseUrl", opts.sse_url, &["http", "https"])?;
+    cfg.liveness.ping_interval = millis("pingInterval", opts.ping_interval, 15_000, 10)?;
+    cfg.liveness.ping_timeout = millis("pingTimeout", opts.ping_timeout, 10_000, 10)?;
+    cfg.probe_interval = millis("probeInterval", opts.probe_interval, 60_000, 10)?;
+    cfg.ca = opts.ca.filter(|s| !s.is_empty());
+    cfg.poll_interval = millis("pollInterval", opts.poll_interval, 1000, 10)?;
+    cfg.reconnect_delay = millis("reconnectDelay", opts.reconnect_delay, 1000, 1)?;
+    cfg.token = opts.token;
+    if let Some(name) = opts.app_name {
+        cfg.app_name = name;
     }
-    let persist = match opts.get("persist") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(invalid(format!("persist must be a boolean, got {}", type_name(other)))),
-    };
-    let db_path = string(&opts, "dbPath")?;
-    cfg.db_path = match (persist, db_path) {
+    cfg.db_path = match (opts.persist.unwrap_or(true), opts.db_path) {
         (false, _) => None,
         (true, Some(p)) if !p.is_empty() => Some(PathBuf::from(p)),
         (true, _) => Some(default_db_path(&cfg.app_name, base_url)?),
@@ -117,14 +147,14 @@ pub fn config(base_url: &str, opts: Value) -> Result<Config> {
     Ok(cfg)
 }
 
-fn stream_url(opts: &Row, key: &str, schemes: &[&str]) -> Result<Option<String>> {
-    let Some(url) = string(opts, key)? else { return Ok(None) };
+fn stream_url(key: &str, url: Option<String>, schemes: &[&str]) -> Result<Option<String>> {
+    let Some(url) = url else { return Ok(None) };
     let ok = url.split_once("://").is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty());
     if !ok {
         let schemes: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
         return Err(invalid(format!("{key} must be a {} URL, got {url:?}", schemes.join(" or "))));
     }
-    Ok(Some(url.to_string()))
+    Ok(Some(url))
 }
 
 /// `$XDG_DATA_HOME/pylon-sync/<app>/<host>_<port>.db` (else
@@ -164,11 +194,6 @@ pub fn hydration(v: Value) -> Result<Hydration> {
 pub fn entity_and_id(entity: &str, id: &str) -> Result<()> {
     pylon_sync_engine::api::check_entity(entity)?;
     pylon_sync_engine::api::check_id(id)
-}
-
-/// `ca`: PEM text of certificate authorities to trust (checked when the client is built).
-pub fn ca(opts: &Row) -> Result<Option<String>> {
-    Ok(string(opts, "ca")?.filter(|s| !s.is_empty()).map(str::to_string))
 }
 
 pub fn token(v: Option<Value>) -> Result<Option<String>> {

@@ -7,20 +7,14 @@ use pylon_sync_engine::api::Api;
 use pylon_sync_engine::Result;
 use serde_json::{json, Value};
 
-use crate::convert;
+use crate::convert::{self, DirectOptions};
 use crate::error::settle;
 
 /// `{ token?, ca? }`: the client for one call, and its bearer token.
 fn client(base_url: &str, opts: Option<Value>) -> Result<(Api, Option<String>)> {
-    let opts = convert::object(opts.unwrap_or(Value::Null), "options")?;
-    if let Some(k) = opts.keys().find(|k| !["token", "ca"].contains(&k.as_str())) {
-        return Err(pylon_sync_engine::Error::InvalidArg(format!("unknown option {k:?}")));
-    }
-    let ca = convert::ca(&opts)?;
-    Ok((
-        Api::new(base_url, pylon_sync_engine::net::Net::shared(ca.as_deref())?)?,
-        convert::token(opts.get("token").cloned())?,
-    ))
+    let opts: DirectOptions = convert::options(opts.unwrap_or(Value::Null))?;
+    let ca = opts.ca.filter(|s| !s.is_empty());
+    Ok((Api::new(base_url, pylon_sync_engine::net::Net::shared(ca.as_deref())?)?, opts.token))
 }
 
 /// Every row of `entity` the caller may read.
@@ -30,7 +24,7 @@ fn client(base_url: &str, opts: Option<Value>) -> Result<(Api, Option<String>)> 
 pub async fn direct_fetch_list(
     base_url: String,
     entity: String,
-    #[napi(ts_arg_type = "unknown")] opts: Option<Value>,
+    #[napi(ts_arg_type = "DirectOptions | null")] opts: Option<Value>,
 ) -> Value {
     settle(
         async {
@@ -50,7 +44,7 @@ pub async fn direct_fetch_by_id(
     base_url: String,
     entity: String,
     id: String,
-    #[napi(ts_arg_type = "unknown")] opts: Option<Value>,
+    #[napi(ts_arg_type = "DirectOptions | null")] opts: Option<Value>,
 ) -> Value {
     settle(
         async {
@@ -67,7 +61,7 @@ pub async fn direct_insert(
     base_url: String,
     entity: String,
     #[napi(ts_arg_type = "unknown")] data: Value,
-    #[napi(ts_arg_type = "unknown")] opts: Option<Value>,
+    #[napi(ts_arg_type = "DirectOptions | null")] opts: Option<Value>,
 ) -> Value {
     settle(
         async {
@@ -86,7 +80,7 @@ pub async fn direct_update(
     entity: String,
     id: String,
     #[napi(ts_arg_type = "unknown")] patch: Value,
-    #[napi(ts_arg_type = "unknown")] opts: Option<Value>,
+    #[napi(ts_arg_type = "DirectOptions | null")] opts: Option<Value>,
 ) -> Value {
     settle(
         async {
@@ -103,7 +97,7 @@ pub async fn direct_remove(
     base_url: String,
     entity: String,
     id: String,
-    #[napi(ts_arg_type = "unknown")] opts: Option<Value>,
+    #[napi(ts_arg_type = "DirectOptions | null")] opts: Option<Value>,
 ) -> Value {
     settle(
         async {
@@ -119,7 +113,7 @@ pub async fn direct_call_fn(
     base_url: String,
     name: String,
     #[napi(ts_arg_type = "unknown")] args: Option<Value>,
-    #[napi(ts_arg_type = "unknown")] opts: Option<Value>,
+    #[napi(ts_arg_type = "DirectOptions | null")] opts: Option<Value>,
 ) -> Value {
     settle(
         async {
@@ -138,14 +132,13 @@ pub async fn direct_call_fn(
 pub async fn get_server_data(
     base_url: String,
     entities: Vec<String>,
-    #[napi(ts_arg_type = "unknown")] opts: Option<Value>,
+    #[napi(ts_arg_type = "DirectOptions | null")] opts: Option<Value>,
 ) -> Value {
     settle(
         async {
-            let opts = convert::object(opts.unwrap_or(Value::Null), "options")?;
-            let ca = convert::ca(&opts)?;
-            let token = convert::token(opts.get("token").cloned())?;
-            pylon_sync_engine::get_server_data(&base_url, &entities, token.as_deref(), ca.as_deref()).await
+            let opts: DirectOptions = convert::options(opts.unwrap_or(Value::Null))?;
+            let ca = opts.ca.filter(|s| !s.is_empty());
+            pylon_sync_engine::get_server_data(&base_url, &entities, opts.token.as_deref(), ca.as_deref()).await
         }
         .await,
     )

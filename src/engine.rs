@@ -29,7 +29,7 @@ pub struct NativeEngine {
 #[napi]
 impl NativeEngine {
     #[napi(constructor, catch_unwind)]
-    pub fn new(base_url: String, #[napi(ts_arg_type = "unknown")] options: Option<Value>) -> Result<Self> {
+    pub fn new(base_url: String, #[napi(ts_arg_type = "EngineOptions | null")] options: Option<Value>) -> Result<Self> {
         let cfg = convert::config(&base_url, options.unwrap_or(Value::Null)).map_err(to_js)?;
         Ok(NativeEngine { engine: Engine::new(cfg).map_err(to_js)?, binary: Arc::new(RwLock::new(None)) })
     }
