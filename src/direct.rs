@@ -49,7 +49,7 @@ pub async fn direct_fetch_by_id(
     settle(
         async {
             let (api, token) = client(&base_url, opts)?;
-            Ok(api.get(token.as_deref(), &entity, &id).await?)
+            api.get(token.as_deref(), &entity, &id).await
         }
         .await,
     )
