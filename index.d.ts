@@ -28,7 +28,8 @@ export declare class NativeEngine {
   unsubscribeCrdt(entity: string, rowId: string): void
   start(): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
   stop(): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
-  close(): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+  /** `flushMs`: first send what is queued, for at most this long. */
+  close(flushMs?: number | undefined | null): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
   /** Runs one sync round now (session, writes, pull); rejects on failure. */
   sync(): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
   listJson(entity: string): string

@@ -130,9 +130,18 @@ export declare class SyncEngine {
   readonly clientId: string
   /** Other engines' presence. */
   readonly presence: Peer[]
+  /** From here until `stop()` or `close()` the engine keeps the process alive, as an open socket does. */
   start(): Promise<void>
   stop(): Promise<void>
-  close(): Promise<void>
+  /**
+   * Sends what is queued (for at most `flushTimeout` ms, default 5000; `flush: false` skips it), then
+   * stops and releases the replica; what is left stays on disk for the next start. A second call does nothing.
+   */
+  close(options?: { flush?: boolean; flushTimeout?: number }): Promise<void>
+  /** Lets the process exit while the engine runs (as `socket.unref()`). */
+  unref(): this
+  /** Keeps the process alive while the engine runs again (the default). */
+  ref(): this
   /** One sync round now; rejects when it fails. */
   sync(): Promise<void>
   /** Resolves the temporary id once the write is durable on disk. It keeps naming the row after the server names it (update, delete, store.get). */

@@ -129,23 +129,77 @@ class SyncEngine {
     return this._on(type, listener)
   }
 
-  /** Loads the replica and queue from disk, resolves the session, catches up, then follows the server. */
+  /**
+   * Loads the replica and queue from disk, resolves the session, catches up, then follows the server.
+   * From here until `stop()` or `close()` the engine keeps the process alive, as an open socket
+   * does (`unref()` opts out).
+   */
   async start() {
     this._readToken()
-    await this._hydrating
-    return settle(() => this._native.start())
+    this._hold()
+    try {
+      await this._hydrating
+      return await settle(() => this._native.start())
+    } catch (e) {
+      // it follows nothing: it holds nothing
+      if (this.status.phase === 'stopped' || this.status.phase === 'closed') this._release()
+      throw e
+    }
   }
 
   stop() {
+    this._release()
     return settle(() => this._native.stop())
   }
 
-  async close() {
+  /**
+   * Sends what is queued (for at most `flushTimeout` ms, default 5000; `flush: false` skips it),
+   * then stops and releases the replica. What is left stays on disk for the next start.
+   * Closing a closed engine does nothing.
+   */
+  async close(options = {}) {
+    if (options === null || typeof options !== 'object') throw invalid('options must be an object')
+    const { flush = true, flushTimeout = 5000 } = options
+    if (typeof flush !== 'boolean') throw invalid('flush must be a boolean')
+    if (typeof flushTimeout !== 'number' || !(flushTimeout >= 0) || flushTimeout > 86_400_000) {
+      throw invalid(`flushTimeout must be a number of milliseconds between 0 and 86400000, got ${flushTimeout}`)
+    }
+    if (this._closing) return this._closing
     if (this._unwatch) this._unwatch()
-    await settle(() => this._native.close())
-    this._listeners.clear()
-    this._topics.clear()
-    this._binary.clear()
+    this._closing = settle(() => this._native.close(flush ? flushTimeout : null)).finally(() => {
+      this._release()
+      this._listeners.clear()
+      this._topics.clear()
+      this._binary.clear()
+    })
+    return this._closing
+  }
+
+  /** Lets the process exit while this engine runs (as `socket.unref()`). Returns the engine. */
+  unref() {
+    this._unrefed = true
+    if (this._handle) this._handle.unref()
+    return this
+  }
+
+  /** Keeps the process alive while this engine runs again (the default). Returns the engine. */
+  ref() {
+    this._unrefed = false
+    if (this._handle) this._handle.ref()
+    return this
+  }
+
+  // A running engine holds the event loop with one timer that never fires:
+  // the native side's callbacks are weak and hold nothing on their own.
+  _hold() {
+    if (this._handle) return
+    this._handle = setInterval(() => {}, 0x7fffffff)
+    if (this._unrefed) this._handle.unref()
+  }
+
+  _release() {
+    if (this._handle) clearInterval(this._handle)
+    this._handle = null
   }
 
   /** Runs one sync round now (session, queued writes, pull). Rejects when it fails. */

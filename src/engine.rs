@@ -2,6 +2,7 @@
 //! touch memory; everything that waits on disk or network returns a Promise.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -134,7 +135,11 @@ impl NativeEngine {
     }
 
     #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
-    pub async fn close(&self) -> Value {
+    /// `flushMs`: first send what is queued, for at most this long.
+    pub async fn close(&self, flush_ms: Option<f64>) -> Value {
+        if let Some(ms) = flush_ms {
+            self.engine.flush_within(Duration::from_millis(ms.max(0.0) as u64)).await;
+        }
         self.engine.close().await;
         settle(Ok(()))
     }

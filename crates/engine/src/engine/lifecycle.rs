@@ -78,6 +78,29 @@ impl Engine {
         }
     }
 
+    /// Sends what is queued, for at most `limit`, before a `close()`. A
+    /// round that does not finish in time is dropped where it waits, as
+    /// `stop()` drops one; whatever it did not send stays queued on disk for
+    /// the next start. Resolves whether nothing is left to send. Only a
+    /// started engine sends: one never started goes to no server.
+    pub async fn flush_within(&self, limit: Duration) -> bool {
+        let left = || self.inner.state.read().view.queue().pending_count();
+        if !self.inner.life.running.load(Ordering::SeqCst) || self.check_open().is_err() || left() == 0 {
+            return left() == 0;
+        }
+        match tokio::time::timeout(limit, self.sync_once()).await {
+            Ok(Ok(())) => left() == 0,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "the writes queued at close were not all sent");
+                false
+            }
+            Err(_) => {
+                tracing::debug!(?limit, "the writes queued at close were not sent in time");
+                false
+            }
+        }
+    }
+
     /// Stops and releases the database; every later call fails with `ERR_SYNC_CLOSED`.
     pub async fn close(&self) {
         self.stop().await;
