@@ -10,6 +10,7 @@ const { SyncError, guard, settle, invalid } = require('./lib/errors.js')
 const { tokenStorageKey, defaultStorage, createWriteThroughStorage } = require('./lib/storage.js')
 const { Store, Mutations, mutationQueueListener } = require('./lib/store.js')
 const { InfiniteQuery } = require('./lib/infinite.js')
+const { toJson, toFields, checkString } = require('./lib/values.js')
 
 /** Calls every listener; one that throws does not stop the others. */
 function callAll(listeners, args) {
@@ -240,13 +241,13 @@ class SyncEngine {
 
   /** Sets this engine's presence (any JSON value; null withdraws it). Re-sent after every reconnect. */
   setPresence(data) {
-    guard(() => this._native.setPresence(data === undefined ? null : data))
+    guard(() => this._native.setPresence(data === undefined ? null : toJson('data', data)))
   }
 
   /** Publishes on a topic over the open WebSocket. Returns false when none is open (nothing is queued). */
   publishTopic(topic, data) {
     if (typeof topic !== 'string' || topic === '') throw invalid('topic must be a non-empty string')
-    return guard(() => this._native.publishTopic(topic, data === undefined ? null : data))
+    return guard(() => this._native.publishTopic(topic, data === undefined ? null : toJson('data', data)))
   }
 
   /** `handler(data, { topic, from })` for each message on `topic` (this engine's own included). Returns an unsubscribe function. */
@@ -299,17 +300,28 @@ class SyncEngine {
   /** Optimistic insert: resolves the temporary id once the write is durable on disk. */
   insert(entity, data) {
     this._readToken()
-    return settle(() => this._native.insert(entity, data))
+    return settle(() => {
+      checkString('entity', entity)
+      return this._native.insert(entity, toFields('data', data))
+    })
   }
 
   update(entity, id, patch) {
     this._readToken()
-    return settle(() => this._native.update(entity, id, patch))
+    return settle(() => {
+      checkString('entity', entity)
+      checkString('id', id)
+      return this._native.update(entity, id, toFields('patch', patch))
+    })
   }
 
   delete(entity, id) {
     this._readToken()
-    return settle(() => this._native.delete(entity, id))
+    return settle(() => {
+      checkString('entity', entity)
+      checkString('id', id)
+      return this._native.delete(entity, id)
+    })
   }
 
   /** Re-reads the token and `/api/auth/me`; resets the replica when the user or tenant changed. */
@@ -358,7 +370,45 @@ function createSyncEngine(baseUrl, options) {
   return new SyncEngine(baseUrl, options)
 }
 
-const direct = (fn) => (...args) => settle(() => fn(...args))
+// ------------------------------------------------------------ direct calls
+// One request each, no engine. Arguments are checked here, where they can
+// be named, and the rest in native.
+
+const direct = {
+  fetchList: (baseUrl, entity, options) =>
+    settle(() => {
+      checkString('entity', entity)
+      return native.directFetchList(baseUrl, entity, options)
+    }),
+  fetchById: (baseUrl, entity, id, options) =>
+    settle(() => {
+      checkString('entity', entity)
+      checkString('id', id)
+      return native.directFetchById(baseUrl, entity, id, options)
+    }),
+  insert: (baseUrl, entity, data, options) =>
+    settle(() => {
+      checkString('entity', entity)
+      return native.directInsert(baseUrl, entity, toFields('data', data), options)
+    }),
+  update: (baseUrl, entity, id, patch, options) =>
+    settle(() => {
+      checkString('entity', entity)
+      checkString('id', id)
+      return native.directUpdate(baseUrl, entity, id, toFields('patch', patch), options)
+    }),
+  remove: (baseUrl, entity, id, options) =>
+    settle(() => {
+      checkString('entity', entity)
+      checkString('id', id)
+      return native.directRemove(baseUrl, entity, id, options)
+    }),
+  callFn: (baseUrl, name, args, options) =>
+    settle(() => {
+      checkString('name', name)
+      return native.directCallFn(baseUrl, name, args === undefined ? null : toJson('args', args), options)
+    }),
+}
 
 module.exports = {
   createSyncEngine,
@@ -368,10 +418,5 @@ module.exports = {
   createWriteThroughStorage,
   mutationQueueListener,
   getServerData: (baseUrl, entities, options) => settle(() => native.getServerData(baseUrl, entities, options)),
-  fetchList: direct(native.directFetchList),
-  fetchById: direct(native.directFetchById),
-  insert: direct(native.directInsert),
-  update: direct(native.directUpdate),
-  remove: direct(native.directRemove),
-  callFn: direct(native.directCallFn),
+  ...direct,
 }

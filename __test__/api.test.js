@@ -59,6 +59,45 @@ test('bad write arguments reject with typed errors and queue nothing', async () 
   await assert.rejects(e.start(), { code: 'ERR_SYNC_CLOSED' })
 })
 
+test('arguments are checked where they can be named: NaN, a numeric id, null data, an empty dbPath', async () => {
+  const e = createSyncEngine('http://127.0.0.1:1', { persist: false })
+  const refused = [
+    [() => e.insert('Todo', { title: NaN }), /data\.title must be a finite number, got NaN/],
+    [() => e.insert('Todo', { tags: [1, Infinity] }), /data\.tags\[1\] must be a finite number/],
+    [() => e.insert('Todo', { n: 10n }), /data\.n must be JSON, got bigint/],
+    [() => e.insert('Todo', null), /data must be an object, got null/],
+    [() => e.update('Todo', 5, { title: 'x' }), /id must be a string, got number/],
+    [() => e.update('Todo', 'a', null), /patch must be an object, got null/],
+    [() => e.delete(7, 'a'), /entity must be a string, got number/],
+    [() => insert('http://127.0.0.1:1', 'Todo', null), /data must be an object, got null/],
+    [() => fetchById('http://127.0.0.1:1', 'Todo', 5), /id must be a string, got number/],
+  ]
+  for (const [call, message] of refused) {
+    await assert.rejects(call(), (err) => err.code === 'ERR_SYNC_INVALID_ARG' && message.test(err.message), String(message))
+  }
+  assert.deepEqual(e.mutations.list(), [], 'nothing refused was queued')
+  assert.throws(() => createSyncEngine('http://127.0.0.1:1', { dbPath: '' }), { code: 'ERR_SYNC_INVALID_ARG', message: /dbPath/ })
+  await e.close()
+})
+
+test('a Date is written as its ISO-8601 string, as JSON.stringify writes it', async () => {
+  const srv = await startDevserver()
+  try {
+    const at = new Date(Date.UTC(2026, 0, 2, 3, 4, 5))
+    const e = createSyncEngine(srv.url, { persist: false })
+    await e.start()
+    const id = await e.insert('Todo', { title: at, done: false })
+    assert.equal(e.store.get('Todo', id).title, '2026-01-02T03:04:05.000Z')
+    await e.close()
+    const direct = await insert(srv.url, 'Todo', { title: at, done: true })
+    const rows = await fetchList(srv.url, 'Todo')
+    assert.deepEqual(rows.map((r) => r.title), ['2026-01-02T03:04:05.000Z', '2026-01-02T03:04:05.000Z'])
+    assert.equal((await fetchById(srv.url, 'Todo', direct.id)).title, '2026-01-02T03:04:05.000Z')
+  } finally {
+    await srv.stop()
+  }
+})
+
 test('a file that is not ours is refused with ERR_SYNC_CORRUPT', async () => {
   const dbPath = path.join(tempDir(), 'foreign.db')
   require('node:fs').writeFileSync(dbPath, 'not a database at all, but long enough to have a header of some kind '.repeat(3))
@@ -122,10 +161,10 @@ test('ESM import exposes the same API', async () => {
   assert.equal(esm.default, sync)
 })
 
-test('an engine that is never closed does not keep the process alive', () => {
+test('an unref’d engine that is never closed does not keep the process alive (lifetime.test.js: the rest)', () => {
   const script = `
     const { createSyncEngine } = require(${JSON.stringify(path.join(__dirname, '..', 'sync.js'))})
-    const e = createSyncEngine('http://127.0.0.1:1', { persist: false, pollInterval: 50 })
+    const e = createSyncEngine('http://127.0.0.1:1', { persist: false, pollInterval: 50 }).unref()
     e.store.subscribe(() => {})
     e.start().then(() => console.log('started'))
   `

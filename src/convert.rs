@@ -25,7 +25,6 @@ pub fn object(v: Value, what: &str) -> Result<Row> {
             }
             Ok(m)
         }
-        Value::Null => Ok(Row::new()),
         other => Err(invalid(format!("{what} must be an object, got {}", type_name(&other)))),
     }
 }
@@ -103,7 +102,10 @@ pub struct DirectOptions {
 /// An options object read into its typed struct: a wrong type names the
 /// option, an unknown one is refused.
 pub fn options<T: DeserializeOwned>(opts: Value) -> Result<T> {
-    let opts = Value::Object(object(opts, "options")?);
+    let opts = match opts {
+        Value::Null => Value::Object(Row::new()),
+        opts => Value::Object(object(opts, "options")?),
+    };
     serde_path_to_error::deserialize(opts).map_err(|e| {
         let (path, inner) = (e.path().to_string(), e.into_inner().to_string());
         match inner.strip_prefix("unknown field") {
@@ -141,8 +143,9 @@ pub fn config(base_url: &str, opts: Value) -> Result<Config> {
     }
     cfg.db_path = match (opts.persist.unwrap_or(true), opts.db_path) {
         (false, _) => None,
-        (true, Some(p)) if !p.is_empty() => Some(PathBuf::from(p)),
-        (true, _) => Some(default_db_path(&cfg.app_name, base_url)?),
+        (true, Some(p)) if p.is_empty() => return Err(invalid("dbPath must be a path, got an empty string")),
+        (true, Some(p)) => Some(PathBuf::from(p)),
+        (true, None) => Some(default_db_path(&cfg.app_name, base_url)?),
     };
     Ok(cfg)
 }

@@ -118,7 +118,10 @@ pub async fn direct_call_fn(
     settle(
         async {
             let (api, token) = client(&base_url, opts)?;
-            let args = Value::Object(convert::object(args.unwrap_or(Value::Null), "args")?);
+            let args = match args {
+                None | Some(Value::Null) => Value::Object(Default::default()),
+                Some(args) => Value::Object(convert::object(args, "args")?),
+            };
             api.call_fn(token.as_deref(), &name, &args).await
         }
         .await,
