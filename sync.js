@@ -102,7 +102,10 @@ class SyncEngine {
       if (handlers) callAll(handlers, [ev.data, { topic: ev.topic, from: ev.from }])
     }
     const set = this._listeners.get(ev.type)
-    if (!set || set.size === 0) return
+    if (!set || set.size === 0) {
+      if (ev.type === 'error') this._unheard(ev)
+      return
+    }
     const arg =
       ev.type === 'change' ? undefined
       : ev.type === 'mutation' ? ev.mutation
@@ -115,6 +118,16 @@ class SyncEngine {
       : ev.type === 'room' ? ev.event
       : ev
     callAll(set, [arg])
+  }
+
+  // An error nobody listens for still reaches whoever debugs: on stderr,
+  // each once (a retry loop repeats the same one every round).
+  _unheard(ev) {
+    const { code, message } = ev.error
+    const key = `${ev.context}\0${code}\0${message}`
+    if (key === this._lastUnheard) return
+    this._lastUnheard = key
+    console.warn(`pylon-sync: ${ev.context} failed with ${code}: ${message} (engine.on('error', …) receives these)`)
   }
 
   /**

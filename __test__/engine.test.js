@@ -317,3 +317,25 @@ test('infinite query: no row skipped or repeated when rows change between pages'
     await srv.stop()
   }
 })
+
+test('status is honest: a polling connection shows the server unreachable, and lastError clears on recovery', async () => {
+  const srv = await startDevserver()
+  try {
+    const e = engine(srv.url, { transport: 'poll' })
+    await e.start()
+    assert.equal(e.connection.state, 'open')
+    const syncedBefore = e.status.lastSyncedAt
+    await srv.control('faults', { rules: [{ path: '/api/sync/pull', status: 503 }] })
+    await eventually('the connection to show the failing server', () => e.connection.state === 'backoff')
+    assert.equal(e.connection.transport, 'poll')
+    assert.equal(e.connection.lastError.code, 'ERR_SYNC_SERVER')
+    assert.equal(e.status.lastError.code, 'ERR_SYNC_SERVER')
+    await srv.control('faults', {})
+    await eventually('recovery', () => e.connection.state === 'open' && e.status.phase === 'idle' && e.status.lastError === null)
+    assert.equal(e.connection.lastError, null)
+    assert.ok(e.status.lastSyncedAt > syncedBefore, 'lastSyncedAt moves')
+    await e.close()
+  } finally {
+    await srv.stop()
+  }
+})

@@ -4,7 +4,7 @@
 // closed engine never holds it, and `close()` sends what is queued first.
 const { test } = require('node:test')
 const assert = require('node:assert/strict')
-const { spawn } = require('node:child_process')
+const { spawn, spawnSync } = require('node:child_process')
 const path = require('node:path')
 
 const { startDevserver, api, tempDir } = require('./helpers.js')
@@ -75,4 +75,18 @@ test('an unref’d engine closed on beforeExit sends its writes and lets the pro
   } finally {
     await srv.stop()
   }
+})
+
+test('an error with no listener is written to stderr, once', () => {
+  const script = `
+    const { createSyncEngine } = require(${JSON.stringify(path.join(__dirname, '..', 'sync.js'))})
+    const e = createSyncEngine('http://127.0.0.1:1', { persist: false, reconnectDelay: 1, transport: 'poll' })
+    e.on('status', (s) => { if (s.attempts >= 3) e.close() })
+    e.start()
+  `
+  const r = spawnSync(process.execPath, ['-e', script], { timeout: 20000, encoding: 'utf8' })
+  assert.equal(r.status, 0, r.stderr)
+  const lines = r.stderr.split('\n').filter((l) => l.includes('pylon-sync:'))
+  assert.equal(lines.length, 1, r.stderr)
+  assert.match(lines[0], /sync failed with ERR_SYNC_NETWORK/)
 })

@@ -156,6 +156,7 @@ impl Engine {
             Ok(()) => {
                 backoff.reset();
                 self.set_phase(Phase::Idle, None, 0);
+                self.polled(None, 0);
                 if self.inner.rt.streaming() {
                     // the stream brings changes; an occasional pull catches what it missed
                     self.inner.cfg.poll_interval.max(SAFETY_PULL)
@@ -187,6 +188,7 @@ impl Engine {
                 };
                 let phase = if matches!(e, Error::Network(_)) { Phase::Offline } else { Phase::Backoff };
                 self.set_phase(phase, Some(e), backoff.attempts());
+                self.polled(Some(e), backoff.attempts());
                 delay
             }
         }

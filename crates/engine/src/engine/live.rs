@@ -72,6 +72,11 @@ impl Engine {
         Follower(self.clone()).stop().await
     }
 
+    /// Tells the connection how the last round went, while polling.
+    pub(super) fn polled(&self, error: Option<&crate::error::Error>, attempts: u32) {
+        Follower(self.clone()).polled(error, attempts)
+    }
+
     /// Reconnects at once with the current token (after a flip, without the
     /// previous identity's presence).
     pub(super) fn restart_realtime(&self, flipped: bool) {

@@ -436,9 +436,13 @@ impl Engine {
             if let Some(e) = error {
                 st.status.last_error = Some(e.into());
             }
+            let recovered = phase == Phase::Idle && st.status.last_error.is_some();
             if phase == Phase::Idle {
+                // a round went through: what failed before is over
+                st.status.last_error = None;
                 st.status.last_synced_at = Some(self.now_ms());
             }
+            let changed = changed || recovered;
             if !changed {
                 return;
             }

@@ -95,6 +95,19 @@ impl<H: Host> Follower<H> {
         }
     }
 
+    /// A sync round's outcome while polling is the transport: the
+    /// connection is as reachable as the last round found the server.
+    pub(crate) fn polled(&self, error: Option<&Error>, attempts: u32) {
+        let s = self.0.realtime().status();
+        if s.transport != Which::Poll || !matches!(s.state, ConnState::Open | ConnState::Backoff) {
+            return;
+        }
+        match error {
+            None => self.set_connection(ConnState::Open, Which::Poll, 0, None),
+            Some(e) => self.set_connection(ConnState::Backoff, Which::Poll, attempts, Some(e)),
+        }
+    }
+
     fn set_connection(&self, state: ConnState, transport: Which, attempts: u32, error: Option<&Error>) {
         let rt = &self.0.realtime();
         let status = {
