@@ -16,6 +16,7 @@ use crate::queue::{Mutation, MutationError, Status};
 use crate::reconcile::{self, Found};
 use crate::replica::{BaseRow, Effect, RowText};
 use crate::snapshot::Snapshot;
+use crate::view::View;
 
 use super::{AckedRun, Engine};
 
@@ -124,65 +125,7 @@ impl Engine {
     /// Commits the longest leading run of `acks` whose rows and dependent
     /// mutations are disjoint (each is planned from the state before the run).
     pub(super) fn applied_run(&self, db: &mut Db, acks: Vec<(Mutation, Option<String>)>) -> Result<AckedRun> {
-        struct Planned {
-            m: Mutation,
-            server_id: Option<String>,
-            target: String,
-            base_row: Option<BaseRow>,
-            changed: Vec<Mutation>,
-        }
-        let mut plans: Vec<Planned> = Vec::new();
-        let mut acks = acks.into_iter().peekable();
-        {
-            let st = self.inner.state.read();
-            let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
-            let mut dependents: BTreeSet<String> = BTreeSet::new();
-            while let Some((m, server_id)) = acks.peek() {
-                let target = server_id.clone().unwrap_or_else(|| m.row_id.clone());
-                // the server accepted the write: the stored row becomes what we sent,
-                // until the server's own event replaces it (events of a
-                // policy-governed entity may never come, see docs/compat.md)
-                let base = st.view.replica().base(&m.entity, &target);
-                let base_row = match (server_id, m.kind, base) {
-                    (Some(sid), Kind::Insert, None) => {
-                        let mut row = m.data.clone().unwrap_or_default();
-                        row.insert("id".into(), Value::String(sid.clone()));
-                        Some(BaseRow { seq: 0, data: Some(RowText::new(&row)) })
-                    }
-                    (None, Kind::Update, Some(BaseRow { seq, data: Some(data) })) => {
-                        let mut row = data.parse();
-                        for (f, v) in m.data.iter().flatten().filter(|(f, _)| *f != "id") {
-                            row.insert(f.clone(), v.clone());
-                        }
-                        Some(BaseRow { seq: *seq, data: Some(RowText::new(&row)) })
-                    }
-                    (None, Kind::Delete, Some(b)) => Some(BaseRow { seq: b.seq, data: None }),
-                    _ => None,
-                };
-                let changed: Vec<Mutation> = match server_id {
-                    Some(sid) => st
-                        .view
-                        .queue()
-                        .remapped(&m.entity, &m.row_id, sid)
-                        .into_iter()
-                        .filter(|c| c.id != m.id)
-                        .collect(),
-                    None => Vec::new(),
-                };
-                let keys = [(m.entity.clone(), m.row_id.clone()), (m.entity.clone(), target.clone())];
-                let overlaps = keys.iter().any(|k| touched.contains(k))
-                    || changed.iter().any(|c| dependents.contains(&c.id))
-                    || dependents.contains(&m.id);
-                if overlaps && !plans.is_empty() {
-                    break;
-                }
-                touched.extend(keys);
-                dependents.extend(changed.iter().map(|c| c.id.clone()));
-                let (m, server_id) = acks.next().unwrap();
-                tracing::debug!(kind = ?m.kind, row = %target, stored = ?base_row.as_ref().map(|b| (b.seq, b.data.is_some())), "acknowledged");
-                plans.push(Planned { m, server_id, target, base_row, changed });
-            }
-        }
+        let (plans, acks) = plan_run(&self.inner.state.read().view, acks);
         // inserts shown before their event was taken: the log must bring it
         let awaited = {
             let st = self.inner.state.read();
@@ -250,6 +193,145 @@ impl Engine {
             }
             done.push(m);
         }
-        Ok(AckedRun { done, left: acks.collect(), entities })
+        Ok(AckedRun { done, left: acks, entities })
+    }
+}
+
+/// An acknowledgement, planned: the row it settles (`target`, the server's
+/// id for an insert), what the stored row becomes, and the queued writes
+/// that follow an insert to its server id.
+struct Planned {
+    m: Mutation,
+    server_id: Option<String>,
+    target: String,
+    base_row: Option<BaseRow>,
+    changed: Vec<Mutation>,
+}
+
+/// Plans the longest leading run of `acks` that do not touch each other
+/// (no shared row, no write that an earlier one renames), each from the
+/// view as it is before the run; returns the plans and the acks left.
+fn plan_run(view: &View, acks: Vec<(Mutation, Option<String>)>) -> (Vec<Planned>, Vec<(Mutation, Option<String>)>) {
+    let mut plans: Vec<Planned> = Vec::new();
+    let mut acks = acks.into_iter().peekable();
+    let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut dependents: BTreeSet<String> = BTreeSet::new();
+    while let Some((m, server_id)) = acks.peek() {
+        let target = server_id.clone().unwrap_or_else(|| m.row_id.clone());
+        // the server accepted the write: the stored row becomes what we sent,
+        // until the server's own event replaces it (events of a
+        // policy-governed entity may never come, see docs/compat.md)
+        let base = view.replica().base(&m.entity, &target);
+        let base_row = match (server_id, m.kind, base) {
+            (Some(sid), Kind::Insert, None) => {
+                let mut row = m.data.clone().unwrap_or_default();
+                row.insert("id".into(), Value::String(sid.clone()));
+                Some(BaseRow { seq: 0, data: Some(RowText::new(&row)) })
+            }
+            (None, Kind::Update, Some(BaseRow { seq, data: Some(data) })) => {
+                let mut row = data.parse();
+                for (f, v) in m.data.iter().flatten().filter(|(f, _)| *f != "id") {
+                    row.insert(f.clone(), v.clone());
+                }
+                Some(BaseRow { seq: *seq, data: Some(RowText::new(&row)) })
+            }
+            (None, Kind::Delete, Some(b)) => Some(BaseRow { seq: b.seq, data: None }),
+            _ => None,
+        };
+        let changed: Vec<Mutation> = match server_id {
+            Some(sid) => {
+                view.queue().remapped(&m.entity, &m.row_id, sid).into_iter().filter(|c| c.id != m.id).collect()
+            }
+            None => Vec::new(),
+        };
+        let keys = [(m.entity.clone(), m.row_id.clone()), (m.entity.clone(), target.clone())];
+        let overlaps = keys.iter().any(|k| touched.contains(k))
+            || changed.iter().any(|c| dependents.contains(&c.id))
+            || dependents.contains(&m.id);
+        if overlaps && !plans.is_empty() {
+            break;
+        }
+        touched.extend(keys);
+        dependents.extend(changed.iter().map(|c| c.id.clone()));
+        let (m, server_id) = acks.next().expect("peeked");
+        tracing::debug!(kind = ?m.kind, row = %target, stored = ?base_row.as_ref().map(|b| (b.seq, b.data.is_some())), "acknowledged");
+        plans.push(Planned { m, server_id, target, base_row, changed });
+    }
+    (plans, acks.collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::queue::{sample as m, Queue};
+
+    fn stored(seq: u64, row: Value) -> BaseRow {
+        BaseRow { seq, data: Some(RowText::new(row.as_object().unwrap())) }
+    }
+
+    fn view(queue: Vec<Mutation>, rows: &[(&str, BaseRow)]) -> View {
+        let mut v = View::new(None, Queue::new(queue));
+        for (id, row) in rows {
+            v.put_base("Todo", id, row.clone());
+        }
+        v
+    }
+
+    fn text(b: &Option<BaseRow>) -> Option<(u64, Option<Value>)> {
+        b.as_ref().map(|b| (b.seq, b.data.as_ref().map(|d| serde_json::from_str(d.as_str()).unwrap())))
+    }
+
+    #[test]
+    fn an_acknowledged_insert_stores_what_was_sent_under_the_servers_id_and_takes_its_writes_along() {
+        let temp = "_pending_1_a";
+        let insert = m(1, Kind::Insert, temp, Some(json!({ "title": "x" })));
+        let update = m(2, Kind::Update, temp, Some(json!({ "done": true })));
+        let v = view(vec![insert.clone(), update], &[]);
+        let (plans, left) = plan_run(&v, vec![(insert, Some("s1".into()))]);
+        assert!(left.is_empty());
+        let p = &plans[0];
+        assert_eq!(p.target, "s1");
+        // seq 0: shown before its event is taken, which replaces it
+        assert_eq!(text(&p.base_row), Some((0, Some(json!({ "id": "s1", "title": "x" })))));
+        assert_eq!(p.changed.iter().map(|c| (c.id.as_str(), c.row_id.as_str())).collect::<Vec<_>>(), [("m2", "s1")]);
+    }
+
+    #[test]
+    fn an_acknowledged_update_or_delete_settles_the_stored_row_at_its_own_seq() {
+        let update = m(1, Kind::Update, "a", Some(json!({ "done": true, "id": "other" })));
+        let delete = m(2, Kind::Delete, "b", None);
+        let rows = [("a", stored(7, json!({ "id": "a", "title": "x" }))), ("b", stored(9, json!({ "id": "b" })))];
+        let v = view(vec![update.clone(), delete.clone()], &rows);
+        let (plans, left) = plan_run(&v, vec![(update, None), (delete, None)]);
+        assert!(left.is_empty(), "two rows: one run");
+        assert_eq!(text(&plans[0].base_row), Some((7, Some(json!({ "id": "a", "title": "x", "done": true })))));
+        assert_eq!(text(&plans[1].base_row), Some((9, None)), "a tombstone at the row's seq");
+        // a row the replica does not hold is left for the server's event
+        let lone = m(3, Kind::Update, "c", Some(json!({ "done": true })));
+        let (plans, _) = plan_run(&view(vec![lone.clone()], &[]), vec![(lone, None)]);
+        assert!(plans[0].base_row.is_none());
+    }
+
+    #[test]
+    fn acknowledgements_that_touch_each_other_go_in_separate_runs() {
+        let temp = "_pending_1_a";
+        let insert = m(1, Kind::Insert, temp, Some(json!({ "title": "x" })));
+        let update = m(2, Kind::Update, temp, Some(json!({ "done": true })));
+        let other = m(3, Kind::Delete, "b", None);
+        let v = view(vec![insert.clone(), update.clone(), other.clone()], &[("b", stored(4, json!({ "id": "b" })))]);
+        // the update was renamed by the insert's acknowledgement: it waits for the next run
+        let mut renamed = update.clone();
+        renamed.row_id = "s1".into();
+        let acks = vec![(insert, Some("s1".into())), (renamed, None), (other, None)];
+        let (plans, left) = plan_run(&v, acks);
+        assert_eq!(plans.iter().map(|p| p.m.id.as_str()).collect::<Vec<_>>(), ["m1"]);
+        assert_eq!(left.iter().map(|(m, _)| m.id.as_str()).collect::<Vec<_>>(), ["m2", "m3"]);
+        // the same row twice: split too, while the first ack always goes
+        let a = m(4, Kind::Update, "b", Some(json!({ "t": 1 })));
+        let b = m(5, Kind::Update, "b", Some(json!({ "t": 2 })));
+        let (plans, left) = plan_run(&v, vec![(a, None), (b, None)]);
+        assert_eq!((plans.len(), left.len()), (1, 1));
     }
 }
