@@ -18,7 +18,7 @@ use crate::reconcile;
 use crate::replica::{Effect, RowText};
 use crate::restart::{Anchor, ANCHOR_SPAN};
 
-use super::{Engine, Replay, PRUNE_EVERY};
+use super::{Engine, Replay, Wake, PRUNE_EVERY};
 
 /// What this part owns besides the replica it feeds: the run of resyncs
 /// (for the breaker) and where tombstones were last pruned.
@@ -230,7 +230,7 @@ impl Engine {
             }
         }
         if pull {
-            self.kick();
+            self.wake(Wake::Pull);
         }
     }
 

@@ -1,11 +1,12 @@
 //! Lifecycle: `start`, `stop`, `close`, `abandon`, and the sync loop (one
 //! round: session check → boot check → send queued writes → pull to the
 //! head, then wait for a wake, a poll tick or the safety pull). Owns the
-//! loop task (`loop_handle`) and the `running`/`closed` flags. A round holds
-//! the `sync` lock; `stop()` aborts the loop between awaits, which is why
-//! work planned in a round re-checks the epoch before it commits.
+//! loop task (`loop_handle`), the `running`/`closed` flags and what the
+//! loop was woken for (`Wake`). A round holds the `sync` lock; `stop()`
+//! aborts the loop between awaits, which is why work planned in a round
+//! re-checks the epoch before it commits.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -18,14 +19,36 @@ use crate::events::{Event, Phase};
 
 use super::{Engine, BACKOFF_CAP, SAFETY_PULL};
 
+/// Why the loop is asked for a round now. A local write or a new token
+/// needs the whole round, as its writes go out; a stream's hint (an event
+/// it may not apply itself, a connection opened or lost) needs only the
+/// pull, so it does not wait behind a flush of every queued write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    Write,
+    Session,
+    Pull,
+}
+
+impl Wake {
+    const fn bit(self) -> u8 {
+        match self {
+            Wake::Write => 1,
+            Wake::Session => 2,
+            Wake::Pull => 4,
+        }
+    }
+}
+
 /// What this part owns: whether the engine runs or is closed, the loop
-/// task, and the two signals the loop waits on.
+/// task, and the signals the loop waits on.
 #[derive(Default)]
 pub(super) struct Life {
     pub(super) running: AtomicBool,
     pub(super) closed: AtomicBool,
-    /// A local write (or a stream hint) asks for a round now.
+    /// Something asks for a round now; `wants` says what for (`Wake` bits).
     pub(super) wake: Notify,
+    wants: AtomicU8,
     pub(super) stop: Notify,
     pub(super) loop_handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -133,20 +156,28 @@ impl Engine {
         self.set_listener(None);
     }
 
-    pub(super) async fn run(self, mut backoff: Backoff, mut delay: Duration) {
+    pub(super) async fn run(self, mut backoff: Backoff, delay: Duration) {
+        let mut next = tokio::time::Instant::now() + delay;
         loop {
-            // a local write wakes the loop early, except while backing off
-            tokio::select! {
+            // a wake runs a round early, except while backing off
+            let woken = tokio::select! {
                 biased; // one order, so a simulation replays
                 _ = self.inner.life.stop.notified() => return,
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.inner.life.wake.notified(), if backoff.attempts() == 0 => {}
-            }
+                _ = tokio::time::sleep_until(next) => false,
+                _ = self.inner.life.wake.notified(), if backoff.attempts() == 0 => true,
+            };
             if !self.inner.life.running.load(Ordering::SeqCst) {
                 return;
             }
-            let res = self.sync_once().await;
-            delay = self.after_sync(&res, &mut backoff);
+            let wants = self.inner.life.wants.swap(0, Ordering::SeqCst);
+            let res = if !woken || wants & (Wake::Write.bit() | Wake::Session.bit()) != 0 {
+                self.sync_once().await
+            } else if wants & Wake::Pull.bit() != 0 {
+                self.round(false).await
+            } else {
+                continue; // what woke it was met by the last round's pull
+            };
+            next = tokio::time::Instant::now() + self.after_sync(&res, &mut backoff);
         }
     }
 
@@ -196,17 +227,27 @@ impl Engine {
 
     /// One round: make sure the session is known, send queued writes, pull.
     pub async fn sync_once(&self) -> Result<()> {
+        self.round(true).await
+    }
+
+    /// A round, with or without sending what is queued. Every hint given
+    /// before its pull starts is met by that pull.
+    async fn round(&self, send: bool) -> Result<()> {
         self.check_open()?;
         let _sync = self.inner.sync.lock().await;
         self.load().await?;
         self.ensure_session().await?;
         self.check_server_boot().await?;
-        self.flush().await?;
+        if send {
+            self.flush().await?;
+        }
+        self.inner.life.wants.fetch_and(!Wake::Pull.bit(), Ordering::SeqCst);
         self.pull_to_head().await
     }
 
-    /// Asks the loop to sync now (after a local write).
-    pub(crate) fn kick(&self) {
+    /// Asks the loop for a round now, saying why.
+    pub(crate) fn wake(&self, why: Wake) {
+        self.inner.life.wants.fetch_or(why.bit(), Ordering::SeqCst);
         self.inner.life.wake.notify_one();
     }
 }

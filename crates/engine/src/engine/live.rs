@@ -41,8 +41,8 @@ impl Host for Engine {
         Engine::emit(self, ev)
     }
 
-    fn kick(&self) {
-        Engine::kick(self)
+    fn want_pull(&self) {
+        self.wake(super::Wake::Pull)
     }
 
     fn server_may_have_restarted(&self) {

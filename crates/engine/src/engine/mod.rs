@@ -26,6 +26,8 @@ mod reset;
 mod session;
 
 pub use bootstrap::get_server_data;
+use lifecycle::Wake;
+use session::{fingerprint, split_queue, token_key};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +36,6 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::api::Api;
 use crate::config::{Config, Transport};
@@ -208,33 +209,6 @@ fn parse_covered(text: &str) -> Result<BTreeMap<String, u64>> {
     }
 }
 
-/// Temporary ids of the inserts in doubt among `mutations`.
-fn in_doubt_ids(mutations: &[Mutation]) -> std::collections::HashSet<String> {
-    mutations.iter().filter(|m| crate::queue::is_in_doubt(m)).map(|m| m.row_id.clone()).collect()
-}
-
-/// A stable, non-reversible name for a token, so we can tell tokens apart
-/// without ever storing one.
-fn fingerprint(token: Option<&str>) -> String {
-    match token {
-        None => "anonymous".into(),
-        Some(t) => {
-            let digest = Sha256::digest(t.as_bytes());
-            digest[..12].iter().map(|b| format!("{b:02x}")).collect()
-        }
-    }
-}
-
-const ANONYMOUS: &str = "user:|tenant:";
-
-fn token_key(fp: &str) -> String {
-    if fp == "anonymous" {
-        ANONYMOUS.into()
-    } else {
-        format!("token:{fp}")
-    }
-}
-
 impl Engine {
     pub fn new(cfg: Config) -> Result<Engine> {
         let io = match &cfg.io {
@@ -393,9 +367,7 @@ impl Engine {
             // says the new token is the same identity.
             let same_token = stored_fp.as_deref() == Some(fp.as_str()) || (rows.is_empty() && cursor == 0);
             let queue_key = if same_token && !identity.is_empty() { identity.clone() } else { token_key(&fp) };
-            let (mine, others): (Vec<Mutation>, Vec<Mutation>) =
-                mutations.into_iter().partition(|m| m.identity == queue_key);
-            let parked_in_doubt = in_doubt_ids(&others);
+            let (mine, parked_in_doubt) = split_queue(mutations, &queue_key);
             let view = View::new(same_token.then_some(rows), Queue::new(mine));
             let mut st = me.inner.state.write();
             st.identity = identity;

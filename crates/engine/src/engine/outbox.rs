@@ -22,7 +22,7 @@ use crate::protocol::{Kind, Row, TEMP_PREFIX};
 use crate::queue::{Mutation, MutationError, Sent, Status};
 use crate::reconcile::{self, Found};
 
-use super::{refusal, Engine, BATCH_BYTES, BATCH_MAX};
+use super::{refusal, Engine, Wake, BATCH_BYTES, BATCH_MAX};
 
 /// What this part owns: writes made but not yet committed, and whether
 /// the server takes `/api/batch`.
@@ -162,7 +162,7 @@ impl Engine {
         for s in &batch {
             self.emit(Event::Mutation { status: "pending", mutation: s.m.clone() });
         }
-        self.kick();
+        self.wake(Wake::Write);
         for s in batch {
             let _ = s.done.send(Ok(s.m));
         }
@@ -196,7 +196,7 @@ impl Engine {
         let m = self.set_mutation_status(id, Status::Pending, None).await?;
         self.emit(Event::Change { entities: vec![m.entity.clone()] });
         self.emit(Event::Mutation { status: "pending", mutation: m });
-        self.kick();
+        self.wake(Wake::Write);
         Ok(())
     }
 

@@ -6,14 +6,17 @@
 //! token and queue key. Runs under `sync`; the flip takes `db`, then `state`
 //! for writing, and bumps the epoch under it.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::protocol::Session;
 use crate::queue::{Mutation, Queue};
 
-use super::{fingerprint, in_doubt_ids, outbox, token_key, Engine};
+use super::{outbox, Engine, Wake};
 
 impl Engine {
     /// The bearer token requests are sent with now.
@@ -45,7 +48,7 @@ impl Engine {
             !verified
         };
         if changed {
-            self.kick();
+            self.wake(Wake::Session);
         }
     }
 
@@ -58,7 +61,7 @@ impl Engine {
         self.inner.state.write().verified_fp = None;
         self.ensure_session().await?;
         if self.inner.life.running.load(Ordering::SeqCst) {
-            self.kick();
+            self.wake(Wake::Session);
         }
         Ok(self.session())
     }
@@ -79,13 +82,13 @@ impl Engine {
 
     pub(super) async fn apply_session(&self, session: Session, token: Option<String>, fp: String) -> Result<()> {
         let identity = session.identity_key();
-        let (flipped, new_token) = {
+        let change = {
             let st = self.inner.state.read();
-            let known = !st.identity.is_empty();
-            (known && st.identity != identity, known && fingerprint(st.verified_token.as_deref()) != fp)
+            transition(&st.identity, &fingerprint(st.verified_token.as_deref()), &identity, &fp)
         };
+        let flipped = change == Transition::Flip;
         let session_for_event = session.clone();
-        tracing::debug!(flipped, new_token, "session resolved");
+        tracing::debug!(?change, "session resolved");
         let entities = self
             .with_db(move |me, db| {
                 let tkey = token_key(&fp);
@@ -105,8 +108,7 @@ impl Engine {
                     Ok(())
                 })?;
                 let stored = if !flipped && me.inner.state.read().quarantined { Some(db.load()?.rows) } else { None };
-                let (mut mine, others): (Vec<Mutation>, Vec<Mutation>) =
-                    db.mutations()?.into_iter().partition(|m| m.identity == identity);
+                let (mut mine, parked_in_doubt) = split_queue(db.mutations()?, &identity);
                 // writes parked while another identity's insert was acknowledged
                 // may still name its temporary id
                 let renamed: Vec<Mutation> = {
@@ -134,7 +136,7 @@ impl Engine {
                 st.verified_fp = Some(fp);
                 st.verified_token = token;
                 st.session = Some(session);
-                st.parked_in_doubt = in_doubt_ids(&others);
+                st.parked_in_doubt = parked_in_doubt;
                 st.view.switch(flipped, stored, Queue::new(mine));
                 for e in st.view.replica().entities() {
                     if !entities.contains(&e) {
@@ -144,7 +146,7 @@ impl Engine {
                 Ok(entities)
             })
             .await?;
-        if flipped || new_token {
+        if change != Transition::Same {
             // the stream was opened with the previous token
             self.restart_realtime(flipped);
         }
@@ -154,5 +156,121 @@ impl Engine {
         self.emit(Event::Session(Some(session_for_event)));
         self.emit(Event::Change { entities });
         Ok(())
+    }
+}
+
+/// What a resolved session changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Transition {
+    /// The first session this replica knows, or the same identity by the same token.
+    Same,
+    /// The same identity by another token: the stream reopens with it.
+    NewToken,
+    /// Another user or tenant (signing in or out included): the replica is
+    /// rebuilt for it and the previous identity's writes are parked.
+    Flip,
+}
+
+/// The change from the identity the replica holds (`known`, empty when it
+/// holds none yet), last verified with the token fingerprinted `known_fp`,
+/// to `identity` resolved for the token fingerprinted `fp`.
+pub(super) fn transition(known: &str, known_fp: &str, identity: &str, fp: &str) -> Transition {
+    if known.is_empty() {
+        Transition::Same
+    } else if known != identity {
+        Transition::Flip
+    } else if known_fp != fp {
+        Transition::NewToken
+    } else {
+        Transition::Same
+    }
+}
+
+/// A stored queue split for the identity keyed `key`: its own writes, and
+/// the temporary ids of other identities' inserts in doubt (parked: their
+/// events, if the log shows them, are theirs and not new rows of ours).
+pub(super) fn split_queue(all: Vec<Mutation>, key: &str) -> (Vec<Mutation>, HashSet<String>) {
+    let (mine, others): (Vec<Mutation>, Vec<Mutation>) = all.into_iter().partition(|m| m.identity == key);
+    let parked = others.iter().filter(|m| crate::queue::is_in_doubt(m)).map(|m| m.row_id.clone()).collect();
+    (mine, parked)
+}
+
+/// A stable, non-reversible name for a token, so we can tell tokens apart
+/// without ever storing one.
+pub(super) fn fingerprint(token: Option<&str>) -> String {
+    match token {
+        None => "anonymous".into(),
+        Some(t) => {
+            let digest = Sha256::digest(t.as_bytes());
+            digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+        }
+    }
+}
+
+const ANONYMOUS: &str = "user:|tenant:";
+
+/// The queue key of writes made with a token whose session is not known yet.
+pub(super) fn token_key(fp: &str) -> String {
+    if fp == "anonymous" {
+        ANONYMOUS.into()
+    } else {
+        format!("token:{fp}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::protocol::Kind;
+    use crate::queue::{sample, Sent};
+
+    const ALICE: &str = "user:alice|tenant:";
+    const BOB: &str = "user:bob|tenant:";
+
+    #[test]
+    fn a_resolved_session_flips_only_when_the_user_or_tenant_changes() {
+        let (a, b) = (fingerprint(Some("token-a")), fingerprint(Some("token-b")));
+        assert_eq!(transition("", "anonymous", ALICE, &a), Transition::Same, "the first session");
+        assert_eq!(transition(ALICE, &a, ALICE, &a), Transition::Same);
+        assert_eq!(transition(ALICE, &a, ALICE, &b), Transition::NewToken, "a refreshed token");
+        assert_eq!(transition(ALICE, &a, BOB, &b), Transition::Flip);
+        assert_eq!(transition(ALICE, &a, BOB, &a), Transition::Flip, "the same token, now another user's");
+        assert_eq!(transition(ALICE, &a, ANONYMOUS, "anonymous"), Transition::Flip, "signing out");
+        assert_eq!(transition(ANONYMOUS, "anonymous", "user:alice|tenant:t1", &a), Transition::Flip, "signing in");
+        assert_eq!(transition(ALICE, &a, "user:alice|tenant:t2", &a), Transition::Flip, "another tenant");
+    }
+
+    #[test]
+    fn a_queue_splits_into_ours_and_the_parked_inserts_in_doubt_of_others() {
+        let with = |order, identity: &str, kind, row: &str, sent: bool| {
+            let mut m = sample(order, kind, row, (kind != Kind::Delete).then(|| json!({ "t": order })));
+            m.identity = identity.into();
+            m.sent = sent.then(Sent::default);
+            m
+        };
+        let all = vec![
+            with(1, ALICE, Kind::Insert, "_pending_1_a", true),
+            with(2, BOB, Kind::Insert, "_pending_2_b", true),
+            with(3, BOB, Kind::Insert, "_pending_3_b", false),
+            with(4, BOB, Kind::Update, "s9", true),
+            with(5, &token_key(&fingerprint(Some("t"))), Kind::Insert, "_pending_5_c", true),
+        ];
+        let (mine, parked) = split_queue(all, ALICE);
+        assert_eq!(mine.iter().map(|m| m.order).collect::<Vec<_>>(), [1]);
+        // only inserts sent without an answer: the others cannot show up in the log as rows of theirs
+        assert_eq!(parked, HashSet::from(["_pending_2_b".to_string(), "_pending_5_c".to_string()]));
+    }
+
+    #[test]
+    fn a_token_is_named_by_a_fingerprint_that_never_holds_it() {
+        let fp = fingerprint(Some("secret-token"));
+        assert_eq!(fp.len(), 24);
+        assert!(fp.chars().all(|c| c.is_ascii_hexdigit()) && !fp.contains("secret"));
+        assert_eq!(fp, fingerprint(Some("secret-token")));
+        assert_ne!(fp, fingerprint(Some("secret-tokem")));
+        assert_eq!(token_key(&fingerprint(None)), ANONYMOUS);
+        assert_eq!(token_key(&fp), format!("token:{fp}"));
     }
 }

@@ -166,7 +166,7 @@ impl<H: Host> Follower<H> {
             };
             *rt.out.lock() = None;
             if opened.is_some() {
-                self.0.kick(); // pull at once and poll until a stream is open again
+                self.0.want_pull(); // pull at once and poll until a stream is open again
             }
             let err = match end {
                 End::Restart => {
@@ -275,7 +275,7 @@ impl<H: Host> Follower<H> {
         let connection = rt.opened.fetch_add(1, Ordering::SeqCst) + 1;
         self.0.server_may_have_restarted();
         self.set_connection(ConnState::Open, which, rt.status().attempts, None);
-        self.0.kick();
+        self.0.want_pull();
         connection
     }
 

@@ -126,8 +126,8 @@ pub(crate) trait Host: Clone + Send + Sync + 'static {
     fn span(&self) -> tracing::Span;
     fn now_ms(&self) -> u64;
     fn emit(&self, ev: Event);
-    /// Asks for a sync round now.
-    fn kick(&self);
+    /// Asks for a pull now (not a whole round: no queued write waits on it).
+    fn want_pull(&self);
     /// A stream (re)opened: the server may have restarted meanwhile.
     fn server_may_have_restarted(&self);
     /// The token a stream authenticates with.
