@@ -1,5 +1,6 @@
 //! Read policies, in the two forms tests need: `"true"` and
-//! `"auth.userId == data.<field>"` (PROTOCOL §16.3).
+//! `"auth.userId == data.<field>"`; write policies as `"true"` and
+//! `"auth.userId != null"` (PROTOCOL §16.3).
 
 use serde_json::{Map, Value};
 
@@ -35,5 +36,32 @@ impl ReadRule {
                 _ => false,
             },
         }
+    }
+}
+
+/// Who may insert, update or delete rows of an entity (`allowWrite`).
+#[derive(Debug, Clone)]
+pub enum WriteRule {
+    Anyone,
+    SignedIn,
+    Nobody,
+}
+
+impl WriteRule {
+    pub fn parse(expr: &str) -> WriteRule {
+        match expr.trim() {
+            "true" => WriteRule::Anyone,
+            "auth.userId != null" => WriteRule::SignedIn,
+            _ => WriteRule::Nobody,
+        }
+    }
+
+    pub fn allows(&self, user_id: Option<&str>, is_admin: bool) -> bool {
+        is_admin
+            || match self {
+                WriteRule::Anyone => true,
+                WriteRule::SignedIn => user_id.is_some(),
+                WriteRule::Nobody => false,
+            }
     }
 }

@@ -458,6 +458,11 @@ fn route(app: &App, method: &Method, uri: &str, path: &str, headers: &HeaderMap,
             w.store.sessions.insert(t.clone(), Session { user_id: user.to_string(), tenant_id: None });
             json_response(201, json!({ "token": t, "user_id": user }))
         }
+        ("DELETE", ["api", "auth", "session"]) => {
+            // PROTOCOL §9: revokes the caller's token; it answers as anonymous from now on
+            let revoked = token.is_some_and(|t| w.store.sessions.remove(&t).is_some());
+            json_response(200, json!({ "revoked": revoked }))
+        }
         ("POST", ["api", "auth", "select-org"]) => select_org(w, token.as_deref(), &auth, body),
         ("GET", ["api", "sync", "pull"]) => pull(w, uri, &auth),
         ("POST", ["api", "sync", "push"] | ["api", "batch"]) if !auth.is_admin => {
@@ -535,6 +540,10 @@ fn entities(w: &mut World, method: &Method, uri: &str, e: &str, rest: &[&str], a
         return error(400, "ENTITY_NOT_FOUND", &format!("unknown entity {e:?}"));
     };
     let row_policy = matches!(entity.read, Some(crate::policy::ReadRule::OwnerField(_))) && !auth.is_admin;
+    let writes = matches!(method.as_str(), "POST" | "PATCH" | "DELETE");
+    if writes && !entity.write.as_ref().is_none_or(|r| r.allows(auth.user_id.as_deref(), auth.is_admin)) {
+        return policy_denied();
+    }
     match (method.as_str(), rest) {
         ("GET", []) => {
             if row_policy {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use crate::clock::Clock;
-use crate::policy::ReadRule;
+use crate::policy::{ReadRule, WriteRule};
 
 #[derive(Debug, Clone)]
 pub struct Field {
@@ -21,6 +21,8 @@ pub struct Entity {
     pub fields: Vec<Field>,
     /// `None`: no policy, everyone may read.
     pub read: Option<ReadRule>,
+    /// `None`: no write policy, everyone may write.
+    pub write: Option<WriteRule>,
     /// CRDT mode (the real server's default unless the manifest says
     /// `crdt: false`): subscribed WebSocket clients get binary frames.
     pub crdt: bool,
@@ -106,8 +108,12 @@ impl Store {
                 .or_else(|| {
                     policies.iter().any(|p| p["entity"].as_str() == Some(name.as_str())).then_some(ReadRule::Anyone)
                 });
+            let write = policies
+                .iter()
+                .filter(|p| p["entity"].as_str() == Some(name.as_str()))
+                .find_map(|p| p["allowWrite"].as_str().or(p["allow"].as_str()).map(WriteRule::parse));
             let crdt = e["crdt"].as_bool() != Some(false);
-            entities.push(Entity { name, fields, read, crdt });
+            entities.push(Entity { name, fields, read, write, crdt });
         }
         if entities.is_empty() {
             return Err("manifest needs at least one entity".into());
