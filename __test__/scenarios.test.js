@@ -7,17 +7,20 @@ const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('node:path')
 const { spawn } = require('node:child_process')
-const { createSyncEngine, createWriteThroughStorage } = require('../sync.js')
+const { createSyncEngine, createWriteThroughStorage, SyncError } = require('../sync.js')
 const { servers, api, eventually, tempDir, startFaultProxy } = require('./helpers.js')
 
 const KILLS = Number(process.env.CRASH_KILLS || 100)
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
-async function serverTodos(srv) {
-  const r = await api(srv.url, 'GET', '/api/entities/Todo', undefined, srv.adminToken)
+async function serverRows(srv, entity) {
+  const r = await api(srv.url, 'GET', `/api/entities/${entity}`, undefined, srv.adminToken)
   assert.equal(r.status, 200)
   return r.body.data
 }
+
+const serverTodos = (srv) => serverRows(srv, 'Todo')
+const isAuthError = (err) => err instanceof SyncError && err.code === 'ERR_SYNC_AUTH'
 
 for (const server of servers()) {
   const scenario = (name, timeout, fn) =>
@@ -164,6 +167,59 @@ for (const server of servers()) {
       await e.close()
     } finally {
       await proxy.close()
+    }
+  })
+
+  scenario('a token the server does not recognise is an auth error, and its writes are held, not sent as anonymous', 60000, async (srv) => {
+    const token = 'pylon_unrecognised_session_token'
+    const e = createSyncEngine(srv.url, { persist: false, token, pollInterval: 200, transport: 'poll' })
+    const errors = []
+    e.on('error', (err) => errors.push(err))
+    try {
+      await e.start()
+      await eventually('an auth error', () => errors.some((err) => isAuthError(err) && err.context === 'session'))
+      assert.equal(e.status.lastError.code, 'ERR_SYNC_AUTH')
+      assert.equal(e.resolvedSession(), null)
+      await e.insert('Todo', { title: 'held while unrecognised', done: false })
+      await assert.rejects(e.sync(), isAuthError)
+      await assert.rejects(e.notifySessionChanged(), isAuthError)
+      assert.deepEqual(e.mutations.list().map((m) => m.status), ['pending'])
+      assert.ok(!(await serverTodos(srv)).some((r) => r.title === 'held while unrecognised'), 'sent as anonymous')
+      for (const err of errors) assert.ok(!err.message.includes(token), 'the token leaked into an error')
+    } finally {
+      await e.close({ flush: false })
+    }
+  })
+
+  scenario("a token revoked while running is noticed when a write is refused; the user's writes wait for a new token of the same user", 60000, async (srv) => {
+    const token = await srv.login('erin')
+    const storage = createWriteThroughStorage({ pylon_token: token }, () => {})
+    const e = createSyncEngine(srv.url, { persist: false, storage, pollInterval: 200, transport: 'poll' })
+    const sessions = []
+    e.on('session', (s) => sessions.push(s))
+    try {
+      await e.start()
+      await e.insert('Note', { body: 'before', userId: 'erin' })
+      await e.sync()
+      assert.equal(e.resolvedSession().userId, 'erin')
+      const revoked = await api(srv.url, 'DELETE', '/api/auth/session', undefined, token)
+      assert.equal(revoked.status, 200)
+      await e.insert('Note', { body: 'after', userId: 'erin' })
+      await assert.rejects(e.sync(), isAuthError)
+      assert.equal(e.resolvedSession(), null)
+      assert.equal(sessions.at(-1), null)
+      await eventually('the status to show it', () => e.status.lastError?.code === 'ERR_SYNC_AUTH')
+      assert.deepEqual(e.mutations.list().map((m) => m.status), ['pending'], 'the refused write is held, not failed')
+      // a new token of the same user sends it, once
+      storage.set('pylon_token', await srv.login('erin'))
+      await e.sync()
+      assert.equal(e.resolvedSession().userId, 'erin')
+      assert.deepEqual(e.mutations.list(), [])
+      const bodies = (await serverRows(srv, 'Note')).filter((r) => r.userId === 'erin').map((r) => r.body).sort()
+      assert.deepEqual(bodies, ['after', 'before'])
+      assert.equal(e.status.lastError, null)
+    } finally {
+      await e.close({ flush: false })
     }
   })
 

@@ -147,7 +147,7 @@ impl NativeEngine {
     /// Runs one sync round now (session, writes, pull); rejects on failure.
     #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
     pub async fn sync(&self) -> Value {
-        settle(self.engine.sync_once().await)
+        settle(self.engine.sync().await)
     }
 
     #[napi(catch_unwind)]

@@ -34,6 +34,10 @@ pub enum Error {
     /// A caller passed something the engine cannot accept.
     #[error("invalid argument: {0}")]
     InvalidArg(String),
+    /// The token is not one the server recognises (unknown, expired or
+    /// revoked: it answers such a token as anonymous).
+    #[error("authentication failed: {0}")]
+    Auth(String),
     /// A mutation or row that does not exist.
     #[error("not found: {0}")]
     NotFound(String),
@@ -44,7 +48,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::Network(_) => "ERR_SYNC_NETWORK",
-            Error::Http { status: 401, .. } => "ERR_SYNC_AUTH",
+            Error::Http { status: 401, .. } | Error::Auth(_) => "ERR_SYNC_AUTH",
             Error::Http { status: 404, .. } => "ERR_SYNC_NOT_FOUND",
             Error::Http { status: 429, .. } => "ERR_SYNC_RATE_LIMITED",
             Error::Http { status, .. } if *status >= 500 => "ERR_SYNC_SERVER",

@@ -524,3 +524,46 @@ async fn a_cursor_the_log_no_longer_reaches_swaps_in_fresh_rows_without_emptying
     engine.close().await;
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_while_running_is_noticed_with_no_write_to_refuse_it() {
+    // the server answers a revoked token as anonymous, and would take a write
+    // to an entity no policy guards as an anonymous one
+    let srv = server().await;
+    let token = common::login(&srv.url, "erin").await;
+    let mut c = config(&srv.url, None);
+    c.token = Some(token.clone());
+    c.transport = pylon_sync_engine::Transport::Poll;
+    c.poll_interval = Duration::from_millis(200);
+    let e = Engine::new(c).unwrap();
+    let refused = Arc::new(Mutex::new(Vec::new()));
+    let seen = refused.clone();
+    e.set_listener(Some(Arc::new(move |ev| {
+        if let Event::Error { context, error } = ev {
+            seen.lock().unwrap().push((context, error.code()));
+        }
+    })));
+    e.start().await.unwrap();
+    assert_eq!(e.session().unwrap().user_id.as_deref(), Some("erin"));
+    let revoked = reqwest::Client::new()
+        .delete(format!("{}/api/auth/session", srv.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(revoked.status().is_success());
+    // confirmed again within SESSION_RECHECK (10 s) of the last confirmation
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while e.session().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the revoked token was never noticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused.lock().unwrap().contains(&("session", "ERR_SYNC_AUTH")));
+    e.insert("Todo", row(json!({ "title": "after the revocation", "done": false }))).await.unwrap();
+    assert!(matches!(e.sync_once().await, Err(Error::Auth(_))));
+    let todos = rest(&srv.url, reqwest::Method::GET, "/api/entities/Todo", Value::Null).await;
+    assert_eq!(todos["data"].as_array().unwrap().len(), 0, "sent as anonymous");
+    assert_eq!(e.mutations().len(), 1, "held");
+    e.close().await;
+    srv.stop().await;
+}

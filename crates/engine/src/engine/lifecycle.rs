@@ -81,7 +81,9 @@ impl Engine {
         *self.inner.life.loop_handle.lock() = Some(handle);
         self.start_realtime();
         match first {
-            Err(e) if !e.is_transient() && !matches!(e, Error::Resync { .. } | Error::Http { .. }) => Err(e),
+            Err(e) if !e.is_transient() && !matches!(e, Error::Resync { .. } | Error::Http { .. } | Error::Auth(_)) => {
+                Err(e)
+            }
             _ => Ok(()),
         }
     }
@@ -199,6 +201,7 @@ impl Engine {
                 self.inner.watch.boot_check_due.store(true, Ordering::SeqCst);
                 let context = match e {
                     Error::Resync { .. } => "pull",
+                    Error::Auth(_) => "session",
                     _ => "sync",
                 };
                 self.emit(Event::Error { context, error: e.clone() });
@@ -223,6 +226,18 @@ impl Engine {
                 delay
             }
         }
+    }
+
+    /// The spec's `sync()`: a round now. When it succeeds, a running
+    /// engine's status shows the recovery at once (idle, no last error)
+    /// rather than at the loop's next round.
+    pub async fn sync(&self) -> Result<()> {
+        self.sync_once().await?;
+        if self.inner.life.running.load(Ordering::SeqCst) {
+            self.set_phase(Phase::Idle, None, 0);
+            self.polled(None, 0);
+        }
+        Ok(())
     }
 
     /// One round: make sure the session is known, send queued writes, pull.

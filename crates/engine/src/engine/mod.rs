@@ -71,6 +71,12 @@ const BOOT_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// and may silently miss events (§10.6).
 const SAFETY_PULL: Duration = Duration::from_secs(30);
 
+/// How often, at most, a round confirms its verified session again: the
+/// server answers a revoked or expired token as anonymous, and would take
+/// writes to entities no policy guards as anonymous ones. A refused write
+/// confirms it at once.
+const SESSION_RECHECK: Duration = Duration::from_secs(10);
+
 struct State {
     /// The rows and the queue of local writes shown on top of them.
     view: View,
@@ -94,6 +100,10 @@ struct State {
     /// queued write uses it, never a newer unverified one, so a token
     /// change mid-round cannot mix identities.
     verified_token: Option<String>,
+    /// When (engine clock, ms) the server last confirmed `session` for that
+    /// token: a token revoked meanwhile resolves as anonymous, which is
+    /// looked for at least every `SESSION_RECHECK`.
+    session_checked_at: u64,
     /// Key of the queue in memory (the identity when verified, else the token's key).
     queue_key: String,
     /// Stored rows not yet shown because the token changed since they were stored.
@@ -248,6 +258,7 @@ impl Engine {
             identity: String::new(),
             verified_fp: None,
             verified_token: None,
+            session_checked_at: 0,
             queue_key: token_key(&fp),
             quarantined: false,
             server_boot: None,

@@ -324,6 +324,15 @@ impl Engine {
                     return self.retry_later(m, e).await;
                 }
                 Err(e) if e.is_transient() => return self.retry_later(m, e).await,
+                Err(e) if matches!(e.status(), Some(401 | 403)) => {
+                    // refused as someone else? a revoked token answers as
+                    // anonymous: confirm the session before blaming the write
+                    self.inner.state.write().session_checked_at = 0;
+                    self.ensure_session().await?;
+                    if self.inner.state.read().view.queue().get(&m.id).is_some() {
+                        self.fail(&m, refusal(&e)).await?;
+                    } // else the identity changed and the write is parked with its own
+                }
                 Err(e) => self.fail(&m, refusal(&e)).await?,
             }
         }

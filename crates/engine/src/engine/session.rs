@@ -16,7 +16,7 @@ use crate::events::Event;
 use crate::protocol::Session;
 use crate::queue::{Mutation, Queue};
 
-use super::{outbox, Engine, Wake};
+use super::{outbox, Engine, Wake, SESSION_RECHECK};
 
 impl Engine {
     /// The bearer token requests are sent with now.
@@ -66,18 +66,78 @@ impl Engine {
         Ok(self.session())
     }
 
+    /// Makes sure the session of the current token is known, asking
+    /// `/api/auth/me` when the token is new, or when the session was last
+    /// confirmed more than `SESSION_RECHECK` ago. A token the server answers
+    /// as anonymous is refused (`Error::Auth`): its writes are held, never
+    /// sent as anonymous.
     pub(super) async fn ensure_session(&self) -> Result<()> {
         let token = self.current_token();
         let fp = fingerprint(token.as_deref());
-        if self.inner.state.read().verified_fp.as_deref() == Some(fp.as_str()) {
-            return Ok(());
+        let now = self.now_ms();
+        {
+            let st = self.inner.state.read();
+            let verified = st.verified_fp.as_deref() == Some(fp.as_str());
+            let fresh = now.saturating_sub(st.session_checked_at) < SESSION_RECHECK.as_millis() as u64;
+            if verified && (token.is_none() || fresh) {
+                return Ok(());
+            }
         }
         let session = self.inner.api.me(token.as_deref()).await?;
         if self.current_token().as_deref() != token.as_deref() {
             // the token changed while we asked; the next round asks again
             return Err(Error::Network("token changed while resolving the session".into()));
         }
-        self.apply_session(session, token, fp).await
+        if token.is_some() && session.user_id.is_none() && !session.is_admin {
+            return Err(self.token_not_recognised(&fp));
+        }
+        let confirmed = {
+            let mut st = self.inner.state.write();
+            let same = st.verified_fp.as_deref() == Some(fp.as_str()) && st.identity == session.identity_key();
+            if same {
+                st.session_checked_at = now;
+                let changed = st.session.as_ref() != Some(&session);
+                st.session = Some(session.clone());
+                Some(changed)
+            } else {
+                None
+            }
+        };
+        match confirmed {
+            Some(changed) => {
+                if changed {
+                    self.emit(Event::Session(Some(session)));
+                }
+                Ok(())
+            }
+            None => self.apply_session(session, token, fp).await,
+        }
+    }
+
+    /// The server answered the token as anonymous. If it was this engine's
+    /// verified session, it was revoked or expired: the session is dropped,
+    /// and the user's writes (queued before and after) wait for a token the
+    /// server recognises as the same user. A token never recognised keeps
+    /// its writes under its own key, as any token not yet verified does.
+    fn token_not_recognised(&self, fp: &str) -> Error {
+        let revoked = {
+            let mut st = self.inner.state.write();
+            let was = st.verified_fp.as_deref() == Some(fp);
+            if was {
+                st.verified_fp = None;
+                st.session = None;
+            }
+            was
+        };
+        tracing::warn!(revoked, "the server answered the token as anonymous");
+        if revoked {
+            self.emit(Event::Session(None));
+        }
+        Error::Auth(
+            "the server does not recognise the token (unknown, expired or revoked: it answers it as anonymous); \
+             writes are held until the engine is given a token it recognises"
+                .into(),
+        )
     }
 
     pub(super) async fn apply_session(&self, session: Session, token: Option<String>, fp: String) -> Result<()> {
@@ -135,6 +195,7 @@ impl Engine {
                 st.queue_key = identity.clone();
                 st.verified_fp = Some(fp);
                 st.verified_token = token;
+                st.session_checked_at = me.now_ms();
                 st.session = Some(session);
                 st.parked_in_doubt = parked_in_doubt;
                 st.view.switch(flipped, stored, Queue::new(mine));
