@@ -105,6 +105,8 @@ export interface DirectOptions {
   token?: string
   /** PEM of extra certificate authorities to trust. */
   ca?: string
+  /** As the engine's `timeout`: ms for the request, or `{ connect, request }`. */
+  timeout?: number | TimeoutOptions
 }
 
 export declare function directRemove(baseUrl: string, entity: string, id: string, opts?: DirectOptions | null): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
@@ -148,6 +150,12 @@ export interface EngineOptions {
    * besides the web roots (a private or self-signed server).
    */
   ca?: string
+  /**
+   * ms an HTTP request may take, answer included (default 30000), or
+   * `{ connect, request }` (connect default 10000). A server that accepts
+   * connections but never answers fails the round, which is retried.
+   */
+  timeout?: number | TimeoutOptions
   /** Bearer token; overrides storage. */
   token?: string
   /** Keep the replica and queued writes in SQLite (default true). */
@@ -238,4 +246,12 @@ export interface SyncStatus {
   lastError: ErrorInfo | null
   /** Unix ms of the last pull that reached the head of the log. */
   lastSyncedAt: number | null
+}
+
+/** `timeout` given as its two parts, in ms. */
+export interface TimeoutOptions {
+  /** To open the connection, TLS included (default 10000). */
+  connect?: number
+  /** For the whole exchange, answer included (default 30000). */
+  request?: number
 }

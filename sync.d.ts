@@ -12,9 +12,15 @@ import type {
   Peer,
   Session,
   SyncStatus,
+  TimeoutOptions,
 } from './index.js'
 
-export type { Change, Connection, DirectOptions, EngineOptions, ErrorInfo, Peer, Session, SyncStatus }
+export type { Change, Connection, DirectOptions, EngineOptions, ErrorInfo, Peer, Session, SyncStatus, TimeoutOptions }
+
+/** A direct call's options: the binding's, and a signal that abandons the call (it rejects with the signal's reason, as `fetch` does). */
+export interface CallOptions extends DirectOptions {
+  signal?: AbortSignal
+}
 
 /** A row: a JSON object whose `id` is the row id. */
 export type Row = { id: string; [field: string]: unknown }
@@ -171,11 +177,11 @@ export declare function createWriteThroughStorage(
   onWrite: (key: string, value: string | null) => void | Promise<void>,
 ): Storage
 export declare function mutationQueueListener(mutations: Mutations, listener: (event: MutationEvent) => void): () => void
-export declare function getServerData(baseUrl: string, entities: string[], options?: DirectOptions): Promise<Hydration>
+export declare function getServerData(baseUrl: string, entities: string[], options?: CallOptions): Promise<Hydration>
 
-export declare function fetchList(baseUrl: string, entity: string, options?: DirectOptions): Promise<Row[]>
-export declare function fetchById(baseUrl: string, entity: string, id: string, options?: DirectOptions): Promise<Row | null>
-export declare function insert(baseUrl: string, entity: string, data: Record<string, unknown>, options?: DirectOptions): Promise<{ id: string }>
-export declare function update(baseUrl: string, entity: string, id: string, patch: Record<string, unknown>, options?: DirectOptions): Promise<void>
-export declare function remove(baseUrl: string, entity: string, id: string, options?: DirectOptions): Promise<void>
-export declare function callFn(baseUrl: string, name: string, args?: Record<string, unknown>, options?: DirectOptions): Promise<unknown>
+export declare function fetchList(baseUrl: string, entity: string, options?: CallOptions): Promise<Row[]>
+export declare function fetchById(baseUrl: string, entity: string, id: string, options?: CallOptions): Promise<Row | null>
+export declare function insert(baseUrl: string, entity: string, data: Record<string, unknown>, options?: CallOptions): Promise<{ id: string }>
+export declare function update(baseUrl: string, entity: string, id: string, patch: Record<string, unknown>, options?: CallOptions): Promise<void>
+export declare function remove(baseUrl: string, entity: string, id: string, options?: CallOptions): Promise<void>
+export declare function callFn(baseUrl: string, name: string, args?: Record<string, unknown>, options?: CallOptions): Promise<unknown>

@@ -387,40 +387,64 @@ function createSyncEngine(baseUrl, options) {
 // One request each, no engine. Arguments are checked here, where they can
 // be named, and the rest in native.
 
+/**
+ * Runs a direct call with `options.signal` taken out: an aborted signal
+ * rejects the call with its reason, as `fetch` does — at once when it is
+ * already aborted (nothing is sent), else as soon as it aborts (a write
+ * already sent may still be applied by the server).
+ */
+function abortable(options, call) {
+  const signal = options !== null && typeof options === 'object' ? options.signal : undefined
+  if (signal === undefined) return settle(() => call(options))
+  const { signal: _, ...rest } = options
+  if (signal === null || typeof signal !== 'object' || typeof signal.aborted !== 'boolean' || typeof signal.addEventListener !== 'function') {
+    return Promise.reject(invalid('signal must be an AbortSignal'))
+  }
+  if (signal.aborted) return Promise.reject(signal.reason)
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason)
+    signal.addEventListener('abort', onAbort, { once: true })
+    settle(() => call(rest))
+      .then(resolve, reject)
+      .finally(() => signal.removeEventListener('abort', onAbort))
+  })
+}
+
 const direct = {
   fetchList: (baseUrl, entity, options) =>
-    settle(() => {
+    abortable(options, (o) => {
       checkString('entity', entity)
-      return native.directFetchList(baseUrl, entity, options)
+      return native.directFetchList(baseUrl, entity, o)
     }),
   fetchById: (baseUrl, entity, id, options) =>
-    settle(() => {
+    abortable(options, (o) => {
       checkString('entity', entity)
       checkString('id', id)
-      return native.directFetchById(baseUrl, entity, id, options)
+      return native.directFetchById(baseUrl, entity, id, o)
     }),
   insert: (baseUrl, entity, data, options) =>
-    settle(() => {
+    abortable(options, (o) => {
       checkString('entity', entity)
-      return native.directInsert(baseUrl, entity, toFields('data', data), options)
+      return native.directInsert(baseUrl, entity, toFields('data', data), o)
     }),
   update: (baseUrl, entity, id, patch, options) =>
-    settle(() => {
+    abortable(options, (o) => {
       checkString('entity', entity)
       checkString('id', id)
-      return native.directUpdate(baseUrl, entity, id, toFields('patch', patch), options)
+      return native.directUpdate(baseUrl, entity, id, toFields('patch', patch), o)
     }),
   remove: (baseUrl, entity, id, options) =>
-    settle(() => {
+    abortable(options, (o) => {
       checkString('entity', entity)
       checkString('id', id)
-      return native.directRemove(baseUrl, entity, id, options)
+      return native.directRemove(baseUrl, entity, id, o)
     }),
   callFn: (baseUrl, name, args, options) =>
-    settle(() => {
+    abortable(options, (o) => {
       checkString('name', name)
-      return native.directCallFn(baseUrl, name, args === undefined ? null : toJson('args', args), options)
+      return native.directCallFn(baseUrl, name, args === undefined ? null : toJson('args', args), o)
     }),
+  getServerData: (baseUrl, entities, options) => abortable(options, (o) => native.getServerData(baseUrl, entities, o)),
 }
 
 module.exports = {
@@ -430,6 +454,5 @@ module.exports = {
   defaultStorage,
   createWriteThroughStorage,
   mutationQueueListener,
-  getServerData: (baseUrl, entities, options) => settle(() => native.getServerData(baseUrl, entities, options)),
   ...direct,
 }

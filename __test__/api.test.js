@@ -3,12 +3,13 @@
 // lifetime and worker threads.
 const { test } = require('node:test')
 const assert = require('node:assert/strict')
+const net = require('node:net')
 const path = require('node:path')
 const { spawnSync } = require('node:child_process')
 const sync = require('../sync.js')
 const { startDevserver, tempDir } = require('./helpers.js')
 
-const { createSyncEngine, fetchList, fetchById, insert, update, remove, callFn, defaultStorage, createWriteThroughStorage } = sync
+const { createSyncEngine, fetchList, fetchById, insert, update, remove, callFn, getServerData, defaultStorage, createWriteThroughStorage, SyncError } = sync
 
 test('wrong config gives ERR_SYNC_INVALID_ARG naming the option', () => {
   const cases = [
@@ -23,6 +24,10 @@ test('wrong config gives ERR_SYNC_INVALID_ARG naming the option', () => {
     [['http://127.0.0.1:1', { sseUrl: 'ws://127.0.0.1:3' }], /sseUrl/],
     [['http://127.0.0.1:1', { pingInterval: Infinity }], /pingInterval/],
     [['http://127.0.0.1:1', { pingTimeout: 0 }], /pingTimeout/],
+    [['http://127.0.0.1:1', { timeout: -1 }], /timeout/],
+    [['http://127.0.0.1:1', { timeout: 'soon' }], /timeout/],
+    [['http://127.0.0.1:1', { timeout: { connect: 'x' } }], /timeout\.connect/],
+    [['http://127.0.0.1:1', { timeout: { total: 5 } }], /timeout.*total/],
     [['http://127.0.0.1:1', { probeInterval: '1s' }], /probeInterval/],
     [['http://127.0.0.1:1', { tokn: 'x' }], /unknown option/],
     [['http://127.0.0.1:1', { storage: {} }], /storage\.get/],
@@ -122,6 +127,48 @@ test('direct calls hit the server and throw typed errors', async () => {
     await assert.rejects(callFn(srv.url, 'missing'), { code: 'ERR_SYNC_NOT_FOUND' })
     await assert.rejects(fetchList('http://127.0.0.1:1', 'Todo'), { code: 'ERR_SYNC_NETWORK' })
     await assert.rejects(fetchList(srv.url, 'Todo', { token: 7 }), { code: 'ERR_SYNC_INVALID_ARG' })
+  } finally {
+    await srv.stop()
+  }
+})
+
+/** A server that accepts connections and never answers. */
+async function silentServer() {
+  const sockets = new Set()
+  const server = net.createServer((s) => {
+    sockets.add(s)
+    s.on('error', () => {})
+  })
+  await new Promise((r) => server.listen(0, '127.0.0.1', r))
+  const url = `http://127.0.0.1:${server.address().port}`
+  const stop = () => {
+    for (const s of sockets) s.destroy()
+    return new Promise((r) => server.close(r))
+  }
+  return { url, stop }
+}
+
+test('a server that never answers is given up on within the timeout, and a signal abandons a call', { timeout: 30000 }, async () => {
+  const srv = await silentServer()
+  try {
+    const timedOut = (err) => err instanceof SyncError && err.code === 'ERR_SYNC_NETWORK' && /no answer within 0\.3 s/.test(err.message)
+    await assert.rejects(fetchList(srv.url, 'Todo', { timeout: 300 }), timedOut)
+    await assert.rejects(getServerData(srv.url, ['Todo'], { timeout: { connect: 1000, request: 300 } }), timedOut)
+    // start() resolves offline, and says why
+    const e = createSyncEngine(srv.url, { persist: false, transport: 'poll', timeout: 300 })
+    const errors = []
+    e.on('error', (err) => errors.push(err))
+    await e.start()
+    assert.ok(errors.some(timedOut), `no timeout reported: ${errors.map((x) => x.message)}`)
+    assert.equal(e.status.lastError.code, 'ERR_SYNC_NETWORK')
+    await e.close({ flush: false })
+    // a signal: its reason, as fetch gives it
+    const controller = new AbortController()
+    const call = getServerData(srv.url, ['Todo'], { signal: controller.signal })
+    controller.abort()
+    await assert.rejects(call, { name: 'AbortError' })
+    await assert.rejects(fetchList(srv.url, 'Todo', { signal: AbortSignal.abort() }), { name: 'AbortError' })
+    await assert.rejects(fetchList(srv.url, 'Todo', { signal: 5 }), { code: 'ERR_SYNC_INVALID_ARG', message: /signal/ })
   } finally {
     await srv.stop()
   }

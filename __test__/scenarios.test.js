@@ -7,7 +7,7 @@ const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('node:path')
 const { spawn } = require('node:child_process')
-const { createSyncEngine, createWriteThroughStorage, SyncError } = require('../sync.js')
+const { createSyncEngine, createWriteThroughStorage, fetchList, SyncError } = require('../sync.js')
 const { servers, api, eventually, tempDir, startFaultProxy } = require('./helpers.js')
 
 const KILLS = Number(process.env.CRASH_KILLS || 100)
@@ -168,6 +168,15 @@ for (const server of servers()) {
     } finally {
       await proxy.close()
     }
+  })
+
+  scenario('https:// pointed at the plain-HTTP server says so, within the connect timeout', 30000, async (srv) => {
+    const https = srv.url.replace('http://', 'https://')
+    await assert.rejects(fetchList(https, 'Todo', { timeout: { connect: 500 } }), (err) => {
+      assert.ok(err instanceof SyncError)
+      assert.match(err.message, /the URL says https:\/\/ — if the server speaks plain HTTP, use http:\/\//)
+      return true
+    })
   })
 
   scenario('a token the server does not recognise is an auth error, and its writes are held, not sent as anonymous', 60000, async (srv) => {

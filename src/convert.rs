@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use napi_derive::napi;
-use pylon_sync_engine::{Config, Hydration, Row, Transport};
+use pylon_sync_engine::{Config, Hydration, Row, Timeouts, Transport};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
@@ -71,6 +71,11 @@ pub struct EngineOptions {
     /// PEM of certificate authorities to trust for https:// and wss://
     /// besides the web roots (a private or self-signed server).
     pub ca: Option<String>,
+    /// ms an HTTP request may take, answer included (default 30000), or
+    /// `{ connect, request }` (connect default 10000). A server that accepts
+    /// connections but never answers fails the round, which is retried.
+    #[napi(ts_type = "number | TimeoutOptions")]
+    pub timeout: Option<Value>,
     /// Bearer token; overrides storage.
     pub token: Option<String>,
     /// Keep the replica and queued writes in SQLite (default true).
@@ -88,6 +93,41 @@ fn millis(key: &str, value: Option<f64>, default: u64, min: u64) -> Result<Durat
     }
 }
 
+/// `timeout` given as its two parts, in ms.
+#[napi(object)]
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutOptions {
+    /// To open the connection, TLS included (default 10000).
+    pub connect: Option<f64>,
+    /// For the whole exchange, answer included (default 30000).
+    pub request: Option<f64>,
+}
+
+/// A `timeout` option: ms for each request, or `{ connect, request }`.
+fn timeouts(value: Option<Value>) -> Result<Timeouts> {
+    let d = Timeouts::default();
+    let ms = |key, v: Option<f64>, default: Duration| millis(key, v, default.as_millis() as u64, 1);
+    match value {
+        None | Some(Value::Null) => Ok(d),
+        Some(Value::Number(n)) => Ok(Timeouts { request: ms("timeout", n.as_f64(), d.request)?, ..d }),
+        Some(v @ Value::Object(_)) => {
+            let t: TimeoutOptions = serde_path_to_error::deserialize(v).map_err(|e| {
+                let path = e.path().to_string();
+                invalid(format!("timeout.{path}: {}", e.into_inner().to_string().replace("f64", "a number")))
+            })?;
+            Ok(Timeouts {
+                connect: ms("timeout.connect", t.connect, d.connect)?,
+                request: ms("timeout.request", t.request, d.request)?,
+            })
+        }
+        Some(other) => Err(invalid(format!(
+            "timeout must be a number of milliseconds or {{ connect, request }}, got {}",
+            type_name(&other)
+        ))),
+    }
+}
+
 /// The options of one direct call (`fetchList`, `insert`, … `getServerData`).
 #[napi(object)]
 #[derive(Default, Deserialize)]
@@ -97,6 +137,20 @@ pub struct DirectOptions {
     pub token: Option<String>,
     /// PEM of extra certificate authorities to trust.
     pub ca: Option<String>,
+    /// As the engine's `timeout`: ms for the request, or `{ connect, request }`.
+    #[napi(ts_type = "number | TimeoutOptions")]
+    pub timeout: Option<Value>,
+}
+
+impl DirectOptions {
+    /// The options of one call, read, with their certificate authorities
+    /// and timeouts checked.
+    pub fn read(opts: Option<Value>) -> Result<(DirectOptions, Timeouts)> {
+        let mut opts: DirectOptions = options(opts.unwrap_or(Value::Null))?;
+        opts.ca = opts.ca.filter(|s| !s.is_empty());
+        let t = timeouts(opts.timeout.take())?;
+        Ok((opts, t))
+    }
 }
 
 /// An options object read into its typed struct: a wrong type names the
@@ -135,6 +189,7 @@ pub fn config(base_url: &str, opts: Value) -> Result<Config> {
     cfg.liveness.ping_timeout = millis("pingTimeout", opts.ping_timeout, 10_000, 10)?;
     cfg.probe_interval = millis("probeInterval", opts.probe_interval, 60_000, 10)?;
     cfg.ca = opts.ca.filter(|s| !s.is_empty());
+    cfg.timeouts = timeouts(opts.timeout)?;
     cfg.poll_interval = millis("pollInterval", opts.poll_interval, 1000, 10)?;
     cfg.reconnect_delay = millis("reconnectDelay", opts.reconnect_delay, 1000, 1)?;
     cfg.token = opts.token;

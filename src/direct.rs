@@ -10,11 +10,10 @@ use serde_json::{json, Value};
 use crate::convert::{self, DirectOptions};
 use crate::error::settle;
 
-/// `{ token?, ca? }`: the client for one call, and its bearer token.
+/// `{ token?, ca?, timeout? }`: the client for one call, and its bearer token.
 fn client(base_url: &str, opts: Option<Value>) -> Result<(Api, Option<String>)> {
-    let opts: DirectOptions = convert::options(opts.unwrap_or(Value::Null))?;
-    let ca = opts.ca.filter(|s| !s.is_empty());
-    Ok((Api::new(base_url, pylon_sync_engine::net::Net::shared(ca.as_deref())?)?, opts.token))
+    let (opts, timeouts) = DirectOptions::read(opts)?;
+    Ok((Api::new(base_url, pylon_sync_engine::net::Net::shared(opts.ca.as_deref(), timeouts)?)?, opts.token))
 }
 
 /// Every row of `entity` the caller may read.
@@ -139,9 +138,9 @@ pub async fn get_server_data(
 ) -> Value {
     settle(
         async {
-            let opts: DirectOptions = convert::options(opts.unwrap_or(Value::Null))?;
-            let ca = opts.ca.filter(|s| !s.is_empty());
-            pylon_sync_engine::get_server_data(&base_url, &entities, opts.token.as_deref(), ca.as_deref()).await
+            let (opts, timeouts) = DirectOptions::read(opts)?;
+            let (token, ca) = (opts.token.as_deref(), opts.ca.as_deref());
+            pylon_sync_engine::get_server_data(&base_url, &entities, token, ca, timeouts).await
         }
         .await,
     )

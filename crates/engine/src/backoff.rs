@@ -53,7 +53,7 @@ mod tests {
 
     #[test]
     fn delays_stay_inside_a_doubling_capped_window() {
-        let io = crate::net::Net::shared(None).unwrap();
+        let io = crate::net::Net::shared(None, Default::default()).unwrap();
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000), io);
         for attempt in 0..10u32 {
             let ceiling = Duration::from_millis((100u64 << attempt).min(1000));

@@ -19,6 +19,23 @@ pub enum Transport {
     Poll,
 }
 
+/// How long an HTTP request may take: a server that accepts connections
+/// but never answers must not hold `start()`, a round or a direct call for
+/// long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To open the connection (TCP and TLS).
+    pub connect: Duration,
+    /// For the whole exchange, answer included.
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts { connect: Duration::from_secs(10), request: Duration::from_secs(30) }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub base_url: String,
@@ -34,6 +51,7 @@ pub struct Config {
     pub liveness: Liveness,
     /// PEM of certificate authorities to trust for https/wss besides the web roots.
     pub ca: Option<String>,
+    pub timeouts: Timeouts,
     /// After falling back to a lesser transport, try a better one again this
     /// long later (doubling while it keeps failing, up to 10 min).
     pub probe_interval: Duration,
@@ -58,6 +76,7 @@ impl Config {
             liveness: Liveness { ping_interval: Duration::from_secs(15), ping_timeout: Duration::from_secs(10) },
             probe_interval: Duration::from_secs(60),
             ca: None,
+            timeouts: Timeouts::default(),
             db_path: None,
             app_name: "default".into(),
             io: None,

@@ -22,7 +22,7 @@ mod tls;
 pub mod transport;
 mod view;
 
-pub use config::{Config, Transport};
+pub use config::{Config, Timeouts, Transport};
 pub use engine::{get_server_data, Engine};
 pub use error::{Error, Result};
 pub use events::{ConnState, Connection, ErrorInfo, Event, Listener, Peer, Phase, SyncStatus};

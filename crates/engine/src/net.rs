@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::timeout;
 
+use crate::config::Timeouts;
 use crate::error::{Error, Result};
 use crate::io::{BoxFuture, Chunks, Conn, Io, Request, Response};
 use crate::transport::sse;
@@ -16,20 +17,19 @@ pub struct Net {
     http: reqwest::Client,
     /// Certificate authorities to trust besides the web roots (PEM).
     ca: Option<String>,
+    timeouts: Timeouts,
 }
 
 impl Net {
-    pub fn new(ca: Option<&str>) -> Result<Net> {
-        let builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .tcp_nodelay(true);
+    pub fn new(ca: Option<&str>, timeouts: Timeouts) -> Result<Net> {
+        let builder =
+            reqwest::Client::builder().connect_timeout(timeouts.connect).timeout(timeouts.request).tcp_nodelay(true);
         let http = crate::tls::trust_http(builder, ca)?.build().map_err(|e| Error::Network(e.to_string()))?;
-        Ok(Net { http, ca: ca.map(str::to_string) })
+        Ok(Net { http, ca: ca.map(str::to_string), timeouts })
     }
 
-    pub fn shared(ca: Option<&str>) -> Result<Arc<dyn Io>> {
-        Ok(Arc::new(Net::new(ca)?))
+    pub fn shared(ca: Option<&str>, timeouts: Timeouts) -> Result<Arc<dyn Io>> {
+        Ok(Arc::new(Net::new(ca, timeouts)?))
     }
 }
 
@@ -45,15 +45,17 @@ impl Io for Net {
         if let Some(body) = req.json {
             builder = builder.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
         }
+        let (url, timeouts) = (req.url.clone(), self.timeouts);
+        let failed = move |e: reqwest::Error| explained(network(&e), &e, &url, timeouts);
         Box::pin(async move {
-            let resp = builder.send().await.map_err(network)?;
+            let resp = builder.send().await.map_err(&failed)?;
             let header = |name| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
             let server = header(reqwest::header::SERVER);
             let retry_after = header(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
             let status = resp.status().as_u16();
-            let body = resp.bytes().await.map_err(network)?;
+            let body = resp.bytes().await.map_err(&failed)?;
             Ok(Response { status, retry_after, server, body })
         })
     }
@@ -108,12 +110,12 @@ impl Io for Net {
 
 /// A failed HTTP exchange, as an error that names no token (reqwest's
 /// `Display` names the URL, never headers).
-fn network(e: reqwest::Error) -> Error {
-    if let Some(tls) = crate::tls::failure(&e) {
+fn network(e: &reqwest::Error) -> Error {
+    if let Some(tls) = crate::tls::failure(e) {
         return tls;
     }
     let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
+    let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         msg.push_str(": ");
         msg.push_str(&s.to_string());
@@ -123,5 +125,32 @@ fn network(e: reqwest::Error) -> Error {
         Error::Protocol(msg)
     } else {
         Error::Network(msg)
+    }
+}
+
+/// A failed request's error with what most likely caused it: no answer in
+/// time names the limit; an `https://` URL whose handshake failed or went
+/// unanswered may point at a server that speaks plain HTTP.
+fn explained(error: Error, e: &reqwest::Error, url: &str, timeouts: Timeouts) -> Error {
+    let secs = |d: Duration| format!("{} s", d.as_secs_f64());
+    let error = if e.is_timeout() {
+        let limit = if e.is_connect() { timeouts.connect } else { timeouts.request };
+        let what = match error {
+            Error::Network(m) => m,
+            other => other.to_string(),
+        };
+        Error::Network(format!("no answer within {} (the `timeout` option): {what}", secs(limit)))
+    } else {
+        error
+    };
+    let handshake = e.is_timeout() || matches!(error, Error::Tls(_)) || e.is_connect();
+    if !(url.starts_with("https://") && handshake) {
+        return error;
+    }
+    let hint = "; the URL says https:// — if the server speaks plain HTTP, use http://";
+    match error {
+        Error::Tls(m) if !m.contains("certificate") => Error::Network(format!("TLS handshake failed: {m}{hint}")),
+        Error::Network(m) => Error::Network(format!("{m}{hint}")),
+        other => other,
     }
 }

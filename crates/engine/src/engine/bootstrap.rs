@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::api::{check_entity, Api, EntityInfo};
+use crate::config::Timeouts;
 use crate::error::{Error, Result};
 use crate::events::{Event, Phase};
 use crate::net::Net;
@@ -229,8 +230,9 @@ pub async fn get_server_data(
     entities: &[String],
     token: Option<&str>,
     ca: Option<&str>,
+    timeouts: Timeouts,
 ) -> Result<Hydration> {
-    let api = Api::new(base_url, Net::shared(ca)?)?;
+    let api = Api::new(base_url, Net::shared(ca, timeouts)?)?;
     for e in entities {
         check_entity(e)?;
     }

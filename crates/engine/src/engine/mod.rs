@@ -223,7 +223,7 @@ impl Engine {
     pub fn new(cfg: Config) -> Result<Engine> {
         let io = match &cfg.io {
             Some(io) => io.clone(),
-            None => Net::shared(cfg.ca.as_deref())?,
+            None => Net::shared(cfg.ca.as_deref(), cfg.timeouts)?,
         };
         let api = Api::new(&cfg.base_url, io.clone())?;
         if let Some(ca) = &cfg.ca {
