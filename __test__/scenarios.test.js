@@ -7,7 +7,7 @@ const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('node:path')
 const { spawn } = require('node:child_process')
-const { createSyncEngine, createWriteThroughStorage, fetchList, SyncError } = require('../sync.js')
+const { createSyncEngine, createWriteThroughStorage, fetchList, getServerData, SyncError } = require('../sync.js')
 const { servers, api, eventually, tempDir, startFaultProxy } = require('./helpers.js')
 
 const KILLS = Number(process.env.CRASH_KILLS || 100)
@@ -167,6 +167,23 @@ for (const server of servers()) {
       await e.close()
     } finally {
       await proxy.close()
+    }
+  })
+
+  scenario("rows have the manifest's types whether they came by bootstrap, pull or getServerData", 60000, async (srv) => {
+    // the server reads rows back through SQLite (a bool as 0/1); its change events carry what was written
+    assert.equal((await api(srv.url, 'POST', '/api/entities/Todo', { title: 'from the bootstrap', done: true }, srv.adminToken)).status, 201)
+    const e = createSyncEngine(srv.url, { persist: false, transport: 'poll', pollInterval: 200 })
+    try {
+      await e.start()
+      assert.equal((await api(srv.url, 'POST', '/api/entities/Todo', { title: 'from the log', done: false }, srv.adminToken)).status, 201)
+      await eventually('both rows', () => e.store.list('Todo').length === 2)
+      const shown = e.store.list('Todo').map((r) => [r.title, r.done]).sort()
+      assert.deepEqual(shown, [['from the bootstrap', true], ['from the log', false]])
+      const data = await getServerData(srv.url, ['Todo'], { token: srv.adminToken })
+      assert.deepEqual(data.entities.Todo.map((r) => typeof r.done), ['boolean', 'boolean'])
+    } finally {
+      await e.close({ flush: false })
     }
   })
 

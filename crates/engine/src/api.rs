@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::io::{Io, Request};
 use crate::protocol::{Envelope, MeBody, PullPage, Row, Session};
 use crate::restart::Anchor;
+use crate::schema::Fields;
 
 /// A `since` far above any real head: the server answers it with 410 and
 /// `oldest_seq = head + 1`, which tells us the head in one request.
@@ -47,6 +48,8 @@ pub struct EntityInfo {
     pub name: String,
     /// Some policy governs it, so reads may be filtered per row.
     pub has_policy: bool,
+    /// Its fields' types, to read rows back into.
+    pub fields: Fields,
 }
 
 impl Api {
@@ -155,7 +158,11 @@ impl Api {
                     .get("name")
                     .and_then(Value::as_str)
                     .ok_or_else(|| Error::Protocol("manifest entity without a name".into()))?;
-                Ok(EntityInfo { name: name.to_string(), has_policy: policied.contains(&name) })
+                Ok(EntityInfo {
+                    name: name.to_string(),
+                    has_policy: policied.contains(&name),
+                    fields: Fields::from_manifest(e),
+                })
             })
             .collect()
     }

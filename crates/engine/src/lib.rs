@@ -17,6 +17,7 @@ mod realtime;
 mod reconcile;
 mod replica;
 mod restart;
+mod schema;
 mod snapshot;
 mod tls;
 pub mod transport;

@@ -184,7 +184,8 @@ pub async fn take(
                 Err(e) => return Err(e),
             };
             let n = page.len();
-            for row in page {
+            for mut row in page {
+                info.fields.normalize(&mut row);
                 let id = match row.get("id") {
                     Some(Value::String(id)) => id.clone(),
                     _ => return Err(Error::Protocol(format!("a {} row has no string id", info.name))),

@@ -69,7 +69,11 @@ impl Engine {
             Err(Error::Http { status: 404, .. }) => Vec::new(),
             Err(e) => return Err(e),
         };
-        self.inner.state.write().open = infos.iter().filter(|i| !i.has_policy).map(|i| i.name.clone()).collect();
+        {
+            let mut st = self.inner.state.write();
+            st.open = infos.iter().filter(|i| !i.has_policy).map(|i| i.name.clone()).collect();
+            st.fields = infos.iter().map(|i| (i.name.clone(), i.fields.clone())).collect();
+        }
         let wanted: Vec<_> = infos.into_iter().filter(|i| !covered.contains_key(&i.name)).collect();
         if wanted.is_empty() {
             self.inner.complete_in_epoch.store(epoch, Ordering::SeqCst);
@@ -236,8 +240,16 @@ pub async fn get_server_data(
     for e in entities {
         check_entity(e)?;
     }
+    // the manifest gives each entity's field types; read whole, as if a
+    // policy filtered it (no short page is taken for the end)
+    let manifest = match api.entities(token).await {
+        Ok(infos) => infos,
+        Err(Error::Http { status: 404, .. }) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let fields = |name: &str| manifest.iter().find(|i| i.name == name).map(|i| i.fields.clone()).unwrap_or_default();
     let infos: Vec<EntityInfo> =
-        entities.iter().map(|name| EntityInfo { name: name.clone(), has_policy: true }).collect();
+        entities.iter().map(|name| EntityInfo { name: name.clone(), has_policy: true, fields: fields(name) }).collect();
     let snap = snapshot::take(&api, token, &infos, false, &|_, _, _| {}).await?;
     Ok(Hydration {
         entities: snap

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::events::Event;
-use crate::protocol::{ChangeEvent, Kind, PullPage};
+use crate::protocol::{ChangeEvent, Kind, PullPage, Row};
 use crate::queue::Mutation;
 use crate::reconcile;
 use crate::replica::{Effect, RowText};
@@ -30,6 +30,17 @@ pub(super) struct CatchUp {
 }
 
 impl Engine {
+    /// Rows (or patches) from the server, read back into their entities'
+    /// field types (`schema`).
+    fn normalize<'a>(&self, rows: impl Iterator<Item = (&'a str, &'a mut Row)>) {
+        let st = self.inner.state.read();
+        for (entity, row) in rows {
+            if let Some(fields) = st.fields.get(entity) {
+                fields.normalize(row);
+            }
+        }
+    }
+
     /// Pulls until the server says there is no more, bootstrapping first when
     /// some readable entity has no snapshot in the replica yet.
     pub(super) async fn pull_to_head(&self) -> Result<()> {
@@ -244,6 +255,8 @@ impl Engine {
         cursor: Option<(u64, Option<Anchor>)>,
         epoch: u64,
     ) -> Result<()> {
+        let mut changes = changes;
+        self.normalize(changes.iter_mut().filter_map(|c| Some((c.entity.as_str(), c.data.as_mut()?))));
         // our inserts in doubt this batch reports applied (acknowledged
         // first), and those parked under another identity (temp → server id)
         let mut own: Vec<(Mutation, Option<String>)> = Vec::new();
@@ -285,6 +298,7 @@ impl Engine {
             for m in missing {
                 if let Some(mut row) = self.inner.api.get(token.as_deref(), &m.entity, &m.id).await? {
                     row.insert("id".into(), Value::String(m.id.clone()));
+                    self.normalize(std::iter::once((m.entity.as_str(), &mut row)));
                     effects.push(Effect::Put { entity: m.entity, id: m.id, seq: m.seq, data: RowText::new(&row) });
                 }
             }

@@ -91,6 +91,9 @@ struct State {
     /// stream events can be applied as they arrive (the rest are confirmed by
     /// a pull, which the server filters).
     open: BTreeSet<String>,
+    /// Each entity's field types, from the manifest: rows from the server
+    /// are read back into them (`schema`).
+    fields: std::collections::HashMap<String, crate::schema::Fields>,
     session: Option<Session>,
     /// Identity the stored rows belong to.
     identity: String,
@@ -254,6 +257,7 @@ impl Engine {
             cursor: 0,
             covered: BTreeMap::new(),
             open: BTreeSet::new(),
+            fields: Default::default(),
             session: None,
             identity: String::new(),
             verified_fp: None,
