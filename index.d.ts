@@ -246,6 +246,11 @@ export interface SyncStatus {
   lastError: ErrorInfo | null
   /** Unix ms of the last pull that reached the head of the log. */
   lastSyncedAt: number | null
+  /**
+   * Unix ms until which the server's rate limit holds the engine back
+   * (a 429: its `Retry-After`, else the limiter's 60 s window); null when not limited.
+   */
+  rateLimitedUntil: number | null
 }
 
 /** `timeout` given as its two parts, in ms. */

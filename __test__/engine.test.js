@@ -126,6 +126,37 @@ test('5xx, 429, malformed JSON and 410 are survived with nothing lost', async ()
   }
 })
 
+test('a 429 holds the engine back for its Retry-After, or else the limiter window, and status says until when', async () => {
+  const srv = await startDevserver()
+  const e = createSyncEngine(srv.url, { persist: false, transport: 'poll', pollInterval: 100 })
+  try {
+    await e.start()
+    const statuses = []
+    e.on('status', (s) => statuses.push(s))
+    // the plugin limiter's answer: no Retry-After
+    await srv.control('faults', { rules: [{ path: '/api/sync/pull', status: 429, count: 1 }] })
+    const before = Date.now()
+    await eventually('the limit in the status', () => e.status.rateLimitedUntil !== null)
+    assert.equal(e.status.lastError.code, 'ERR_SYNC_RATE_LIMITED')
+    assert.ok(e.status.rateLimitedUntil >= before + 59000, `until ${e.status.rateLimitedUntil - before} ms from then`)
+    assert.ok(statuses.some((s) => s.rateLimitedUntil === e.status.rateLimitedUntil), 'a status event says so')
+    // a round that goes through (here asked for) ends it
+    await e.sync()
+    assert.equal(e.status.rateLimitedUntil, null)
+    assert.equal(e.status.lastError, null)
+    // with Retry-After, that long
+    await srv.control('faults', { rules: [{ path: '/api/sync/pull', status: 429, retryAfter: 2, count: 1 }] })
+    const at = Date.now()
+    await eventually('the limit in the status', () => e.status.rateLimitedUntil !== null)
+    const wait = e.status.rateLimitedUntil - at
+    assert.ok(wait >= 1500 && wait < 10000, `until ${wait} ms from then`)
+    await eventually('the engine back after it', () => e.status.rateLimitedUntil === null && e.status.phase === 'idle', 10000)
+  } finally {
+    await e.close({ flush: false })
+    await srv.stop()
+  }
+})
+
 test('writes made while the server is down reach it when it is back, after a restart of the engine', async () => {
   const dir = tempDir()
   const dbPath = path.join(dir, 'replica.db')

@@ -72,6 +72,9 @@ pub struct SyncStatus {
     pub last_error: Option<ErrorInfo>,
     /// Unix ms of the last pull that reached the head of the log.
     pub last_synced_at: Option<f64>,
+    /// Unix ms until which the server's rate limit holds the engine back
+    /// (a 429: its `Retry-After`, else the limiter's 60 s window); null when not limited.
+    pub rate_limited_until: Option<f64>,
 }
 
 impl From<&EngineStatus> for SyncStatus {
@@ -85,6 +88,7 @@ impl From<&EngineStatus> for SyncStatus {
             attempts: s.attempts,
             last_error: s.last_error.as_ref().map(ErrorInfo::from),
             last_synced_at: s.last_synced_at.map(number),
+            rate_limited_until: s.rate_limited_until.map(number),
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct SyncStatus {
     pub last_error: Option<ErrorInfo>,
     /// Unix ms of the last pull that reached the head of the log.
     pub last_synced_at: Option<u64>,
+    /// Unix ms until which the server's rate limit holds the engine back
+    /// (a 429: its `Retry-After`, else the limiter's window).
+    pub rate_limited_until: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

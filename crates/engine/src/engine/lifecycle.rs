@@ -17,7 +17,7 @@ use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::events::{Event, Phase};
 
-use super::{Engine, BACKOFF_CAP, SAFETY_PULL};
+use super::{Engine, BACKOFF_CAP, RATE_WINDOW, SAFETY_PULL};
 
 /// Why the loop is asked for a round now. A local write or a new token
 /// needs the whole round, as its writes go out; a stream's hint (an event
@@ -50,6 +50,8 @@ pub(super) struct Life {
     pub(super) wake: Notify,
     wants: AtomicU8,
     pub(super) stop: Notify,
+    /// A `sync()` went through: a wait for backoff or a rate limit is over.
+    resume: Notify,
     pub(super) loop_handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -167,6 +169,10 @@ impl Engine {
                 _ = self.inner.life.stop.notified() => return,
                 _ = tokio::time::sleep_until(next) => false,
                 _ = self.inner.life.wake.notified(), if backoff.attempts() == 0 => true,
+                _ = self.inner.life.resume.notified() => {
+                    next = tokio::time::Instant::now() + self.after_sync(&Ok(()), &mut backoff);
+                    continue;
+                }
             };
             if !self.inner.life.running.load(Ordering::SeqCst) {
                 return;
@@ -216,10 +222,14 @@ impl Engine {
                     Error::Http { status: 429, retry_after, .. } => {
                         backoff.penalize(2);
                         let jitter = backoff.next_delay();
-                        retry_after.map_or(jitter, |r| r.max(jitter.min(r + self.inner.cfg.reconnect_delay)))
+                        let wait = retry_after.unwrap_or(RATE_WINDOW);
+                        wait.max(jitter.min(wait + self.inner.cfg.reconnect_delay))
                     }
                     _ => backoff.next_delay(),
                 };
+                let limited = matches!(e, Error::Http { status: 429, .. });
+                let until = limited.then(|| self.now_ms() + delay.as_millis() as u64);
+                self.inner.state.write().status.rate_limited_until = until;
                 let phase = if matches!(e, Error::Network(_)) { Phase::Offline } else { Phase::Backoff };
                 self.set_phase(phase, Some(e), backoff.attempts());
                 self.polled(Some(e), backoff.attempts());
@@ -229,13 +239,14 @@ impl Engine {
     }
 
     /// The spec's `sync()`: a round now. When it succeeds, a running
-    /// engine's status shows the recovery at once (idle, no last error)
-    /// rather than at the loop's next round.
+    /// engine's status shows the recovery at once (idle, no last error),
+    /// and the loop leaves any backoff or rate-limit wait it was in.
     pub async fn sync(&self) -> Result<()> {
         self.sync_once().await?;
         if self.inner.life.running.load(Ordering::SeqCst) {
             self.set_phase(Phase::Idle, None, 0);
             self.polled(None, 0);
+            self.inner.life.resume.notify_one();
         }
         Ok(())
     }

@@ -65,6 +65,11 @@ const BATCH_MAX: usize = 1000;
 const BATCH_BYTES: usize = 4 << 20;
 
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// A 429 without `Retry-After` (the real server's plugin limiter) waits for
+/// the limiter's window to pass: 60 s (PROTOCOL §2.5), not a blind backoff
+/// that would spend more of the budget being refused.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// How often the server's boot time is checked (also after errors and reconnects).
 const BOOT_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// With a live stream, pull at least this often anyway: streams are hints
@@ -251,6 +256,7 @@ impl Engine {
             attempts: 0,
             last_error: None,
             last_synced_at: None,
+            rate_limited_until: None,
         };
         let state = State {
             view: View::default(),
@@ -427,6 +433,7 @@ impl Engine {
             if phase == Phase::Idle {
                 // a round went through: what failed before is over
                 st.status.last_error = None;
+                st.status.rate_limited_until = None;
                 st.status.last_synced_at = Some(self.now_ms());
             }
             let changed = changed || recovered;
