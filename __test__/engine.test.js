@@ -66,6 +66,23 @@ test('insert shows a temp row, then the server row, never both', async () => {
   }
 })
 
+test('writes are checked against the manifest when made: the entity and field are named, nothing is queued', async () => {
+  const srv = await startDevserver()
+  try {
+    const e = engine(srv.url)
+    await e.start()
+    const refused = (what) => (err) => err.code === 'ERR_SYNC_INVALID_ARG' && what.test(err.message)
+    await assert.rejects(e.insert('Todo', { title: 42, done: false }), refused(/Todo\.title must be a string, got 42/))
+    await assert.rejects(e.insert('Todo', { title: 'x' }), refused(/Todo\.done is required/))
+    await assert.rejects(e.update('Todo', 'x1', { nope: 1 }), refused(/Todo has no field "nope"/))
+    await assert.rejects(e.delete('Todos', 'x1'), refused(/unknown entity "Todos"/))
+    assert.deepEqual(e.mutations.list(), [])
+    await e.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
 test('a rejected write is marked failed, undone, kept until removed, and can be retried', async () => {
   const srv = await startDevserver()
   try {
@@ -73,13 +90,14 @@ test('a rejected write is marked failed, undone, kept until removed, and can be 
     await e.start()
     const seen = []
     const off = mutationQueueListener(e.mutations, ({ status, change, error }) => seen.push({ status, kind: change.kind, error }))
-    const temp = await e.insert('Todo', { done: false }) // no title: 400 INSERT_FAILED
+    await api(srv.url, 'POST', '/api/entities/Tag', { label: 'taken' })
+    const temp = await e.insert('Tag', { label: 'taken' }) // unique: 400 INSERT_FAILED
     await eventually('the failure', () => seen.some((s) => s.status === 'failed'))
     const [m] = e.mutations.list()
     assert.equal(m.status, 'failed')
     assert.equal(m.errorCode, 'INSERT_FAILED')
-    assert.match(seen.find((s) => s.status === 'failed').error, /NOT NULL/)
-    assert.equal(e.store.get('Todo', temp), null)
+    assert.match(seen.find((s) => s.status === 'failed').error, /UNIQUE/)
+    assert.equal(e.store.get('Tag', temp), null)
     await e.mutations.retry(m.id)
     await eventually('the second failure', () => e.mutations.get(m.id)?.status === 'failed')
     assert.equal(await e.mutations.remove(m.id), true)

@@ -110,7 +110,13 @@ function which(bin) {
  * on the same ports and file (its change log is renumbered, §4.3).
  * Resolves null when `pylon` is not installed.
  */
-async function startPylon() {
+/**
+ * The real `pylon` on free ports with a fresh database, or null when it is
+ * not installed. `production`: started as in production (PROTOCOL §2.5:
+ * `PYLON_DEV_MODE` neither `1` nor `true`, a CORS origin), so its request
+ * limits apply and only the admin token mints sessions.
+ */
+async function startPylon({ production = false } = {}) {
   const bin = process.env.PYLON_BIN || which('pylon')
   if (!bin) {
     if (process.env.PYLON_REQUIRED) throw new Error('pylon is required (PYLON_REQUIRED is set) but not on PATH')
@@ -123,7 +129,8 @@ async function startPylon() {
   const env = {
     ...process.env,
     PATH: `${path.join(root, 'node_modules', '.bin')}${path.delimiter}${process.env.PATH}`,
-    PYLON_DEV_MODE: '1',
+    PYLON_DEV_MODE: production ? '0' : '1',
+    ...(production ? { PYLON_CORS_ORIGIN: 'http://localhost:3000' } : {}),
     PYLON_DB_PATH: path.join(dir, 'app.db'),
     PYLON_JOBS_IN_MEMORY: '1',
     PYLON_FILES_DIR: path.join(dir, 'uploads'),
@@ -200,6 +207,7 @@ const http = require('node:http')
  */
 async function startFaultProxy(target) {
   const rules = []
+  const log = [] // every request passed on, with the server's status
   const take = (req) => {
     let chosen = null
     for (const rule of rules) {
@@ -221,6 +229,7 @@ async function startFaultProxy(target) {
     const body = []
     for await (const chunk of req) body.push(chunk)
     const upstream = http.request(`${target}${req.url}`, { method: req.method, headers: req.headers }, async (up) => {
+      log.push({ method: req.method, path: req.url.split('?')[0], status: up.statusCode, at: Date.now() })
       const answer = []
       for await (const chunk of up) answer.push(chunk)
       if (rule?.cutAfterMs !== undefined) {
@@ -237,6 +246,7 @@ async function startFaultProxy(target) {
   return {
     url: `http://127.0.0.1:${server.address().port}`,
     rules,
+    log,
     close: () => new Promise((r) => server.close(r)).then(() => server.closeAllConnections?.()),
   }
 }

@@ -51,7 +51,10 @@ for (const server of servers()) {
     const e = createSyncEngine(srv.url, { persist: false, pollInterval: 50 })
     await e.start()
     const temp = await e.insert('Todo', { title: 'real', done: false })
-    await e.insert('Todo', { done: false })
+    // a label already taken: only the server can refuse it (unique)
+    const label = `taken-${Math.random()}`
+    await api(srv.url, 'POST', '/api/entities/Tag', { label })
+    await e.insert('Tag', { label })
     await eventually('the insert to land and the bad one to fail', () => {
       const rows = e.store.list('Todo')
       return rows.length === 1 && rows[0].id.length === 40 && e.mutations.list()[0]?.status === 'failed'
@@ -88,16 +91,27 @@ for (const server of servers()) {
   scenario('an admin engine sends its queued writes through /api/batch, with per-write outcomes', 120000, async (srv) => {
     const e = createSyncEngine(srv.url, { persist: false, token: srv.adminToken, transport: 'poll', pollInterval: 50 })
     const temps = []
-    for (let i = 0; i < 3000; i++) temps.push(await e.insert('Todo', i === 1500 ? { done: false } : { title: `bulk${i}`, done: false }))
+    // queued before the manifest is known: one write the server refuses (a
+    // label already taken), one the manifest rules out once it arrives
+    const label = `taken-${Math.random()}`
+    await api(srv.url, 'POST', '/api/entities/Tag', { label }, srv.adminToken)
+    for (let i = 0; i < 3000; i++) {
+      const [entity, data] = i === 1500 ? ['Tag', { label }] : i === 2000 ? ['Todo', { done: false }] : ['Todo', { title: `bulk${i}`, done: false }]
+      temps.push(await e.insert(entity, data))
+    }
     await e.update('Todo', temps[7], { title: 'renamed' })
     await e.start()
     await eventually('the queue to drain', () => e.mutations.list().every((m) => m.status === 'failed'), 60000)
     const failed = e.mutations.list()
-    assert.equal(failed.length, 1)
+    assert.equal(failed.length, 2)
     assert.equal(failed[0].change.row_id, temps[1500])
     assert.equal(failed[0].errorCode, 'INSERT_FAILED')
+    assert.match(failed[0].error, /UNIQUE/)
+    assert.equal(failed[1].change.row_id, temps[2000])
+    assert.equal(failed[1].errorCode, 'ERR_SYNC_INVALID_ARG')
+    assert.match(failed[1].error, /Todo\.title is required/)
     const rows = await serverTodos(srv)
-    assert.equal(rows.length, 2999)
+    assert.equal(rows.length, 2998)
     assert.ok(rows.some((r) => r.title === 'renamed'))
     await e.close()
   })

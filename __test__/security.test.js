@@ -25,7 +25,8 @@ test('a token never reaches the database file, its WAL, errors or events', async
     }
     await e.start()
     await e.insert('Todo', { title: 'fine', done: false })
-    await e.insert('Todo', { done: false }) // refused by the server
+    await api(srv.url, 'POST', '/api/entities/Tag', { label: 'taken' })
+    await e.insert('Tag', { label: 'taken' }) // refused by the server: unique
     await e.insert('Note', { body: 'mine', userId: 'alice' })
     e.setPresence({ here: true })
     await eventually('the queue to settle', () => e.mutations.list().every((m) => m.status === 'failed'))

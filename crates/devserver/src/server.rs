@@ -115,6 +115,13 @@ impl World {
                 message: format!("Insert into {e} failed: NOT NULL constraint failed: {e}.{}", f.name),
             });
         }
+        if let Some(f) = self.taken(&entity, &data, None) {
+            return Err(Refused {
+                status: 400,
+                code: "INSERT_FAILED",
+                message: format!("Insert into {e} failed: UNIQUE constraint failed: {e}.{f}"),
+            });
+        }
         let id = self.store.new_id();
         let mut event_data = data.clone();
         if let Some(sent) = sent_id {
@@ -126,10 +133,26 @@ impl World {
         Ok(id)
     }
 
+    /// A unique field `data` would give a value another row (not `own`) holds.
+    fn taken(&self, entity: &crate::store::Entity, data: &Map<String, Value>, own: Option<&str>) -> Option<String> {
+        let rows = self.store.rows.get(&entity.name)?;
+        entity.fields.iter().filter(|f| f.unique).find_map(|f| {
+            let v = data.get(&f.name).filter(|v| !v.is_null())?;
+            rows.iter().any(|(id, row)| Some(id.as_str()) != own && row.get(&f.name) == Some(v)).then(|| f.name.clone())
+        })
+    }
+
     /// `Ok(false)`: no such row, or nothing to change.
     fn update(&mut self, e: &str, id: &str, patch: Map<String, Value>) -> Result<bool, Refused> {
         let entity = self.entity(e)?;
         Self::check_columns(&entity, &patch)?;
+        if let Some(f) = self.taken(&entity, &patch, Some(id)) {
+            return Err(Refused {
+                status: 400,
+                code: "UPDATE_FAILED",
+                message: format!("Update {e}/{id} failed: UNIQUE constraint failed: {e}.{f}"),
+            });
+        }
         let Some(row) = self.store.rows.get_mut(e).and_then(|m| m.get_mut(id)).filter(|_| !patch.is_empty()) else {
             return Ok(false);
         };

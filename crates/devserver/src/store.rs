@@ -13,6 +13,8 @@ use crate::policy::{ReadRule, WriteRule};
 pub struct Field {
     pub name: String,
     pub optional: bool,
+    /// A `UNIQUE` column: no two rows hold the same non-null value.
+    pub unique: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +101,7 @@ impl Store {
                 .map(|f| Field {
                     name: f["name"].as_str().unwrap_or_default().to_string(),
                     optional: f["optional"].as_bool().unwrap_or(false),
+                    unique: f["unique"].as_bool().unwrap_or(false),
                 })
                 .collect();
             let read = policies
@@ -187,7 +190,8 @@ impl Store {
 }
 
 /// The manifest used when none is given: the test app of PROTOCOL §16.3,
-/// plus a `Note` entity under a row-level read policy and a CRDT-mode `Doc`.
+/// plus a `Note` entity under a row-level read policy, a CRDT-mode `Doc`,
+/// and a `Tag` whose label is unique (a write only the server can refuse).
 pub fn default_manifest() -> Value {
     json!({
         "manifest_version": 1, "name": "synctest", "version": "0.1.0",
@@ -203,7 +207,9 @@ pub fn default_manifest() -> Value {
                 { "name": "body", "type": "string", "optional": false, "unique": false },
                 { "name": "userId", "type": "string", "optional": true, "unique": false } ], "indexes": [], "crdt": false },
             { "name": "Doc", "fields": [
-                { "name": "title", "type": "string", "optional": false, "unique": false } ], "indexes": [] }
+                { "name": "title", "type": "string", "optional": false, "unique": false } ], "indexes": [] },
+            { "name": "Tag", "fields": [
+                { "name": "label", "type": "string", "optional": false, "unique": true } ], "indexes": [], "crdt": false }
         ],
         "routes": [], "queries": [], "actions": [],
         "policies": [

@@ -29,12 +29,15 @@ use pylon_sync_engine::{Config, Engine, Event, MutationStatus, Transport};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+/// The label of the one tag: the server refuses a second (`unique`).
+const TAKEN: &str = "taken";
+
 #[derive(Debug, Clone)]
 enum Op {
     LocalInsert,
     LocalUpdate(usize),
     LocalDelete(usize),
-    /// A write the server refuses (no title).
+    /// A write only the server can refuse (a unique label already taken).
     LocalInvalid,
     RemoteInsert,
     RemoteUpdate(usize),
@@ -87,8 +90,6 @@ struct World {
     changed: Arc<Mutex<BTreeSet<String>>>,
     /// Titles of resolved local inserts not deleted since, by anyone.
     expected: BTreeSet<String>,
-    /// Titles of local inserts the server refused.
-    refused: BTreeSet<String>,
     last_seen: BTreeMap<String, Vec<String>>,
     booted_at: std::time::Instant,
     /// Titles whose local delete resolved, by user (titles are never reused).
@@ -188,9 +189,7 @@ impl World {
                 self.expected.insert(t);
             }
             Op::LocalInvalid => {
-                let t = self.title("bad");
-                self.engine.insert("Todo", row(json!({ "done": false, "userId": t }))).await.unwrap();
-                self.refused.insert(t);
+                self.engine.insert("Tag", row(json!({ "label": TAKEN }))).await.unwrap();
             }
             Op::LocalUpdate(i) | Op::LocalDelete(i) => {
                 let ids = self.visible_ids();
@@ -344,7 +343,6 @@ impl World {
             self.apply(&Op::Flip).await?;
             self.quiet().await?;
         }
-        let rows = self.server_rows("Todo").await;
         let titles = self.server_titles().await;
         let ambiguous = self.ambiguous.lock().unwrap().clone();
         for t in &self.expected {
@@ -358,9 +356,8 @@ impl World {
         let dup: Vec<&String> =
             titles.iter().filter(|t| !ambiguous.contains(*t) && titles.iter().filter(|x| x == t).count() > 1).collect();
         prop_assert!(dup.is_empty(), "applied twice: {:?}", dup);
-        for t in &self.refused {
-            prop_assert!(!rows.iter().any(|r| r["userId"] == json!(t)), "refused write {} is on the server", t);
-        }
+        let tags = self.server_rows("Tag").await;
+        prop_assert_eq!(tags.len(), 1, "a refused write is on the server: {:?}", tags);
         Ok(())
     }
 }
@@ -377,6 +374,12 @@ async fn run(ops: Vec<Op>, streaming: bool) -> Result<(), TestCaseError> {
     let srv = pylon_devserver::spawn(pylon_devserver::Config::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("replica.db");
+    reqwest::Client::new()
+        .post(format!("{}/api/entities/Tag", srv.url))
+        .json(&json!({ "label": TAKEN }))
+        .send()
+        .await
+        .unwrap();
     let mut tokens = Vec::new();
     for u in USERS {
         let t = login(&srv.url, u).await;
@@ -405,7 +408,6 @@ async fn run(ops: Vec<Op>, streaming: bool) -> Result<(), TestCaseError> {
         engine,
         changed,
         expected: BTreeSet::new(),
-        refused: BTreeSet::new(),
         last_seen: BTreeMap::new(),
         booted_at: std::time::Instant::now(),
         deleted,

@@ -74,19 +74,51 @@ async fn insert_gets_the_server_id_and_survives_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_the_manifest_rules_out_are_refused_when_made_even_offline_after_a_first_start() {
+    let srv = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let engine = Engine::new(config(&srv.url, Some(&db))).unwrap();
+    engine.start().await.unwrap();
+    let refused = |e: Error| {
+        assert_eq!(e.code(), "ERR_SYNC_INVALID_ARG");
+        e.to_string()
+    };
+    let e = engine.insert("Todo", row(json!({ "title": 42, "done": false }))).await.unwrap_err();
+    assert!(refused(e).contains("Todo.title must be a string, got 42"));
+    let e = engine.update("Todo", "x1", row(json!({ "done": "yes" }))).await.unwrap_err();
+    assert!(refused(e).contains("Todo.done must be a boolean"));
+    let e = engine.delete("Todos", "x1").await.unwrap_err();
+    assert!(refused(e).contains("unknown entity \"Todos\""));
+    assert!(engine.mutations().is_empty(), "nothing is queued");
+    engine.insert("Todo", row(json!({ "title": "fine", "done": false }))).await.unwrap();
+    eventually("the good write to land", || engine.mutations().is_empty()).await;
+    engine.close().await;
+    let url = srv.url.clone();
+    srv.stop().await;
+    // the manifest is kept in the file: a start with no server checks too
+    let offline = Engine::new(config(&url, Some(&db))).unwrap();
+    let e = offline.insert("Todo", row(json!({ "done": false }))).await.unwrap_err();
+    assert!(refused(e).contains("Todo.title is required"));
+    assert!(offline.mutations().is_empty());
+    offline.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_insert_is_kept_failed_and_its_effect_undone() {
     let srv = server().await;
     let engine = Engine::new(config(&srv.url, None)).unwrap();
     engine.start().await.unwrap();
-    // title is required: the server answers 400 INSERT_FAILED
-    let temp = engine.insert("Todo", row(json!({ "done": false }))).await.unwrap();
+    // the label is unique: only the server can tell, and it answers 400 INSERT_FAILED
+    rest(&srv.url, reqwest::Method::POST, "/api/entities/Tag", json!({ "label": "taken" })).await;
+    let temp = engine.insert("Tag", row(json!({ "label": "taken" }))).await.unwrap();
     eventually("the insert to fail", || engine.mutations().first().is_some_and(|m| m.status == MutationStatus::Failed))
         .await;
     let m = engine.mutations().remove(0);
     assert_eq!(m.error.as_ref().unwrap().code, "INSERT_FAILED");
-    assert!(engine.get("Todo", &temp).is_none(), "the optimistic row must be undone");
+    assert!(engine.get("Tag", &temp).is_none(), "the optimistic row must be undone");
     // an update of the failed insert's row cannot be sent and fails too
-    engine.update("Todo", &temp, row(json!({ "title": "x" }))).await.unwrap();
+    engine.update("Tag", &temp, row(json!({ "label": "x" }))).await.unwrap();
     eventually("the dependent update to fail", || {
         engine.mutations().iter().all(|m| m.status == MutationStatus::Failed)
     })
@@ -391,29 +423,38 @@ async fn an_admin_sends_queued_writes_in_batches_with_the_same_outcomes() {
             seen.lock().unwrap().push(reason);
         }
     })));
-    // queued before start: 2,500 inserts, one the server refuses, and writes
-    // that depend on an insert's id
+    // queued before start: 2,500 inserts, one the server refuses (a label
+    // already taken), one the manifest rules out once it is known (no
+    // title), and writes that depend on an insert's id
+    rest(&srv.url, reqwest::Method::POST, "/api/entities/Tag", json!({ "label": "taken" })).await;
     let mut temps = Vec::new();
     for i in 0..2500 {
-        let data =
-            if i == 1200 { json!({ "done": false }) } else { json!({ "title": format!("r{i}"), "done": false }) };
-        temps.push(e.insert("Todo", row(data)).await.unwrap());
+        let (entity, data) = match i {
+            1200 => ("Tag", json!({ "label": "taken" })),
+            1300 => ("Todo", json!({ "done": false })),
+            _ => ("Todo", json!({ "title": format!("r{i}"), "done": false })),
+        };
+        temps.push(e.insert(entity, row(data)).await.unwrap());
     }
     e.update("Todo", &temps[10], row(json!({ "title": "renamed" }))).await.unwrap();
     e.delete("Todo", &temps[11]).await.unwrap();
     e.start().await.unwrap();
     eventually("the queue to drain", || e.mutations().iter().all(|m| m.status == MutationStatus::Failed)).await;
     let failed = e.mutations();
-    assert_eq!(failed.len(), 1);
+    assert_eq!(failed.len(), 2);
     assert_eq!(failed[0].row_id, temps[1200]);
     assert_eq!(failed[0].error.as_ref().unwrap().code, "INSERT_FAILED");
+    assert_eq!(failed[1].row_id, temps[1300]);
+    let invalid = failed[1].error.as_ref().unwrap();
+    assert_eq!((invalid.code.as_str(), invalid.status), ("ERR_SYNC_INVALID_ARG", None));
+    assert!(invalid.message.contains("Todo.title is required"), "{}", invalid.message);
     let state = common::get(&srv.url, "/__control/state").await;
-    assert_eq!(state["rows"]["Todo"], 2498);
+    assert_eq!(state["rows"]["Todo"], 2497);
     let requests = &state["requests"];
     assert!(requests["POST /api/batch"].as_u64().unwrap() <= 5, "{requests}");
     assert!(requests.get("POST /api/entities/Todo").is_none(), "inserts went one by one: {requests}");
     e.sync_once().await.unwrap();
-    assert_eq!(e.list("Todo").len(), 2498);
+    assert_eq!(e.list("Todo").len(), 2497);
     assert!(e.list("Todo").iter().any(|r| r["title"] == "renamed"));
     assert!(!e.list("Todo").iter().any(|r| r["title"] == "r11"));
     // a batch sends no nonces: its inserts are not awaited in the log

@@ -18,6 +18,7 @@ use crate::events::{Event, Phase};
 use crate::net::Net;
 use crate::protocol::{Cursor, Hydration, Row};
 use crate::replica::{BaseRow, Effect, Replacement, RowText, Tables};
+use crate::schema::Schema;
 use crate::snapshot::{self, Snapshot};
 
 use super::{Engine, Resume};
@@ -69,10 +70,9 @@ impl Engine {
             Err(Error::Http { status: 404, .. }) => Vec::new(),
             Err(e) => return Err(e),
         };
-        {
-            let mut st = self.inner.state.write();
-            st.open = infos.iter().filter(|i| !i.has_policy).map(|i| i.name.clone()).collect();
-            st.fields = infos.iter().map(|i| (i.name.clone(), i.fields.clone())).collect();
+        self.inner.state.write().open = infos.iter().filter(|i| !i.has_policy).map(|i| i.name.clone()).collect();
+        if !infos.is_empty() {
+            self.learn_schema(Schema::new(infos.iter().map(|i| (i.name.clone(), i.fields.clone())))).await?;
         }
         let wanted: Vec<_> = infos.into_iter().filter(|i| !covered.contains_key(&i.name)).collect();
         if wanted.is_empty() {
@@ -90,6 +90,21 @@ impl Engine {
             self.inner.complete_in_epoch.store(now, Ordering::SeqCst);
         }
         Ok(())
+    }
+
+    /// Takes the manifest's fields as the schema, kept in the file when they
+    /// changed. Writes queued before it was known (a first start offline)
+    /// are checked as they are sent (`outbox`).
+    async fn learn_schema(&self, schema: Schema) -> Result<()> {
+        if self.inner.state.read().schema.as_ref() == Some(&schema) {
+            return Ok(());
+        }
+        self.with_db(move |me, db| {
+            db.write(|w| w.set_meta("schema", &serde_json::to_string(&schema)?))?;
+            me.inner.state.write().schema = Some(schema);
+            Ok(())
+        })
+        .await
     }
 
     /// Replaces the snapshot's entities wholesale, in one transaction with

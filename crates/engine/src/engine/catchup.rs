@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::events::Event;
+use crate::events::{Event, Phase};
 use crate::protocol::{ChangeEvent, Kind, PullPage, Row};
 use crate::queue::Mutation;
 use crate::reconcile;
 use crate::replica::{Effect, RowText};
 use crate::restart::{Anchor, ANCHOR_SPAN};
 
-use super::{Engine, Replay, Wake, PRUNE_EVERY};
+use super::{Engine, Replay, Wake, PRUNE_EVERY, RATE_WINDOW};
 
 /// What this part owns besides the replica it feeds: the run of resyncs
 /// (for the breaker) and where tombstones were last pruned.
@@ -35,7 +35,7 @@ impl Engine {
     fn normalize<'a>(&self, rows: impl Iterator<Item = (&'a str, &'a mut Row)>) {
         let st = self.inner.state.read();
         for (entity, row) in rows {
-            if let Some(fields) = st.fields.get(entity) {
+            if let Some(fields) = st.schema.as_ref().and_then(|s| s.fields(entity)) {
                 fields.normalize(row);
             }
         }
@@ -85,7 +85,16 @@ impl Engine {
                 (st.cursor, st.anchor.clone(), self.inner.epoch.load(Ordering::SeqCst))
             };
             if let Some(at) = staged.as_ref().map(|r| r.at) {
-                let page = self.inner.api.pull(self.session_token().as_deref(), at).await?;
+                let page = match self.inner.api.pull(self.session_token().as_deref(), at).await {
+                    Err(e @ Error::Http { status: 429, .. }) => {
+                        // up to 100 pages can cross a production server's
+                        // limit; starting over after the wait would meet it
+                        // again every time: wait here and go on from this page
+                        self.wait_out_limit(&e).await;
+                        continue;
+                    }
+                    page => page?,
+                };
                 match self.stage(&mut staged, page).await {
                     None | Some(Ok(false)) => continue,
                     Some(done) => return done.map(drop),
@@ -153,6 +162,21 @@ impl Engine {
                 return Ok(());
             }
         }
+    }
+
+    /// Holds a replay back for the limiter's window (its `Retry-After`, or
+    /// `RATE_WINDOW`), saying so in the status.
+    async fn wait_out_limit(&self, e: &Error) {
+        let wait = match e {
+            Error::Http { retry_after: Some(after), .. } => *after,
+            _ => RATE_WINDOW,
+        };
+        tracing::debug!(?wait, "replay held back by the server's rate limit");
+        self.inner.state.write().status.rate_limited_until = Some(self.now_ms() + wait.as_millis() as u64);
+        self.set_phase(Phase::Bootstrapping, Some(e), 0);
+        tokio::time::sleep(wait).await;
+        self.inner.state.write().status.rate_limited_until = None;
+        self.set_phase(Phase::Bootstrapping, None, 0);
     }
 
     /// Whether the log, read to its head, lacks the insert event of one of

@@ -49,6 +49,7 @@ use crate::queue::{Mutation, MutationError, Queue};
 use crate::realtime::Realtime;
 use crate::reconcile;
 use crate::restart::{Anchor, Boot};
+use crate::schema::Schema;
 use crate::transport::Which;
 use crate::view::View;
 
@@ -72,6 +73,10 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// How often the server's boot time is checked (also after errors and reconnects).
 const BOOT_CHECK_EVERY: Duration = Duration::from_secs(30);
+/// The same while polling, with no stream whose drop would tell of a
+/// restart. A poll every second plus this stays within a production
+/// server's 100 requests a minute per user (PROTOCOL §2.5).
+const POLL_BOOT_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// With a live stream, pull at least this often anyway: streams are hints
 /// and may silently miss events (§10.6).
 const SAFETY_PULL: Duration = Duration::from_secs(30);
@@ -96,9 +101,10 @@ struct State {
     /// stream events can be applied as they arrive (the rest are confirmed by
     /// a pull, which the server filters).
     open: BTreeSet<String>,
-    /// Each entity's field types, from the manifest: rows from the server
-    /// are read back into them (`schema`).
-    fields: std::collections::HashMap<String, crate::schema::Fields>,
+    /// Each entity's fields, from the manifest (kept in the file): writes are
+    /// checked against them and rows from the server read back into their
+    /// types. `None` until a manifest was first read.
+    schema: Option<Schema>,
     session: Option<Session>,
     /// Identity the stored rows belong to.
     identity: String,
@@ -263,7 +269,7 @@ impl Engine {
             cursor: 0,
             covered: BTreeMap::new(),
             open: BTreeSet::new(),
-            fields: Default::default(),
+            schema: None,
             session: None,
             identity: String::new(),
             verified_fp: None,
@@ -382,6 +388,7 @@ impl Engine {
             let anchor = db.meta("anchor")?.and_then(|t| serde_json::from_str::<Option<Anchor>>(&t).ok()).flatten();
             let awaited = db.meta("awaited")?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
             let server_gen = db.meta("server_gen")?.and_then(|t| t.parse().ok()).unwrap_or(0);
+            let schema = db.meta("schema")?.and_then(|t| serde_json::from_str(&t).ok());
             let aliases = db.aliases(me.now_ms())?.into_iter().collect();
             let cursor = db.cursor()?;
             // Rows stored under another token stay hidden until /api/auth/me
@@ -396,6 +403,7 @@ impl Engine {
             st.anchor = anchor;
             st.awaited = awaited;
             st.server_gen = server_gen;
+            st.schema = schema;
             st.aliases = aliases;
             st.parked_in_doubt = parked_in_doubt;
             st.cursor = cursor;

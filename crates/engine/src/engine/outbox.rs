@@ -128,14 +128,33 @@ impl Engine {
                     return Ok(Vec::new());
                 }
                 {
-                    // a temporary id the server has since named (the caller kept
-                    // what insert() returned) means that row; checked under the
-                    // database lock, so an acknowledgement cannot slip in between
+                    // a write the manifest rules out is refused before it is
+                    // queued (the schema is loaded by now); a temporary id the
+                    // server has since named (the caller kept what insert()
+                    // returned) means that row, checked under the database
+                    // lock, so an acknowledgement cannot slip in between
                     let st = me.inner.state.read();
+                    let mut fit = Vec::with_capacity(batch.len());
+                    for s in batch {
+                        match st
+                            .schema
+                            .as_ref()
+                            .map_or(Ok(()), |schema| schema.check(&s.m.entity, s.m.kind, s.m.data.as_ref()))
+                        {
+                            Ok(()) => fit.push(s),
+                            Err(e) => {
+                                let _ = s.done.send(Err(e));
+                            }
+                        }
+                    }
+                    batch = fit;
                     for Submitted { m, .. } in &mut batch {
                         m.identity = st.queue_key.clone();
                         renamed(m, &st.aliases);
                     }
+                }
+                if batch.is_empty() {
+                    return Ok(Vec::new());
                 }
                 if let Err(e) = db.write(|w| batch.iter_mut().try_for_each(|s| w.add_mutation(&mut s.m))) {
                     for s in batch {
@@ -259,6 +278,12 @@ impl Engine {
                 self.fail(&m, err).await?;
                 continue;
             }
+            if let Some(e) = self.unfit(&m) {
+                // queued before the manifest was known: it fails as the
+                // server would refuse it, before it goes anywhere
+                self.fail(&m, refusal(&e)).await?;
+                continue;
+            }
             if admin && !self.inner.outbox.no_batch.load(Ordering::SeqCst) && self.flush_batch(token.as_deref()).await?
             {
                 continue;
@@ -354,6 +379,7 @@ impl Engine {
                 // insert is in this batch needs that insert's id first
                 .take_while(|m| !(m.kind == Kind::Insert && m.sent.is_some()))
                 .take_while(|m| m.kind == Kind::Insert || !m.row_id.starts_with(TEMP_PREFIX))
+                .take_while(|m| self.unfit(m).is_none())
                 .take_while(|m| {
                     bytes += 64 + m.data.as_ref().map_or(0, |d| serde_json::to_string(d).map_or(0, |t| t.len()));
                     bytes <= BATCH_BYTES
@@ -402,6 +428,16 @@ impl Engine {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Why the manifest rules out a write never sent, if it does. Writes are
+    /// checked when made; this catches those made before the manifest was
+    /// first read. One already tried is left to the server (it may be applied).
+    fn unfit(&self, m: &Mutation) -> Option<Error> {
+        if m.sent.is_some() || m.attempts > 0 {
+            return None;
+        }
+        self.inner.state.read().schema.as_ref()?.check(&m.entity, m.kind, m.data.as_ref()).err()
     }
 
     /// Counts a failed attempt and gives up this round (backoff follows).
