@@ -21,6 +21,7 @@ use crate::io::random_suffix;
 use crate::protocol::{Kind, Row, TEMP_PREFIX};
 use crate::queue::{Mutation, MutationError, Sent, Status};
 use crate::reconcile::{self, Found};
+use crate::schema::Schema;
 
 use super::{refusal, Engine, Wake, BATCH_BYTES, BATCH_MAX};
 
@@ -136,13 +137,9 @@ impl Engine {
                     let st = me.inner.state.read();
                     let mut fit = Vec::with_capacity(batch.len());
                     for s in batch {
-                        match st
-                            .schema
-                            .as_ref()
-                            .map_or(Ok(()), |schema| schema.check(&s.m.entity, s.m.kind, s.m.data.as_ref()))
-                        {
-                            Ok(()) => fit.push(s),
-                            Err(e) => {
+                        match unfit(st.schema.as_ref(), &s.m) {
+                            None => fit.push(s),
+                            Some(e) => {
                                 let _ = s.done.send(Err(e));
                             }
                         }
@@ -278,7 +275,8 @@ impl Engine {
                 self.fail(&m, err).await?;
                 continue;
             }
-            if let Some(e) = self.unfit(&m) {
+            let unfit = unfit(self.inner.state.read().schema.as_ref(), &m);
+            if let Some(e) = unfit {
                 // queued before the manifest was known: it fails as the
                 // server would refuse it, before it goes anywhere
                 self.fail(&m, refusal(&e)).await?;
@@ -379,7 +377,7 @@ impl Engine {
                 // insert is in this batch needs that insert's id first
                 .take_while(|m| !(m.kind == Kind::Insert && m.sent.is_some()))
                 .take_while(|m| m.kind == Kind::Insert || !m.row_id.starts_with(TEMP_PREFIX))
-                .take_while(|m| self.unfit(m).is_none())
+                .take_while(|m| unfit(st.schema.as_ref(), m).is_none())
                 .take_while(|m| {
                     bytes += 64 + m.data.as_ref().map_or(0, |d| serde_json::to_string(d).map_or(0, |t| t.len()));
                     bytes <= BATCH_BYTES
@@ -428,16 +426,6 @@ impl Engine {
             }
             Err(e) => Err(e),
         }
-    }
-
-    /// Why the manifest rules out a write never sent, if it does. Writes are
-    /// checked when made; this catches those made before the manifest was
-    /// first read. One already tried is left to the server (it may be applied).
-    fn unfit(&self, m: &Mutation) -> Option<Error> {
-        if m.sent.is_some() || m.attempts > 0 {
-            return None;
-        }
-        self.inner.state.read().schema.as_ref()?.check(&m.entity, m.kind, m.data.as_ref()).err()
     }
 
     /// Counts a failed attempt and gives up this round (backoff follows).
@@ -501,4 +489,14 @@ pub(super) fn renamed(m: &mut Mutation, aliases: &HashMap<String, String>) -> bo
         }
     }
     changed
+}
+
+/// Why `schema` rules out a write never sent, if it does: checked as a write
+/// is queued, and before one queued while the manifest was not known yet is
+/// sent. One already tried is left to the server (it may be applied).
+fn unfit(schema: Option<&Schema>, m: &Mutation) -> Option<Error> {
+    if m.sent.is_some() || m.attempts > 0 {
+        return None;
+    }
+    schema?.check(&m.entity, m.kind, m.data.as_ref()).err()
 }
