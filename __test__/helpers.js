@@ -228,7 +228,10 @@ async function startFaultProxy(target) {
     if (rule?.delayMs) await sleep(rule.delayMs)
     const body = []
     for await (const chunk of req) body.push(chunk)
-    const upstream = http.request(`${target}${req.url}`, { method: req.method, headers: req.headers }, async (up) => {
+    // a connection of its own per request: a kept-alive one the server has
+    // meanwhile closed (say, after the engine waited out a rate limit) would
+    // fail the request, a fault of the proxy and not the network's
+    const upstream = http.request(`${target}${req.url}`, { method: req.method, headers: req.headers, agent: false }, async (up) => {
       log.push({ method: req.method, path: req.url.split('?')[0], status: up.statusCode, at: Date.now() })
       const answer = []
       for await (const chunk of up) answer.push(chunk)

@@ -17,6 +17,10 @@ pub struct FailRule {
     /// How many requests to fail; `None`: until cleared.
     #[serde(default)]
     pub count: Option<u32>,
+    /// Let this many matching requests through first (a fault in the
+    /// middle of a run of pages).
+    #[serde(default)]
+    pub after: u32,
     /// HTTP status of the failure (429, 500, 503, 410, …).
     #[serde(default = "default_status")]
     pub status: u16,
@@ -67,6 +71,10 @@ impl Faults {
         let i = self.rules.iter().position(|r| {
             path.starts_with(&r.path) && r.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method))
         })?;
+        if self.rules[i].after > 0 {
+            self.rules[i].after -= 1;
+            return None;
+        }
         let rule = self.rules[i].clone();
         if let Some(n) = self.rules[i].count.as_mut() {
             *n = n.saturating_sub(1);

@@ -1,10 +1,13 @@
 //! The HTTP side of the protocol: one typed method per route the engine uses
-//! (PROTOCOL.md §5, §7, §8, §9). No retry policy lives here; callers decide.
+//! (PROTOCOL.md §5, §7, §8, §9). No retry policy lives here; callers decide,
+//! and a caller that would lose work by failing on a rate limit asks for a
+//! patient client (`patient`), which waits a 429 out as the caller says.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -29,7 +32,13 @@ pub struct Api {
     /// Nanoseconds spent waiting for answers, request sent to body read.
     waited: Arc<AtomicU64>,
     base: String,
+    /// What to do with a 429 before asking again; `None`: fail with it.
+    patience: Option<Patience>,
 }
+
+/// Waits out a rate limit (the 429 given), saying so; the request is then
+/// asked again as it was.
+pub type Patience = Arc<dyn Fn(&Error) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// The real Pylon server answers through tiny-http, which writes a response
 /// over 1 KiB as headers and body in two writes with Nagle's algorithm on.
@@ -56,7 +65,22 @@ impl Api {
     /// Requests go out through `io` (the network, unless simulated).
     pub fn new(base_url: &str, io: Arc<dyn Io>) -> Result<Api> {
         let base = normalize_base(base_url)?;
-        Ok(Api { io, no_reuse: Arc::new(AtomicBool::new(false)), waited: Arc::new(AtomicU64::new(0)), base })
+        Ok(Api {
+            io,
+            no_reuse: Arc::new(AtomicBool::new(false)),
+            waited: Arc::new(AtomicU64::new(0)),
+            base,
+            patience: None,
+        })
+    }
+
+    /// The same client, but a request refused with 429 is asked again after
+    /// `patience` waited: for reads whose progress a failure would throw
+    /// away (the pages of a bootstrap), where starting over would meet the
+    /// limit again. Only for requests safe to repeat: a 429 is a refusal,
+    /// nothing was done.
+    pub fn patient(&self, patience: Patience) -> Api {
+        Api { patience: Some(patience), ..self.clone() }
     }
 
     /// Time spent so far waiting for the server's answers (request sent to
@@ -386,20 +410,31 @@ fn with_json(mut req: Request, body: &impl serde::Serialize) -> Request {
     req
 }
 
-async fn send_json<T: DeserializeOwned>(req: Request, api: &Api) -> Result<T> {
-    let sent = tokio::time::Instant::now();
-    let answer = api.io.send(req).await;
-    api.waited.fetch_add(sent.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    let resp = answer?;
-    if stalls_on_reuse(resp.server.as_deref()) {
-        api.no_reuse.store(true, Ordering::Relaxed);
+async fn send_json<T: DeserializeOwned>(mut req: Request, api: &Api) -> Result<T> {
+    loop {
+        // kept to be asked again, by a patient client only
+        let again = api.patience.is_some().then(|| req.clone());
+        let sent = tokio::time::Instant::now();
+        let answer = api.io.send(req).await;
+        api.waited.fetch_add(sent.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let resp = answer?;
+        if stalls_on_reuse(resp.server.as_deref()) {
+            api.no_reuse.store(true, Ordering::Relaxed);
+        }
+        let status = StatusCode::from_u16(resp.status).map_err(|e| Error::Protocol(format!("bad status: {e}")))?;
+        if status.is_success() {
+            return serde_json::from_slice(&resp.body)
+                .map_err(|e| Error::Protocol(format!("unreadable {} response: {e}", status.as_u16())));
+        }
+        let error = http_error(status, resp.retry_after, &resp.body);
+        match (&api.patience, again) {
+            (Some(wait), Some(again)) if status == StatusCode::TOO_MANY_REQUESTS => {
+                wait(&error).await;
+                req = again;
+            }
+            _ => return Err(error),
+        }
     }
-    let status = StatusCode::from_u16(resp.status).map_err(|e| Error::Protocol(format!("bad status: {e}")))?;
-    if status.is_success() {
-        return serde_json::from_slice(&resp.body)
-            .map_err(|e| Error::Protocol(format!("unreadable {} response: {e}", status.as_u16())));
-    }
-    Err(http_error(status, resp.retry_after, &resp.body))
 }
 
 fn http_error(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Error {

@@ -488,3 +488,27 @@ async fn a_silent_event_stream_is_replaced() {
     e.close().await;
     srv.stop().await;
 }
+
+/// A pull the rate limiter refuses ends its round, and the engine waits out
+/// the limit holding nothing: stream events that continue the cursor are
+/// applied meanwhile, as the limit has nothing to do with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_events_keep_arriving_while_pulls_are_rate_limited() {
+    let srv = server().await;
+    let e = streaming(&srv.url, Some(&login(&srv.url, "alice").await), Transport::WebSocket);
+    e.start().await.unwrap();
+    open_on(&e, Which::WebSocket).await;
+    // a pull after the stream opened vouches for its events
+    e.sync().await.unwrap();
+    // every pull refused, with no Retry-After: the limiter's 60 s window
+    control(&srv.url, "faults", json!({ "rules": [{ "path": "/api/sync/pull", "status": 429 }] })).await;
+    // a write wakes a round, whose pull is refused (the write may or may not
+    // have gone out before it; either way its round ends)
+    e.insert("Todo", row(json!({ "title": "mine", "done": false }))).await.unwrap();
+    eventually("the round's pull to be refused", || e.status().rate_limited_until.is_some()).await;
+    let id = insert_remote(&srv.url, "theirs").await;
+    eventually("their write, by the stream", || e.get("Todo", &id).is_some()).await;
+    assert!(e.status().rate_limited_until.is_some(), "the engine is still held back from pulling");
+    e.close().await;
+    srv.stop().await;
+}

@@ -608,3 +608,63 @@ async fn a_token_revoked_while_running_is_noticed_with_no_write_to_refuse_it() {
     e.close().await;
     srv.stop().await;
 }
+
+/// Requests the dev server was asked for, by method and path.
+async fn requests(url: &str) -> Value {
+    common::get(url, "/__control/state").await["requests"].clone()
+}
+
+/// A bootstrap that meets the rate limiter (the manifest, a snapshot page,
+/// a page of the log replay) waits the limit out and asks for that request
+/// again: nothing already read is read twice, and no error is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_met_mid_bootstrap_is_waited_out_and_the_bootstrap_goes_on() {
+    // the same 5,000 rows on two servers: one answers every request, the
+    // other refuses one request of each kind, part-way through
+    let (clean, limited) = (server().await, server().await);
+    for srv in [&clean, &limited] {
+        let seed = json!({ "entity": "Todo", "count": 5_000, "data": { "title": "t{i}", "done": false } });
+        control(&srv.url, "seed", seed).await;
+    }
+    control(
+        &limited.url,
+        "faults",
+        json!({ "rules": [
+        { "path": "/api/manifest", "status": 429, "retryAfter": 1, "count": 1 },
+        { "path": "/api/query/Todo", "status": 429, "retryAfter": 1, "after": 1, "count": 1 },
+        // past the snapshot's few pulls: in the replay that fills `Note`
+        // (which the server will not list), 50 pages of 100 events
+        { "path": "/api/sync/pull", "status": 429, "retryAfter": 1, "after": 20, "count": 1 } ] }),
+    )
+    .await;
+    let mut seen = Vec::new();
+    for srv in [&clean, &limited] {
+        let engine = Engine::new(config(&srv.url, None)).unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        engine.set_listener(Some(Arc::new(move |ev| sink.lock().unwrap().push(ev))));
+        // one round, no loop: the two servers see the same requests but for the faults
+        engine.sync_once().await.unwrap();
+        assert_eq!(engine.list("Todo").len(), 5_000);
+        assert_eq!(engine.cursor(), 5_000);
+        assert_eq!(engine.status().rate_limited_until, None);
+        engine.close().await;
+        seen.push((requests(&srv.url).await, std::mem::take(&mut *events.lock().unwrap())));
+    }
+    let (clean_asked, limited_asked) = (&seen[0].0, &seen[1].0);
+    let count = |asked: &Value, route: &str| asked[route].as_u64().unwrap_or(0);
+    for route in ["GET /api/manifest", "POST /api/query/Todo", "GET /api/sync/pull"] {
+        assert_eq!(
+            count(limited_asked, route),
+            count(clean_asked, route) + 1,
+            "{route}: only the refused request is asked again ({clean_asked} without faults, {limited_asked} with)"
+        );
+    }
+    let events = &seen[1].1;
+    let held = events.iter().filter(|e| matches!(e, Event::Status(s) if s.rate_limited_until.is_some())).count();
+    assert!(held >= 3, "each wait is in the status ({held} statuses say so)");
+    let errors: Vec<_> = events.iter().filter(|e| matches!(e, Event::Error { .. })).collect();
+    assert!(errors.is_empty(), "a limit waited out is no error: {errors:?}");
+    clean.stop().await;
+    limited.stop().await;
+}

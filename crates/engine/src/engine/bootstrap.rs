@@ -39,11 +39,13 @@ impl Engine {
             return Ok(false);
         }
         let token = self.session_token();
-        let infos = self.inner.api.entities(token.as_deref()).await?;
+        // a 429 is waited out page by page, not met again by starting over
+        let api = self.patient_api();
+        let infos = api.entities(token.as_deref()).await?;
         let wanted: Vec<_> = infos.into_iter().filter(|i| covered.get(&i.name).is_some_and(|head| *head > 0)).collect();
         self.set_phase(Phase::Bootstrapping, None, 0);
         let me = self.clone();
-        let mut snap = snapshot::take(&self.inner.api, token.as_deref(), &wanted, true, &move |entity, rows, done| {
+        let mut snap = snapshot::take(&api, token.as_deref(), &wanted, true, &move |entity, rows, done| {
             me.emit(Event::Progress { entity: entity.to_string(), rows, done })
         })
         .await?;
@@ -64,7 +66,9 @@ impl Engine {
             return Ok(());
         }
         let token = self.session_token();
-        let infos = match self.inner.api.entities(token.as_deref()).await {
+        // a 429 is waited out page by page, not met again by starting over
+        let api = self.patient_api();
+        let infos = match api.entities(token.as_deref()).await {
             Ok(i) => i,
             // a server without a manifest route: replaying the log is all we can do
             Err(Error::Http { status: 404, .. }) => Vec::new(),
@@ -81,7 +85,7 @@ impl Engine {
         }
         self.set_phase(Phase::Bootstrapping, None, 0);
         let me = self.clone();
-        let snap = snapshot::take(&self.inner.api, token.as_deref(), &wanted, true, &move |entity, rows, done| {
+        let snap = snapshot::take(&api, token.as_deref(), &wanted, true, &move |entity, rows, done| {
             me.emit(Event::Progress { entity: entity.to_string(), rows, done })
         })
         .await?;

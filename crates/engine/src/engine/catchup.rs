@@ -7,9 +7,11 @@
 //! itself, so stream events never interleave with a round.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::api::Api;
 use crate::error::{Error, Result};
 use crate::events::{Event, Phase};
 use crate::protocol::{ChangeEvent, Kind, PullPage, Row};
@@ -85,16 +87,10 @@ impl Engine {
                 (st.cursor, st.anchor.clone(), self.inner.epoch.load(Ordering::SeqCst))
             };
             if let Some(at) = staged.as_ref().map(|r| r.at) {
-                let page = match self.inner.api.pull(self.session_token().as_deref(), at).await {
-                    Err(e @ Error::Http { status: 429, .. }) => {
-                        // up to 100 pages can cross a production server's
-                        // limit; starting over after the wait would meet it
-                        // again every time: wait here and go on from this page
-                        self.wait_out_limit(&e).await;
-                        continue;
-                    }
-                    page => page?,
-                };
+                // up to 100 pages can cross a production server's limit;
+                // starting over after the wait would meet it again every
+                // time: a refused page is asked again after the wait
+                let page = self.patient_api().pull(self.session_token().as_deref(), at).await?;
                 match self.stage(&mut staged, page).await {
                     None | Some(Ok(false)) => continue,
                     Some(done) => return done.map(drop),
@@ -164,19 +160,33 @@ impl Engine {
         }
     }
 
-    /// Holds a replay back for the limiter's window (its `Retry-After`, or
-    /// `RATE_WINDOW`), saying so in the status.
+    /// The server's client, made to wait out a 429 and ask again (see
+    /// `wait_out_limit`): for the pages of a bootstrap and of a replay from
+    /// 0, whose progress a failed round would throw away. Holding `sync`
+    /// meanwhile keeps little from the user: stream events cannot continue
+    /// a cursor that a bootstrap is still setting (only a replica that
+    /// follows the log and meets a new entity in the manifest has them wait
+    /// for that entity's pages).
+    pub(super) fn patient_api(&self) -> Api {
+        let me = self.clone();
+        self.inner.api.patient(Arc::new(move |e: &Error| {
+            let (me, e) = (me.clone(), e.clone());
+            Box::pin(async move { me.wait_out_limit(&e).await })
+        }))
+    }
+
+    /// Holds a bootstrap back for the limiter's window (its `Retry-After`,
+    /// or `RATE_WINDOW`), saying so in the status.
     async fn wait_out_limit(&self, e: &Error) {
         let wait = match e {
             Error::Http { retry_after: Some(after), .. } => *after,
             _ => RATE_WINDOW,
         };
         tracing::debug!(?wait, "replay held back by the server's rate limit");
-        self.inner.state.write().status.rate_limited_until = Some(self.now_ms() + wait.as_millis() as u64);
         self.set_phase(Phase::Bootstrapping, Some(e), 0);
+        self.set_limited(Some(self.now_ms() + wait.as_millis() as u64));
         tokio::time::sleep(wait).await;
-        self.inner.state.write().status.rate_limited_until = None;
-        self.set_phase(Phase::Bootstrapping, None, 0);
+        self.set_limited(None);
     }
 
     /// Whether the log, read to its head, lacks the insert event of one of

@@ -426,6 +426,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Says until when (Unix ms) the server's rate limit holds the engine
+    /// back (`None`: it does not).
+    fn set_limited(&self, until: Option<u64>) {
+        let status = {
+            let mut st = self.inner.state.write();
+            if st.status.rate_limited_until == until {
+                return;
+            }
+            st.status.rate_limited_until = until;
+            st.status()
+        };
+        self.emit(Event::Status(status));
+    }
+
     fn set_phase(&self, phase: Phase, error: Option<&Error>, attempts: u32) {
         let status = {
             let mut st = self.inner.state.write();
