@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use napi_derive::napi;
-use pylon_sync_engine::{Config, Hydration, Row, Timeouts, Transport};
+use pylon_sync_engine::{Config, Hydration, Row, Timeouts, Which};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
@@ -175,13 +175,12 @@ pub fn config(base_url: &str, opts: Value) -> Result<Config> {
     let opts: EngineOptions = options(opts)?;
     let mut cfg = Config::new(base_url);
     cfg.transport = match opts.transport.as_deref() {
-        None | Some("auto") => Transport::Auto,
-        Some("websocket") => Transport::WebSocket,
-        Some("sse") => Transport::Sse,
-        Some("poll") => Transport::Poll,
-        Some(t) => {
-            return Err(invalid(format!("transport must be \"auto\", \"websocket\", \"sse\" or \"poll\", got {t:?}")))
-        }
+        None | Some("auto") => None,
+        Some(t) => Some(Which::named(t).ok_or_else(|| {
+            let names: Vec<String> = ["auto"].into_iter().chain(Which::names()).map(|n| format!("{n:?}")).collect();
+            let (last, rest) = names.split_last().expect("auto is there");
+            invalid(format!("transport must be {} or {last}, got {t:?}", rest.join(", ")))
+        })?),
     };
     cfg.ws_url = stream_url("wsUrl", opts.ws_url, &["ws", "wss"])?;
     cfg.sse_url = stream_url("sseUrl", opts.sse_url, &["http", "https"])?;

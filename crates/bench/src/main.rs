@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use pylon_devserver::{spawn, Config as ServerConfig, Handle};
-use pylon_sync_engine::{Config, Engine, Event, Transport};
+use pylon_sync_engine::{Config, Engine, Event, Which};
 use serde_json::{json, Map, Value};
 
 /// Counts the bytes this process holds on the Rust heap, so memory is
@@ -92,7 +92,7 @@ async fn control(url: &str, what: &str, body: Value) -> Value {
 fn config(url: &str, db: &std::path::Path) -> Config {
     let mut c = Config::new(url);
     c.db_path = Some(db.to_path_buf());
-    c.transport = Transport::Poll;
+    c.transport = Some(Which::Poll);
     c.poll_interval = Duration::from_secs(3600);
     c
 }
@@ -273,7 +273,7 @@ async fn websocket_latency(srv: &Handle, changes: usize, out: &mut Vec<Row>) {
         .to_string();
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(&srv.url, &dir.path().join("w.db"));
-    c.transport = Transport::WebSocket;
+    c.transport = Some(Which::WebSocket);
     c.token = Some(token.clone());
     let e = Engine::new(c).unwrap();
     let heard: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));

@@ -1,22 +1,59 @@
 //! What an engine is opened with.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::io::Io;
-use crate::transport::Liveness;
+use serde::{Serialize, Serializer};
 
-/// How the engine follows the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// WebSocket; SSE when it cannot connect or keeps dying; polling after
-    /// that; better transports are probed again later.
-    Auto,
-    WebSocket,
-    Sse,
-    /// Pull every `poll_interval`, no stream.
-    Poll,
+use crate::io::Io;
+
+/// A realtime transport, by the name it has in options, status and events:
+/// each stream's file names its own (`Which::WebSocket` in `transport::ws`)
+/// and registers it on the ladder (`transport::LADDER`), which also orders
+/// them, better first; polling is the ladder's floor.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Which(&'static str);
+
+impl Which {
+    pub(crate) const fn new(name: &'static str) -> Which {
+        Which(name)
+    }
+
+    pub fn name(self) -> &'static str {
+        self.0
+    }
+}
+
+impl fmt::Debug for Which {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl Serialize for Which {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
+}
+
+/// How often a live connection is checked, and how long an answer may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// A WebSocket ping is sent after this long without one.
+    pub ping_interval: Duration,
+    /// No frame at all this long after a ping (or, for the handshake, after
+    /// connecting) means the connection is dead.
+    pub ping_timeout: Duration,
+}
+
+impl Liveness {
+    /// SSE cannot ping; the server sends a comment every 30 s. A stream silent
+    /// for two ping intervals plus the timeout is dead.
+    pub fn sse_idle(&self) -> Duration {
+        self.ping_interval * 2 + self.ping_timeout
+    }
 }
 
 /// How long an HTTP request may take: a server that accepts connections
@@ -39,7 +76,10 @@ impl Default for Timeouts {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub base_url: String,
-    pub transport: Transport,
+    /// Only this transport (polling: no stream); `None`: automatic, the
+    /// best stream first (WebSocket; SSE when it cannot connect or keeps
+    /// dying; polling after that), better ones probed again later.
+    pub transport: Option<Which>,
     pub poll_interval: Duration,
     /// Base of the reconnect/retry backoff.
     pub reconnect_delay: Duration,
@@ -67,7 +107,7 @@ impl Config {
     pub fn new(base_url: &str) -> Config {
         Config {
             base_url: base_url.to_string(),
-            transport: Transport::Auto,
+            transport: None,
             poll_interval: Duration::from_millis(1000),
             reconnect_delay: Duration::from_millis(1000),
             token: None,

@@ -23,11 +23,11 @@ mod tls;
 pub mod transport;
 mod view;
 
-pub use config::{Config, Timeouts, Transport};
+pub use config::{Config, Liveness, Timeouts, Which};
 pub use engine::{get_server_data, Engine};
 pub use error::{Error, Result};
 pub use events::{ConnState, Connection, ErrorInfo, Event, Listener, Peer, Phase, SyncStatus};
 pub use protocol::{ChangeEvent, Cursor, Hydration, Kind, Row, Session};
 pub use queue::{Mutation, MutationError, Status as MutationStatus};
 pub use replica::RowText;
-pub use transport::{BinaryFrame, BinaryHeader, Liveness, Which};
+pub use transport::{BinaryFrame, BinaryHeader};

@@ -25,7 +25,7 @@ use std::time::Duration;
 use common::checks::{impossible, readable, record_delete, sorted, still_deleted, Deletes, Fault};
 use common::{control, get, login, rest, row};
 use proptest::prelude::*;
-use pylon_sync_engine::{Config, Engine, Event, MutationStatus, Transport};
+use pylon_sync_engine::{Config, Engine, Event, MutationStatus, Which};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -85,7 +85,7 @@ struct World {
     db: std::path::PathBuf,
     tokens: Vec<String>,
     user: usize,
-    transport: Transport,
+    transport: Option<Which>,
     engine: Engine,
     changed: Arc<Mutex<BTreeSet<String>>>,
     /// Titles of resolved local inserts not deleted since, by anyone.
@@ -113,7 +113,7 @@ impl World {
         url: &str,
         db: &std::path::Path,
         token: &str,
-        transport: Transport,
+        transport: Option<Which>,
         deleted: Deleted,
         violation: Arc<Mutex<Option<String>>>,
         ambiguous: Arc<Mutex<BTreeSet<String>>>,
@@ -298,7 +298,8 @@ impl World {
         // a stream that dropped (a restart, a fault) reopens first: its reopening
         // is what makes the engine check for a restarted server
         for _ in 0..200 {
-            if self.transport == Transport::Poll || self.engine.connection().state == pylon_sync_engine::ConnState::Open
+            if self.transport == Some(Which::Poll)
+                || self.engine.connection().state == pylon_sync_engine::ConnState::Open
             {
                 break;
             }
@@ -392,7 +393,7 @@ async fn run(ops: Vec<Op>, streaming: bool) -> Result<(), TestCaseError> {
             .unwrap();
         tokens.push(t);
     }
-    let transport = if streaming { Transport::Auto } else { Transport::Poll };
+    let transport = if streaming { None } else { Some(Which::Poll) };
     let deleted: Deleted = Default::default();
     let violation = Arc::new(Mutex::new(None));
     let ambiguous = Arc::new(Mutex::new(BTreeSet::new()));

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{config, control, eventually, get, login, rest, row, server};
-use pylon_sync_engine::{ConnState, Engine, Event, Transport, Which};
+use pylon_sync_engine::{ConnState, Engine, Event, Which};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 /// An engine that can only learn about remote changes from its stream.
-fn streaming(url: &str, token: Option<&str>, transport: Transport) -> Engine {
+fn streaming(url: &str, token: Option<&str>, transport: Option<Which>) -> Engine {
     let mut c = config(url, None);
     c.poll_interval = Duration::from_secs(3600);
     c.transport = transport;
@@ -42,8 +42,8 @@ async fn open_on(engine: &Engine, which: Which) {
 /// Alice and Bob, each following over a WebSocket; Bob's events are recorded.
 async fn alice_and_bob(url: &str) -> (Engine, Engine, Arc<Mutex<Vec<Event>>>) {
     let (alice, bob) = (login(url, "alice").await, login(url, "bob").await);
-    let a = streaming(url, Some(&alice), Transport::WebSocket);
-    let b = streaming(url, Some(&bob), Transport::WebSocket);
+    let a = streaming(url, Some(&alice), Some(Which::WebSocket));
+    let b = streaming(url, Some(&bob), Some(Which::WebSocket));
     let b_events = record(&b);
     a.start().await.unwrap();
     b.start().await.unwrap();
@@ -55,7 +55,7 @@ async fn alice_and_bob(url: &str) -> (Engine, Engine, Arc<Mutex<Vec<Event>>>) {
 /// An engine pinned to WebSocket with the default liveness settings.
 fn pinned_websocket(url: &str, token: String, reconnect_delay: Duration) -> Engine {
     let mut c = config(url, None);
-    c.transport = Transport::WebSocket;
+    c.transport = Some(Which::WebSocket);
     c.token = Some(token);
     c.reconnect_delay = reconnect_delay;
     Engine::new(c).unwrap()
@@ -92,7 +92,7 @@ async fn websocket_carries_changes_between_engines() {
 async fn sse_carries_changes_even_when_events_are_split_across_writes() {
     let srv = server().await;
     control(&srv.url, "faults", json!({ "events": { "splitSse": true }, "sseKeepaliveMs": 100 })).await;
-    let e = streaming(&srv.url, None, Transport::Sse);
+    let e = streaming(&srv.url, None, Some(Which::Sse));
     e.start().await.unwrap();
     open_on(&e, Which::Sse).await;
     for i in 0..5 {
@@ -109,7 +109,7 @@ async fn duplicated_reordered_and_missing_events_converge_to_the_server() {
     let srv = server().await;
     control(&srv.url, "faults", json!({ "events": { "duplicate": true, "reorder": true, "dropEvery": 5 } })).await;
     let token = login(&srv.url, "carol").await;
-    let e = streaming(&srv.url, Some(&token), Transport::WebSocket);
+    let e = streaming(&srv.url, Some(&token), Some(Which::WebSocket));
     let events = record(&e);
     e.start().await.unwrap();
     open_on(&e, Which::WebSocket).await;
@@ -174,7 +174,7 @@ async fn a_silent_connection_is_noticed_and_replaced() {
     let srv = server().await;
     let token = login(&srv.url, "dave").await;
     control(&srv.url, "faults", json!({ "ws": { "stall": true } })).await;
-    let e = streaming(&srv.url, Some(&token), Transport::WebSocket);
+    let e = streaming(&srv.url, Some(&token), Some(Which::WebSocket));
     e.start().await.unwrap();
     // the stalled socket opens, answers no ping, and is given up
     eventually("a dead connection to be detected", || {
@@ -252,7 +252,7 @@ async fn automatic_mode_falls_back_to_sse_then_polling_and_probes_back_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_token_is_refused_with_1008_and_reported_as_an_auth_error() {
     let srv = server().await;
-    let e = streaming(&srv.url, Some("pylon_not_a_session"), Transport::WebSocket);
+    let e = streaming(&srv.url, Some("pylon_not_a_session"), Some(Which::WebSocket));
     let events = record(&e);
     e.start().await.unwrap();
     eventually("an auth error on the connection", || {
@@ -336,7 +336,7 @@ async fn crdt_subscriptions_are_refcounted_and_survive_reconnects() {
         .as_str()
         .unwrap()
         .to_string();
-    let e = streaming(&srv.url, Some(&token), Transport::WebSocket);
+    let e = streaming(&srv.url, Some(&token), Some(Which::WebSocket));
     let events = record(&e);
     e.start().await.unwrap();
     open_on(&e, Which::WebSocket).await;
@@ -390,8 +390,8 @@ async fn an_identity_flip_reopens_the_socket_with_the_new_token_and_forgets_pres
     let srv = server().await;
     let (alice, bob, carol) =
         (login(&srv.url, "alice").await, login(&srv.url, "bob").await, login(&srv.url, "carol").await);
-    let e = streaming(&srv.url, Some(&alice), Transport::WebSocket);
-    let other = streaming(&srv.url, Some(&carol), Transport::WebSocket);
+    let e = streaming(&srv.url, Some(&alice), Some(Which::WebSocket));
+    let other = streaming(&srv.url, Some(&carol), Some(Which::WebSocket));
     let events = record(&e);
     e.start().await.unwrap();
     other.start().await.unwrap();
@@ -468,7 +468,7 @@ async fn a_silent_event_stream_is_replaced() {
     let srv = server().await;
     // the stream sends its head, then nothing at all (not even keepalives)
     control(&srv.url, "faults", json!({ "sse": { "stall": true } })).await;
-    let e = streaming(&srv.url, None, Transport::Sse);
+    let e = streaming(&srv.url, None, Some(Which::Sse));
     e.start().await.unwrap();
     eventually("the silence to be noticed", || {
         e.connection().last_error.is_some_and(|err| err.message.contains("silent"))
@@ -495,7 +495,7 @@ async fn a_silent_event_stream_is_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_events_keep_arriving_while_pulls_are_rate_limited() {
     let srv = server().await;
-    let e = streaming(&srv.url, Some(&login(&srv.url, "alice").await), Transport::WebSocket);
+    let e = streaming(&srv.url, Some(&login(&srv.url, "alice").await), Some(Which::WebSocket));
     e.start().await.unwrap();
     open_on(&e, Which::WebSocket).await;
     // a pull after the stream opened vouches for its events

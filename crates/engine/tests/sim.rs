@@ -33,7 +33,7 @@ use proptest::prelude::*;
 use pylon_devserver::{Config as ServerConfig, Local};
 use pylon_sync_engine::io::{BoxFuture, Chunks, Conn, Io, Request, Response};
 use pylon_sync_engine::transport::sse::check_head;
-use pylon_sync_engine::{Config, Engine, Error, Event, MutationStatus, Transport};
+use pylon_sync_engine::{Config, Engine, Error, Event, MutationStatus, Which};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
@@ -346,7 +346,7 @@ struct Proc {
     user: usize,
     /// `user`, for calls that run after the op that made them.
     token_user: Arc<AtomicUsize>,
-    transport: Transport,
+    transport: Option<Which>,
     engine: Engine,
     /// Its callers' pending calls: they die with it.
     calls: JoinSet<()>,
@@ -408,7 +408,7 @@ impl Sim {
             deleted: Default::default(),
             n: 0,
         };
-        let transports = [Transport::Auto, Transport::WebSocket, Transport::Sse, Transport::Poll];
+        let transports = [None, Some(Which::WebSocket), Some(Which::Sse), Some(Which::Poll)];
         for p in 0..PROCS {
             let transport = transports[sim.net.0.roll(3) as usize];
             let db = sim.dir.path().join(format!("replica{p}.db"));
@@ -440,7 +440,7 @@ impl Sim {
         p: usize,
         db: &std::path::Path,
         token_user: Arc<AtomicUsize>,
-        transport: Transport,
+        transport: Option<Which>,
     ) -> (Engine, Arc<Mutex<BTreeSet<String>>>) {
         let user = token_user.load(Ordering::SeqCst);
         let mut c = Config::new(BASE);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{config, eventually, row, server};
-use pylon_sync_engine::{Engine, Error, Transport};
+use pylon_sync_engine::{Engine, Error, Which};
 use serde_json::json;
 
 /// A tmpfs of `size`, unmounted on drop.
@@ -68,7 +68,7 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
 
 fn offline(url: &str, db: &Path) -> Engine {
     let mut c = config(url, Some(db));
-    c.transport = Transport::Poll;
+    c.transport = Some(Which::Poll);
     Engine::new(c).unwrap()
 }
 

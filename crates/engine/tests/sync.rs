@@ -307,7 +307,7 @@ async fn own_writes_stay_visible_when_the_server_filters_their_events() {
     let alice = common::login(&srv.url, "alice").await;
     let mut c = config(&srv.url, None);
     c.token = Some(alice);
-    c.transport = pylon_sync_engine::Transport::Poll;
+    c.transport = Some(pylon_sync_engine::Which::Poll);
     let e = Engine::new(c).unwrap();
     e.start().await.unwrap();
     let temp = e.insert("Note", row(json!({ "body": "draft", "userId": "alice" }))).await.unwrap();
@@ -371,7 +371,7 @@ async fn server_titles(url: &str) -> Vec<String> {
 async fn an_insert_whose_answer_was_lost_is_found_not_sent_twice() {
     let srv = server().await;
     let mut c = config(&srv.url, None);
-    c.transport = pylon_sync_engine::Transport::Poll;
+    c.transport = Some(pylon_sync_engine::Which::Poll);
     let e = Engine::new(c).unwrap();
     e.start().await.unwrap();
     // applied, then the answer is lost three ways: a 503, a truncated body, a 500
@@ -414,7 +414,7 @@ async fn an_admin_sends_queued_writes_in_batches_with_the_same_outcomes() {
     let srv = pylon_devserver::spawn(cfg).await.unwrap();
     let mut c = config(&srv.url, None);
     c.token = Some("admin-secret".into());
-    c.transport = pylon_sync_engine::Transport::Poll;
+    c.transport = Some(pylon_sync_engine::Which::Poll);
     let e = Engine::new(c).unwrap();
     let resyncs = Arc::new(Mutex::new(Vec::new()));
     let seen = resyncs.clone();
@@ -536,7 +536,7 @@ async fn a_cursor_the_log_no_longer_reaches_swaps_in_fresh_rows_without_emptying
     control(&srv.url, "seed", json!({ "entity": "Todo", "count": 10, "data": { "title": "t{i}", "done": false } }))
         .await;
     let mut c = config(&srv.url, None);
-    c.transport = pylon_sync_engine::Transport::Poll;
+    c.transport = Some(pylon_sync_engine::Which::Poll);
     c.poll_interval = Duration::from_secs(3600);
     let engine = Engine::new(c).unwrap();
     engine.start().await.unwrap();
@@ -574,7 +574,7 @@ async fn a_token_revoked_while_running_is_noticed_with_no_write_to_refuse_it() {
     let token = common::login(&srv.url, "erin").await;
     let mut c = config(&srv.url, None);
     c.token = Some(token.clone());
-    c.transport = pylon_sync_engine::Transport::Poll;
+    c.transport = Some(pylon_sync_engine::Which::Poll);
     c.poll_interval = Duration::from_millis(200);
     let e = Engine::new(c).unwrap();
     let refused = Arc::new(Mutex::new(Vec::new()));

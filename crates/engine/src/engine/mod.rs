@@ -38,7 +38,7 @@ use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 
 use crate::api::Api;
-use crate::config::{Config, Transport};
+use crate::config::{Config, Which};
 use crate::db::{Db, Stored};
 use crate::error::{Error, Result};
 use crate::events::{ErrorInfo, Event, Listener, Phase, SyncStatus};
@@ -50,7 +50,6 @@ use crate::realtime::Realtime;
 use crate::reconcile;
 use crate::restart::{Anchor, Boot};
 use crate::schema::Schema;
-use crate::transport::Which;
 use crate::view::View;
 
 /// Why the server refused a write, as kept on the failed mutation.
@@ -250,12 +249,7 @@ impl Engine {
         let fp = fingerprint(token.as_deref());
         let status = SyncStatus {
             phase: Phase::Stopped,
-            transport: match cfg.transport {
-                Transport::Auto => "auto",
-                Transport::WebSocket => "websocket",
-                Transport::Sse => "sse",
-                Transport::Poll => "poll",
-            },
+            transport: cfg.transport.map_or("auto", Which::name),
             cursor: 0,
             pending: 0,
             failed: 0,
@@ -288,11 +282,7 @@ impl Engine {
             pending_hydration: None,
             status,
         };
-        let first = match cfg.transport {
-            Transport::Sse => Which::Sse,
-            Transport::Poll => Which::Poll,
-            Transport::Auto | Transport::WebSocket => Which::WebSocket,
-        };
+        let first = cfg.transport.unwrap_or_else(Which::best);
         let replica = cfg.db_path.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
         let span = tracing::debug_span!("engine", replica = replica.as_deref().unwrap_or(":memory:"));
         Ok(Engine {

@@ -14,11 +14,10 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
-use crate::config::Transport;
 use crate::error::Error;
 use crate::events::{ConnState, Connection, ErrorInfo, Event, Peer};
 use crate::protocol::ChangeEvent;
-use crate::transport::{self, sse, ws, Inbound, Which};
+use crate::transport::{Inbound, Link, Which, LADDER};
 
 use super::ladder::Ladder;
 use super::Host;
@@ -52,7 +51,7 @@ impl<H: Host> Follower<H> {
     /// Starts following the server in real time (no-op when polling is pinned).
     pub(crate) fn start(&self) {
         let rt = &self.0.realtime();
-        if self.0.config().transport == Transport::Poll {
+        if self.0.config().transport == Some(Which::Poll) {
             self.set_connection(ConnState::Open, Which::Poll, 0, None);
             return;
         }
@@ -130,12 +129,10 @@ impl<H: Host> Follower<H> {
     /// The connect–run–back off loop.
     async fn follow(self) {
         let rt = &self.0.realtime();
-        let pinned = match self.0.config().transport {
-            Transport::Poll => return,
-            Transport::Auto => None,
-            Transport::WebSocket => Some(Which::WebSocket),
-            Transport::Sse => Some(Which::Sse),
-        };
+        let pinned = self.0.config().transport;
+        if pinned == Some(Which::Poll) {
+            return;
+        }
         let probe_first = self.0.config().probe_interval;
         let (tx, rx) = unbounded_channel::<(u64, ChangeEvent)>();
         let applier = self.clone().apply_stream_loop(rx).instrument(self.0.span());
@@ -143,7 +140,9 @@ impl<H: Host> Follower<H> {
         let mut ladder = Ladder::new(pinned, probe_first);
         let mut backoff = Backoff::new(self.0.config().reconnect_delay, BACKOFF_CAP, self.0.io().clone());
         loop {
-            let top = if self.0.stream_user() { Which::WebSocket } else { Which::Sse };
+            // the best stream this session may use
+            let user = self.0.stream_user();
+            let top = LADDER.iter().find(|s| user || !s.needs_user()).map_or(Which::Poll, |s| s.which());
             let which = ladder.pick(top);
             if which == Which::Poll {
                 self.set_connection(ConnState::Open, Which::Poll, backoff.attempts(), None);
@@ -207,61 +206,37 @@ impl<H: Host> Follower<H> {
         opened: &mut Option<Instant>,
         ladder: &mut Ladder,
     ) -> Error {
-        let cfg = self.0.config();
-        let live = cfg.liveness;
-        let token = self.0.stream_token();
+        let Some(stream) = which.stream() else {
+            return Error::InvalidArg("polling has no connection".into());
+        };
         // the connection's number, known once it is open (no frame comes before)
         let connection = AtomicU64::new(0);
         let on_frame = |f: Inbound| self.on_inbound(f, changes, connection.load(Ordering::SeqCst));
-        match which {
-            Which::WebSocket => {
-                let url = match &cfg.ws_url {
-                    Some(u) => u.clone(),
-                    None => match transport::derive_url(&cfg.base_url, transport::ws_scheme, 1, "/") {
-                        Ok(u) => u,
-                        Err(e) => return e,
-                    },
-                };
-                let tls = match cfg.ca.as_deref().map(crate::tls::client_config).transpose() {
-                    Ok(t) => t,
-                    Err(e) => return e,
-                };
-                let socket = match ws::connect(&**self.0.io(), &url, token.as_deref(), live.ping_timeout, tls).await {
-                    Ok(s) => s,
-                    Err(e) => return e,
-                };
-                *opened = Some(Instant::now());
-                ladder.opened(which);
-                connection.store(self.opened(which, Some(out_tx)), Ordering::SeqCst);
-                ws::run(socket, live, out_rx, &on_frame).await
-            }
-            Which::Sse => {
-                let url = match &cfg.sse_url {
-                    Some(u) => u.clone(),
-                    None => match transport::derive_url(&cfg.base_url, transport::http_scheme, 2, "/events") {
-                        Ok(u) => u,
-                        Err(e) => return e,
-                    },
-                };
-                let stream = match self.0.io().event_stream(url, token.clone(), live.ping_timeout).await {
-                    Ok(s) => s,
-                    Err(e) => return e,
-                };
-                *opened = Some(Instant::now());
-                ladder.opened(which);
-                connection.store(self.opened(which, None), Ordering::SeqCst);
-                sse::run(stream, live, &on_frame).await
-            }
-            Which::Poll => Error::InvalidArg("polling has no connection".into()),
-        }
+        let mut on_open = |out: Option<UnboundedSender<String>>| {
+            *opened = Some(Instant::now());
+            ladder.opened(which);
+            connection.store(self.opened(which, out), Ordering::SeqCst);
+        };
+        let link = Link {
+            cfg: self.0.config(),
+            io: &**self.0.io(),
+            token: self.0.stream_token(),
+            outbound: out_rx,
+            sender: out_tx,
+            opened: &mut on_open,
+            on_frame: &on_frame,
+        };
+        stream.follow(link).await
     }
 
     /// A stream opened: re-send what the server forgot, catch up by pulling.
     /// Returns the connection's number (see `Inner::stream_checked`).
     fn opened(&self, which: Which, out: Option<UnboundedSender<String>>) -> u64 {
         let rt = &self.0.realtime();
+        // a stream that can send is told what the server forgot
+        let duplex = out.is_some();
         *rt.out.lock() = out;
-        if which == Which::WebSocket {
+        if duplex {
             let subs: Vec<(String, String)> = rt.crdt.lock().keys().cloned().collect();
             for (entity, row) in subs {
                 rt.send(json!({ "type": "crdt-subscribe", "entity": entity, "rowId": row }));

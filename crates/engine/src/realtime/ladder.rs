@@ -25,25 +25,11 @@ pub(super) struct Ladder {
     probe_first: Duration,
 }
 
-fn up(w: Which) -> Which {
-    match w {
-        Which::Poll => Which::Sse,
-        _ => Which::WebSocket,
-    }
-}
-
-fn down(w: Which) -> Which {
-    match w {
-        Which::WebSocket => Which::Sse,
-        _ => Which::Poll,
-    }
-}
-
 impl Ladder {
     pub(super) fn new(pinned: Option<Which>, probe_first: Duration) -> Ladder {
         Ladder {
             pinned,
-            level: Which::WebSocket,
+            level: Which::best(),
             failures: 0,
             probing: false,
             probe_at: Instant::now(),
@@ -52,7 +38,7 @@ impl Ladder {
         }
     }
 
-    /// `top`: the best transport possible now (WebSocket needs a user session).
+    /// `top`: the best transport possible now (some need a user session).
     pub(super) fn pick(&mut self, top: Which) -> Which {
         if let Some(p) = self.pinned {
             return p;
@@ -60,7 +46,7 @@ impl Ladder {
         self.level = self.level.max(top);
         if self.level > top && Instant::now() >= self.probe_at {
             self.probing = true;
-            return up(self.level).max(top);
+            return self.level.step(-1).max(top);
         }
         self.level
     }
@@ -104,7 +90,7 @@ impl Ladder {
         }
         self.failures += 1;
         if self.failures >= STEP_DOWN_AFTER && self.level != Which::Poll {
-            self.level = down(self.level);
+            self.level = self.level.step(1);
             self.failures = 0;
             self.probe_at = Instant::now() + self.probe_every;
             return true;

@@ -2,44 +2,106 @@
 //! it is classified, and where each stream lives. The streams are hints: the
 //! pull endpoint stays the source of truth (the engine decides what to do
 //! with each event).
+//!
+//! A transport is one file (`ws`, `sse`): its name (`Which`), and a
+//! [`Stream`] that connects and runs a connection. It is registered by one
+//! entry in [`LADDER`], whose order is the automatic mode's preference.
 
 pub mod sse;
 pub mod ws;
 
-use std::time::Duration;
-
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
+use crate::config::Config;
+pub use crate::config::{Liveness, Which};
 use crate::error::{Error, Result};
+use crate::io::Io;
 use crate::protocol::ChangeEvent;
 
-/// Which realtime transport a connection uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Which {
-    #[serde(rename = "websocket")]
-    WebSocket,
-    Sse,
-    Poll,
-}
+/// Every stream, best first: the automatic mode starts at the first one the
+/// session allows, steps down the list, then to polling, and probes back up.
+pub(crate) static LADDER: &[&dyn Stream] = &[&ws::WebSocket, &sse::Sse];
 
-/// How often a live connection is checked, and how long an answer may take.
-#[derive(Debug, Clone, Copy)]
-pub struct Liveness {
-    /// A WebSocket ping is sent after this long without one.
-    pub ping_interval: Duration,
-    /// No frame at all this long after a ping (or, for the handshake, after
-    /// connecting) means the connection is dead.
-    pub ping_timeout: Duration,
-}
+#[allow(non_upper_case_globals)]
+impl Which {
+    /// Pulling every `poll_interval`, with no stream.
+    pub const Poll: Which = Which::new("poll");
 
-impl Liveness {
-    /// SSE cannot ping; the server sends a comment every 30 s. A stream silent
-    /// for two ping intervals plus the timeout is dead.
-    pub fn sse_idle(&self) -> Duration {
-        self.ping_interval * 2 + self.ping_timeout
+    /// The transport of that name: a stream of the ladder, or polling.
+    pub fn named(name: &str) -> Option<Which> {
+        LADDER.iter().map(|s| s.which()).chain([Which::Poll]).find(|w| w.name() == name)
     }
+
+    /// Every name, best first, polling last.
+    pub fn names() -> Vec<&'static str> {
+        LADDER.iter().map(|s| s.which().name()).chain([Which::Poll.name()]).collect()
+    }
+
+    /// The ladder's top.
+    pub(crate) fn best() -> Which {
+        LADDER.first().map_or(Which::Poll, |s| s.which())
+    }
+
+    /// Its stream (`None` for polling).
+    pub(crate) fn stream(self) -> Option<&'static dyn Stream> {
+        LADDER.iter().copied().find(|s| s.which() == self)
+    }
+
+    /// Its place on the ladder (polling below every stream).
+    pub(crate) fn rank(self) -> usize {
+        LADDER.iter().position(|s| s.which() == self).unwrap_or(LADDER.len())
+    }
+
+    /// The transport `steps` places below (negative: above), kept on the ladder.
+    pub(crate) fn step(self, steps: isize) -> Which {
+        let at = (self.rank() as isize + steps).clamp(0, LADDER.len() as isize) as usize;
+        LADDER.get(at).map_or(Which::Poll, |s| s.which())
+    }
+}
+
+/// Better first, as the ladder has them.
+impl PartialOrd for Which {
+    fn partial_cmp(&self, other: &Which) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Which {
+    fn cmp(&self, other: &Which) -> std::cmp::Ordering {
+        self.rank().cmp(&other.rank())
+    }
+}
+
+/// A realtime transport: connects, says when it is open, and runs the
+/// connection until it ends.
+pub(crate) trait Stream: Sync {
+    fn which(&self) -> Which;
+
+    /// Whether the server takes it only from a signed-in user.
+    fn needs_user(&self) -> bool {
+        false
+    }
+
+    /// Connects (within `link.cfg.liveness.ping_timeout`), calls
+    /// `link.opened` once open, then hands every frame to `link.on_frame`
+    /// until the connection ends. Returns why it ended.
+    fn follow<'a>(&'a self, link: Link<'a>) -> BoxFuture<'a, Error>;
+}
+
+/// What a connection is given by the follower.
+pub(crate) struct Link<'a> {
+    pub cfg: &'a Config,
+    pub io: &'a dyn Io,
+    pub token: Option<String>,
+    /// Text frames to send, for a stream that can send (it hands `sender`
+    /// to `opened`; one that cannot hands `None`).
+    pub outbound: &'a mut UnboundedReceiver<String>,
+    pub sender: UnboundedSender<String>,
+    pub opened: &'a mut (dyn FnMut(Option<UnboundedSender<String>>) + Send),
+    pub on_frame: &'a (dyn Fn(Inbound) + Send + Sync),
 }
 
 /// A frame received on a stream, classified (§10.3).
@@ -181,22 +243,6 @@ pub fn derive_url(base: &str, scheme_for: fn(&str) -> &'static str, offset: u16,
     })
 }
 
-pub fn ws_scheme(http: &str) -> &'static str {
-    if http == "https" {
-        "wss"
-    } else {
-        "ws"
-    }
-}
-
-pub fn http_scheme(http: &str) -> &'static str {
-    if http == "https" {
-        "https"
-    } else {
-        "http"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +274,27 @@ mod tests {
     }
 
     #[test]
+    fn the_ladder_names_and_orders_every_transport() {
+        assert_eq!(Which::names(), ["websocket", "sse", "poll"]);
+        assert_eq!(Which::named("sse"), Some(Which::Sse));
+        assert_eq!(Which::named("auto"), None, "automatic is no transport");
+        assert_eq!(Which::named("carrier-pigeon"), None);
+        assert!(Which::WebSocket < Which::Sse && Which::Sse < Which::Poll);
+        assert_eq!(Which::best(), Which::WebSocket);
+        assert_eq!(
+            (Which::Poll.step(-1), Which::Sse.step(-1), Which::WebSocket.step(-1)),
+            (Which::Sse, Which::WebSocket, Which::WebSocket)
+        );
+        assert_eq!(
+            (Which::WebSocket.step(1), Which::Sse.step(1), Which::Poll.step(1)),
+            (Which::Sse, Which::Poll, Which::Poll)
+        );
+        assert!(Which::Poll.stream().is_none());
+        assert!(Which::WebSocket.stream().unwrap().needs_user() && !Which::Sse.stream().unwrap().needs_user());
+        assert_eq!(serde_json::to_string(&Which::WebSocket).unwrap(), "\"websocket\"");
+    }
+
+    #[test]
     fn decodes_binary_headers() {
         let mut b = vec![0x10, 0, 3];
         b.extend_from_slice(b"Doc");
@@ -246,10 +313,12 @@ mod tests {
 
     #[test]
     fn derives_stream_urls() {
+        let ws_scheme = |s: &str| if s == "https" { "wss" } else { "ws" };
         assert_eq!(derive_url("http://127.0.0.1:4321", ws_scheme, 1, "/").unwrap(), "ws://127.0.0.1:4322/");
         assert_eq!(derive_url("https://api.example.com/x", ws_scheme, 1, "/").unwrap(), "wss://api.example.com/");
         assert_eq!(
-            derive_url("http://localhost:4321/", http_scheme, 2, "/events").unwrap(),
+            derive_url("http://localhost:4321/", |s| if s == "https" { "https" } else { "http" }, 2, "/events")
+                .unwrap(),
             "http://localhost:4323/events"
         );
         assert_eq!(derive_url("http://[::1]:8080", ws_scheme, 1, "/").unwrap(), "ws://[::1]:8081/");

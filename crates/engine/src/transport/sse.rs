@@ -2,12 +2,55 @@
 //! `data:` line per event and `:` comment keepalives. The server sends no
 //! ids, so a reconnect catches up by pulling, not by `Last-Event-ID`.
 
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tokio::time::timeout;
 
-use super::{classify, Inbound, Liveness};
+use super::{classify, derive_url, Inbound, Link, Liveness, Stream, Which};
 use crate::error::{Error, Result};
 use crate::io::Chunks;
+
+#[allow(non_upper_case_globals)]
+impl Which {
+    pub const Sse: Which = Which::new("sse");
+}
+
+/// The event stream, at port + 2 (`/events`) unless `sse_url` says
+/// otherwise: one way, and open to anonymous readers too.
+pub(crate) struct Sse;
+
+impl Stream for Sse {
+    fn which(&self) -> Which {
+        Which::Sse
+    }
+
+    fn follow<'a>(&'a self, link: Link<'a>) -> BoxFuture<'a, Error> {
+        let Link { cfg, io, token, opened, on_frame, .. } = link;
+        Box::pin(async move {
+            let url = match &cfg.sse_url {
+                Some(u) => u.clone(),
+                None => match derive_url(&cfg.base_url, http_scheme, 2, "/events") {
+                    Ok(u) => u,
+                    Err(e) => return e,
+                },
+            };
+            let stream = match io.event_stream(url, token, cfg.liveness.ping_timeout).await {
+                Ok(s) => s,
+                Err(e) => return e,
+            };
+            opened(None);
+            run(stream, cfg.liveness, on_frame).await
+        })
+    }
+}
+
+fn http_scheme(http: &str) -> &'static str {
+    if http == "https" {
+        "https"
+    } else {
+        "http"
+    }
+}
 
 /// The largest event we accept (the server's WebSocket frame limit).
 const MAX_EVENT: usize = 16 << 20;

@@ -2,6 +2,7 @@
 //! server never sends any), and a session loop that ends with the reason the
 //! connection died.
 
+use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{sleep_until, timeout, Instant};
@@ -12,11 +13,62 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::{classify, BinaryFrame, Inbound, Liveness};
+use super::{classify, derive_url, BinaryFrame, Inbound, Link, Liveness, Stream, Which};
 use crate::error::{Error, Result};
 use crate::io::{Conn, Io};
 
 pub type Socket = WebSocketStream<MaybeTlsStream<Box<dyn Conn>>>;
+
+#[allow(non_upper_case_globals)]
+impl Which {
+    pub const WebSocket: Which = Which::new("websocket");
+}
+
+/// The WebSocket stream, at port + 1 unless `ws_url` says otherwise. It
+/// carries frames both ways (presence, topics, CRDT subscriptions), and the
+/// server takes it only from a signed-in user.
+pub(crate) struct WebSocket;
+
+impl Stream for WebSocket {
+    fn which(&self) -> Which {
+        Which::WebSocket
+    }
+
+    fn needs_user(&self) -> bool {
+        true
+    }
+
+    fn follow<'a>(&'a self, link: Link<'a>) -> BoxFuture<'a, Error> {
+        let Link { cfg, io, token, outbound, sender, opened, on_frame } = link;
+        Box::pin(async move {
+            let url = match &cfg.ws_url {
+                Some(u) => u.clone(),
+                None => match derive_url(&cfg.base_url, ws_scheme, 1, "/") {
+                    Ok(u) => u,
+                    Err(e) => return e,
+                },
+            };
+            let tls = match cfg.ca.as_deref().map(crate::tls::client_config).transpose() {
+                Ok(t) => t,
+                Err(e) => return e,
+            };
+            let socket = match connect(io, &url, token.as_deref(), cfg.liveness.ping_timeout, tls).await {
+                Ok(s) => s,
+                Err(e) => return e,
+            };
+            opened(Some(sender));
+            run(socket, cfg.liveness, outbound, on_frame).await
+        })
+    }
+}
+
+fn ws_scheme(http: &str) -> &'static str {
+    if http == "https" {
+        "wss"
+    } else {
+        "ws"
+    }
+}
 
 /// The server's frame limit (§10.2).
 const MAX_MESSAGE: usize = 16 << 20;
