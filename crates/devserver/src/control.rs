@@ -21,6 +21,10 @@ pub struct FailRule {
     /// middle of a run of pages).
     #[serde(default)]
     pub after: u32,
+    /// Hold the request this long, then answer it as usual: no failure
+    /// (a slow server, for one route).
+    #[serde(default)]
+    pub hold_ms: Option<u64>,
     /// HTTP status of the failure (429, 500, 503, 410, …).
     #[serde(default = "default_status")]
     pub status: u16,

@@ -393,12 +393,16 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         return control(&app, &method, rest, &body);
     }
     *app.requests.lock().entry(format!("{method} {path}")).or_default() += 1;
-    let (rule, delay) = {
+    let (mut rule, delay) = {
         let mut w = app.world.lock();
         (w.faults.take(method.as_str(), &path), w.faults.delay_ms)
     };
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(ms) = rule.as_ref().and_then(|r| r.hold_ms) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        rule = None;
     }
     if let Some(rule) = &rule {
         if !rule.after_apply {

@@ -512,3 +512,36 @@ async fn stream_events_keep_arriving_while_pulls_are_rate_limited() {
     e.close().await;
     srv.stop().await;
 }
+
+/// A round waiting on the server does not hold the stream back: an event
+/// that continues the cursor is applied while the round's pull is still
+/// unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_events_do_not_wait_for_a_round_waiting_on_the_server() {
+    let srv = server().await;
+    let e = streaming(&srv.url, Some(&login(&srv.url, "alice").await), Some(Which::WebSocket));
+    e.start().await.unwrap();
+    open_on(&e, Which::WebSocket).await;
+    e.sync().await.unwrap();
+    let pulls = || async { get(&srv.url, "/__control/state").await["requests"]["GET /api/sync/pull"].as_u64() };
+    let before = pulls().await;
+    // the next pull goes unanswered for a minute
+    control(&srv.url, "faults", json!({ "rules": [{ "path": "/api/sync/pull", "holdMs": 60_000, "count": 1 }] })).await;
+    let round = tokio::spawn({
+        let e = e.clone();
+        async move { e.sync().await }
+    });
+    for _ in 0..200 {
+        if pulls().await != before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_ne!(pulls().await, before, "the round's pull reached the server");
+    let id = insert_remote(&srv.url, "theirs").await;
+    eventually("their write, by the stream", || e.get("Todo", &id).is_some()).await;
+    assert!(!round.is_finished(), "the round is still waiting for its pull");
+    round.abort();
+    e.close().await;
+    srv.stop().await;
+}

@@ -5,6 +5,7 @@
 //! log, else by field matching (`reconcile`). Takes `db`, then `state`.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 
@@ -165,6 +166,7 @@ impl Engine {
             Ok(())
         })?;
         let mut st = self.inner.state.write();
+        self.inner.acked.fetch_add(1, Ordering::SeqCst);
         if let Some(a) = awaited {
             st.awaited = a;
         }

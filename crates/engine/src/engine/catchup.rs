@@ -3,8 +3,10 @@
 //! the log fills (staged, shown once at the head), and applying stream events
 //! that continue the cursor exactly. Every change is committed to SQLite with
 //! the cursor and the anchor, then applied to the replica under `state`.
-//! Pulls run inside a round (`sync` held); the stream applier takes `sync`
-//! itself, so stream events never interleave with a round.
+//! Pulls run inside a round (`sync` held). The stream applier does not wait
+//! for a round: both commit only where the cursor (and, for the stream, the
+//! acknowledgements) are as they planned from (`Expect`), and the stream
+//! leaves rows with writes of ours queued to the round's pull.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +23,10 @@ use crate::replica::{Effect, RowText};
 use crate::restart::{Anchor, ANCHOR_SPAN};
 
 use super::{Engine, Replay, Wake, PRUNE_EVERY, RATE_WINDOW};
+
+/// A stream run whose commit finds the cursor or the stored rows moved is
+/// planned again this many times at most, then left to a pull.
+const PLAN_AGAIN: usize = 3;
 
 /// What this part owns besides the replica it feeds: the run of resyncs
 /// (for the breaker) and where tombstones were last pruned.
@@ -149,7 +155,14 @@ impl Engine {
                     Some(done) => return done.map(drop),
                 }
             }
-            self.apply_page(page, since, epoch, base).await?;
+            let last = page.cursor.last_seq;
+            if self.apply_page(page, since, epoch, base).await? == Applied::Moved {
+                // the stream went on meanwhile: read on from where it is,
+                // unless it already took all the page held
+                if more || self.cursor() < last {
+                    continue;
+                }
+            }
             if !more {
                 if self.awaited_missing() {
                     self.reset_replica_inner("server").await?;
@@ -228,13 +241,24 @@ impl Engine {
             return Some(self.reset_replica_inner("server").await.map(|()| false));
         }
         let anchor = Anchor::extended(None, &events, at);
-        Some(self.apply_changes(events, Some((at, anchor)), epoch).await.map(|()| true))
+        // the stream may have gone on from 0 meanwhile (a log that was
+        // empty): then the pulls go on from where it is
+        let expect = Expect { cursor: Some(0), ..Expect::epoch(epoch) };
+        Some(self.apply_changes(events, Some((at, anchor)), expect).await.map(|a| a != Applied::Moved))
     }
 
     /// Applies one page of changes and moves the cursor, in one transaction.
     /// `base`: the anchor the page's new events extend (`None`: one is
     /// learned from the whole page).
-    pub(super) async fn apply_page(&self, page: PullPage, since: u64, epoch: u64, base: Option<Anchor>) -> Result<()> {
+    /// `Applied::Moved`: the stream moved the cursor while the page was
+    /// read; nothing was applied.
+    pub(super) async fn apply_page(
+        &self,
+        page: PullPage,
+        since: u64,
+        epoch: u64,
+        base: Option<Anchor>,
+    ) -> Result<Applied> {
         let PullPage { mut changes, cursor, .. } = page;
         if cursor.last_seq < since {
             return Err(Error::Protocol(format!("server moved the cursor backwards ({since} → {})", cursor.last_seq)));
@@ -242,7 +266,8 @@ impl Engine {
         // the page may start before the cursor (the anchor check)
         let anchor = Anchor::extended(base.as_ref(), &changes, cursor.last_seq);
         changes.retain(|c| c.seq > since && c.seq <= cursor.last_seq);
-        self.apply_changes(changes, Some((cursor.last_seq, anchor)), epoch).await
+        let expect = Expect { cursor: Some(since), ..Expect::epoch(epoch) };
+        self.apply_changes(changes, Some((cursor.last_seq, anchor)), expect).await
     }
 
     /// Change events from a stream. The stream is a hint (not gap-free, not
@@ -251,27 +276,54 @@ impl Engine {
     /// would be; anything else (a gap, a protected entity, an entity not
     /// bootstrapped yet) asks for a pull instead. Events at or below the
     /// cursor are duplicates.
+    ///
+    /// It does not wait for a round (`sync`): a round's HTTP calls do not
+    /// hold it back. What keeps the two apart instead: the run is committed
+    /// only where the cursor, the epoch and the acknowledgements are as it
+    /// was planned from (else it is planned again), and it stops before an
+    /// event of a row with a write of ours queued or on its way (an
+    /// acknowledgement sets the stored row to what the write made of it,
+    /// which must not land on top of a later event, nor under an earlier
+    /// one): the round's pull brings those, after the write.
     pub(crate) async fn apply_stream(&self, events: Vec<(u64, ChangeEvent)>) {
-        let _sync = self.inner.sync.lock().await;
         let (floor, checked) = (
             self.inner.watch.stream_floor.load(Ordering::SeqCst),
             self.inner.watch.stream_checked.load(Ordering::SeqCst),
         );
         let trusted = events.iter().all(|(connection, _)| (floor..=checked).contains(connection));
         let events: Vec<ChangeEvent> = events.into_iter().map(|(_, e)| e).collect();
-        let (run, pull, epoch, kept) = {
-            let st = self.inner.state.read();
-            let usable = trusted && st.loaded && !st.quarantined && st.session.is_some();
-            let appliable = |entity: &str| usable && st.open.contains(entity) && st.covered.contains_key(entity);
-            let (run, pull) = stream_run(events, st.cursor, appliable);
-            (run, pull, self.inner.epoch.load(Ordering::SeqCst), st.anchor.clone())
-        };
-        let mut pull = pull;
-        tracing::debug!(run = run.len(), pull, "stream events");
-        if let Some(last) = run.last() {
+        let mut pull = false;
+        for _ in 0..PLAN_AGAIN {
+            let (run, gap, expect, kept) = {
+                let st = self.inner.state.read();
+                let usable = trusted && st.loaded && !st.quarantined && st.session.is_some();
+                let queue = st.view.queue();
+                let appliable = |c: &ChangeEvent| {
+                    usable
+                        && st.open.contains(&c.entity)
+                        && st.covered.contains_key(&c.entity)
+                        && !queue.has_pending_for(&c.entity, &c.row_id)
+                        && reconcile::own_insert(queue, c).is_none()
+                };
+                let (run, gap) = stream_run(events.clone(), st.cursor, appliable);
+                let expect = Expect {
+                    epoch: self.inner.epoch.load(Ordering::SeqCst),
+                    cursor: Some(st.cursor),
+                    acked: Some(self.inner.acked.load(Ordering::SeqCst)),
+                };
+                (run, gap, expect, st.anchor.clone())
+            };
+            tracing::debug!(run = run.len(), pull = gap, "stream events");
+            pull = gap;
+            let Some(last) = run.last() else { break };
             let at = Some((last.seq, Anchor::extended(kept.as_ref(), &run, last.seq)));
-            if self.apply_changes(run, at, epoch).await.is_err() {
-                pull = true; // the pull reports the failure, with backoff
+            match self.apply_changes(run, at, expect).await {
+                Ok(Applied::Moved) => pull = true, // unless the next plan goes through
+                Ok(_) => break,
+                Err(_) => {
+                    pull = true; // the pull reports the failure, with backoff
+                    break;
+                }
             }
         }
         if pull {
@@ -287,8 +339,8 @@ impl Engine {
         &self,
         changes: Vec<ChangeEvent>,
         cursor: Option<(u64, Option<Anchor>)>,
-        epoch: u64,
-    ) -> Result<()> {
+        expect: Expect,
+    ) -> Result<Applied> {
         let mut changes = changes;
         self.normalize(changes.iter_mut().filter_map(|c| Some((c.entity.as_str(), c.data.as_mut()?))));
         // our inserts in doubt this batch reports applied (acknowledged
@@ -338,11 +390,17 @@ impl Engine {
             }
         }
         tracing::debug!(changes = changes.len(), effects = effects.len(), cursor = ?cursor.as_ref().map(|c| c.0), "apply");
-        let entities = self
+        let (applied, entities) = self
             .with_db(move |me, db| {
-                if me.inner.epoch.load(Ordering::SeqCst) != epoch {
+                if me.inner.epoch.load(Ordering::SeqCst) != expect.epoch {
                     tracing::debug!("changes dropped: the replica was reset meanwhile");
-                    return Ok(Vec::new()); // reset meanwhile: these changes belong to the old replica
+                    return Ok((Applied::Dropped, Vec::new())); // they belong to the old replica
+                }
+                let moved = expect.cursor.is_some_and(|c| c != me.inner.state.read().cursor)
+                    || expect.acked.is_some_and(|a| a != me.inner.acked.load(Ordering::SeqCst));
+                if moved {
+                    tracing::debug!("changes not applied: the cursor or the stored rows moved since they were planned");
+                    return Ok((Applied::Moved, Vec::new()));
                 }
                 let (cursor, anchor) = match cursor {
                     Some((c, a)) => (Some(c), a),
@@ -417,22 +475,56 @@ impl Engine {
                 if !gone.is_empty() {
                     db.write(|w| gone.iter().try_for_each(|(e, id)| w.delete_row(e, id)))?;
                 }
-                Ok(touched)
+                Ok((Applied::Done, touched))
             })
             .await?;
         if !entities.is_empty() {
             self.emit(Event::Change { entities });
         }
-        Ok(())
+        Ok(applied)
     }
 }
 
-/// The run of stream events that continues `cursor` exactly, each of an
-/// entity `appliable` says may be applied as it comes; and whether a pull
+/// What must still hold when server changes are committed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Expect {
+    /// The replica generation they were read for; else they are dropped.
+    pub(crate) epoch: u64,
+    /// The cursor they continue; else they are planned again.
+    pub(crate) cursor: Option<u64>,
+    /// The acknowledgements committed when they were planned (`Inner::acked`);
+    /// else they are planned again.
+    pub(crate) acked: Option<u64>,
+}
+
+impl Expect {
+    /// For work in a round that read the replica in generation `epoch`.
+    pub(crate) fn epoch(epoch: u64) -> Expect {
+        Expect { epoch, cursor: None, acked: None }
+    }
+}
+
+/// How a commit of server changes went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applied {
+    Done,
+    /// The replica was reset meanwhile: nothing to do with them.
+    Dropped,
+    /// The cursor or the stored rows moved since they were planned: nothing
+    /// was applied; plan again from where things are now.
+    Moved,
+}
+
+/// The run of stream events that continues `cursor` exactly, each one that
+/// `appliable` says may be applied as it comes; and whether a pull
 /// is needed (a gap, or an event that may not be applied as it comes).
 /// Events at or below the cursor are duplicates; the order of arrival does
 /// not matter.
-fn stream_run(mut events: Vec<ChangeEvent>, cursor: u64, appliable: impl Fn(&str) -> bool) -> (Vec<ChangeEvent>, bool) {
+fn stream_run(
+    mut events: Vec<ChangeEvent>,
+    cursor: u64,
+    appliable: impl Fn(&ChangeEvent) -> bool,
+) -> (Vec<ChangeEvent>, bool) {
     events.sort_by_key(|e| e.seq);
     events.dedup_by_key(|e| e.seq);
     let mut next = cursor + 1;
@@ -441,7 +533,7 @@ fn stream_run(mut events: Vec<ChangeEvent>, cursor: u64, appliable: impl Fn(&str
         if e.seq < next {
             continue;
         }
-        if e.seq != next || !appliable(&e.entity) {
+        if e.seq != next || !appliable(&e) {
             return (run, true);
         }
         next += 1;
@@ -471,7 +563,7 @@ mod tests {
 
     #[test]
     fn a_stream_run_continues_the_cursor_exactly() {
-        let open = |e: &str| e == "Todo";
+        let open = |e: &ChangeEvent| e.entity == "Todo";
         // duplicates, reordering and old events are taken in stride
         let (run, pull) =
             stream_run(vec![ev(7, "Todo"), ev(5, "Todo"), ev(6, "Todo"), ev(6, "Todo"), ev(4, "Todo")], 4, open);
@@ -488,5 +580,8 @@ mod tests {
         // and nothing is applied as it comes when nothing may be
         let (run, pull) = stream_run(vec![ev(5, "Todo")], 4, |_| false);
         assert_eq!((seqs(&run), pull), (vec![], true));
+        // a row with a write of ours queued or on its way is left to the pull
+        let (run, pull) = stream_run(vec![ev(5, "Todo"), ev(6, "Todo")], 4, |e| e.row_id != "r6");
+        assert_eq!((seqs(&run), pull), (vec![5], true));
     }
 }

@@ -173,9 +173,16 @@ struct Inner {
     state: RwLock<State>,
     token: RwLock<Option<String>>,
     listener: RwLock<Option<Listener>>,
+    /// One round at a time (session, boot check, sending, pulling). The
+    /// stream applier does not take it: it commits only where the cursor,
+    /// the epoch and the acknowledgements are as it planned (`Expect`).
     sync: tokio::sync::Mutex<()>,
     /// Bumped by every reset, so work started before it is discarded.
     epoch: AtomicU64,
+    /// Bumped by every acknowledgement committed: an acknowledgement changes
+    /// stored rows without moving the cursor, so stream events planned
+    /// before it are planned again.
+    acked: AtomicU64,
     life: lifecycle::Life,
     watch: boot::Watch,
     outbox: outbox::Outbox,
@@ -298,6 +305,7 @@ impl Engine {
                 listener: RwLock::new(None),
                 sync: tokio::sync::Mutex::new(()),
                 epoch: AtomicU64::new(0),
+                acked: AtomicU64::new(0),
                 life: Default::default(),
                 watch: Default::default(),
                 outbox: Default::default(),
@@ -344,6 +352,9 @@ impl Engine {
         let me = self.clone();
         let work = move || {
             let mut guard = me.inner.db.lock();
+            // work queued before a close began (a stream's, a write's) must
+            // not open the file again once it is let go
+            me.check_open()?;
             if guard.is_none() {
                 *guard = Some(Db::open(me.inner.cfg.db_path.as_deref())?);
             }
