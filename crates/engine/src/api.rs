@@ -37,8 +37,12 @@ pub struct Api {
 }
 
 /// Waits out a rate limit (the 429 given), saying so; the request is then
-/// asked again as it was.
-pub type Patience = Arc<dyn Fn(&Error) -> BoxFuture<'static, ()> + Send + Sync>;
+/// asked again as it was. An error ends the wait and is the request's.
+pub type Patience = Arc<dyn Fn(&Error) -> BoxFuture<'static, Result<()>> + Send + Sync>;
+
+/// A patient client waits this many times for one request, then fails with
+/// the 429: a server that keeps refusing is left to the caller's backoff.
+const PATIENT_WAITS: u32 = 2;
 
 /// The real Pylon server answers through tiny-http, which writes a response
 /// over 1 KiB as headers and body in two writes with Nagle's algorithm on.
@@ -411,6 +415,7 @@ fn with_json(mut req: Request, body: &impl serde::Serialize) -> Request {
 }
 
 async fn send_json<T: DeserializeOwned>(mut req: Request, api: &Api) -> Result<T> {
+    let mut waits = 0;
     loop {
         // kept to be asked again, by a patient client only
         let again = api.patience.is_some().then(|| req.clone());
@@ -428,8 +433,9 @@ async fn send_json<T: DeserializeOwned>(mut req: Request, api: &Api) -> Result<T
         }
         let error = http_error(status, resp.retry_after, &resp.body);
         match (&api.patience, again) {
-            (Some(wait), Some(again)) if status == StatusCode::TOO_MANY_REQUESTS => {
-                wait(&error).await;
+            (Some(wait), Some(again)) if status == StatusCode::TOO_MANY_REQUESTS && waits < PATIENT_WAITS => {
+                waits += 1;
+                wait(&error).await?;
                 req = again;
             }
             _ => return Err(error),

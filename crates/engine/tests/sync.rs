@@ -668,3 +668,25 @@ async fn a_rate_limit_met_mid_bootstrap_is_waited_out_and_the_bootstrap_goes_on(
     clean.stop().await;
     limited.stop().await;
 }
+
+/// A bootstrap waiting out a rate limit (the limiter's 60 s window here)
+/// gives way to `close()`: the engine does not hold the caller for the
+/// window, nor send anything after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_a_bootstrap_waiting_out_a_rate_limit() {
+    let srv = server().await;
+    control(&srv.url, "faults", json!({ "rules": [{ "path": "/api/manifest", "status": 429 }] })).await;
+    let engine = Engine::new(config(&srv.url, None)).unwrap();
+    let starting = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.start().await }
+    });
+    eventually("the wait in the status", || engine.status().rate_limited_until.is_some()).await;
+    let asked = requests(&srv.url).await["GET /api/manifest"].as_u64();
+    tokio::time::timeout(Duration::from_secs(30), engine.close())
+        .await
+        .expect("close() waited for the limiter's window");
+    let _ = tokio::time::timeout(Duration::from_secs(30), starting).await.expect("start() settles once closed");
+    assert_eq!(requests(&srv.url).await["GET /api/manifest"].as_u64(), asked, "nothing asked after close()");
+    srv.stop().await;
+}

@@ -126,7 +126,12 @@ impl Engine {
     /// Commits the longest leading run of `acks` whose rows and dependent
     /// mutations are disjoint (each is planned from the state before the run).
     pub(super) fn applied_run(&self, db: &mut Db, acks: Vec<(Mutation, Option<String>)>) -> Result<AckedRun> {
-        let (plans, acks) = plan_run(&self.inner.state.read().view, acks);
+        let (plans, acks) = {
+            let st = self.inner.state.read();
+            // one acknowledged meanwhile (its insert event, by the stream): once is enough
+            let acks = acks.into_iter().filter(|(m, _)| st.view.queue().get(&m.id).is_some()).collect();
+            plan_run(&st.view, acks)
+        };
         // inserts shown before their event was taken: the log must bring it
         let awaited = {
             let st = self.inner.state.read();
@@ -166,7 +171,7 @@ impl Engine {
             Ok(())
         })?;
         let mut st = self.inner.state.write();
-        self.inner.acked.fetch_add(1, Ordering::SeqCst);
+        self.inner.commits.fetch_add(1, Ordering::SeqCst);
         if let Some(a) = awaited {
             st.awaited = a;
         }

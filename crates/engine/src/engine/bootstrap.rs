@@ -188,6 +188,7 @@ impl Engine {
                 };
                 let (replaced, now) = {
                     let mut st = me.inner.state.write();
+                    me.inner.commits.fetch_add(1, Ordering::SeqCst);
                     let now = if moved { me.inner.epoch.fetch_add(1, Ordering::SeqCst) + 1 } else { epoch };
                     st.cursor = cursor;
                     st.covered = covered;

@@ -10,6 +10,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -23,6 +24,9 @@ use crate::replica::{Effect, RowText};
 use crate::restart::{Anchor, ANCHOR_SPAN};
 
 use super::{Engine, Replay, Wake, PRUNE_EVERY, RATE_WINDOW};
+
+/// The longest `Retry-After` a bootstrap waits out inside a round.
+const LIMIT_WAIT_MAX: Duration = Duration::from_secs(300);
 
 /// A stream run whose commit finds the cursor or the stored rows moved is
 /// planned again this many times at most, then left to a pull.
@@ -184,22 +188,32 @@ impl Engine {
         let me = self.clone();
         self.inner.api.patient(Arc::new(move |e: &Error| {
             let (me, e) = (me.clone(), e.clone());
-            Box::pin(async move { me.wait_out_limit(&e).await })
+            Box::pin(async move { me.wait_out_limit(e).await })
         }))
     }
 
     /// Holds a bootstrap back for the limiter's window (its `Retry-After`,
-    /// or `RATE_WINDOW`), saying so in the status.
-    async fn wait_out_limit(&self, e: &Error) {
-        let wait = match e {
-            Error::Http { retry_after: Some(after), .. } => *after,
+    /// at most `LIMIT_WAIT_MAX`, or `RATE_WINDOW`), saying so in the status.
+    /// `stop()`, `close()` and a new token end the wait early, with the 429.
+    async fn wait_out_limit(&self, e: Error) -> Result<()> {
+        let wait = match &e {
+            Error::Http { retry_after: Some(after), .. } => (*after).min(LIMIT_WAIT_MAX),
             _ => RATE_WINDOW,
         };
-        tracing::debug!(?wait, "replay held back by the server's rate limit");
-        self.set_phase(Phase::Bootstrapping, Some(e), 0);
+        let interrupted = self.inner.life.interrupt.notified();
+        tokio::pin!(interrupted);
+        interrupted.as_mut().enable();
+        self.check_open()?;
+        tracing::debug!(?wait, "bootstrap held back by the server's rate limit");
+        self.set_phase(Phase::Bootstrapping, Some(&e), 0);
         self.set_limited(Some(self.now_ms() + wait.as_millis() as u64));
-        tokio::time::sleep(wait).await;
+        let waited = tokio::select! {
+            biased; // one order, so a simulation replays
+            _ = &mut interrupted => Err(e),
+            _ = tokio::time::sleep(wait) => Ok(()),
+        };
         self.set_limited(None);
+        waited
     }
 
     /// Whether the log, read to its head, lacks the insert event of one of
@@ -279,12 +293,12 @@ impl Engine {
     ///
     /// It does not wait for a round (`sync`): a round's HTTP calls do not
     /// hold it back. What keeps the two apart instead: the run is committed
-    /// only where the cursor, the epoch and the acknowledgements are as it
-    /// was planned from (else it is planned again), and it stops before an
-    /// event of a row with a write of ours queued or on its way (an
-    /// acknowledgement sets the stored row to what the write made of it,
-    /// which must not land on top of a later event, nor under an earlier
-    /// one): the round's pull brings those, after the write.
+    /// only where nothing was committed since it was planned (else it is
+    /// planned again), and it stops before an event of an entity that the
+    /// round is sending writes of (`Outbox::settling`): an acknowledgement
+    /// sets the stored row to what the write made of it, which must land
+    /// neither on top of a later event nor under an earlier one, and the
+    /// round's own pull, after its writes, brings those events.
     pub(crate) async fn apply_stream(&self, events: Vec<(u64, ChangeEvent)>) {
         let (floor, checked) = (
             self.inner.watch.stream_floor.load(Ordering::SeqCst),
@@ -297,19 +311,18 @@ impl Engine {
             let (run, gap, expect, kept) = {
                 let st = self.inner.state.read();
                 let usable = trusted && st.loaded && !st.quarantined && st.session.is_some();
-                let queue = st.view.queue();
+                let settling = self.inner.outbox.settling.lock();
                 let appliable = |c: &ChangeEvent| {
                     usable
                         && st.open.contains(&c.entity)
                         && st.covered.contains_key(&c.entity)
-                        && !queue.has_pending_for(&c.entity, &c.row_id)
-                        && reconcile::own_insert(queue, c).is_none()
+                        && !settling.contains(&c.entity)
                 };
                 let (run, gap) = stream_run(events.clone(), st.cursor, appliable);
                 let expect = Expect {
                     epoch: self.inner.epoch.load(Ordering::SeqCst),
                     cursor: Some(st.cursor),
-                    acked: Some(self.inner.acked.load(Ordering::SeqCst)),
+                    commits: Some(self.inner.commits.load(Ordering::SeqCst)),
                 };
                 (run, gap, expect, st.anchor.clone())
             };
@@ -397,7 +410,7 @@ impl Engine {
                     return Ok((Applied::Dropped, Vec::new())); // they belong to the old replica
                 }
                 let moved = expect.cursor.is_some_and(|c| c != me.inner.state.read().cursor)
-                    || expect.acked.is_some_and(|a| a != me.inner.acked.load(Ordering::SeqCst));
+                    || expect.commits.is_some_and(|a| a != me.inner.commits.load(Ordering::SeqCst));
                 if moved {
                     tracing::debug!("changes not applied: the cursor or the stored rows moved since they were planned");
                     return Ok((Applied::Moved, Vec::new()));
@@ -440,6 +453,7 @@ impl Engine {
                     Ok(())
                 })?;
                 let mut st = me.inner.state.write();
+                me.inner.commits.fetch_add(1, Ordering::SeqCst);
                 if let Some(c) = cursor {
                     st.cursor = c;
                 }
@@ -492,15 +506,15 @@ pub(crate) struct Expect {
     pub(crate) epoch: u64,
     /// The cursor they continue; else they are planned again.
     pub(crate) cursor: Option<u64>,
-    /// The acknowledgements committed when they were planned (`Inner::acked`);
-    /// else they are planned again.
-    pub(crate) acked: Option<u64>,
+    /// The commits of server state made when they were planned
+    /// (`Inner::commits`); else they are planned again.
+    pub(crate) commits: Option<u64>,
 }
 
 impl Expect {
     /// For work in a round that read the replica in generation `epoch`.
     pub(crate) fn epoch(epoch: u64) -> Expect {
-        Expect { epoch, cursor: None, acked: None }
+        Expect { epoch, cursor: None, commits: None }
     }
 }
 
@@ -580,7 +594,7 @@ mod tests {
         // and nothing is applied as it comes when nothing may be
         let (run, pull) = stream_run(vec![ev(5, "Todo")], 4, |_| false);
         assert_eq!((seqs(&run), pull), (vec![], true));
-        // a row with a write of ours queued or on its way is left to the pull
+        // an event the round's pull must bring (an entity whose writes it sends) is left to it
         let (run, pull) = stream_run(vec![ev(5, "Todo"), ev(6, "Todo")], 4, |e| e.row_id != "r6");
         assert_eq!((seqs(&run), pull), (vec![5], true));
     }

@@ -17,6 +17,7 @@ use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::events::{Event, Phase};
 
+use super::outbox::Settled;
 use super::{Engine, BACKOFF_CAP, RATE_WINDOW, SAFETY_PULL};
 
 /// Why the loop is asked for a round now. A local write or a new token
@@ -50,6 +51,9 @@ pub(super) struct Life {
     pub(super) wake: Notify,
     wants: AtomicU8,
     pub(super) stop: Notify,
+    /// A wait inside a round (a bootstrap waiting out a rate limit) ends
+    /// now: the engine stops, or the token changed.
+    pub(super) interrupt: Notify,
     /// A `sync()` went through: a wait for backoff or a rate limit is over.
     resume: Notify,
     pub(super) loop_handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -94,6 +98,7 @@ impl Engine {
     pub async fn stop(&self) {
         self.inner.life.running.store(false, Ordering::SeqCst);
         self.inner.life.stop.notify_waiters();
+        self.inner.life.interrupt.notify_waiters();
         let handle = self.inner.life.loop_handle.lock().take();
         if let Some(h) = handle {
             h.abort();
@@ -261,6 +266,7 @@ impl Engine {
     async fn round(&self, send: bool) -> Result<()> {
         self.check_open()?;
         let _sync = self.inner.sync.lock().await;
+        let _settled = Settled(&self.inner.outbox.settling);
         self.load().await?;
         self.ensure_session().await?;
         self.check_server_boot().await?;

@@ -174,15 +174,16 @@ struct Inner {
     token: RwLock<Option<String>>,
     listener: RwLock<Option<Listener>>,
     /// One round at a time (session, boot check, sending, pulling). The
-    /// stream applier does not take it: it commits only where the cursor,
-    /// the epoch and the acknowledgements are as it planned (`Expect`).
+    /// stream applier does not take it: it commits only where nothing was
+    /// committed since it planned (`Expect`).
     sync: tokio::sync::Mutex<()>,
     /// Bumped by every reset, so work started before it is discarded.
     epoch: AtomicU64,
-    /// Bumped by every acknowledgement committed: an acknowledgement changes
-    /// stored rows without moving the cursor, so stream events planned
-    /// before it are planned again.
-    acked: AtomicU64,
+    /// Bumped by every commit of server state (changes, acknowledgements,
+    /// snapshots): some move neither the cursor nor the epoch (an
+    /// acknowledgement, a page that only confirms the anchor), so stream
+    /// events planned before one are planned again.
+    commits: AtomicU64,
     life: lifecycle::Life,
     watch: boot::Watch,
     outbox: outbox::Outbox,
@@ -305,7 +306,7 @@ impl Engine {
                 listener: RwLock::new(None),
                 sync: tokio::sync::Mutex::new(()),
                 epoch: AtomicU64::new(0),
-                acked: AtomicU64::new(0),
+                commits: AtomicU64::new(0),
                 life: Default::default(),
                 watch: Default::default(),
                 outbox: Default::default(),

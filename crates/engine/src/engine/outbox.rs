@@ -6,7 +6,7 @@
 //! first; see `acks`). Owns `submitted` and `no_batch`; changes the queue in
 //! `state` only after the database committed (`db`, then `state`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -33,6 +33,20 @@ pub(super) struct Outbox {
     pub(super) submitted: Mutex<Vec<Submitted>>,
     /// The server refused `/api/batch`: admin writes go one by one.
     pub(super) no_batch: AtomicBool,
+    /// Entities the round in progress sends writes of. The stream leaves
+    /// their events to the round's pull, which comes after the writes'
+    /// answers (see `catchup::apply_stream`); emptied when the round ends.
+    pub(super) settling: Mutex<BTreeSet<String>>,
+}
+
+/// Empties `Outbox::settling` when the round that filled it ends, however
+/// it ends (a round dropped by `stop()` included).
+pub(super) struct Settled<'a>(pub(super) &'a Mutex<BTreeSet<String>>);
+
+impl Drop for Settled<'_> {
+    fn drop(&mut self) {
+        self.0.lock().clear();
+    }
 }
 
 /// A write waiting for its transaction, and who to tell when it is durable.
@@ -258,6 +272,7 @@ impl Engine {
                 (st.view.queue().next_pending().cloned(), st.verified_token.clone(), admin)
             };
             let Some(m) = next else { return Ok(()) };
+            self.inner.outbox.settling.lock().insert(m.entity.clone());
             if m.kind == Kind::Insert && m.sent.is_none() && !checked {
                 // an insert is looked for in the log it went into, counted in
                 // the server lifetime it was sent in: make sure that lifetime
@@ -389,6 +404,7 @@ impl Engine {
         if run.is_empty() {
             return Ok(false);
         }
+        self.inner.outbox.settling.lock().extend(run.iter().map(|m| m.entity.clone()));
         let run = self.mark_sent(run, false).await?;
         let empty = Row::new();
         let writes: Vec<BatchWrite> = run

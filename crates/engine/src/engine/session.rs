@@ -48,6 +48,8 @@ impl Engine {
             !verified
         };
         if changed {
+            // a round waiting for the old token's rate limit gives way
+            self.inner.life.interrupt.notify_waiters();
             self.wake(Wake::Session);
         }
     }
@@ -56,6 +58,7 @@ impl Engine {
     /// user or tenant changed. Returns the session.
     pub async fn notify_session_changed(&self) -> Result<Option<Session>> {
         self.check_open()?;
+        self.inner.life.interrupt.notify_waiters();
         let _sync = self.inner.sync.lock().await;
         self.load().await?;
         self.inner.state.write().verified_fp = None;
