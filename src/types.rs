@@ -271,12 +271,14 @@ impl Event {
         Some(match ev {
             EngineEvent::Change { entities } => Event::Change { entities: entities.clone() },
             EngineEvent::Mutation { status, mutation } => {
-                Event::Mutation { mutation: MutationInfo::new(mutation, status) }
+                Event::Mutation { mutation: MutationInfo::new(mutation, status.as_str()) }
             }
             EngineEvent::Status(s) => Event::Status { status: s.into() },
-            EngineEvent::Error { context, error } => Event::Error { context: context.to_string(), error: error.into() },
+            EngineEvent::Error { context, error } => {
+                Event::Error { context: context.as_str().into(), error: error.into() }
+            }
             EngineEvent::Session(s) => Event::Session { session: s.as_ref().map(Session::from) },
-            EngineEvent::Resync { reason } => Event::Resync { reason: reason.to_string() },
+            EngineEvent::Resync { reason } => Event::Resync { reason: reason.as_str().into() },
             EngineEvent::Progress { entity, rows, done } => {
                 Event::Progress { entity: entity.clone(), rows: *rows as u32, done: *done }
             }

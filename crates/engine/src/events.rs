@@ -70,22 +70,22 @@ pub enum Event {
     Change {
         entities: Vec<String>,
     },
-    /// A mutation changed state: `pending` (queued), `applied`, `failed`, `removed`.
+    /// A mutation changed state.
     Mutation {
-        status: &'static str,
+        status: MutationChange,
         mutation: Mutation,
     },
     Status(SyncStatus),
-    /// A sync round failed (`context`: "pull" for a repeated resync, else "sync").
+    /// Something failed where `context` says.
     Error {
-        context: &'static str,
+        context: ErrorContext,
         error: Error,
     },
     /// The session changed (`None`: unknown).
     Session(Option<Session>),
-    /// The replica was dropped and is being rebuilt (`reason`: "resync" after a 410, "identity" after a flip).
+    /// The replica was dropped and is being rebuilt, for `reason`.
     Resync {
-        reason: &'static str,
+        reason: ResyncReason,
     },
     /// Bootstrap progress: rows fetched so far for `entity`.
     Progress {
@@ -149,3 +149,75 @@ pub struct Peer {
     #[serde(skip)]
     pub(crate) seen: u64,
 }
+
+/// Declares a vocabulary enum with the names JS sees (`as_str`), and lets a
+/// test compare it with such a name.
+macro_rules! named {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
+named!(
+    /// What happened to a mutation (the `mutation` event's `status`).
+    MutationChange {
+        /// Queued (or changed while queued).
+        Pending = "pending",
+        /// The server applied it; it left the queue.
+        Applied = "applied",
+        /// The server refused it; kept until removed.
+        Failed = "failed",
+        /// Removed by the user.
+        Removed = "removed",
+    }
+);
+
+named!(
+    /// Where a failure reported as an `error` event happened.
+    ErrorContext {
+        /// A sync round (sending, pulling, the boot check).
+        Sync = "sync",
+        /// A resync that failed again right after one.
+        Pull = "pull",
+        /// The session (`/api/auth/me`): an unknown or revoked token.
+        Session = "session",
+        /// The realtime connection (refused by the server).
+        Connection = "connection",
+    }
+);
+
+named!(
+    /// Why the replica is rebuilt (the `resync` event's `reason`).
+    ResyncReason {
+        /// The log no longer reaches the cursor (410).
+        Resync = "resync",
+        /// The user or tenant changed.
+        Identity = "identity",
+        /// The server restarted (its log was renumbered).
+        Server = "server",
+    }
+);

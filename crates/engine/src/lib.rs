@@ -26,7 +26,10 @@ mod view;
 pub use config::{Config, Liveness, Timeouts, Which};
 pub use engine::{get_server_data, Engine};
 pub use error::{Error, Result};
-pub use events::{ConnState, Connection, ErrorInfo, Event, Listener, Peer, Phase, SyncStatus};
+pub use events::{
+    ConnState, Connection, ErrorContext, ErrorInfo, Event, Listener, MutationChange, Peer, Phase, ResyncReason,
+    SyncStatus,
+};
 pub use protocol::{ChangeEvent, Cursor, Hydration, Kind, Row, Session};
 pub use queue::{Mutation, MutationError, Status as MutationStatus};
 pub use replica::RowText;

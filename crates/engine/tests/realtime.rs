@@ -260,7 +260,7 @@ async fn an_unknown_token_is_refused_with_1008_and_reported_as_an_auth_error() {
             .lock()
             .unwrap()
             .iter()
-            .any(|ev| matches!(ev, Event::Error { context: "connection", error } if error.code() == "ERR_SYNC_AUTH"))
+            .any(|ev| matches!(ev, Event::Error { context: pylon_sync_engine::ErrorContext::Connection, error } if error.code() == "ERR_SYNC_AUTH"))
     })
     .await;
     let c = e.connection();

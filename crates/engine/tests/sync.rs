@@ -274,7 +274,7 @@ async fn tenant_switch_resets_the_replica() {
     let resets = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let r2 = resets.clone();
     engine.set_listener(Some(std::sync::Arc::new(move |ev| {
-        if let Event::Resync { reason: "identity" } = ev {
+        if let Event::Resync { reason: pylon_sync_engine::ResyncReason::Identity } = ev {
             r2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     })));
@@ -599,7 +599,7 @@ async fn a_token_revoked_while_running_is_noticed_with_no_write_to_refuse_it() {
         assert!(tokio::time::Instant::now() < deadline, "the revoked token was never noticed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(refused.lock().unwrap().contains(&("session", "ERR_SYNC_AUTH")));
+    assert!(refused.lock().unwrap().contains(&(pylon_sync_engine::ErrorContext::Session, "ERR_SYNC_AUTH")));
     e.insert("Todo", row(json!({ "title": "after the revocation", "done": false }))).await.unwrap();
     assert!(matches!(e.sync_once().await, Err(Error::Auth(_))));
     let todos = rest(&srv.url, reqwest::Method::GET, "/api/entities/Todo", Value::Null).await;

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::events::Event;
+use crate::events::{Event, MutationChange};
 use crate::protocol::Kind;
 use crate::queue::{Mutation, MutationError, Status};
 use crate::reconcile::{self, Found};
@@ -97,7 +97,7 @@ impl Engine {
     pub(super) async fn fail(&self, m: &Mutation, error: MutationError) -> Result<()> {
         let m = self.set_mutation_status(&m.id, Status::Failed, Some(error)).await?;
         self.emit(Event::Change { entities: vec![m.entity.clone()] });
-        self.emit(Event::Mutation { status: "failed", mutation: m });
+        self.emit(Event::Mutation { status: MutationChange::Failed, mutation: m });
         Ok(())
     }
 
@@ -117,7 +117,7 @@ impl Engine {
             acks = run.left;
             self.emit(Event::Change { entities: run.entities });
             for m in run.done {
-                self.emit(Event::Mutation { status: "applied", mutation: m });
+                self.emit(Event::Mutation { status: MutationChange::Applied, mutation: m });
             }
         }
         Ok(())

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use crate::events::ResyncReason;
 use crate::restart::Boot;
 
 use super::{Engine, BOOT_CHECK_EVERY, POLL_BOOT_CHECK_EVERY};
@@ -74,7 +75,7 @@ impl Engine {
         let known = self.inner.state.read().server_boot;
         let boot = match known {
             Some(k) if seen.later_than(&k) => {
-                self.reset_replica_inner("server").await?;
+                self.reset_replica_inner(Some(ResyncReason::Server)).await?;
                 seen
             }
             Some(k) => k.narrowed(&seen),
@@ -126,7 +127,7 @@ impl Engine {
         if a.read_from() == 0 && self.log_moved_on(token, cursor).await?.is_some() {
             return Ok(false); // the pull that follows handles it
         }
-        self.reset_replica_inner("server").await?;
+        self.reset_replica_inner(Some(ResyncReason::Server)).await?;
         Ok(false)
     }
 

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::api::{check_entity, Api, EntityInfo};
 use crate::config::Timeouts;
 use crate::error::{Error, Result};
-use crate::events::{Event, Phase};
+use crate::events::{Event, Phase, ResyncReason};
 use crate::net::Net;
 use crate::protocol::{Cursor, Hydration, Row};
 use crate::replica::{BaseRow, Effect, Replacement, RowText, Tables};
@@ -53,7 +53,7 @@ impl Engine {
         self.settle_in_doubt(&snap, token.as_deref()).await?;
         let resume = if snap.log_only.is_empty() { Resume::Head } else { Resume::Replay };
         self.install_snapshot(snap, epoch, resume).await?;
-        self.emit(Event::Resync { reason: "resync" });
+        self.emit(Event::Resync { reason: ResyncReason::Resync });
         Ok(true)
     }
 

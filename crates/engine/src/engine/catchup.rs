@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::api::Api;
 use crate::error::{Error, Result};
-use crate::events::{Event, Phase};
+use crate::events::{Event, Phase, ResyncReason};
 use crate::protocol::{ChangeEvent, Kind, PullPage, Row};
 use crate::queue::Mutation;
 use crate::reconcile;
@@ -67,7 +67,7 @@ impl Engine {
                     if n == 0 && self.resnapshot().await? {
                         continue;
                     }
-                    self.reset_replica_inner("resync").await?;
+                    self.reset_replica_inner(Some(ResyncReason::Resync)).await?;
                     if n >= 1 {
                         return Err(Error::Resync { oldest_seq });
                     }
@@ -128,7 +128,7 @@ impl Engine {
             if !page.has_more && page.cursor.last_seq < since {
                 // the log ends before our cursor: it was renumbered (a 410
                 // says the same for a cursor past the head + 1)
-                self.reset_replica_inner("server").await?;
+                self.reset_replica_inner(Some(ResyncReason::Server)).await?;
                 continue;
             }
             // what the new events extend: the anchor as the log confirms it
@@ -142,7 +142,7 @@ impl Engine {
                                 return Err(Error::Resync { oldest_seq });
                             }
                         }
-                        self.reset_replica_inner("server").await?;
+                        self.reset_replica_inner(Some(ResyncReason::Server)).await?;
                         continue;
                     }
                 }
@@ -169,7 +169,7 @@ impl Engine {
             }
             if !more {
                 if self.awaited_missing() {
-                    self.reset_replica_inner("server").await?;
+                    self.reset_replica_inner(Some(ResyncReason::Server)).await?;
                     continue;
                 }
                 return Ok(());
@@ -252,7 +252,7 @@ impl Engine {
         // a replay from 0 reads the log from its start: it must hold the
         // events the snapshot's rows were read after
         if expect.is_some_and(|a| a.check(&events, 0, at, true, a.at()).is_none()) {
-            return Some(self.reset_replica_inner("server").await.map(|()| false));
+            return Some(self.reset_replica_inner(Some(ResyncReason::Server)).await.map(|()| false));
         }
         let anchor = Anchor::extended(None, &events, at);
         // the stream may have gone on from 0 meanwhile (a log that was

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
-use crate::events::{Event, Phase};
+use crate::events::{ErrorContext, Event, Phase};
 
 use super::outbox::Settled;
 use super::{Engine, BACKOFF_CAP, RATE_WINDOW, SAFETY_PULL};
@@ -211,9 +211,9 @@ impl Engine {
             Err(e) => {
                 self.inner.watch.boot_check_due.store(true, Ordering::SeqCst);
                 let context = match e {
-                    Error::Resync { .. } => "pull",
-                    Error::Auth(_) => "session",
-                    _ => "sync",
+                    Error::Resync { .. } => ErrorContext::Pull,
+                    Error::Auth(_) => ErrorContext::Session,
+                    _ => ErrorContext::Sync,
                 };
                 self.emit(Event::Error { context, error: e.clone() });
                 let delay = match e {

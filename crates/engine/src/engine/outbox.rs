@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::api::{check_entity, check_id, BatchWrite};
 use crate::db::Writer;
 use crate::error::{Error, Result};
-use crate::events::Event;
+use crate::events::{Event, MutationChange};
 use crate::io::random_suffix;
 use crate::protocol::{Kind, Row, TEMP_PREFIX};
 use crate::queue::{Mutation, MutationError, Sent, Status};
@@ -190,7 +190,7 @@ impl Engine {
         entities.dedup();
         self.emit(Event::Change { entities });
         for s in &batch {
-            self.emit(Event::Mutation { status: "pending", mutation: s.m.clone() });
+            self.emit(Event::Mutation { status: MutationChange::Pending, mutation: s.m.clone() });
         }
         self.wake(Wake::Write);
         for s in batch {
@@ -214,7 +214,7 @@ impl Engine {
         match removed {
             Some(m) => {
                 self.emit(Event::Change { entities: vec![m.entity.clone()] });
-                self.emit(Event::Mutation { status: "removed", mutation: m });
+                self.emit(Event::Mutation { status: MutationChange::Removed, mutation: m });
                 Ok(true)
             }
             None => Ok(false),
@@ -225,7 +225,7 @@ impl Engine {
     pub async fn retry_mutation(&self, id: &str) -> Result<()> {
         let m = self.set_mutation_status(id, Status::Pending, None).await?;
         self.emit(Event::Change { entities: vec![m.entity.clone()] });
-        self.emit(Event::Mutation { status: "pending", mutation: m });
+        self.emit(Event::Mutation { status: MutationChange::Pending, mutation: m });
         self.wake(Wake::Write);
         Ok(())
     }

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::error::Result;
-use crate::events::Event;
+use crate::events::{Event, ResyncReason};
 
 use super::Engine;
 
@@ -16,12 +16,14 @@ impl Engine {
     pub async fn reset_replica(&self) -> Result<()> {
         self.check_open()?;
         self.load().await?;
-        self.reset_replica_inner("reset").await
+        self.reset_replica_inner(None).await
     }
 
-    pub(super) async fn reset_replica_inner(&self, reason: &'static str) -> Result<()> {
-        tracing::debug!("reset {reason}");
-        let restarted = reason == "server";
+    /// `reason`: why, told to listeners as a `resync` event (`None`: the
+    /// user asked for it).
+    pub(super) async fn reset_replica_inner(&self, reason: Option<ResyncReason>) -> Result<()> {
+        tracing::debug!(?reason, "reset");
+        let restarted = reason == Some(ResyncReason::Server);
         if restarted {
             self.inner.watch.boot_check_due.store(true, Ordering::SeqCst);
             self.forget_streams();
@@ -56,7 +58,7 @@ impl Engine {
                 Ok(entities)
             })
             .await?;
-        if reason != "reset" {
+        if let Some(reason) = reason {
             self.emit(Event::Resync { reason });
         }
         self.emit(Event::Change { entities });

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::events::Event;
+use crate::events::{Event, ResyncReason};
 use crate::protocol::Session;
 use crate::queue::{Mutation, Queue};
 
@@ -215,7 +215,7 @@ impl Engine {
             self.restart_realtime(flipped);
         }
         if flipped {
-            self.emit(Event::Resync { reason: "identity" });
+            self.emit(Event::Resync { reason: ResyncReason::Identity });
         }
         self.emit(Event::Session(Some(session_for_event)));
         self.emit(Event::Change { entities });

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::error::Error;
-use crate::events::{ConnState, Connection, ErrorInfo, Event, Peer};
+use crate::events::{ConnState, Connection, ErrorContext, ErrorInfo, Event, Peer};
 use crate::protocol::ChangeEvent;
 use crate::transport::{Inbound, Link, Which, LADDER};
 
@@ -182,7 +182,7 @@ impl<H: Host> Follower<H> {
             match &err {
                 Error::Http { status: 429, .. } => backoff.penalize(3),
                 Error::Http { status: 401, .. } => {
-                    self.0.emit(Event::Error { context: "connection", error: err.clone() })
+                    self.0.emit(Event::Error { context: ErrorContext::Connection, error: err.clone() })
                 }
                 _ => {}
             }
