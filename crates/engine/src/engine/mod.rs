@@ -24,6 +24,7 @@ mod outbox;
 mod reads;
 mod reset;
 mod session;
+mod stream;
 
 pub use bootstrap::get_server_data;
 use lifecycle::Wake;
