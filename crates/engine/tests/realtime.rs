@@ -61,6 +61,16 @@ fn pinned_websocket(url: &str, token: String, reconnect_delay: Duration) -> Engi
     Engine::new(c).unwrap()
 }
 
+/// Alice, following over a WebSocket whose events a pull has vouched for
+/// (a pull after the stream opened), so they are applied as they come.
+async fn alice_on_a_checked_websocket(url: &str) -> Engine {
+    let e = streaming(url, Some(&login(url, "alice").await), Some(Which::WebSocket));
+    e.start().await.unwrap();
+    open_on(&e, Which::WebSocket).await;
+    e.sync().await.unwrap();
+    e
+}
+
 async fn insert_remote(url: &str, title: &str) -> String {
     let v = rest(url, Method::POST, "/api/entities/Todo", json!({ "title": title, "done": false })).await;
     v["id"].as_str().unwrap().to_string()
@@ -495,11 +505,7 @@ async fn a_silent_event_stream_is_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_events_keep_arriving_while_pulls_are_rate_limited() {
     let srv = server().await;
-    let e = streaming(&srv.url, Some(&login(&srv.url, "alice").await), Some(Which::WebSocket));
-    e.start().await.unwrap();
-    open_on(&e, Which::WebSocket).await;
-    // a pull after the stream opened vouches for its events
-    e.sync().await.unwrap();
+    let e = alice_on_a_checked_websocket(&srv.url).await;
     // every pull refused, with no Retry-After: the limiter's 60 s window
     control(&srv.url, "faults", json!({ "rules": [{ "path": "/api/sync/pull", "status": 429 }] })).await;
     // a write wakes a round, whose pull is refused (the write may or may not
@@ -519,10 +525,7 @@ async fn stream_events_keep_arriving_while_pulls_are_rate_limited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_events_do_not_wait_for_a_round_waiting_on_the_server() {
     let srv = server().await;
-    let e = streaming(&srv.url, Some(&login(&srv.url, "alice").await), Some(Which::WebSocket));
-    e.start().await.unwrap();
-    open_on(&e, Which::WebSocket).await;
-    e.sync().await.unwrap();
+    let e = alice_on_a_checked_websocket(&srv.url).await;
     let pulls = || async { get(&srv.url, "/__control/state").await["requests"]["GET /api/sync/pull"].as_u64() };
     let before = pulls().await;
     // the next pull goes unanswered for a minute

@@ -226,6 +226,21 @@ pub fn classify(text: &str) -> Inbound {
     }
 }
 
+/// The URL a stream connects to: the one configured, else derived from the
+/// HTTP base URL (see `derive_url`).
+fn stream_url(
+    configured: Option<&str>,
+    base: &str,
+    scheme_for: fn(&str) -> &'static str,
+    offset: u16,
+    path: &str,
+) -> Result<String> {
+    match configured {
+        Some(u) => Ok(u.to_string()),
+        None => derive_url(base, scheme_for, offset, path),
+    }
+}
+
 /// The stream URL for the HTTP base URL: same host, port + `offset` when the
 /// base URL names a port (§10.1), else the scheme's default port.
 pub fn derive_url(base: &str, scheme_for: fn(&str) -> &'static str, offset: u16, path: &str) -> Result<String> {

@@ -6,7 +6,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tokio::time::timeout;
 
-use super::{classify, derive_url, Inbound, Link, Liveness, Stream, Which};
+use super::{classify, stream_url, Inbound, Link, Liveness, Stream, Which};
 use crate::error::{Error, Result};
 use crate::io::Chunks;
 
@@ -27,12 +27,9 @@ impl Stream for Sse {
     fn follow<'a>(&'a self, link: Link<'a>) -> BoxFuture<'a, Error> {
         let Link { cfg, io, token, opened, on_frame, .. } = link;
         Box::pin(async move {
-            let url = match &cfg.sse_url {
-                Some(u) => u.clone(),
-                None => match derive_url(&cfg.base_url, http_scheme, 2, "/events") {
-                    Ok(u) => u,
-                    Err(e) => return e,
-                },
+            let url = match stream_url(cfg.sse_url.as_deref(), &cfg.base_url, http_scheme, 2, "/events") {
+                Ok(u) => u,
+                Err(e) => return e,
             };
             let stream = match io.event_stream(url, token, cfg.liveness.ping_timeout).await {
                 Ok(s) => s,

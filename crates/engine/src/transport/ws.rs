@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::{classify, derive_url, BinaryFrame, Inbound, Link, Liveness, Stream, Which};
+use super::{classify, stream_url, BinaryFrame, Inbound, Link, Liveness, Stream, Which};
 use crate::error::{Error, Result};
 use crate::io::{Conn, Io};
 
@@ -41,12 +41,9 @@ impl Stream for WebSocket {
     fn follow<'a>(&'a self, link: Link<'a>) -> BoxFuture<'a, Error> {
         let Link { cfg, io, token, outbound, sender, opened, on_frame } = link;
         Box::pin(async move {
-            let url = match &cfg.ws_url {
-                Some(u) => u.clone(),
-                None => match derive_url(&cfg.base_url, ws_scheme, 1, "/") {
-                    Ok(u) => u,
-                    Err(e) => return e,
-                },
+            let url = match stream_url(cfg.ws_url.as_deref(), &cfg.base_url, ws_scheme, 1, "/") {
+                Ok(u) => u,
+                Err(e) => return e,
             };
             let tls = match cfg.ca.as_deref().map(crate::tls::client_config).transpose() {
                 Ok(t) => t,
