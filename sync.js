@@ -5,7 +5,7 @@
 // queue (lib/store.js), infinite queries (lib/infinite.js); this file is
 // the engine's listener sets, unsubscribe functions and direct calls.
 
-const native = require('./index.js')
+const native = require('./lib/native.js')
 const { SyncError, guard, settle, invalid } = require('./lib/errors.js')
 const { tokenStorageKey, defaultStorage, createWriteThroughStorage } = require('./lib/storage.js')
 const { Store, Mutations, mutationQueueListener } = require('./lib/store.js')

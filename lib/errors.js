@@ -13,8 +13,6 @@ class SyncError extends Error {
   }
 }
 
-/** Calls every listener; one that throws does not stop the others. */
-
 /**
  * A native failure as a SyncError: engine errors keep their code; napi's own
  * argument conversions ("StringExpected", …) are invalid arguments; anything
