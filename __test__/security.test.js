@@ -127,13 +127,16 @@ function privateCa(dir) {
   return { key: read('key.pem'), cert: read('cert.pem'), ca: read('ca.pem') }
 }
 
-test('https and wss verify certificates: a server signed by a private CA is ERR_SYNC_TLS unless that CA is passed', async () => {
+/**
+ * TLS, signed by a private CA, in front of a dev server's three ports
+ * (HTTP, WebSocket, SSE). Resolves { url, ca, caFile, close }.
+ */
+async function tlsFront(srv) {
   const tls = require('node:tls')
   const net = require('node:net')
   const { freePortTriple } = require('./helpers.js')
-  const srv = await startDevserver()
-  const { key, cert, ca } = privateCa(tempDir())
-  // TLS in front of the dev server's three ports
+  const dir = tempDir()
+  const { key, cert, ca } = privateCa(dir)
   const base = await freePortTriple()
   const devPort = Number(new URL(srv.url).port)
   const terminators = [0, 1, 2].map((i) =>
@@ -143,7 +146,13 @@ test('https and wss verify certificates: a server signed by a private CA is ERR_
       s.on('error', () => up.destroy())
       up.on('error', () => s.destroy())
     }).listen(base + i, '127.0.0.1'))
-  const url = `https://127.0.0.1:${base}`
+  return { url: `https://127.0.0.1:${base}`, ca, caFile: path.join(dir, 'ca.pem'), close: () => terminators.forEach((t) => t.close()) }
+}
+
+test('https and wss verify certificates: a server signed by a private CA is ERR_SYNC_TLS unless that CA is passed', async () => {
+  const srv = await startDevserver()
+  const front = await tlsFront(srv)
+  const { url, ca } = front
   try {
     const token = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'alice' })).body.token
     const untrusting = createSyncEngine(url, { persist: false, token })
@@ -161,7 +170,135 @@ test('https and wss verify certificates: a server signed by a private CA is ERR_
       await e.close()
     }
   } finally {
-    for (const t of terminators) t.close()
+    front.close()
+    await srv.stop()
+  }
+})
+
+/** Runs `script` (given `args`: `url`, `token`) in a fresh process with `env` added; resolves what it printed last, parsed. */
+function inProcess(script, args, env) {
+  const { spawn } = require('node:child_process')
+  const code = `const sync = require(${JSON.stringify(path.join(__dirname, '..', 'sync.js'))}); const { url, token } = ${JSON.stringify(args)};
+    (async () => { ${script} })().then((v) => console.log(JSON.stringify(v ?? null)), (e) => console.log(JSON.stringify({ code: e.code, message: e.message })))`
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['-e', code], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
+    let out = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.on('error', reject)
+    child.on('exit', () => {
+      try {
+        resolve(JSON.parse(out.trim().split('\n').pop()))
+      } catch (e) {
+        reject(new Error(`no answer from the child: ${out}`))
+      }
+    })
+  })
+}
+
+test('the system trust store (SSL_CERT_FILE here) and NODE_EXTRA_CA_CERTS are trusted, for HTTP, SSE and WebSocket', async () => {
+  const srv = await startDevserver()
+  const front = await tlsFront(srv)
+  try {
+    const script = `
+      const rows = await sync.fetchList(url, 'Todo')
+      const seen = []
+      for (const transport of ['websocket', 'sse']) {
+        const e = sync.createSyncEngine(url, { persist: false, token, transport, pollInterval: 3600000 })
+        await e.start()
+        for (const deadline = Date.now() + 10000; !(e.connection.state === 'open' && e.connection.transport === transport); ) {
+          if (Date.now() > deadline) throw new Error(transport + ' did not open: ' + JSON.stringify(e.connection))
+          await new Promise((r) => setTimeout(r, 20))
+        }
+        seen.push(transport)
+        await e.close()
+      }
+      return { rows: rows.length, seen }`
+    const token = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'alice' })).body.token
+    const args = { url: front.url, token }
+    const trusted = { rows: 0, seen: ['websocket', 'sse'] }
+    assert.deepEqual(await inProcess(script, args, { NODE_EXTRA_CA_CERTS: front.caFile }), trusted)
+    assert.deepEqual(await inProcess(script, args, { SSL_CERT_FILE: front.caFile }), trusted)
+    // neither: the private CA is not trusted
+    assert.equal((await inProcess(script, args, {})).code, 'ERR_SYNC_TLS')
+    // a NODE_EXTRA_CA_CERTS that cannot be read is ignored, as Node ignores it
+    assert.equal((await inProcess(script, args, { NODE_EXTRA_CA_CERTS: path.join(tempDir(), 'none.pem') })).code, 'ERR_SYNC_TLS')
+  } finally {
+    front.close()
+    await srv.stop()
+  }
+})
+
+test('the default replica path is built from the parsed URL: credentials never reach the file name', async () => {
+  const srv = await startDevserver()
+  try {
+    const data = tempDir()
+    const port = new URL(srv.url).port
+    const script = `
+      const e = sync.createSyncEngine(url.replace('http://', 'http://someone:hunter2@') + '/pylon/', { transport: 'poll', pollInterval: 3600000 })
+      await e.start()
+      await e.close()
+      // nor errors: one from a server that is not there
+      const down = sync.createSyncEngine('http://someone:hunter2@127.0.0.1:9/', { persist: false })
+      const heard = new Promise((resolve) => down.on('error', resolve))
+      down.start().catch(() => {})
+      const leaked = (await heard).message.includes('hunter2')
+      await down.close()
+      const bad = [leaked]
+      for (const u of ['not a url', 'ftp://127.0.0.1/', 'http://someone:hunter2@']) {
+        try { sync.createSyncEngine(u, { persist: false }) } catch (err) { bad.push([err.code, err.message.includes('hunter2')]) }
+      }
+      return bad`
+    const bad = await inProcess(script, { url: srv.url }, { XDG_DATA_HOME: data })
+    assert.deepEqual(bad, [false, ['ERR_SYNC_INVALID_ARG', false], ['ERR_SYNC_INVALID_ARG', false], ['ERR_SYNC_INVALID_ARG', false]])
+    const files = fs.readdirSync(path.join(data, 'pylon-sync', 'default'))
+    assert.ok(files.includes(`127.0.0.1_${port}_pylon.db`), files.join(', '))
+    assert.ok(!files.some((f) => f.includes('hunter2') || f.includes('someone')), files.join(', '))
+  } finally {
+    await srv.stop()
+  }
+})
+
+test('HTTP and SSE go through the proxy that HTTP_PROXY names; WebSockets connect directly', async () => {
+  const http = require('node:http')
+  const srv = await startDevserver()
+  // a forward proxy that notes the port of every request it carries
+  const carried = []
+  const proxy = http.createServer((req, res) => {
+    const target = new URL(req.url)
+    carried.push(Number(target.port))
+    const up = http.request(target, { method: req.method, headers: req.headers }, (answer) => {
+      res.writeHead(answer.statusCode, answer.headers)
+      answer.pipe(res)
+    })
+    up.on('error', () => res.destroy())
+    req.pipe(up)
+  })
+  await new Promise((r) => proxy.listen(0, '127.0.0.1', r))
+  proxy.on('connection', (s) => s.unref())
+  try {
+    const token = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'alice' })).body.token
+    const port = Number(new URL(srv.url).port)
+    const script = `
+      const rows = await sync.fetchList(url, 'Todo')
+      const seen = []
+      for (const transport of ['sse', 'websocket']) {
+        const e = sync.createSyncEngine(url, { persist: false, token, transport, pollInterval: 3600000 })
+        await e.start()
+        for (const deadline = Date.now() + 10000; !(e.connection.state === 'open' && e.connection.transport === transport); ) {
+          if (Date.now() > deadline) throw new Error(transport + ' did not open: ' + JSON.stringify(e.connection))
+          await new Promise((r) => setTimeout(r, 20))
+        }
+        seen.push(transport)
+        await e.close()
+      }
+      return { rows: rows.length, seen }`
+    const env = { HTTP_PROXY: `http://127.0.0.1:${proxy.address().port}`, NO_PROXY: '' }
+    assert.deepEqual(await inProcess(script, { url: srv.url, token }, env), { rows: 0, seen: ['sse', 'websocket'] })
+    assert.ok(carried.includes(port), 'HTTP requests went through the proxy')
+    assert.ok(carried.includes(port + 2), 'the SSE stream went through the proxy')
+    assert.ok(!carried.includes(port + 1), 'the WebSocket went through the proxy')
+  } finally {
+    proxy.close()
     await srv.stop()
   }
 })

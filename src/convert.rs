@@ -172,6 +172,7 @@ pub fn options<T: DeserializeOwned>(opts: Value) -> Result<T> {
 /// `createSyncEngine(baseUrl, options)` → engine config. `persist` defaults to
 /// true and then uses `default_db_path`.
 pub fn config(base_url: &str, opts: Value) -> Result<Config> {
+    base(base_url)?;
     let opts: EngineOptions = options(opts)?;
     let mut cfg = Config::new(base_url);
     cfg.transport = match opts.transport.as_deref() {
@@ -204,6 +205,20 @@ pub fn config(base_url: &str, opts: Value) -> Result<Config> {
     Ok(cfg)
 }
 
+/// The server's base URL, parsed. The error never repeats the text: it may
+/// hold credentials.
+fn base(base_url: &str) -> Result<url::Url> {
+    let url =
+        url::Url::parse(base_url).map_err(|e| invalid(format!("baseUrl must be an http:// or https:// URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+        return Err(invalid(format!(
+            "baseUrl must be an http:// or https:// URL with a host, got a {}: URL",
+            url.scheme()
+        )));
+    }
+    Ok(url)
+}
+
 fn stream_url(key: &str, url: Option<String>, schemes: &[&str]) -> Result<Option<String>> {
     let Some(url) = url else { return Ok(None) };
     let ok = url.split_once("://").is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty());
@@ -214,25 +229,20 @@ fn stream_url(key: &str, url: Option<String>, schemes: &[&str]) -> Result<Option
     Ok(Some(url))
 }
 
-/// `$XDG_DATA_HOME/pylon-sync/<app>/<host>_<port>.db` (else
+/// `$XDG_DATA_HOME/pylon-sync/<app>/<host>_<port>[_<path>].db` (else
 /// `~/.local/share/…`; `%LOCALAPPDATA%` on Windows,
 /// `~/Library/Application Support` on macOS): one file per app and server,
 /// so replicas of different servers never mix.
 pub fn default_db_path(app: &str, base_url: &str) -> Result<PathBuf> {
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let root = if cfg!(windows) {
-        std::env::var_os("LOCALAPPDATA").map(PathBuf::from)
-    } else if cfg!(target_os = "macos") {
-        home.map(|h| h.join("Library/Application Support"))
-    } else {
-        std::env::var_os("XDG_DATA_HOME").map(PathBuf::from).or(home.map(|h| h.join(".local/share")))
-    }
-    .ok_or_else(|| invalid("no home directory to keep the replica in; pass dbPath or persist: false"))?;
-    let server: String = base_url
-        .split("://")
-        .nth(1)
-        .unwrap_or(base_url)
-        .trim_end_matches('/')
+    let root = dirs::data_local_dir()
+        .ok_or_else(|| invalid("no home directory to keep the replica in; pass dbPath or persist: false"))?;
+    // from the parsed URL, so credentials in it (`user:pass@`) never reach the file name
+    let url = base(base_url)?;
+    let host = url.host_str().expect("base() requires a host");
+    let port = url.port_or_known_default().map(|p| format!("_{p}")).unwrap_or_default();
+    let path = url.path().trim_matches('/').replace('/', "_");
+    let path = if path.is_empty() { path } else { format!("_{path}") };
+    let server: String = format!("{host}{port}{path}")
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
         .collect();

@@ -60,6 +60,11 @@ pub trait Io: Send + Sync + 'static {
     /// A connection to `host:port` for a WebSocket handshake.
     fn dial(&self, host: String, port: u16) -> BoxFuture<Result<Box<dyn Conn>>>;
 
+    /// Whom a WebSocket's TLS trusts (`None`: the web roots).
+    fn tls(&self) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        None
+    }
+
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
 

@@ -15,17 +15,22 @@ use crate::transport::sse;
 /// The real world: reqwest over TCP (and TLS), the system clock, the thread RNG.
 pub struct Net {
     http: reqwest::Client,
-    /// Certificate authorities to trust besides the web roots (PEM).
-    ca: Option<String>,
+    /// Whom TLS trusts (see `tls`), for event streams and WebSockets too.
+    tls: Arc<rustls::ClientConfig>,
     timeouts: Timeouts,
 }
 
 impl Net {
     pub fn new(ca: Option<&str>, timeouts: Timeouts) -> Result<Net> {
-        let builder =
-            reqwest::Client::builder().connect_timeout(timeouts.connect).timeout(timeouts.request).tcp_nodelay(true);
-        let http = crate::tls::trust_http(builder, ca)?.build().map_err(|e| Error::Network(e.to_string()))?;
-        Ok(Net { http, ca: ca.map(str::to_string), timeouts })
+        let tls = crate::tls::client_config(ca)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .timeout(timeouts.request)
+            .tcp_nodelay(true)
+            .use_preconfigured_tls((*tls).clone())
+            .build()
+            .map_err(|e| Error::Network(e.to_string()))?;
+        Ok(Net { http, tls, timeouts })
     }
 
     pub fn shared(ca: Option<&str>, timeouts: Timeouts) -> Result<Arc<dyn Io>> {
@@ -61,10 +66,14 @@ impl Io for Net {
     }
 
     fn event_stream(&self, url: String, token: Option<String>, within: Duration) -> BoxFuture<Result<Chunks>> {
-        let ca = self.ca.clone();
+        let tls = (*self.tls).clone();
         Box::pin(async move {
-            let builder = reqwest::Client::builder().connect_timeout(within).tcp_nodelay(true);
-            let http = crate::tls::trust_http(builder, ca.as_deref())?.build().map_err(sse::network)?;
+            let http = reqwest::Client::builder()
+                .connect_timeout(within)
+                .tcp_nodelay(true)
+                .use_preconfigured_tls(tls)
+                .build()
+                .map_err(sse::network)?;
             let mut req = http.get(&url).header("accept", "text/event-stream").header("cache-control", "no-cache");
             if let Some(t) = token.filter(|t| !t.is_empty()) {
                 req = req.bearer_auth(t); // ignored by the server today; harmless
@@ -96,6 +105,10 @@ impl Io for Net {
             let _ = tcp.set_nodelay(true);
             Ok(Box::new(tcp) as Box<dyn Conn>)
         })
+    }
+
+    fn tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        Some(self.tls.clone())
     }
 
     fn now_ms(&self) -> u64 {

@@ -1,6 +1,11 @@
 //! Trust for `https://` and `wss://`: certificates are always verified
-//! (rustls, the bundled web roots), plus any CA the user passes as PEM — for a
-//! private or self-signed server. A failed verification is `ERR_SYNC_TLS`.
+//! (rustls), against the bundled web roots, the operating system's trust
+//! store (where a company adds its proxy's CA; `SSL_CERT_FILE` and
+//! `SSL_CERT_DIR` override where it is read on Linux), the PEM file named by
+//! `NODE_EXTRA_CA_CERTS` (as Node itself honours it), and any CA the user
+//! passes as PEM — for a private or self-signed server. One client config serves
+//! HTTP, event streams and WebSockets alike. A failed verification is
+//! `ERR_SYNC_TLS`.
 
 use std::sync::Arc;
 
@@ -20,22 +25,48 @@ fn certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-/// Adds the user's CAs to an HTTP client.
-pub fn trust_http(mut builder: reqwest::ClientBuilder, ca: Option<&str>) -> Result<reqwest::ClientBuilder> {
-    if let Some(pem) = ca {
-        for cert in certificates(pem)? {
-            let cert = reqwest::Certificate::from_der(&cert).map_err(|e| Error::InvalidArg(format!("ca: {e}")))?;
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    Ok(builder)
+/// The user's CAs, checked: a bad one is a bad argument at once, not a
+/// failed connection later.
+pub fn check_ca(ca: &str) -> Result<()> {
+    certificates(ca).map(drop)
 }
 
-/// A rustls client config with the web roots and the user's CAs (for WebSocket).
-pub fn client_config(ca: &str) -> Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    for cert in certificates(ca)? {
-        roots.add(cert).map_err(|e| Error::InvalidArg(format!("ca: {e}")))?;
+/// The roots every connection trusts: the web roots, the system's store and
+/// `NODE_EXTRA_CA_CERTS`. Read once per process, as Node reads its own:
+/// certificates rustls cannot use are skipped, and a store or file that
+/// cannot be read leaves the others in force.
+fn ambient_roots() -> &'static rustls::RootCertStore {
+    static ROOTS: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let system = rustls_native_certs::load_native_certs();
+        if !system.errors.is_empty() {
+            tracing::debug!(errors = ?system.errors, "parts of the system's certificate store could not be read");
+        }
+        let (added, skipped) = roots.add_parsable_certificates(system.certs);
+        tracing::debug!(added, skipped, "certificates trusted from the system's store");
+        if let Some(path) = std::env::var_os("NODE_EXTRA_CA_CERTS").filter(|p| !p.is_empty()) {
+            let read = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+            match read.and_then(|pem| certificates(&pem).map_err(|e| e.to_string())) {
+                Ok(certs) => {
+                    let (added, skipped) = roots.add_parsable_certificates(certs);
+                    tracing::debug!(added, skipped, "certificates trusted from NODE_EXTRA_CA_CERTS");
+                }
+                // as Node does: warned of, and ignored
+                Err(e) => tracing::warn!(path = %path.to_string_lossy(), error = %e, "ignoring NODE_EXTRA_CA_CERTS"),
+            }
+        }
+        roots
+    })
+}
+
+/// A rustls client config trusting the ambient roots and the user's CAs.
+pub fn client_config(ca: Option<&str>) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = ambient_roots().clone();
+    if let Some(pem) = ca {
+        for cert in certificates(pem)? {
+            roots.add(cert).map_err(|e| Error::InvalidArg(format!("ca: {e}")))?;
+        }
     }
     Ok(Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()))
 }

@@ -249,7 +249,7 @@ impl Engine {
         };
         let api = Api::new(&cfg.base_url, io.clone())?;
         if let Some(ca) = &cfg.ca {
-            crate::tls::client_config(ca)?; // a bad CA is a bad argument now, not a failed connection later
+            crate::tls::check_ca(ca)?;
         }
         if cfg.app_name.is_empty() {
             return Err(Error::InvalidArg("appName must not be empty".into()));

@@ -45,11 +45,7 @@ impl Stream for WebSocket {
                 Ok(u) => u,
                 Err(e) => return e,
             };
-            let tls = match cfg.ca.as_deref().map(crate::tls::client_config).transpose() {
-                Ok(t) => t,
-                Err(e) => return e,
-            };
-            let socket = match connect(io, &url, token.as_deref(), cfg.liveness.ping_timeout, tls).await {
+            let socket = match connect(io, &url, token.as_deref(), cfg.liveness.ping_timeout, io.tls()).await {
                 Ok(s) => s,
                 Err(e) => return e,
             };
@@ -110,8 +106,8 @@ fn from_ws(e: WsError) -> Error {
 }
 
 /// Opens the socket over a connection from `io`; the connection and the
-/// handshake must finish within `within`. `tls`: a client config trusting
-/// the user's CAs (else the web roots).
+/// handshake must finish within `within`. `tls`: whom to trust (else the
+/// web roots).
 pub async fn connect(
     io: &dyn Io,
     url: &str,
