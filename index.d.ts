@@ -53,7 +53,8 @@ export declare class NativeEngine {
   retryMutation(id: string): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
   notifySessionChanged(): Promise<{ ok: true; value: Session | null } | { ok: false; error: ErrorInfo }>
   resetReplica(): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
-  hydrate(data: unknown): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+  /** Shows the rows at once; returns the entities shown (stored at `start()`). */
+  hydrate(data: unknown): Array<string>
   createInfiniteQuery(entity: string, pageSize?: number | undefined | null, orderField?: string | undefined | null, descending?: boolean | undefined | null): NativeInfiniteQuery
 }
 
@@ -190,7 +191,7 @@ export type Event =
   | { type: 'room'; event: Record<string, unknown> }
 
 /** Rows of `entities` and a cursor consistent with them, for `engine.hydrate`. */
-export declare function getServerData(baseUrl: string, entities: Array<string>, opts?: DirectOptions | null): Promise<{ ok: true; value: { entities: Record<string, Array<{ id: string; [field: string]: unknown }>>; cursor: { last_seq: number } } } | { ok: false; error: ErrorInfo }>
+export declare function getServerData(baseUrl: string, entities: Array<string>, opts?: DirectOptions | null): Promise<{ ok: true; value: { entities: Record<string, Array<{ id: string; [field: string]: unknown }>>; cursor: { last_seq: number }; identity?: { user_id: string | null; tenant_id: string | null } } } | { ok: false; error: ErrorInfo }>
 
 /**
  * A queued write (`mutations.list()`), or a transition of one (the

@@ -77,6 +77,8 @@ export interface TopicMessage {
 export interface Hydration {
   entities: Record<string, Row[]>
   cursor: { last_seq: number }
+  /** Whose rows these are (the session of the token they were read with); a token of another identity clears them once its session is known. */
+  identity?: { user_id: string | null; tenant_id: string | null }
 }
 
 export interface Store {
@@ -157,6 +159,7 @@ export declare class SyncEngine {
   notifySessionChanged(): Promise<Session | null>
   resolvedSession(): Session | null
   resetReplica(): Promise<void>
+  /** Shows the rows at once (before start()); start() stores them. Refused when older than the replica or of another identity. */
   hydrate(data: Hydration): Promise<void>
   createInfiniteQuery(entity: string, options?: { pageSize?: number; order?: Record<string, 'asc' | 'desc'> }): InfiniteQuery
   on<K extends keyof EngineEvents>(type: K, listener: (event: EngineEvents[K]) => void): () => void

@@ -58,7 +58,6 @@ class SyncEngine {
     this._listeners = new Map()
     this._topics = new Map() // topic -> Set of handlers
     this._binary = new Set()
-    this._hydrating = Promise.resolve()
     this._native.onEvent((ev) => this._dispatch(ev))
     this._unwatch = typeof storage._watch === 'function' ? storage._watch((key) => key === this._tokenKey && this._readToken()) : null
     this._readToken()
@@ -152,7 +151,6 @@ class SyncEngine {
     this._readToken()
     this._hold()
     try {
-      await this._hydrating
       return await settle(() => this._native.start())
     } catch (e) {
       // it follows nothing: it holds nothing
@@ -353,11 +351,23 @@ class SyncEngine {
     return settle(() => this._native.resetReplica())
   }
 
-  /** Seeds rows and cursor from `getServerData`. Call before `start()`; `start()` waits for it. */
+  /**
+   * Seeds rows and cursor from `getServerData`, before `start()`. When it returns, `store.list/get` show the
+   * rows and store subscribers have been called; `start()` stores them with the cursor (and rejects if it
+   * cannot). A hydration older than the replica, or of another identity, is refused. Returns a Promise for
+   * callers that await it: resolved, or rejected with the SyncError.
+   */
   hydrate(data) {
-    const p = settle(() => this._native.hydrate(data))
-    this._hydrating = p.catch(() => {})
-    return p
+    let entities
+    try {
+      entities = guard(() => this._native.hydrate(data))
+    } catch (e) {
+      return Promise.reject(e)
+    }
+    this.store._changed(entities)
+    const set = this._listeners.get('change')
+    if (entities.length > 0 && set && set.size > 0) callAll(set, [undefined])
+    return Promise.resolve()
   }
 
   /** Server pages with keyset pagination: no row skipped or repeated across pages. */

@@ -233,13 +233,19 @@ test('kill -9 after insert resolved loses and duplicates nothing', async () => {
   }
 })
 
+/** Sessions of alice and bob, with a Note each (Note is under a row policy: each reads only their own). */
+async function aliceAndBob(url) {
+  const token = async (user) => (await api(url, 'POST', '/api/auth/session', { user_id: user })).body.token
+  const [alice, bob] = [await token('alice'), await token('bob')]
+  await api(url, 'POST', '/api/entities/Note', { body: 'alice secret', userId: 'alice' }, alice)
+  await api(url, 'POST', '/api/entities/Note', { body: 'bob note', userId: 'bob' }, bob)
+  return { alice, bob }
+}
+
 test('identity flip: the new user never sees the old rows or sends the old writes', async () => {
   const srv = await startDevserver()
   try {
-    const alice = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'alice' })).body.token
-    const bob = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'bob' })).body.token
-    await api(srv.url, 'POST', '/api/entities/Note', { body: 'alice secret', userId: 'alice' }, alice)
-    await api(srv.url, 'POST', '/api/entities/Note', { body: 'bob note', userId: 'bob' }, bob)
+    const { alice, bob } = await aliceAndBob(srv.url)
     const storage = createWriteThroughStorage({ pylon_token: alice }, () => {})
     const e = engine(srv.url, { storage })
     await e.start()
@@ -332,6 +338,131 @@ test('getServerData + hydrate: start() does not bootstrap the hydrated entities'
     assert.equal(e.store.list('Todo').length, 0)
     assert.equal(e.cursor, 0)
     await e.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
+test("the spec's hydration: hydrate, read, then start; the rows show before start and are stored by it", async () => {
+  const srv = await startDevserver()
+  try {
+    await srv.control('seed', { entity: 'Todo', count: 20, data: { title: 't{i}', done: false } })
+    const data = await getServerData(srv.url, ['Todo'], {})
+    const dbPath = path.join(tempDir(), 'replica.db')
+    const e = engine(srv.url, { persist: true, dbPath })
+    let told = 0
+    e.store.subscribe(() => told++)
+    assert.deepEqual(e.store.list('Todo'), [])
+    const returned = e.hydrate(data)
+    // synchronously: the rows show and subscribers have been told
+    assert.equal(e.store.list('Todo').length, 20)
+    assert.equal(e.store.get('Todo', data.entities.Todo[3].id).title, data.entities.Todo[3].title)
+    assert.equal(told, 1)
+    await returned
+    const progress = []
+    e.on('progress', (p) => progress.push(p.entity))
+    await e.start()
+    assert.ok(!progress.includes('Todo'), 'start() read the hydrated rows again')
+    assert.equal(e.store.list('Todo').length, 20)
+    assert.equal(e.cursor, data.cursor.last_seq)
+    await e.close()
+    // stored before start() resolved: a restart with no server finds them
+    await srv.stop()
+    const again = engine(srv.url, { persist: true, dbPath })
+    await again.start()
+    assert.equal(again.store.list('Todo').length, 20)
+    assert.equal(again.cursor, data.cursor.last_seq)
+    await again.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
+test('a hydration older than the replica, or of another identity, is refused and never merged', async () => {
+  const srv = await startDevserver()
+  try {
+    const alice = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'alice' })).body.token
+    const bob = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'bob' })).body.token
+    await srv.control('seed', { entity: 'Todo', count: 5, data: { title: 't{i}', done: false } })
+    const old = await getServerData(srv.url, ['Todo'], { token: alice })
+    assert.deepEqual(old.identity, { user_id: 'alice', tenant_id: null })
+    await api(srv.url, 'POST', '/api/entities/Todo', { title: 'newer', done: false })
+    const dbPath = path.join(tempDir(), 'replica.db')
+    const first = engine(srv.url, { persist: true, dbPath, token: alice })
+    await first.start()
+    assert.equal(first.cursor, 6)
+    await first.close()
+
+    const e = engine(srv.url, { persist: true, dbPath, token: alice })
+    await assert.rejects(e.hydrate(old), (err) => err.code === 'ERR_SYNC_INVALID_ARG' && /older than the replica \(cursor 6\)/.test(err.message))
+    assert.deepEqual(e.store.list('Todo'), [], 'a refused hydration shows nothing')
+    const bobs = await getServerData(srv.url, ['Todo'], { token: bob })
+    await assert.rejects(e.hydrate(bobs), (err) => err.code === 'ERR_SYNC_INVALID_ARG' && /user:bob\|tenant:.*user:alice\|tenant:/.test(err.message))
+    await e.start()
+    assert.equal(e.store.list('Todo').length, 6)
+    await assert.rejects(e.hydrate(await getServerData(srv.url, ['Todo'], { token: alice })), { code: 'ERR_SYNC_INVALID_ARG' }, 'a started engine')
+    await e.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
+test("hydrated rows of another identity than the engine's token are cleared once its session is known", async () => {
+  const srv = await startDevserver()
+  try {
+    const { alice, bob } = await aliceAndBob(srv.url)
+    const alices = await getServerData(srv.url, ['Note'], { token: alice })
+    const e = engine(srv.url, { persist: true, dbPath: path.join(tempDir(), 'replica.db'), token: bob })
+    e.hydrate(alices)
+    await e.start()
+    assert.equal(e.resolvedSession().userId, 'bob')
+    assert.deepEqual(e.store.list('Note').map((n) => n.body), ['bob note'])
+    await e.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
+test('getServerData fills an entity the server will not list (a row policy) from the change log, at the same cursor', async () => {
+  const srv = await startDevserver()
+  try {
+    const alice = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'alice' })).body.token
+    const bob = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'bob' })).body.token
+    const a1 = (await api(srv.url, 'POST', '/api/entities/Note', { body: 'one', userId: 'alice' }, alice)).body.id
+    await api(srv.url, 'POST', '/api/entities/Note', { body: 'two', userId: 'alice' }, alice)
+    await api(srv.url, 'POST', '/api/entities/Note', { body: 'bob note', userId: 'bob' }, bob)
+    // with the policy field in the patch: the server hides a patch without it from every pull (docs/compat.md)
+    await api(srv.url, 'PATCH', `/api/entities/Note/${a1}`, { body: 'one, edited', userId: 'alice' }, alice)
+    await assert.rejects(sync.fetchList(srv.url, 'Note', { token: alice }), { code: 'ERR_SYNC_REJECTED', status: 403 })
+    await srv.control('seed', { entity: 'Todo', count: 3, data: { title: 't{i}', done: false } })
+    const data = await getServerData(srv.url, ['Note', 'Todo'], { token: alice })
+    assert.deepEqual(Object.keys(data.entities).sort(), ['Note', 'Todo'])
+    assert.deepEqual(data.entities.Note.map((n) => n.body).sort(), ['one, edited', 'two'])
+    assert.ok(data.entities.Note.every((n) => n.userId === 'alice'), "bob's note is not alice's to see")
+    assert.equal(data.entities.Todo.length, 3)
+    assert.equal(data.cursor.last_seq, 7)
+    // the engine follows on from that cursor with nothing read twice or missed
+    const e = engine(srv.url, { token: alice })
+    e.hydrate(data)
+    await e.start()
+    await api(srv.url, 'POST', '/api/entities/Note', { body: 'three', userId: 'alice' }, alice)
+    await eventually('the new note', () => e.store.list('Note').length === 3)
+    assert.deepEqual(e.store.list('Note').map((n) => n.body).sort(), ['one, edited', 'three', 'two'])
+    await e.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
+test('getServerData rejects, naming the entity, when the change log no longer reaches back to fill it', async () => {
+  const srv = await startDevserver()
+  try {
+    const alice = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'alice' })).body.token
+    await api(srv.url, 'POST', '/api/entities/Note', { body: 'old', userId: 'alice' }, alice)
+    // past the server's 10,000 retained events
+    await srv.control('seed', { entity: 'Todo', count: 10050, data: { title: 't{i}', done: false } })
+    await assert.rejects(getServerData(srv.url, ['Note'], { token: alice }), (err) =>
+      err.code === 'ERR_SYNC_REJECTED' && err.status === 403 && /^.*Note cannot be read whole/.test(err.message) && /row-level read policy/.test(err.message))
   } finally {
     await srv.stop()
   }

@@ -35,7 +35,7 @@ function startDevserver(args = []) {
           control: (what, body) => control(url, what, body),
           stop: () =>
             new Promise((done) => {
-              if (child.exitCode !== null) return done()
+              if (child.exitCode !== null || child.signalCode !== null) return done()
               child.once('exit', () => done())
               child.kill('SIGKILL')
             }),
@@ -149,7 +149,7 @@ async function startPylon({ production = false } = {}) {
   }
   const stop = () =>
     new Promise((done) => {
-      if (child.exitCode !== null) return done()
+      if (child.exitCode !== null || child.signalCode !== null) return done()
       child.once('exit', () => done())
       child.kill('SIGKILL')
     })

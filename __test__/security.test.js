@@ -195,24 +195,32 @@ function inProcess(script, args, env) {
   })
 }
 
+/**
+ * A script for `inProcess`: a direct call, then an engine over each of
+ * `transports` until its stream is open. Returns `{ rows, seen }`.
+ */
+function everyWay(transports) {
+  return `
+    const rows = await sync.fetchList(url, 'Todo')
+    const seen = []
+    for (const transport of ${JSON.stringify(transports)}) {
+      const e = sync.createSyncEngine(url, { persist: false, token, transport, pollInterval: 3600000 })
+      await e.start()
+      for (const deadline = Date.now() + 10000; !(e.connection.state === 'open' && e.connection.transport === transport); ) {
+        if (Date.now() > deadline) throw new Error(transport + ' did not open: ' + JSON.stringify(e.connection))
+        await new Promise((r) => setTimeout(r, 20))
+      }
+      seen.push(transport)
+      await e.close()
+    }
+    return { rows: rows.length, seen }`
+}
+
 test('the system trust store (SSL_CERT_FILE here) and NODE_EXTRA_CA_CERTS are trusted, for HTTP, SSE and WebSocket', async () => {
   const srv = await startDevserver()
   const front = await tlsFront(srv)
   try {
-    const script = `
-      const rows = await sync.fetchList(url, 'Todo')
-      const seen = []
-      for (const transport of ['websocket', 'sse']) {
-        const e = sync.createSyncEngine(url, { persist: false, token, transport, pollInterval: 3600000 })
-        await e.start()
-        for (const deadline = Date.now() + 10000; !(e.connection.state === 'open' && e.connection.transport === transport); ) {
-          if (Date.now() > deadline) throw new Error(transport + ' did not open: ' + JSON.stringify(e.connection))
-          await new Promise((r) => setTimeout(r, 20))
-        }
-        seen.push(transport)
-        await e.close()
-      }
-      return { rows: rows.length, seen }`
+    const script = everyWay(['websocket', 'sse'])
     const token = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'alice' })).body.token
     const args = { url: front.url, token }
     const trusted = { rows: 0, seen: ['websocket', 'sse'] }
@@ -278,20 +286,7 @@ test('HTTP and SSE go through the proxy that HTTP_PROXY names; WebSockets connec
   try {
     const token = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'alice' })).body.token
     const port = Number(new URL(srv.url).port)
-    const script = `
-      const rows = await sync.fetchList(url, 'Todo')
-      const seen = []
-      for (const transport of ['sse', 'websocket']) {
-        const e = sync.createSyncEngine(url, { persist: false, token, transport, pollInterval: 3600000 })
-        await e.start()
-        for (const deadline = Date.now() + 10000; !(e.connection.state === 'open' && e.connection.transport === transport); ) {
-          if (Date.now() > deadline) throw new Error(transport + ' did not open: ' + JSON.stringify(e.connection))
-          await new Promise((r) => setTimeout(r, 20))
-        }
-        seen.push(transport)
-        await e.close()
-      }
-      return { rows: rows.length, seen }`
+    const script = everyWay(['sse', 'websocket'])
     const env = { HTTP_PROXY: `http://127.0.0.1:${proxy.address().port}`, NO_PROXY: '' }
     assert.deepEqual(await inProcess(script, { url: srv.url, token }, env), { rows: 0, seen: ['sse', 'websocket'] })
     assert.ok(carried.includes(port), 'HTTP requests went through the proxy')

@@ -84,6 +84,11 @@ class Store {
     return entry
   }
 
+  /** `entities` changed by a call of this turn (hydrate): the next read sees them. */
+  _changed(entities) {
+    for (const e of entities) this._current.delete(e)
+  }
+
   _mark(entity) {
     if (this._current.size === 0) queueMicrotask(() => this._current.clear())
     this._current.add(entity)

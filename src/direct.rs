@@ -129,7 +129,7 @@ pub async fn direct_call_fn(
 
 /// Rows of `entities` and a cursor consistent with them, for `engine.hydrate`.
 #[napi(
-    ts_return_type = "Promise<{ ok: true; value: { entities: Record<string, Array<{ id: string; [field: string]: unknown }>>; cursor: { last_seq: number } } } | { ok: false; error: ErrorInfo }>"
+    ts_return_type = "Promise<{ ok: true; value: { entities: Record<string, Array<{ id: string; [field: string]: unknown }>>; cursor: { last_seq: number }; identity?: { user_id: string | null; tenant_id: string | null } } } | { ok: false; error: ErrorInfo }>"
 )]
 pub async fn get_server_data(
     base_url: String,

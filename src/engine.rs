@@ -256,12 +256,10 @@ impl NativeEngine {
         settle(self.engine.reset_replica().await)
     }
 
-    #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
-    pub async fn hydrate(&self, #[napi(ts_arg_type = "unknown")] data: Value) -> Value {
-        match convert::hydration(data) {
-            Ok(h) => settle(self.engine.hydrate(h).await),
-            Err(e) => settle::<()>(Err(e)),
-        }
+    /// Shows the rows at once; returns the entities shown (stored at `start()`).
+    #[napi(catch_unwind)]
+    pub fn hydrate(&self, #[napi(ts_arg_type = "unknown")] data: Value) -> Result<Vec<String>> {
+        self.engine.hydrate(convert::hydration(data).map_err(to_js)?).map_err(to_js)
     }
 
     #[napi(catch_unwind)]

@@ -30,7 +30,7 @@ pub use events::{
     ConnState, Connection, ErrorContext, ErrorInfo, Event, Listener, MutationChange, Peer, Phase, ResyncReason,
     SyncStatus,
 };
-pub use protocol::{ChangeEvent, Cursor, Hydration, Kind, Row, Session};
+pub use protocol::{ChangeEvent, Cursor, Hydration, Identity, Kind, Row, Session};
 pub use queue::{Mutation, MutationError, Status as MutationStatus};
 pub use replica::RowText;
 pub use transport::{BinaryFrame, BinaryHeader};

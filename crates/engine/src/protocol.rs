@@ -75,10 +75,13 @@ pub struct Session {
 }
 
 impl Session {
-    /// The part of a session that decides which rows are visible.
-    /// Rows and queued writes are kept per identity key.
+    pub fn identity(&self) -> Identity {
+        Identity { user_id: self.user_id.clone(), tenant_id: self.tenant_id.clone() }
+    }
+
+    /// See [`Identity::key`].
     pub fn identity_key(&self) -> String {
-        format!("user:{}|tenant:{}", self.user_id.as_deref().unwrap_or(""), self.tenant_id.as_deref().unwrap_or(""))
+        self.identity().key()
     }
 }
 
@@ -100,11 +103,35 @@ impl From<MeBody> for Session {
     }
 }
 
-/// Data for `hydrate`: rows per entity and the cursor they are consistent with.
+/// Events the server keeps: its log holds the last 10,000, numbered from 1
+/// since it started; a pull from 0 past that is not refused, it just
+/// starts later (PROTOCOL §4.3, §5.3).
+pub const LOG_CAPACITY: u64 = 10_000;
+
+/// Data for `hydrate`: rows per entity, the cursor they are consistent
+/// with, and whose rows they are.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Hydration {
     pub entities: std::collections::BTreeMap<String, Vec<Row>>,
     pub cursor: Cursor,
+    /// The session of the token the rows were read with (`None`: not said,
+    /// as in data made by hand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+}
+
+/// The part of a session that decides which rows are visible. Rows and
+/// queued writes are kept per identity key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub user_id: Option<String>,
+    pub tenant_id: Option<String>,
+}
+
+impl Identity {
+    pub fn key(&self) -> String {
+        format!("user:{}|tenant:{}", self.user_id.as_deref().unwrap_or(""), self.tenant_id.as_deref().unwrap_or(""))
+    }
 }
 
 /// The JSON error envelope `{"error":{"code","message","oldest_seq"?}}`.

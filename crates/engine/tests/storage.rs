@@ -178,3 +178,42 @@ async fn a_damaged_file_is_reported_as_corrupt_never_a_crash() {
     fresh.close().await;
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hydration_that_cannot_be_stored_fails_start_and_leaves_nothing_on_disk() {
+    let srv = server().await;
+    common::control(
+        &srv.url,
+        "seed",
+        json!({ "entity": "Todo", "count": 10, "data": { "title": "t{i}", "done": false } }),
+    )
+    .await;
+    let data =
+        pylon_sync_engine::get_server_data(&srv.url, &["Todo".into()], None, None, Default::default()).await.unwrap();
+    assert_eq!(data.cursor.last_seq, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("replica.db");
+    let engine = Engine::new(config(&srv.url, Some(&db))).unwrap();
+    assert_eq!(engine.hydrate(data).unwrap(), vec!["Todo".to_string()]);
+    assert_eq!(engine.list("Todo").len(), 10, "shown at once");
+    // another program holds the file's write lock past the engine's patience
+    let other = rusqlite::Connection::open(&db).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = engine.start().await.unwrap_err();
+    assert_eq!(err.code(), "ERR_SYNC_STORAGE", "{err}");
+    other.execute_batch("ROLLBACK").unwrap();
+    let stored = |c: &rusqlite::Connection| -> (i64, Option<String>) {
+        let rows = c.query_row("SELECT count(*) FROM rows", [], |r| r.get(0)).unwrap();
+        let cursor = c.query_row("SELECT value FROM meta WHERE key = 'cursor'", [], |r| r.get(0)).ok();
+        (rows, cursor)
+    };
+    let (rows, cursor) = stored(&other);
+    assert_eq!(rows, 0, "nothing partial on disk");
+    assert!(cursor.as_deref().is_none_or(|c| c == "0"), "the cursor moved without its rows: {cursor:?}");
+    // the hydration stays pending: the next start stores it
+    engine.start().await.unwrap();
+    assert_eq!(stored(&other), (10, Some("10".into())));
+    assert_eq!(engine.list("Todo").len(), 10);
+    engine.close().await;
+    srv.stop().await;
+}

@@ -16,8 +16,9 @@ use crate::config::Timeouts;
 use crate::error::{Error, Result};
 use crate::events::{Event, Phase, ResyncReason};
 use crate::net::Net;
-use crate::protocol::{Cursor, Hydration, Row};
-use crate::replica::{BaseRow, Effect, Replacement, RowText, Tables};
+use crate::protocol::{ChangeEvent, Cursor, Hydration, Identity, Row, LOG_CAPACITY};
+use crate::queue::Queue;
+use crate::replica::{BaseRow, Effect, Replacement, Replica, RowText, Tables};
 use crate::schema::Schema;
 use crate::snapshot::{self, Snapshot};
 
@@ -208,10 +209,14 @@ impl Engine {
         Ok(installed)
     }
 
-    /// Seeds rows and the cursor (from `get_server_data`). Before `start()` the
-    /// data is applied when the database is loaded; the hydrated entities are
-    /// then not bootstrapped again.
-    pub async fn hydrate(&self, h: Hydration) -> Result<()> {
+    /// Seeds rows and the cursor (from `get_server_data`) before `start()`:
+    /// the rows show at once, in memory, and are stored with the cursor in
+    /// one transaction when the replica is loaded (by `start()`, or by a
+    /// first write), so `start()` does not read them again. Refused, with
+    /// nothing shown, when the replica is already past the hydration's
+    /// cursor or holds another identity's rows. Returns the entities shown
+    /// (the caller tells its listeners; no event is sent).
+    pub fn hydrate(&self, h: Hydration) -> Result<Vec<String>> {
         self.check_open()?;
         for (entity, rows) in &h.entities {
             check_entity(entity)?;
@@ -222,14 +227,65 @@ impl Engine {
                 }
             }
         }
-        if !self.inner.state.read().loaded {
-            self.inner.state.write().pending_hydration = Some(h);
-            return Ok(());
+        if self.inner.life.running.load(Ordering::SeqCst) {
+            return Err(Error::InvalidArg(
+                "hydrate() seeds an engine before start(); this one is started (stop() it first)".into(),
+            ));
         }
-        self.apply_hydration(h).await
+        let loaded = self.inner.state.read().loaded;
+        let (cursor, identity) = if loaded {
+            let st = self.inner.state.read();
+            (st.cursor, st.identity.clone())
+        } else {
+            // a short read of the file, on this thread: the answer is needed now
+            self.with_db_here(|_, db| Ok((db.cursor()?, db.meta("identity")?.unwrap_or_default())))?
+        };
+        if let Some(e) = refusal(&h, cursor, &identity) {
+            return Err(e);
+        }
+        let tables = hydrated_tables(&h);
+        let entities: Vec<String> = tables.keys().cloned().collect();
+        let mut st = self.inner.state.write();
+        let prepared = tables.into_iter().map(|(e, rows)| (e.clone(), st.view.replica().prepare(&e, rows))).collect();
+        st.view.replace_entities(prepared);
+        st.pending_hydration = Some(h);
+        Ok(entities)
     }
 
-    pub(super) async fn apply_hydration(&self, h: Hydration) -> Result<()> {
+    /// Stores a hydration shown before the replica was loaded. One refused
+    /// now (the file changed since `hydrate()` looked) is dropped and the
+    /// replica shown as stored; one that fails to store stays pending, so
+    /// the next `start()` tries again.
+    pub(super) async fn store_hydration(&self) -> Result<()> {
+        let Some(h) = self.inner.state.write().pending_hydration.take() else { return Ok(()) };
+        let refused = {
+            let st = self.inner.state.read();
+            refusal(&h, st.cursor, &st.identity)
+        };
+        if let Some(e) = refused {
+            self.load_stored(true).await?;
+            return Err(e);
+        }
+        if let Err(e) = self.apply_hydration(h.clone()).await {
+            self.inner.state.write().pending_hydration.get_or_insert(h);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn apply_hydration(&self, h: Hydration) -> Result<()> {
+        if let Some(key) = h.identity.as_ref().map(Identity::key) {
+            // whose rows they are: a token of another identity flips the
+            // replica (and clears them) as soon as its session is known
+            if self.inner.state.read().identity.is_empty() {
+                self.with_db(move |me, db| {
+                    db.write(|w| w.set_meta("identity", &key))?;
+                    me.inner.state.write().identity = key;
+                    Ok(())
+                })
+                .await?;
+            }
+        }
         let epoch = self.inner.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         let mut rows: BTreeMap<String, BTreeMap<String, Arc<Row>>> = BTreeMap::new();
         for (entity, list) in h.entities {
@@ -239,16 +295,53 @@ impl Engine {
                 table.insert(id, Arc::new(r));
             }
         }
-        // the hydration's cursor replaces ours; replaying from it is harmless
+        // the hydration's cursor replaces ours (never older: see `refusal`)
         let head = h.cursor.last_seq;
         let snap = Snapshot { head, rows, log_only: Vec::new(), anchor: None };
         self.install_snapshot(snap, epoch, Resume::Head).await.map(drop)
     }
 }
 
+/// Why a hydration may not go over a replica at `cursor` holding
+/// `identity`'s rows (empty: nobody's yet). Never merged: the replica
+/// catches up on its own once started.
+fn refusal(h: &Hydration, cursor: u64, identity: &str) -> Option<Error> {
+    if let Some(theirs) = h.identity.as_ref().map(Identity::key) {
+        if !identity.is_empty() && identity != theirs {
+            return Some(Error::InvalidArg(format!(
+                "this hydration holds the rows of {theirs}, and the replica those of {identity}: \
+                 it is not merged (hydrate an engine of that identity, or reset the replica first)"
+            )));
+        }
+    }
+    (cursor > h.cursor.last_seq).then(|| {
+        Error::InvalidArg(format!(
+            "this hydration (cursor {}) is older than the replica (cursor {cursor}): it is not merged; \
+             start() brings the replica up to date",
+            h.cursor.last_seq
+        ))
+    })
+}
+
+/// A hydration's rows as the replica keeps them.
+pub(super) fn hydrated_tables(h: &Hydration) -> Tables {
+    h.entities
+        .iter()
+        .map(|(entity, rows)| {
+            let rows = rows.iter().map(|r| {
+                let id = r["id"].as_str().unwrap_or_default().to_string();
+                (id, BaseRow { seq: 0, data: Some(RowText::new(r)) })
+            });
+            (entity.clone(), rows.collect())
+        })
+        .collect()
+}
+
 /// Rows of `entities` and a cursor they are consistent with: the log head is
 /// read first, the rows after it, so pulling from the cursor replays whatever
-/// changed while the rows were read.
+/// changed while the rows were read. An entity the server will not list to
+/// this caller (a row-level read policy) is read from the change log up to
+/// the same head, as the engine fills it. The identity is that of the token.
 pub async fn get_server_data(
     base_url: &str,
     entities: &[String],
@@ -270,13 +363,72 @@ pub async fn get_server_data(
     let fields = |name: &str| manifest.iter().find(|i| i.name == name).map(|i| i.fields.clone()).unwrap_or_default();
     let infos: Vec<EntityInfo> =
         entities.iter().map(|name| EntityInfo { name: name.clone(), has_policy: true, fields: fields(name) }).collect();
+    let identity = match api.me(token).await {
+        Ok(session) => Some(session.identity()),
+        Err(Error::Http { status: 404, .. }) => None,
+        Err(e) => return Err(e),
+    };
     let snap = snapshot::take(&api, token, &infos, false, &|_, _, _| {}).await?;
-    Ok(Hydration {
-        entities: snap
-            .rows
-            .into_iter()
-            .map(|(e, rows)| (e, rows.into_values().map(|r| (*r).clone()).collect()))
-            .collect(),
-        cursor: Cursor { last_seq: snap.head },
-    })
+    let mut out: BTreeMap<String, Vec<Row>> =
+        snap.rows.into_iter().map(|(e, rows)| (e, rows.into_values().map(|r| (*r).clone()).collect())).collect();
+    if !snap.log_only.is_empty() {
+        out.extend(from_log(&api, token, &snap.log_only, snap.head).await?);
+        // in the manifest's types, as the snapshot's rows are
+        for info in infos.iter().filter(|i| snap.log_only.contains(&i.name)) {
+            for row in out.get_mut(&info.name).into_iter().flatten() {
+                info.fields.normalize(row);
+            }
+        }
+    }
+    Ok(Hydration { entities: out, cursor: Cursor { last_seq: snap.head }, identity })
+}
+
+/// The rows of `entities` the change log shows this caller, up to `head`,
+/// by the replica's own merge rules. The log must reach back to its first
+/// event: the server keeps only its last 10,000, and a row made before
+/// them cannot be known, which is an error naming the entities.
+async fn from_log(
+    api: &Api,
+    token: Option<&str>,
+    entities: &[String],
+    head: u64,
+) -> Result<BTreeMap<String, Vec<Row>>> {
+    let unreachable = |oldest_seq: u64| Error::Http {
+        status: 403,
+        code: "POLICY_DENIED".into(),
+        message: format!(
+            "{} cannot be read whole: the server lists it to no one but admins (a row-level read policy), \
+             and its change log, which would fill it, no longer reaches back to its first event \
+             (it keeps events from {oldest_seq} on)",
+            entities.join(", ")
+        ),
+        retry_after: None,
+    };
+    // a pull from 0 is never refused, even when the front of the log is gone
+    if head > LOG_CAPACITY {
+        return Err(unreachable(head - LOG_CAPACITY + 1));
+    }
+    let mut replica = Replica::new();
+    let mut since = 0;
+    while since < head {
+        let page = match api.pull_until(token, since, head, None).await {
+            Err(Error::Resync { oldest_seq }) => return Err(unreachable(oldest_seq)),
+            page => page?,
+        };
+        let changes: Vec<ChangeEvent> =
+            page.changes.into_iter().filter(|c| c.seq <= head && entities.contains(&c.entity)).collect();
+        let (effects, missing) = replica.plan(&changes);
+        replica.commit(&effects, &Queue::default());
+        // an update of a row whose insert the log did not show: read the row
+        for m in missing {
+            if let Some(row) = api.get(token, &m.entity, &m.id).await? {
+                replica.put_base(&m.entity, &m.id, BaseRow { seq: m.seq, data: Some(RowText::new(&row)) });
+            }
+        }
+        if page.cursor.last_seq <= since || !page.has_more && page.cursor.last_seq < head {
+            break; // the head is reached: nothing newer than it was asked for
+        }
+        since = page.cursor.last_seq;
+    }
+    Ok(entities.iter().map(|e| (e.clone(), replica.list(e).iter().map(RowText::parse).collect())).collect())
 }

@@ -352,29 +352,40 @@ impl Engine {
     ) -> Result<T> {
         self.check_open()?;
         let me = self.clone();
-        let work = move || {
-            let mut guard = me.inner.db.lock();
-            // work queued before a close began (a stream's, a write's) must
-            // not open the file again once it is let go
-            me.check_open()?;
-            if guard.is_none() {
-                *guard = Some(Db::open(me.inner.cfg.db_path.as_deref())?);
-            }
-            f(&me, guard.as_mut().unwrap())
-        };
+        let work = move || me.with_db_here(f);
         if self.inner.io.inline_db() {
             return work();
         }
         tokio::task::spawn_blocking(work).await.map_err(|e| Error::Storage(format!("database task failed: {e}")))?
     }
 
-    /// Opens the database and loads it into memory, once.
-    async fn load(&self) -> Result<()> {
-        if self.inner.state.read().loaded {
-            return Ok(());
+    /// Runs `f` with the open database on the calling thread: only for a
+    /// short read that a synchronous call needs (`hydrate`).
+    fn with_db_here<T>(&self, f: impl FnOnce(&Engine, &mut Db) -> Result<T>) -> Result<T> {
+        let mut guard = self.inner.db.lock();
+        // work queued before a close began (a stream's, a write's) must
+        // not open the file again once it is let go
+        self.check_open()?;
+        if guard.is_none() {
+            *guard = Some(Db::open(self.inner.cfg.db_path.as_deref())?);
         }
-        self.with_db(|me, db| {
-            if me.inner.state.read().loaded {
+        f(self, guard.as_mut().expect("opened above"))
+    }
+
+    /// Opens the database and loads it into memory, once; then stores a
+    /// hydration made before (see `hydrate`).
+    async fn load(&self) -> Result<()> {
+        if !self.inner.state.read().loaded {
+            self.load_stored(false).await?;
+        }
+        self.store_hydration().await
+    }
+
+    /// Reads the file into memory, once (`again`: once more, to show what
+    /// it holds after a refused hydration).
+    async fn load_stored(&self, again: bool) -> Result<()> {
+        self.with_db(move |me, db| {
+            if me.inner.state.read().loaded && !again {
                 return Ok(());
             }
             // read and index everything before taking the state lock, so
@@ -399,8 +410,16 @@ impl Engine {
             let same_token = stored_fp.as_deref() == Some(fp.as_str()) || (rows.is_empty() && cursor == 0);
             let queue_key = if same_token && !identity.is_empty() { identity.clone() } else { token_key(&fp) };
             let (mine, parked_in_doubt) = split_queue(mutations, &queue_key);
-            let view = View::new(same_token.then_some(rows), Queue::new(mine));
+            let mut view = View::new(same_token.then_some(rows), Queue::new(mine));
             let mut st = me.inner.state.write();
+            if let Some(h) = &st.pending_hydration {
+                // shown since hydrate(), and stored next: never hidden meanwhile
+                let prepared = bootstrap::hydrated_tables(h)
+                    .into_iter()
+                    .map(|(e, rows)| (e.clone(), view.replica().prepare(&e, rows)))
+                    .collect();
+                view.replace_entities(prepared);
+            }
             st.identity = identity;
             st.server_boot = server_boot;
             st.anchor = anchor;
@@ -418,10 +437,6 @@ impl Engine {
             Ok(())
         })
         .await?;
-        let hydration = self.inner.state.write().pending_hydration.take();
-        if let Some(h) = hydration {
-            self.apply_hydration(h).await?;
-        }
         let entities = self.entities();
         if !entities.is_empty() {
             self.emit(Event::Change { entities });
