@@ -128,7 +128,7 @@ plainTest('every napi target has its package folder and its build in the release
 
 test('the root and its eight platform packages publish to a local registry', { timeout: 300000 }, async () => {
   assert.ok(binary, 'built by the first test')
-  // a registry that has only what is published here (no uplinks)
+  // a local registry: the package and its platform packages as published here
   const dir = path.join(stage, 'registry')
   fs.mkdirSync(dir, { recursive: true })
   const port = await freePort()
@@ -139,8 +139,13 @@ test('the root and its eight platform packages publish to a local registry', { t
       `storage: ${path.join(dir, 'storage')}`,
       'auth:',
       `  htpasswd: { file: ${path.join(dir, 'htpasswd')}, max_users: 10 }`,
-      'uplinks: {}',
-      "packages: { '**': { access: $all, publish: $authenticated } }",
+      // the package is only ever what is published here; the examples'
+      // other dependencies come from the npm registry
+      'uplinks: { npmjs: { url: "https://registry.npmjs.org/" } }',
+      'packages:',
+      `  '${pkg.name}': { access: $all, publish: $authenticated }`,
+      `  '${pkg.name}-*': { access: $all, publish: $authenticated }`,
+      "  '**': { access: $all, publish: $authenticated, proxy: npmjs }",
       'log: { type: stdout, format: pretty, level: error }',
       '',
     ].join('\n'),
@@ -197,6 +202,7 @@ test('installed by name with no compiler on PATH, it runs under require, import,
   fs.symlinkSync(process.execPath, path.join(bin, 'node'))
   fs.symlinkSync(fs.realpathSync(run('sh', ['-c', 'command -v npm']).trim()), path.join(bin, 'npm'))
   fs.symlinkSync(fs.realpathSync(path.join(root, 'node_modules', '.bin', 'bun')), path.join(bin, 'bun'))
+  fs.symlinkSync('/bin/sh', path.join(bin, 'sh')) // npm runs scripts with it
   PATH = bin
   for (const tool of ['cargo', 'cc', 'gcc', 'rustc']) {
     assert.notEqual(spawnSync('/bin/sh', ['-c', `command -v ${tool}`], { env: { PATH } }).status, 0, `${tool} is on PATH`)
@@ -250,6 +256,20 @@ test('npm install --os/--cpu/--libc picks exactly the platform package of each o
     run('npm', ['install', `${pkg.name}@${pkg.version}`, ...flags, '--userconfig', registry.npmrc], { cwd: dir })
     const picked = fs.readdirSync(path.join(dir, 'node_modules')).filter((n) => n.startsWith(`${pkg.name}-`))
     assert.deepEqual(picked, [`${pkg.name}-${f}`], `npm install ${flags.join(' ')}`)
+  }
+})
+
+test('each example installs the package by name and passes its smoke test against the dev server', { timeout: 900000 }, () => {
+  assert.ok(PATH, 'set up by an earlier test')
+  const examples = path.join(root, 'examples')
+  for (const name of fs.readdirSync(examples)) {
+    const dir = path.join(stage, 'examples', name)
+    fs.cpSync(path.join(examples, name), dir, { recursive: true, filter: (src) => !/node_modules|[\\/]data$/.test(src) })
+    const env = { ...process.env, npm_config_userconfig: registry.npmrc, PYLON_URL: srv.url }
+    // installed with no compiler at hand; run where a browser is (its launcher needs the usual tools)
+    run('npm', ['install'], { cwd: dir, env: { ...env, PATH } })
+    const out = run('npm', ['run', 'smoke'], { cwd: dir, env })
+    assert.match(out, new RegExp(`^ok ${name}$`, 'm'), out)
   }
 })
 
