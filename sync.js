@@ -362,7 +362,12 @@ class SyncEngine {
     try {
       entities = guard(() => this._native.hydrate(data))
     } catch (e) {
-      return Promise.reject(e)
+      // `engine.hydrate(data); await engine.start()` does not await it: a
+      // refusal must not end the process as an unhandled rejection (start()
+      // then goes on from the replica as stored, which is safe)
+      const refused = Promise.reject(e)
+      refused.catch(() => {})
+      return refused
     }
     this.store._changed(entities)
     const set = this._listeners.get('change')

@@ -407,6 +407,32 @@ test('a hydration older than the replica, or of another identity, is refused and
   }
 })
 
+test('a hydration of some entities over a replica that follows the log loses no change to the others', async () => {
+  const srv = await startDevserver()
+  try {
+    await api(srv.url, 'POST', '/api/entities/OrgMember', { userId: 'u1', orgId: 'o1' })
+    const dbPath = path.join(tempDir(), 'replica.db')
+    const first = engine(srv.url, { persist: true, dbPath })
+    await first.start()
+    const before = first.cursor
+    await first.close()
+    // while the replica is closed: a change to an entity the hydration leaves out, and one to an entity it holds
+    await api(srv.url, 'POST', '/api/entities/OrgMember', { userId: 'u2', orgId: 'o1' })
+    await api(srv.url, 'POST', '/api/entities/Todo', { title: 'hydrated', done: false })
+    const data = await getServerData(srv.url, ['Todo'], {})
+    assert.ok(data.cursor.last_seq > before)
+    const e = engine(srv.url, { persist: true, dbPath })
+    await e.hydrate(data)
+    await e.start()
+    assert.deepEqual(e.store.list('OrgMember').map((m) => m.userId).sort(), ['u1', 'u2'], 'the cursor skipped a change the hydration did not hold')
+    assert.deepEqual(e.store.list('Todo').map((t) => t.title), ['hydrated'])
+    assert.ok(e.cursor >= data.cursor.last_seq)
+    await e.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
 test("hydrated rows of another identity than the engine's token are cleared once its session is known", async () => {
   const srv = await startDevserver()
   try {

@@ -236,7 +236,7 @@ test('the system trust store (SSL_CERT_FILE here) and NODE_EXTRA_CA_CERTS are tr
   }
 })
 
-test('the default replica path is built from the parsed URL: credentials never reach the file name', async () => {
+test('the default replica path is built from the parsed URL: credentials never reach the file name, nor an error', async () => {
   const srv = await startDevserver()
   try {
     const data = tempDir()
@@ -255,9 +255,12 @@ test('the default replica path is built from the parsed URL: credentials never r
       for (const u of ['not a url', 'ftp://127.0.0.1/', 'http://someone:hunter2@']) {
         try { sync.createSyncEngine(u, { persist: false }) } catch (err) { bad.push([err.code, err.message.includes('hunter2')]) }
       }
+      for (const call of [() => sync.fetchList('http://someone:hunter2@', 'Todo'), () => sync.getServerData('ftp://someone:hunter2@x/', ['Todo'])]) {
+        await call().catch((err) => bad.push([err.code, err.message.includes('hunter2')]))
+      }
       return bad`
     const bad = await inProcess(script, { url: srv.url }, { XDG_DATA_HOME: data })
-    assert.deepEqual(bad, [false, ['ERR_SYNC_INVALID_ARG', false], ['ERR_SYNC_INVALID_ARG', false], ['ERR_SYNC_INVALID_ARG', false]])
+    assert.deepEqual(bad, [false, ...Array(5).fill(['ERR_SYNC_INVALID_ARG', false])])
     const files = fs.readdirSync(path.join(data, 'pylon-sync', 'default'))
     assert.ok(files.includes(`127.0.0.1_${port}_pylon.db`), files.join(', '))
     assert.ok(!files.some((f) => f.includes('hunter2') || f.includes('someone')), files.join(', '))

@@ -172,7 +172,7 @@ pub fn options<T: DeserializeOwned>(opts: Value) -> Result<T> {
 /// `createSyncEngine(baseUrl, options)` → engine config. `persist` defaults to
 /// true and then uses `default_db_path`.
 pub fn config(base_url: &str, opts: Value) -> Result<Config> {
-    base(base_url)?;
+    pylon_sync_engine::api::parse_base(base_url)?;
     let opts: EngineOptions = options(opts)?;
     let mut cfg = Config::new(base_url);
     cfg.transport = match opts.transport.as_deref() {
@@ -205,20 +205,6 @@ pub fn config(base_url: &str, opts: Value) -> Result<Config> {
     Ok(cfg)
 }
 
-/// The server's base URL, parsed. The error never repeats the text: it may
-/// hold credentials.
-fn base(base_url: &str) -> Result<url::Url> {
-    let url =
-        url::Url::parse(base_url).map_err(|e| invalid(format!("baseUrl must be an http:// or https:// URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
-        return Err(invalid(format!(
-            "baseUrl must be an http:// or https:// URL with a host, got a {}: URL",
-            url.scheme()
-        )));
-    }
-    Ok(url)
-}
-
 fn stream_url(key: &str, url: Option<String>, schemes: &[&str]) -> Result<Option<String>> {
     let Some(url) = url else { return Ok(None) };
     let ok = url.split_once("://").is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty());
@@ -237,8 +223,8 @@ pub fn default_db_path(app: &str, base_url: &str) -> Result<PathBuf> {
     let root = dirs::data_local_dir()
         .ok_or_else(|| invalid("no home directory to keep the replica in; pass dbPath or persist: false"))?;
     // from the parsed URL, so credentials in it (`user:pass@`) never reach the file name
-    let url = base(base_url)?;
-    let host = url.host_str().expect("base() requires a host");
+    let url = pylon_sync_engine::api::parse_base(base_url)?;
+    let host = url.host_str().expect("parse_base requires a host");
     let port = url.port_or_known_default().map(|p| format!("_{p}")).unwrap_or_default();
     let path = url.path().trim_matches('/').replace('/', "_");
     let path = if path.is_empty() { path } else { format!("_{path}") };

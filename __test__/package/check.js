@@ -25,9 +25,9 @@ const built = 'linux-x64-gnu'
 const GLIBC_FLOOR = '2.17'
 const NODES = ['22.23.5', '24.22.3'] // besides the Node running this (20)
 
-/** Runs a command; throws with its output when it fails. */
+/** Runs a command (for at most 10 minutes); throws with its output when it fails. */
 function run(cmd, args, opts = {}) {
-  const out = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 << 20, ...opts })
+  const out = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 << 20, timeout: 600000, killSignal: 'SIGKILL', ...opts })
   if (out.error) throw out.error
   if (out.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${out.status}\n${out.stdout}\n${out.stderr}`)
   return out.stdout

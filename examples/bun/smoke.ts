@@ -21,10 +21,19 @@ async function until<T>(what: string, probe: () => Promise<T | undefined>): Prom
 
 let printed = ''
 const reader = child.stdout.getReader()
+let reading: Promise<{ value?: Uint8Array }> | null = null
 const mirror = await until('the mirror to serve', async () => {
-  const { value } = await reader.read()
-  printed += new TextDecoder().decode(value ?? new Uint8Array())
+  // a read that brings nothing within a second is waited for again, until the deadline
+  reading ??= reader.read()
+  const read = await Promise.race([reading, Bun.sleep(1000).then(() => null)])
+  if (read) {
+    reading = null
+    printed += new TextDecoder().decode(read.value ?? new Uint8Array())
+  }
   return printed.match(/serving the replica on (\S+)/)?.[1]
+}).catch((e) => {
+  child.kill('SIGKILL')
+  throw e
 })
 
 /** The titles a URL lists: Pylon answers `{ data: rows }`, the mirror the rows themselves. */

@@ -11,6 +11,9 @@ const path = require('node:path')
 const url = process.env.PYLON_URL
 if (!url) throw new Error('PYLON_URL must name a running server')
 
+/** The mirrors still running: killed if the smoke test fails. */
+const running = new Set()
+
 /** Runs `script` with `env`; `waitFor(pattern)` resolves on a line of its output that matches. */
 function run(script, env) {
   const child = spawn(process.execPath, [path.join(__dirname, script)], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
@@ -28,6 +31,8 @@ function run(script, env) {
     }
   })
   const exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)))
+  running.add(child)
+  exited.then(() => running.delete(child))
   return {
     waitFor(pattern, ms = 20000) {
       const seen = lines.find((l) => pattern.test(l))
@@ -75,5 +80,6 @@ async function main() {
 
 main().catch((e) => {
   console.error(e)
+  for (const child of running) child.kill('SIGKILL')
   process.exit(1)
 })

@@ -382,13 +382,23 @@ fn batch_error_code(message: &str) -> &'static str {
     }
 }
 
+/// A server's base URL, parsed: http(s) with a host. The error never
+/// repeats the text, which may hold credentials (`user:pass@`).
+pub fn parse_base(url: &str) -> Result<reqwest::Url> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| Error::InvalidArg(format!("baseUrl must be an http:// or https:// URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || !parsed.has_host() {
+        return Err(Error::InvalidArg(format!(
+            "baseUrl must be an http:// or https:// URL with a host, got a {}: URL",
+            parsed.scheme()
+        )));
+    }
+    Ok(parsed)
+}
+
 /// Strips a trailing slash and rejects anything that is not an http(s) URL.
 fn normalize_base(url: &str) -> Result<String> {
-    let parsed =
-        reqwest::Url::parse(url).map_err(|e| Error::InvalidArg(format!("baseUrl {url:?} is not a URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(Error::InvalidArg(format!("baseUrl must be an http:// or https:// URL, got {url:?}")));
-    }
+    parse_base(url)?;
     Ok(url.trim_end_matches('/').to_string())
 }
 

@@ -134,6 +134,11 @@ impl Engine {
                 }
                 let (cursor, mut covered, moved) = {
                     let st = me.inner.state.read();
+                    if resume == Resume::Hydrate {
+                        if let Some(e) = older(snap.head, st.cursor) {
+                            return Err(e);
+                        }
+                    }
                     let cursor = match resume {
                         Resume::Head => snap.head,
                         Resume::Replay => 0,
@@ -141,6 +146,8 @@ impl Engine {
                         // one with an entity only the log can fill (it replays from 0)
                         Resume::Follow if st.cursor == 0 && snap.log_only.is_empty() => snap.head,
                         Resume::Follow => st.cursor,
+                        Resume::Hydrate if st.covered.is_empty() => snap.head,
+                        Resume::Hydrate => st.cursor,
                     };
                     (cursor, st.covered.clone(), cursor != st.cursor)
                 };
@@ -295,10 +302,8 @@ impl Engine {
                 table.insert(id, Arc::new(r));
             }
         }
-        // the hydration's cursor replaces ours (never older: see `refusal`)
-        let head = h.cursor.last_seq;
-        let snap = Snapshot { head, rows, log_only: Vec::new(), anchor: None };
-        self.install_snapshot(snap, epoch, Resume::Head).await.map(drop)
+        let snap = Snapshot { head: h.cursor.last_seq, rows, log_only: Vec::new(), anchor: None };
+        self.install_snapshot(snap, epoch, Resume::Hydrate).await.map(drop)
     }
 }
 
@@ -314,11 +319,15 @@ fn refusal(h: &Hydration, cursor: u64, identity: &str) -> Option<Error> {
             )));
         }
     }
-    (cursor > h.cursor.last_seq).then(|| {
+    older(h.cursor.last_seq, cursor)
+}
+
+/// A hydration read at `head` is older than a replica at `cursor`.
+fn older(head: u64, cursor: u64) -> Option<Error> {
+    (cursor > head).then(|| {
         Error::InvalidArg(format!(
-            "this hydration (cursor {}) is older than the replica (cursor {cursor}): it is not merged; \
-             start() brings the replica up to date",
-            h.cursor.last_seq
+            "this hydration (cursor {head}) is older than the replica (cursor {cursor}): it is not merged; \
+             start() brings the replica up to date"
         ))
     })
 }

@@ -203,6 +203,10 @@ enum Resume {
     Head,
     /// From 0: entities only the log fills are emptied and replayed.
     Replay,
+    /// A hydration: from its head for a fresh replica; else the replica
+    /// keeps its cursor (the entities not hydrated are only as new as it),
+    /// and one that moved past the head meanwhile refuses it.
+    Hydrate,
 }
 
 /// What [`Engine::applied_run`] committed: the acknowledged mutations (under
