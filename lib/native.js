@@ -5,16 +5,7 @@
 // and how to fix it, instead of napi's generic "Cannot find native binding".
 
 const { name, version, napi } = require('../package.json')
-
-const ARCH = { x86_64: 'x64', aarch64: 'arm64' }
-const OS = { linux: 'linux', darwin: 'darwin', windows: 'win32' }
-
-/** `x86_64-unknown-linux-gnu` → `linux-x64-gnu`: the suffix of the package that holds its binary. */
-function platformArchAbi(triple) {
-  const [arch, , os, abi] = triple.split('-')
-  const platform = os === 'darwin' ? 'darwin' : OS[os]
-  return [platform, ARCH[arch], platform === 'darwin' ? null : abi].filter(Boolean).join('-')
-}
+const { platformArchAbi } = require('./platforms.js')
 
 /** `gnu` or `musl` on Linux (from Node's own report, as napi's loader does), else null. */
 function libc() {
@@ -27,9 +18,9 @@ function libc() {
   }
 }
 
-/** The platform as the binary packages name it: `linux-x64-gnu`, `darwin-arm64`, `win32-x64-msvc`. */
-function detected() {
-  const abi = process.platform === 'linux' ? libc() : process.platform === 'win32' ? 'msvc' : null
+/** This machine as the binary packages name it (`linux-x64-gnu`, `darwin-arm64`, `win32-x64-msvc`), given its libc. */
+function detected(c) {
+  const abi = process.platform === 'linux' ? c : process.platform === 'win32' ? 'msvc' : null
   return [process.platform, process.arch, abi].filter(Boolean).join('-')
 }
 
@@ -42,7 +33,8 @@ function messages(err) {
 
 /** The error thrown when the addon cannot load: what was detected, what was looked for, why, and the fix. */
 function loadError(cause) {
-  const here = detected()
+  const c = libc()
+  const here = detected(c)
   const supported = napi.targets.map(platformArchAbi)
   const pkg = `${name}-${here}`
   let installed = false
@@ -54,7 +46,7 @@ function loadError(cause) {
   const failure = messages(cause).find((m) => m.includes(pkg) && !m.startsWith('Cannot find module'))
   const lines = [
     `${name} could not load its native binary for platform ${process.platform}, arch ${process.arch}` +
-      (process.platform === 'linux' ? `, libc ${libc()}` : '') +
+      (c ? `, libc ${c}` : '') +
       ` (Node ${process.versions.node}).`,
   ]
   if (!supported.includes(here)) {

@@ -172,7 +172,6 @@ pub fn options<T: DeserializeOwned>(opts: Value) -> Result<T> {
 /// `createSyncEngine(baseUrl, options)` → engine config. `persist` defaults to
 /// true and then uses `default_db_path`.
 pub fn config(base_url: &str, opts: Value) -> Result<Config> {
-    pylon_sync_engine::api::parse_base(base_url)?;
     let opts: EngineOptions = options(opts)?;
     let mut cfg = Config::new(base_url);
     cfg.transport = match opts.transport.as_deref() {

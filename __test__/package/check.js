@@ -17,6 +17,7 @@ const net = require('node:net')
 const path = require('node:path')
 
 const { startDevserver, root } = require('../helpers.js')
+const { platformArchAbi } = require('../../lib/platforms.js')
 
 const pkg = require('../../package.json')
 const stage = path.join(root, 'target', 'package-check')
@@ -31,13 +32,6 @@ function run(cmd, args, opts = {}) {
   if (out.error) throw out.error
   if (out.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${out.status}\n${out.stdout}\n${out.stderr}`)
   return out.stdout
-}
-
-/** The package folder name (`linux-x64-gnu`) of a napi target triple, as napi create-npm-dirs names it. */
-function folderOf(triple) {
-  const [arch, , os, abi] = triple.split('-')
-  const platform = { linux: 'linux', darwin: 'darwin', windows: 'win32' }[os]
-  return [platform, { x86_64: 'x64', aarch64: 'arm64' }[arch], platform === 'darwin' ? null : abi].filter(Boolean).join('-')
 }
 
 /** Node `version`'s own binary, as the npm registry carries it (cached between runs). */
@@ -77,7 +71,7 @@ const skip = missing() || false
 if (skip && process.env.PACKAGE_REQUIRED === '1') throw new Error(`the package check cannot run: ${skip}`)
 const test = (name, opts, fn) => plainTest(name, typeof opts === 'function' ? { skip } : { ...opts, skip }, fn ?? opts)
 
-const folders = pkg.napi.targets.map(folderOf)
+const folders = pkg.napi.targets.map(platformArchAbi)
 let binary // the built .node
 let registry // { url, npmrc, child }
 let srv

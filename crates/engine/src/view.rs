@@ -95,6 +95,12 @@ impl View {
         self.replica.commit(effects, &self.queue)
     }
 
+    /// Whole entities, shown at once (a hydration before it is stored).
+    pub fn show(&mut self, tables: Tables) {
+        let prepared = tables.into_iter().map(|(e, rows)| (e.clone(), self.replica.prepare(&e, rows))).collect();
+        self.replace_entities(prepared);
+    }
+
     /// Snapshot entities, replaced wholesale; returns the rows they held.
     pub fn replace_entities(&mut self, prepared: BTreeMap<String, Replacement>) -> Vec<BTreeMap<String, BaseRow>> {
         self.replica.replace_entities(prepared, &self.queue)

@@ -253,31 +253,37 @@ impl Engine {
         let tables = hydrated_tables(&h);
         let entities: Vec<String> = tables.keys().cloned().collect();
         let mut st = self.inner.state.write();
-        let prepared = tables.into_iter().map(|(e, rows)| (e.clone(), st.view.replica().prepare(&e, rows))).collect();
-        st.view.replace_entities(prepared);
+        st.view.show(tables);
         st.pending_hydration = Some(h);
         Ok(entities)
     }
 
     /// Stores a hydration shown before the replica was loaded. One refused
-    /// now (the file changed since `hydrate()` looked) is dropped and the
-    /// replica shown as stored; one that fails to store stays pending, so
-    /// the next `start()` tries again.
+    /// now (the file changed since `hydrate()` looked, or the replica moved
+    /// past it while it was stored) is dropped and the replica shown as
+    /// stored; one that fails to store stays pending, so the next `start()`
+    /// tries again.
     pub(super) async fn store_hydration(&self) -> Result<()> {
         let Some(h) = self.inner.state.write().pending_hydration.take() else { return Ok(()) };
         let refused = {
             let st = self.inner.state.read();
             refusal(&h, st.cursor, &st.identity)
         };
-        if let Some(e) = refused {
-            self.load_stored(true).await?;
-            return Err(e);
+        let stored = match refused {
+            Some(e) => Err(e),
+            None => self.apply_hydration(h.clone()).await,
+        };
+        match stored {
+            Ok(()) => Ok(()),
+            Err(e @ Error::InvalidArg(_)) => {
+                self.load_stored(true).await?;
+                Err(e)
+            }
+            Err(e) => {
+                self.inner.state.write().pending_hydration.get_or_insert(h);
+                Err(e)
+            }
         }
-        if let Err(e) = self.apply_hydration(h.clone()).await {
-            self.inner.state.write().pending_hydration.get_or_insert(h);
-            return Err(e);
-        }
-        Ok(())
     }
 
     async fn apply_hydration(&self, h: Hydration) -> Result<()> {

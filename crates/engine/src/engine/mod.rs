@@ -418,11 +418,7 @@ impl Engine {
             let mut st = me.inner.state.write();
             if let Some(h) = &st.pending_hydration {
                 // shown since hydrate(), and stored next: never hidden meanwhile
-                let prepared = bootstrap::hydrated_tables(h)
-                    .into_iter()
-                    .map(|(e, rows)| (e.clone(), view.replica().prepare(&e, rows)))
-                    .collect();
-                view.replace_entities(prepared);
+                view.show(bootstrap::hydrated_tables(h));
             }
             st.identity = identity;
             st.server_boot = server_boot;
