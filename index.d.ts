@@ -16,6 +16,15 @@ export declare class NativeEngine {
    * the process alive on its own.
    */
   onEvent(callback: (arg: Event) => void): void
+  /**
+   * Sends this engine's log records at `level` and above to `callback(level, message, fields)`.
+   * Weak, and bounded: records JavaScript has not taken yet are dropped, never waited for.
+   */
+  setLogger(callback: (level: 'error' | 'warn' | 'info' | 'debug' | 'trace', message: string, fields: Record<string, unknown>) => void, level: 'error' | 'warn' | 'info' | 'debug' | 'trace'): void
+  /** Logs `message` at `warn` as this engine's (an `error` event nobody listens for). */
+  warn(message: string): void
+  /** The engine's counters (monotonic) and its queue as they stand. */
+  diagnostics(): Diagnostics
   /** Registers the sink of binary (CRDT) frames: `(bytes, headerJson | null)`. Weak, like `onEvent`. */
   onBinary(callback: (bytes: Uint8Array, header: string | null) => void): void
   connection(): Connection
@@ -49,6 +58,10 @@ export declare class NativeEngine {
   insert(entity: string, data: unknown): Promise<{ ok: true; value: string } | { ok: false; error: ErrorInfo }>
   update(entity: string, id: string, patch: unknown): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
   delete(entity: string, id: string): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+  /** Resolves when the write (a mutation id, or a row id: its last write) is acknowledged. */
+  settled(id: string): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+  /** Resolves once every write queued before the call is acknowledged and pulled past. */
+  caughtUp(): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
   removeMutation(id: string): Promise<{ ok: true; value: boolean } | { ok: false; error: ErrorInfo }>
   retryMutation(id: string): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
   notifySessionChanged(): Promise<{ ok: true; value: Session | null } | { ok: false; error: ErrorInfo }>
@@ -87,6 +100,45 @@ export interface Connection {
   since: number
   /** Frames ignored so far: malformed, or of an unknown type. */
   ignored: number
+}
+
+/**
+ * What `engine.diagnostics()` reports. Every count only grows, so two
+ * readings can be subtracted; `pending`, `failed`, `oldestPendingAt` and
+ * `cursor` are the state now.
+ */
+export interface Diagnostics {
+  /** HTTP requests made, and those that got no answer (a transport failure). */
+  requests: number
+  requestFailures: number
+  /** Request and response bodies, in bytes (realtime streams not included). */
+  bytesSent: number
+  bytesReceived: number
+  /** Milliseconds spent waiting for the server's HTTP answers. */
+  serverWaitMs: number
+  /** Realtime connections opened, by transport. */
+  connects: Partial<Record<'websocket' | 'sse' | 'poll', number>>
+  /** The same, less the first connection: the reconnects. */
+  reconnects: Partial<Record<'websocket' | 'sse' | 'poll', number>>
+  /** Server change events applied to the replica. */
+  eventsApplied: number
+  /** Times the replica was dropped and rebuilt. */
+  resyncs: number
+  /** Writes sent (each attempt), and of those, attempts after the first. */
+  writesSent: number
+  writesRetried: number
+  writesAcknowledged: number
+  /** Writes the server (or the manifest) refused. */
+  writesFailed: number
+  /** Writes queued and not yet acknowledged: the queue's depth. */
+  pending: number
+  /** Refused writes kept until removed or retried. */
+  failed: number
+  /** Unix ms when the oldest pending write was made; null when none is pending. */
+  oldestPendingAt: number | null
+  cursor: number
+  /** The last errors (up to 10), oldest first. */
+  lastErrors: Array<LastError>
 }
 
 export declare function directCallFn(baseUrl: string, name: string, args?: unknown, opts?: DirectOptions | null): Promise<{ ok: true; value: unknown } | { ok: false; error: ErrorInfo }>
@@ -184,7 +236,8 @@ export type Event =
   | { type: 'error'; context: string; error: ErrorInfo }
   | { type: 'session'; session: Session | null }
   | { type: 'resync'; reason: 'resync' | 'identity' | 'server' }
-  | { type: 'progress'; entity: string; rows: number; done: boolean }
+  | { type: 'progress'; entity: string; rows: number; total: number | null; /** 0..1. */
+  fraction: number | null; done: boolean }
   | { type: 'connection'; connection: Connection }
   | { type: 'presence'; peers: Array<Peer> }
   | { type: 'topic'; topic: string; from: string | null; data: unknown }
@@ -192,6 +245,15 @@ export type Event =
 
 /** Rows of `entities` and a cursor consistent with them, for `engine.hydrate`. */
 export declare function getServerData(baseUrl: string, entities: Array<string>, opts?: DirectOptions | null): Promise<{ ok: true; value: { entities: Record<string, Array<{ id: string; [field: string]: unknown }>>; cursor: { last_seq: number }; identity?: { user_id: string | null; tenant_id: string | null } } } | { ok: false; error: ErrorInfo }>
+
+/** An error as `diagnostics().lastErrors` keeps it. */
+export interface LastError {
+  /** Unix ms. */
+  at: number
+  /** Where it happened, as the `error` event's `context`. */
+  context: 'sync' | 'pull' | 'session' | 'connection'
+  error: ErrorInfo
+}
 
 /**
  * A queued write (`mutations.list()`), or a transition of one (the
@@ -247,6 +309,11 @@ export interface SyncStatus {
   lastError: ErrorInfo | null
   /** Unix ms of the last pull that reached the head of the log. */
   lastSyncedAt: number | null
+  /**
+   * A round has reached the head of the server's log since the engine started, and the
+   * replica was not dropped since (an identity flip, a reset). `waitForFirstSync()` waits for it.
+   */
+  hasSynced: boolean
   /**
    * Unix ms until which the server's rate limit holds the engine back
    * (a 429: its `Retry-After`, else the limiter's 60 s window); null when not limited.

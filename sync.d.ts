@@ -5,6 +5,7 @@
 import type {
   Change,
   Connection,
+  Diagnostics,
   DirectOptions,
   EngineOptions,
   ErrorInfo,
@@ -15,7 +16,7 @@ import type {
   TimeoutOptions,
 } from './index.js'
 
-export type { Change, Connection, DirectOptions, EngineOptions, ErrorInfo, Peer, Session, SyncStatus, TimeoutOptions }
+export type { Change, Connection, Diagnostics, DirectOptions, EngineOptions, ErrorInfo, Peer, Session, SyncStatus, TimeoutOptions }
 
 /** A direct call's options: the binding's, and a signal that abandons the call (it rejects with the signal's reason, as `fetch` does). */
 export interface CallOptions extends DirectOptions {
@@ -45,9 +46,21 @@ export interface Storage {
   remove(key: string): void
 }
 
-/** `createSyncEngine`'s options: the engine's own, and where the token is read from. */
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace'
+
+/**
+ * Receives the engine's log records. Called on the JS thread after the fact: records JavaScript has not
+ * taken yet are dropped past a bound, never waited for. Never holds the process open.
+ */
+export type Logger = (level: LogLevel, message: string, fields: Record<string, unknown>) => void
+
+/** `createSyncEngine`'s options: the engine's own, where the token is read from, and where logs go. */
 export interface SyncEngineConfig extends EngineOptions {
   storage?: Storage
+  /** This engine's log records at `logLevel` and above (stderr gets what `PYLON_SYNC_LOG` asks for, default `warn`). */
+  logger?: Logger
+  /** Default `info`. */
+  logLevel?: LogLevel
 }
 
 /** A queued write: pending, or refused by the server and kept until removed or retried. */
@@ -99,6 +112,11 @@ export interface Mutations {
   remove(id: string): Promise<boolean>
   /** Re-queues a failed mutation. */
   retry(id: string): Promise<void>
+  /**
+   * Resolves when the write is acknowledged; rejects with its SyncError when refused or removed. `id` is a
+   * mutation id, or the row id an insert resolved with (the last write to that row queued now).
+   */
+  settled(id: string): Promise<void>
   subscribe(listener: (event: MutationEvent) => void): () => void
 }
 
@@ -117,7 +135,8 @@ export interface EngineEvents {
   error: SyncError
   session: Session | null
   resync: { type: 'resync'; reason: 'resync' | 'identity' | 'server' }
-  progress: { type: 'progress'; entity: string; rows: number; done: boolean }
+  /** `total` and `fraction` (0..1) where the server lets the engine know. */
+  progress: { type: 'progress'; entity: string; rows: number; total: number | null; fraction: number | null; done: boolean }
   change: undefined
   mutation: MutationEvent
   connection: Connection
@@ -152,6 +171,12 @@ export declare class SyncEngine {
   ref(): this
   /** One sync round now; rejects when it fails. */
   sync(): Promise<void>
+  /** Resolves once a round has reached the server's head since start (`status.hasSynced`). */
+  waitForFirstSync(options?: { signal?: AbortSignal }): Promise<void>
+  /** Read-your-writes: every write queued before the call acknowledged, and the replica pulled past it. */
+  caughtUp(): Promise<void>
+  /** Counters (monotonic) and the queue as it stands. */
+  diagnostics(): Diagnostics
   /** Resolves the temporary id once the write is durable on disk. It keeps naming the row after the server names it (update, delete, store.get). */
   insert(entity: string, data: Record<string, unknown>): Promise<string>
   update(entity: string, id: string, patch: Record<string, unknown>): Promise<void>

@@ -25,12 +25,17 @@ function callAll(listeners, args) {
   }
 }
 
+function closed() {
+  return new SyncError({ code: 'ERR_SYNC_CLOSED', message: 'the sync engine is closed' })
+}
+
 function checkRow(entity, rowId) {
   if (typeof entity !== 'string') throw invalid('entity must be a string')
   if (typeof rowId !== 'string') throw invalid('rowId must be a string')
 }
 
-const OWN_OPTIONS = ['storage']
+const OWN_OPTIONS = ['storage', 'logger', 'logLevel']
+const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace']
 
 class SyncEngine {
   constructor(baseUrl, options = {}) {
@@ -48,6 +53,9 @@ class SyncEngine {
         throw invalid(`${k} must be a finite number of milliseconds, got ${options[k]}`)
       }
     }
+    const { logger, logLevel = 'info' } = options
+    if (logger !== undefined && typeof logger !== 'function') throw invalid('logger must be a function (level, message, fields) => void')
+    if (!LOG_LEVELS.includes(logLevel)) throw invalid(`logLevel must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`)
     const nativeOptions = {}
     for (const [k, v] of Object.entries(options)) if (!OWN_OPTIONS.includes(k) && v !== undefined) nativeOptions[k] = v
     this._native = guard(() => new native.NativeEngine(baseUrl, nativeOptions))
@@ -58,7 +66,9 @@ class SyncEngine {
     this._listeners = new Map()
     this._topics = new Map() // topic -> Set of handlers
     this._binary = new Set()
+    this._onClose = new Set() // waits that end when the engine closes
     this._native.onEvent((ev) => this._dispatch(ev))
+    if (logger) this._native.setLogger((level, message, fields) => logger(level, message, fields), logLevel)
     this._unwatch = typeof storage._watch === 'function' ? storage._watch((key) => key === this._tokenKey && this._readToken()) : null
     this._readToken()
     this.store = new Store(this)
@@ -119,14 +129,15 @@ class SyncEngine {
     callAll(set, [arg])
   }
 
-  // An error nobody listens for still reaches whoever debugs: on stderr,
-  // each once (a retry loop repeats the same one every round).
+  // An error nobody listens for still reaches whoever debugs: logged at
+  // warn (stderr by default, and the logger), each once (a retry loop
+  // repeats the same one every round).
   _unheard(ev) {
     const { code, message } = ev.error
     const key = `${ev.context}\0${code}\0${message}`
     if (key === this._lastUnheard) return
     this._lastUnheard = key
-    console.warn(`pylon-sync: ${ev.context} failed with ${code}: ${message} (engine.on('error', …) receives these)`)
+    this._native.warn(`pylon-sync: ${ev.context} failed with ${code}: ${message} (engine.on('error', …) receives these)`)
   }
 
   /**
@@ -180,6 +191,7 @@ class SyncEngine {
     if (this._unwatch) this._unwatch()
     this._closing = settle(() => this._native.close(flush ? flushTimeout : null)).finally(() => {
       this._release()
+      callAll(this._onClose, [])
       this._listeners.clear()
       this._topics.clear()
       this._binary.clear()
@@ -218,6 +230,57 @@ class SyncEngine {
   sync() {
     this._readToken()
     return settle(() => this._native.sync())
+  }
+
+  /**
+   * Resolves once a round has reached the head of the server's log since the engine started
+   * (`status.hasSynced`). Rejects with ERR_SYNC_CLOSED when the engine closes first, or with the
+   * signal's reason when `signal` aborts.
+   */
+  waitForFirstSync(options = {}) {
+    if (options === null || typeof options !== 'object') return Promise.reject(invalid('options must be an object'))
+    const { signal } = options
+    if (signal !== undefined && (signal === null || typeof signal !== 'object' || typeof signal.addEventListener !== 'function')) {
+      return Promise.reject(invalid('signal must be an AbortSignal'))
+    }
+    if (signal?.aborted) return Promise.reject(signal.reason)
+    const now = this.status
+    if (now.hasSynced) return Promise.resolve()
+    if (now.phase === 'closed') return Promise.reject(closed())
+    return new Promise((resolve, reject) => {
+      const done = (f, v) => {
+        off()
+        this._onClose.delete(onClose)
+        signal?.removeEventListener('abort', onAbort)
+        f(v)
+      }
+      const onAbort = () => done(reject, signal.reason)
+      const onClose = () => done(reject, closed())
+      const off = this._on('status', (s) => {
+        if (s.hasSynced) done(resolve)
+      })
+      this._onClose.add(onClose)
+      signal?.addEventListener('abort', onAbort, { once: true })
+    })
+  }
+
+  /**
+   * Read-your-writes: resolves once every write queued before the call is acknowledged and the replica
+   * has pulled past it (a round runs now). Rejects with the round's error, or the first of those writes
+   * the server refused.
+   */
+  caughtUp() {
+    this._readToken()
+    return settle(() => this._native.caughtUp())
+  }
+
+  /**
+   * What the engine has done and where it stands: requests, bytes, reconnects by transport, events
+   * applied, resyncs, writes sent/acknowledged/failed, the queue's depth and its oldest write, time spent
+   * waiting on the server, and the last errors. Every count only grows.
+   */
+  diagnostics() {
+    return this._native.diagnostics()
   }
 
   /** Current sync state: phase, transport, cursor, pending/failed counts, last error. */

@@ -16,6 +16,15 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 const fds = () => fs.readdirSync('/proc/self/fd').length
 const rssMb = () => process.memoryUsage().rss / 2 ** 20
 
+/** The monotonic counts of a diagnostics() reading, flattened. */
+function counts(d) {
+  const out = {}
+  for (const k of ['requests', 'requestFailures', 'bytesSent', 'bytesReceived', 'serverWaitMs', 'eventsApplied', 'resyncs', 'writesSent', 'writesRetried', 'writesAcknowledged', 'writesFailed']) out[k] = d[k]
+  for (const [t, n] of Object.entries(d.connects)) out[`connects.${t}`] = n
+  for (const [t, n] of Object.entries(d.reconnects)) out[`reconnects.${t}`] = n
+  return out
+}
+
 test(`soak for ${SECONDS} s: flat memory and descriptors, every engine converges`, { timeout: (SECONDS + 120) * 1000 }, async (t) => {
   const srv = await startDevserver()
   const token = async (u) => (await api(srv.url, 'POST', '/api/auth/session', { user_id: u })).body.token
@@ -58,11 +67,21 @@ test(`soak for ${SECONDS} s: flat memory and descriptors, every engine converges
     }
   })()
   const samples = []
+  const last = engines.map(() => ({}))
+  const countsFell = []
   const started = Date.now()
   while (Date.now() - started < SECONDS * 1000) {
     await sleep(1000)
     global.gc?.()
     samples.push({ at: Math.round((Date.now() - started) / 1000), rss: rssMb(), fds: fds(), tasks: await native.runtimeTasks() })
+    // every count diagnostics() reports only grows
+    engines.forEach((e, i) => {
+      const now = counts(e.diagnostics())
+      for (const [k, v] of Object.entries(now)) {
+        if (v < (last[i][k] ?? 0)) countsFell.push(`engine ${i}: ${k} ${last[i][k]} → ${v}`)
+      }
+      last[i] = now
+    })
   }
   stop = true
   await Promise.all([...writers, remote, dropper])
@@ -83,14 +102,18 @@ test(`soak for ${SECONDS} s: flat memory and descriptors, every engine converges
         throw err
       })
     }
+    assert.deepEqual(countsFell, [], 'a diagnostics count went down')
+    const reconnects = engines.map((e) => Object.values(e.diagnostics().reconnects).reduce((a, b) => a + b, 0))
+    t.diagnostic(`reconnects per engine (streams dropped every 3 s): ${reconnects.join(', ')}`)
+    assert.ok(reconnects.slice(0, 2).every((n) => n > 0), 'the dropped streams were not counted as reconnects')
     const warm = samples[Math.floor(samples.length / 4)]
-    const last = samples[samples.length - 1]
+    const end = samples[samples.length - 1]
     const every = Math.max(1, Math.floor(samples.length / 10))
     t.diagnostic(`rss MiB over time: ${samples.filter((_, k) => k % every === 0).map((x) => `${x.at}s ${x.rss.toFixed(0)}`).join(', ')}`)
-    t.diagnostic(`${writes} writes in ${SECONDS} s; rss ${warm.rss.toFixed(0)} → ${last.rss.toFixed(0)} MiB, fds ${warm.fds} → ${last.fds}, runtime tasks ${warm.tasks} → ${last.tasks}`)
-    assert.ok(last.fds <= warm.fds + 8, `file descriptors grew: ${warm.fds} → ${last.fds}`)
-    assert.ok(last.tasks <= warm.tasks + 8, `runtime tasks grew: ${warm.tasks} → ${last.tasks}`)
-    assert.ok(last.rss - warm.rss < 64, `memory grew: ${warm.rss.toFixed(0)} → ${last.rss.toFixed(0)} MiB`)
+    t.diagnostic(`${writes} writes in ${SECONDS} s; rss ${warm.rss.toFixed(0)} → ${end.rss.toFixed(0)} MiB, fds ${warm.fds} → ${end.fds}, runtime tasks ${warm.tasks} → ${end.tasks}`)
+    assert.ok(end.fds <= warm.fds + 8, `file descriptors grew: ${warm.fds} → ${end.fds}`)
+    assert.ok(end.tasks <= warm.tasks + 8, `runtime tasks grew: ${warm.tasks} → ${end.tasks}`)
+    assert.ok(end.rss - warm.rss < 64, `memory grew: ${warm.rss.toFixed(0)} → ${end.rss.toFixed(0)} MiB`)
   } finally {
     for (const e of engines) await e.close()
     await srv.stop()

@@ -181,6 +181,16 @@ class Mutations {
     return settle(() => this._engine._native.retryMutation(id))
   }
 
+  /**
+   * Resolves when the write is acknowledged by the server; rejects with its SyncError when it is refused
+   * or removed (or the engine closes first). `id` is a mutation id, or the row id an insert resolved
+   * with (then the last write to that row queued now). A write no longer queued was acknowledged already.
+   */
+  settled(id) {
+    if (typeof id !== 'string') return Promise.reject(invalid('id must be a string'))
+    return settle(() => this._engine._native.settled(id))
+  }
+
   /** `listener({ id, status, change, error })` on every transition. Returns an unsubscribe function. */
   subscribe(listener) {
     return this._engine._on('mutation', listener)

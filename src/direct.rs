@@ -12,6 +12,7 @@ use crate::error::settle;
 
 /// `{ token?, ca?, timeout? }`: the client for one call, and its bearer token.
 fn client(base_url: &str, opts: Option<Value>) -> Result<(Api, Option<String>)> {
+    crate::log::init();
     let (opts, timeouts) = DirectOptions::read(opts)?;
     Ok((Api::new(base_url, pylon_sync_engine::net::Net::shared(opts.ca.as_deref(), timeouts)?)?, opts.token))
 }
@@ -138,6 +139,7 @@ pub async fn get_server_data(
 ) -> Value {
     settle(
         async {
+            crate::log::init();
             let (opts, timeouts) = DirectOptions::read(opts)?;
             let (token, ca) = (opts.token.as_deref(), opts.ca.as_deref());
             pylon_sync_engine::get_server_data(&base_url, &entities, token, ca, timeouts).await

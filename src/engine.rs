@@ -11,6 +11,7 @@ use parking_lot::RwLock;
 use pylon_sync_engine::infinite::{Direction, InfiniteQuery};
 use pylon_sync_engine::{Engine, Event};
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::convert;
 use crate::error::{promise, settle, to_js, Result};
@@ -27,10 +28,25 @@ pub struct NativeEngine {
     binary: Arc<RwLock<Option<Arc<BinarySink>>>>,
 }
 
+impl NativeEngine {
+    /// The engine's span: work driven from JavaScript logs inside it, as
+    /// the engine's own tasks do.
+    fn span(&self) -> tracing::Span {
+        self.engine.span().clone()
+    }
+}
+
+impl Drop for NativeEngine {
+    fn drop(&mut self) {
+        crate::log::unregister(self.engine.log_id());
+    }
+}
+
 #[napi]
 impl NativeEngine {
     #[napi(constructor, catch_unwind)]
     pub fn new(base_url: String, #[napi(ts_arg_type = "EngineOptions | null")] options: Option<Value>) -> Result<Self> {
+        crate::log::init();
         let cfg = convert::config(&base_url, options.unwrap_or(Value::Null)).map_err(to_js)?;
         Ok(NativeEngine { engine: Engine::new(cfg).map_err(to_js)?, binary: Arc::new(RwLock::new(None)) })
     }
@@ -65,6 +81,41 @@ impl NativeEngine {
             }
         })));
         Ok(())
+    }
+
+    /// Sends this engine's log records at `level` and above to `callback(level, message, fields)`.
+    /// Weak, and bounded: records JavaScript has not taken yet are dropped, never waited for.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "callback: (level: 'error' | 'warn' | 'info' | 'debug' | 'trace', message: string, fields: Record<string, unknown>) => void, level: 'error' | 'warn' | 'info' | 'debug' | 'trace'"
+    )]
+    pub fn set_logger(&self, callback: Function<FnArgs<(String, String, Value)>, ()>, level: String) -> Result<()> {
+        let level = crate::log::level(&level).ok_or_else(|| {
+            to_js(pylon_sync_engine::Error::InvalidArg(format!(
+                "logLevel must be 'error', 'warn', 'info', 'debug' or 'trace', got {level:?}"
+            )))
+        })?;
+        let tsfn: crate::log::LogFn = callback
+            .build_threadsafe_function()
+            .weak::<true>()
+            .callee_handled::<false>()
+            .max_queue_size::<{ crate::log::QUEUE }>()
+            .build()
+            .map_err(|e| to_js(pylon_sync_engine::Error::InvalidArg(e.to_string())))?;
+        crate::log::register(self.engine.log_id(), tsfn, level);
+        Ok(())
+    }
+
+    /// Logs `message` at `warn` as this engine's (an `error` event nobody listens for).
+    #[napi(catch_unwind)]
+    pub fn warn(&self, message: String) {
+        self.engine.warn(&message);
+    }
+
+    /// The engine's counters (monotonic) and its queue as they stand.
+    #[napi(catch_unwind)]
+    pub fn diagnostics(&self) -> types::Diagnostics {
+        (&self.engine.diagnostics()).into()
     }
 
     /// Registers the sink of binary (CRDT) frames: `(bytes, headerJson | null)`. Weak, like `onEvent`.
@@ -125,29 +176,33 @@ impl NativeEngine {
 
     #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
     pub async fn start(&self) -> Value {
-        settle(self.engine.start().await)
+        settle(self.engine.start().instrument(self.span()).await)
     }
 
     #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
     pub async fn stop(&self) -> Value {
-        self.engine.stop().await;
+        self.engine.stop().instrument(self.span()).await;
         settle(Ok(()))
     }
 
     #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
     /// `flushMs`: first send what is queued, for at most this long.
     pub async fn close(&self, flush_ms: Option<f64>) -> Value {
-        if let Some(ms) = flush_ms {
-            self.engine.flush_within(Duration::from_millis(ms.max(0.0) as u64)).await;
-        }
-        self.engine.close().await;
+        let close = async {
+            if let Some(ms) = flush_ms {
+                self.engine.flush_within(Duration::from_millis(ms.max(0.0) as u64)).await;
+            }
+            self.engine.close().await;
+        };
+        close.instrument(self.span()).await;
+        crate::log::unregister(self.engine.log_id());
         settle(Ok(()))
     }
 
     /// Runs one sync round now (session, writes, pull); rejects on failure.
     #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
     pub async fn sync(&self) -> Value {
-        settle(self.engine.sync().await)
+        settle(self.engine.sync().instrument(self.span()).await)
     }
 
     #[napi(catch_unwind)]
@@ -216,7 +271,7 @@ impl NativeEngine {
         #[napi(ts_arg_type = "unknown")] data: Value,
     ) -> Result<PromiseRaw<'e, Value>> {
         let write = convert::object(data, "data").map(|data| self.engine.insert(&entity, data));
-        promise(env, async move { write?.await })
+        promise(env, async move { write?.await }.instrument(self.span()))
     }
 
     #[napi(catch_unwind, ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
@@ -228,32 +283,44 @@ impl NativeEngine {
         #[napi(ts_arg_type = "unknown")] patch: Value,
     ) -> Result<PromiseRaw<'e, Value>> {
         let write = convert::object(patch, "patch").map(|patch| self.engine.update(&entity, &id, patch));
-        promise(env, async move { write?.await })
+        promise(env, async move { write?.await }.instrument(self.span()))
     }
 
     #[napi(catch_unwind, ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
     pub fn delete<'e>(&self, env: &'e Env, entity: String, id: String) -> Result<PromiseRaw<'e, Value>> {
-        promise(env, self.engine.delete(&entity, &id))
+        promise(env, self.engine.delete(&entity, &id).instrument(self.span()))
+    }
+
+    /// Resolves when the write (a mutation id, or a row id: its last write) is acknowledged.
+    #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
+    pub async fn settled(&self, id: String) -> Value {
+        settle(self.engine.settled(&id).await)
+    }
+
+    /// Resolves once every write queued before the call is acknowledged and pulled past.
+    #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
+    pub async fn caught_up(&self) -> Value {
+        settle(self.engine.caught_up().instrument(self.span()).await)
     }
 
     #[napi(ts_return_type = "Promise<{ ok: true; value: boolean } | { ok: false; error: ErrorInfo }>")]
     pub async fn remove_mutation(&self, id: String) -> Value {
-        settle(self.engine.remove_mutation(&id).await)
+        settle(self.engine.remove_mutation(&id).instrument(self.span()).await)
     }
 
     #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
     pub async fn retry_mutation(&self, id: String) -> Value {
-        settle(self.engine.retry_mutation(&id).await)
+        settle(self.engine.retry_mutation(&id).instrument(self.span()).await)
     }
 
     #[napi(ts_return_type = "Promise<{ ok: true; value: Session | null } | { ok: false; error: ErrorInfo }>")]
     pub async fn notify_session_changed(&self) -> Value {
-        settle(self.engine.notify_session_changed().await)
+        settle(self.engine.notify_session_changed().instrument(self.span()).await)
     }
 
     #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
     pub async fn reset_replica(&self) -> Value {
-        settle(self.engine.reset_replica().await)
+        settle(self.engine.reset_replica().instrument(self.span()).await)
     }
 
     /// Shows the rows at once; returns the entities shown (stored at `start()`).

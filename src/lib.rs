@@ -8,6 +8,7 @@ mod convert;
 mod direct;
 mod engine;
 mod error;
+mod log;
 mod query;
 mod types;
 

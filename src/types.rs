@@ -72,6 +72,9 @@ pub struct SyncStatus {
     pub last_error: Option<ErrorInfo>,
     /// Unix ms of the last pull that reached the head of the log.
     pub last_synced_at: Option<f64>,
+    /// A round has reached the head of the server's log since the engine started, and the
+    /// replica was not dropped since (an identity flip, a reset). `waitForFirstSync()` waits for it.
+    pub has_synced: bool,
     /// Unix ms until which the server's rate limit holds the engine back
     /// (a 429: its `Retry-After`, else the limiter's 60 s window); null when not limited.
     pub rate_limited_until: Option<f64>,
@@ -88,6 +91,7 @@ impl From<&EngineStatus> for SyncStatus {
             attempts: s.attempts,
             last_error: s.last_error.as_ref().map(ErrorInfo::from),
             last_synced_at: s.last_synced_at.map(number),
+            has_synced: s.has_synced,
             rate_limited_until: s.rate_limited_until.map(number),
         }
     }
@@ -239,10 +243,14 @@ pub enum Event {
         #[napi(ts_type = "'resync' | 'identity' | 'server'")]
         reason: String,
     },
-    /// Bootstrap progress: rows fetched so far for `entity`.
+    /// Bootstrap progress: rows fetched so far for `entity` (for an entity only the log fills,
+    /// its events read so far); `total` and `fraction` where the server lets the engine know.
     Progress {
         entity: String,
         rows: u32,
+        total: Option<u32>,
+        /// 0..1.
+        fraction: Option<f64>,
         done: bool,
     },
     Connection {
@@ -279,9 +287,13 @@ impl Event {
             }
             EngineEvent::Session(s) => Event::Session { session: s.as_ref().map(Session::from) },
             EngineEvent::Resync { reason } => Event::Resync { reason: reason.as_str().into() },
-            EngineEvent::Progress { entity, rows, done } => {
-                Event::Progress { entity: entity.clone(), rows: *rows as u32, done: *done }
-            }
+            EngineEvent::Progress(p) => Event::Progress {
+                entity: p.entity.clone(),
+                rows: p.rows as u32,
+                total: p.total.map(|t| t as u32),
+                fraction: p.fraction,
+                done: p.done,
+            },
             EngineEvent::Connection(c) => Event::Connection { connection: c.into() },
             EngineEvent::Presence(peers) => Event::Presence { peers: peers.iter().map(Peer::from).collect() },
             EngineEvent::Topic { topic, from, data } => {
@@ -290,5 +302,89 @@ impl Event {
             EngineEvent::Room(m) => Event::Room { event: m.clone() },
             EngineEvent::Binary(_) => return None,
         })
+    }
+}
+
+/// An error as `diagnostics().lastErrors` keeps it.
+#[napi(object)]
+pub struct LastError {
+    /// Unix ms.
+    pub at: f64,
+    /// Where it happened, as the `error` event's `context`.
+    #[napi(ts_type = "'sync' | 'pull' | 'session' | 'connection'")]
+    pub context: String,
+    pub error: ErrorInfo,
+}
+
+/// What `engine.diagnostics()` reports. Every count only grows, so two
+/// readings can be subtracted; `pending`, `failed`, `oldestPendingAt` and
+/// `cursor` are the state now.
+#[napi(object, use_nullable = true)]
+pub struct Diagnostics {
+    /// HTTP requests made, and those that got no answer (a transport failure).
+    pub requests: f64,
+    pub request_failures: f64,
+    /// Request and response bodies, in bytes (realtime streams not included).
+    pub bytes_sent: f64,
+    pub bytes_received: f64,
+    /// Milliseconds spent waiting for the server's HTTP answers.
+    pub server_wait_ms: f64,
+    /// Realtime connections opened, by transport.
+    #[napi(ts_type = "Partial<Record<'websocket' | 'sse' | 'poll', number>>")]
+    pub connects: Value,
+    /// The same, less the first connection: the reconnects.
+    #[napi(ts_type = "Partial<Record<'websocket' | 'sse' | 'poll', number>>")]
+    pub reconnects: Value,
+    /// Server change events applied to the replica.
+    pub events_applied: f64,
+    /// Times the replica was dropped and rebuilt.
+    pub resyncs: f64,
+    /// Writes sent (each attempt), and of those, attempts after the first.
+    pub writes_sent: f64,
+    pub writes_retried: f64,
+    pub writes_acknowledged: f64,
+    /// Writes the server (or the manifest) refused.
+    pub writes_failed: f64,
+    /// Writes queued and not yet acknowledged: the queue's depth.
+    pub pending: u32,
+    /// Refused writes kept until removed or retried.
+    pub failed: u32,
+    /// Unix ms when the oldest pending write was made; null when none is pending.
+    pub oldest_pending_at: Option<f64>,
+    pub cursor: f64,
+    /// The last errors (up to 10), oldest first.
+    pub last_errors: Vec<LastError>,
+}
+
+impl From<&pylon_sync_engine::Diagnostics> for Diagnostics {
+    fn from(d: &pylon_sync_engine::Diagnostics) -> Self {
+        let c = &d.counted;
+        let by_transport = |m: &std::collections::BTreeMap<String, u64>| {
+            Value::Object(m.iter().map(|(k, v)| (k.clone(), Value::from(*v))).collect())
+        };
+        Diagnostics {
+            requests: number(d.requests),
+            request_failures: number(d.request_failures),
+            bytes_sent: number(d.bytes_sent),
+            bytes_received: number(d.bytes_received),
+            server_wait_ms: d.server_wait.as_secs_f64() * 1000.0,
+            connects: by_transport(&c.connects),
+            reconnects: by_transport(&c.reconnects),
+            events_applied: number(c.events_applied),
+            resyncs: number(c.resyncs),
+            writes_sent: number(c.writes_sent),
+            writes_retried: number(c.writes_retried),
+            writes_acknowledged: number(c.writes_acknowledged),
+            writes_failed: number(c.writes_failed),
+            pending: d.pending as u32,
+            failed: d.failed as u32,
+            oldest_pending_at: d.oldest_pending_at.map(number),
+            cursor: number(d.cursor),
+            last_errors: c
+                .last_errors
+                .iter()
+                .map(|e| LastError { at: number(e.at), context: e.context.to_string(), error: (&e.error).into() })
+                .collect(),
+        }
     }
 }

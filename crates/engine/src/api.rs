@@ -29,8 +29,8 @@ pub struct Api {
     /// Ask for a new connection per request: the server stalls on reused
     /// ones (see [`stalls_on_reuse`]).
     no_reuse: Arc<AtomicBool>,
-    /// Nanoseconds spent waiting for answers, request sent to body read.
-    waited: Arc<AtomicU64>,
+    /// What went over the wire, shared by every clone of this client.
+    traffic: Arc<Traffic>,
     base: String,
     /// What to do with a 429 before asking again; `None`: fail with it.
     patience: Option<Patience>,
@@ -69,13 +69,7 @@ impl Api {
     /// Requests go out through `io` (the network, unless simulated).
     pub fn new(base_url: &str, io: Arc<dyn Io>) -> Result<Api> {
         let base = normalize_base(base_url)?;
-        Ok(Api {
-            io,
-            no_reuse: Arc::new(AtomicBool::new(false)),
-            waited: Arc::new(AtomicU64::new(0)),
-            base,
-            patience: None,
-        })
+        Ok(Api { io, no_reuse: Arc::new(AtomicBool::new(false)), traffic: Arc::default(), base, patience: None })
     }
 
     /// The same client, but a request refused with 429 is asked again after
@@ -87,10 +81,9 @@ impl Api {
         Api { patience: Some(patience), ..self.clone() }
     }
 
-    /// Time spent so far waiting for the server's answers (request sent to
-    /// body read; streams not included).
-    pub fn waited(&self) -> Duration {
-        Duration::from_nanos(self.waited.load(Ordering::Relaxed))
+    /// What this client (and its clones) sent and received so far.
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
     }
 
     fn request(&self, method: Method, path: &str, token: Option<&str>) -> Request {
@@ -419,6 +412,54 @@ pub fn check_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Counters of one client's HTTP exchanges; monotonic.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    requests: AtomicU64,
+    /// Requests that got no answer (a transport failure; any status is an answer).
+    failures: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    /// Nanoseconds spent waiting for answers, request sent to body read.
+    waited: AtomicU64,
+}
+
+impl Traffic {
+    fn count(&self, sent: usize, received: Option<usize>, waited: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(sent as u64, Ordering::Relaxed);
+        match received {
+            Some(n) => self.bytes_received.fetch_add(n as u64, Ordering::Relaxed),
+            None => self.failures.fetch_add(1, Ordering::Relaxed),
+        };
+        self.waited.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Request and response bodies, in bytes.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.bytes_sent.load(Ordering::Relaxed), self.bytes_received.load(Ordering::Relaxed))
+    }
+
+    /// Time spent waiting for the server's answers (streams not included).
+    pub fn waited(&self) -> Duration {
+        Duration::from_nanos(self.waited.load(Ordering::Relaxed))
+    }
+}
+
+/// A URL's path and query, for logs (the host is the engine's, and a
+/// token is never in a URL).
+fn path_of(url: &str) -> &str {
+    url.find("://").and_then(|i| url[i + 3..].find('/').map(|j| &url[i + 3 + j..])).unwrap_or(url)
+}
+
 fn with_json(mut req: Request, body: &impl serde::Serialize) -> Request {
     req.json = serde_json::to_vec(body).ok();
     req
@@ -430,9 +471,19 @@ async fn send_json<T: DeserializeOwned>(mut req: Request, api: &Api) -> Result<T
         // kept to be asked again, by a patient client only
         let again = api.patience.is_some().then(|| req.clone());
         let sent = tokio::time::Instant::now();
+        let out = req.json.as_ref().map_or(0, Vec::len);
+        let (method, path) = (req.method.clone(), path_of(&req.url).to_string());
         let answer = api.io.send(req).await;
-        api.waited.fetch_add(sent.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        let resp = answer?;
+        let elapsed = sent.elapsed();
+        api.traffic.count(out, answer.as_ref().ok().map(|r| r.body.len()), elapsed);
+        let resp = match answer {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::debug!(%method, path, error = %e, "request failed");
+                return Err(e);
+            }
+        };
+        tracing::debug!(%method, path, status = resp.status, ms = elapsed.as_millis() as u64, bytes = resp.body.len(), "request");
         if stalls_on_reuse(resp.server.as_deref()) {
             api.no_reuse.store(true, Ordering::Relaxed);
         }

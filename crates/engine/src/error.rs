@@ -38,6 +38,10 @@ pub enum Error {
     /// revoked: it answers such a token as anonymous).
     #[error("authentication failed: {0}")]
     Auth(String),
+    /// A queued write the server (or the manifest) refused, as kept on it:
+    /// `code` is the server's own, or the engine's for a refusal it made.
+    #[error("{message}")]
+    Refused { code: String, message: String, status: Option<u16> },
     /// A mutation or row that does not exist.
     #[error("not found: {0}")]
     NotFound(String),
@@ -53,6 +57,9 @@ impl Error {
             Error::Http { status: 429, .. } => "ERR_SYNC_RATE_LIMITED",
             Error::Http { status, .. } if *status >= 500 => "ERR_SYNC_SERVER",
             Error::Http { .. } => "ERR_SYNC_REJECTED",
+            Error::Refused { status: Some(401), .. } => "ERR_SYNC_AUTH",
+            Error::Refused { status: None, code, .. } if code == "ERR_SYNC_INVALID_ARG" => "ERR_SYNC_INVALID_ARG",
+            Error::Refused { .. } => "ERR_SYNC_REJECTED",
             Error::Resync { .. } => "ERR_SYNC_RESYNC",
             Error::Tls(_) => "ERR_SYNC_TLS",
             Error::Protocol(_) => "ERR_SYNC_PROTOCOL",
@@ -77,6 +84,7 @@ impl Error {
     pub fn server_code(&self) -> Option<&str> {
         match self {
             Error::Http { code, .. } => Some(code),
+            Error::Refused { code, status: Some(_), .. } => Some(code),
             _ => None,
         }
     }
@@ -84,6 +92,7 @@ impl Error {
     pub fn status(&self) -> Option<u16> {
         match self {
             Error::Http { status, .. } => Some(*status),
+            Error::Refused { status, .. } => *status,
             _ => None,
         }
     }

@@ -37,6 +37,10 @@ pub struct SyncStatus {
     pub last_error: Option<ErrorInfo>,
     /// Unix ms of the last pull that reached the head of the log.
     pub last_synced_at: Option<u64>,
+    /// A round has reached the head of the server's log since the engine
+    /// started, and the replica was not dropped since (a flip of identity,
+    /// a reset, a resync that rebuilds it).
+    pub has_synced: bool,
     /// Unix ms until which the server's rate limit holds the engine back
     /// (a 429: its `Retry-After`, else the limiter's window).
     pub rate_limited_until: Option<u64>,
@@ -87,12 +91,9 @@ pub enum Event {
     Resync {
         reason: ResyncReason,
     },
-    /// Bootstrap progress: rows fetched so far for `entity`.
-    Progress {
-        entity: String,
-        rows: usize,
-        done: bool,
-    },
+    /// Bootstrap progress: rows fetched so far for `entity` (for an entity
+    /// only the log fills, its events read so far).
+    Progress(Progress),
     /// The realtime connection changed state or transport.
     Connection(Connection),
     /// Other engines' presence changed; the full current list.
@@ -107,6 +108,28 @@ pub enum Event {
     Room(Map<String, Value>),
     /// A binary (CRDT) frame.
     Binary(BinaryFrame),
+}
+
+/// How far a bootstrap has come for one entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub entity: String,
+    pub rows: usize,
+    /// How many rows there are, where the server lets us know: the server
+    /// pages snapshots without a count, so it is known once the last page is
+    /// read.
+    pub total: Option<usize>,
+    /// The share done, 0..=1: a snapshot's once its total is known; a log
+    /// replay's as the log read so far over the head it replays to.
+    pub fraction: Option<f64>,
+    pub done: bool,
+}
+
+impl Progress {
+    /// A snapshot's progress: `rows` read so far, all of them once `done`.
+    pub(crate) fn snapshot(entity: &str, rows: usize, done: bool) -> Progress {
+        Progress { entity: entity.to_string(), rows, total: done.then_some(rows), fraction: done.then_some(1.0), done }
+    }
 }
 
 pub type Listener = Arc<dyn Fn(Event) + Send + Sync>;

@@ -5,6 +5,7 @@ pub mod api;
 mod backoff;
 mod config;
 mod db;
+mod diagnostics;
 mod engine;
 pub mod error;
 mod events;
@@ -24,11 +25,12 @@ pub mod transport;
 mod view;
 
 pub use config::{Config, Liveness, Timeouts, Which};
+pub use diagnostics::{Counted, Diagnostics, LastError};
 pub use engine::{get_server_data, Engine};
 pub use error::{Error, Result};
 pub use events::{
-    ConnState, Connection, ErrorContext, ErrorInfo, Event, Listener, MutationChange, Peer, Phase, ResyncReason,
-    SyncStatus,
+    ConnState, Connection, ErrorContext, ErrorInfo, Event, Listener, MutationChange, Peer, Phase, Progress,
+    ResyncReason, SyncStatus,
 };
 pub use protocol::{ChangeEvent, Cursor, Hydration, Identity, Kind, Row, Session};
 pub use queue::{Mutation, MutationError, Status as MutationStatus};

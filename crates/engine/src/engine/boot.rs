@@ -73,8 +73,10 @@ impl Engine {
         *self.inner.watch.last_boot_check.lock() = Some(tokio::time::Instant::now());
         let seen = Boot::observed(sent, self.now_ms(), uptime);
         let known = self.inner.state.read().server_boot;
+        tracing::debug!(uptime, "boot check");
         let boot = match known {
             Some(k) if seen.later_than(&k) => {
+                tracing::info!(uptime, "the server restarted since the replica last followed it");
                 self.reset_replica_inner(Some(ResyncReason::Server)).await?;
                 seen
             }

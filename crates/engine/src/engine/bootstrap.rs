@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::api::{check_entity, Api, EntityInfo};
 use crate::config::Timeouts;
 use crate::error::{Error, Result};
-use crate::events::{Event, Phase, ResyncReason};
+use crate::events::{Event, Phase, Progress, ResyncReason};
 use crate::net::Net;
 use crate::protocol::{ChangeEvent, Cursor, Hydration, Identity, Row, LOG_CAPACITY};
 use crate::queue::Queue;
@@ -47,7 +47,7 @@ impl Engine {
         self.set_phase(Phase::Bootstrapping, None, 0);
         let me = self.clone();
         let mut snap = snapshot::take(&api, token.as_deref(), &wanted, true, &move |entity, rows, done| {
-            me.emit(Event::Progress { entity: entity.to_string(), rows, done })
+            me.emit(Event::Progress(Progress::snapshot(entity, rows, done)))
         })
         .await?;
         snap.log_only.extend(covered.into_iter().filter(|(_, head)| *head == 0).map(|(e, _)| e));
@@ -87,7 +87,7 @@ impl Engine {
         self.set_phase(Phase::Bootstrapping, None, 0);
         let me = self.clone();
         let snap = snapshot::take(&api, token.as_deref(), &wanted, true, &move |entity, rows, done| {
-            me.emit(Event::Progress { entity: entity.to_string(), rows, done })
+            me.emit(Event::Progress(Progress::snapshot(entity, rows, done)))
         })
         .await?;
         self.settle_in_doubt(&snap, token.as_deref()).await?;

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::api::Api;
 use crate::error::{Error, Result};
-use crate::events::{Event, Phase, ResyncReason};
+use crate::events::{Event, Phase, Progress, ResyncReason};
 use crate::protocol::{ChangeEvent, Kind, PullPage, Row};
 use crate::queue::Mutation;
 use crate::reconcile;
@@ -241,6 +241,7 @@ impl Engine {
         }
         replay.events.extend(page.changes.into_iter().filter(|c| c.seq > from && c.seq <= to));
         replay.at = to;
+        self.replay_progress(replay, !page.has_more);
         if page.has_more {
             return None;
         }
@@ -256,6 +257,23 @@ impl Engine {
         // empty): then the pulls go on from where it is
         let expect = Expect { cursor: Some(0), ..Expect::epoch(epoch) };
         Some(self.apply_changes(events, Some((at, anchor)), expect).await.map(|a| a != Applied::Moved))
+    }
+
+    /// Tells how far a replay from 0 has read, for each entity only the log
+    /// fills: its events so far, and the share of the log read up to the
+    /// head the snapshot was read at (the anchor it must reach), if known.
+    fn replay_progress(&self, replay: &Replay, done: bool) {
+        let log_only: Vec<String> = {
+            let st = self.inner.state.read();
+            st.covered.iter().filter(|(_, head)| **head == 0).map(|(e, _)| e.clone()).collect()
+        };
+        let head = replay.expect.as_ref().map(Anchor::at).filter(|h| *h > 0);
+        let fraction = if done { Some(1.0) } else { head.map(|h| (replay.at as f64 / h as f64).min(1.0)) };
+        for entity in log_only {
+            let rows = replay.events.iter().filter(|c| c.entity == entity).count();
+            let total = done.then_some(rows);
+            self.emit(Event::Progress(Progress { entity, rows, total, fraction, done }));
+        }
     }
 
     /// Applies one page of changes and moves the cursor, in one transaction.
@@ -426,6 +444,7 @@ impl Engine {
                 if !gone.is_empty() {
                     db.write(|w| gone.iter().try_for_each(|(e, id)| w.delete_row(e, id)))?;
                 }
+                me.inner.counters.applied(changes.len());
                 Ok((Applied::Done, touched))
             })
             .await?;

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use crate::config::Which;
 use crate::error::{Error, Result};
 use crate::events::{ErrorContext, Event, Phase};
 
@@ -69,13 +70,20 @@ impl Engine {
         if self.inner.life.running.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        tracing::info!(transport = self.inner.cfg.transport.map_or("auto", Which::name), "starting");
         self.set_phase(Phase::Starting, None, 0);
         if let Err(e) = self.load().await {
+            tracing::warn!(error = %e, "the replica could not be loaded");
             self.inner.life.running.store(false, Ordering::SeqCst);
             self.set_phase(Phase::Stopped, Some(&e), 0);
             return Err(e);
         }
+        tracing::debug!(cursor = self.cursor(), "replica loaded");
         let first = self.sync_once().await;
+        match &first {
+            Ok(()) => tracing::info!(cursor = self.cursor(), "started: caught up"),
+            Err(e) => tracing::info!(error = %e, "started: the first round failed; retrying in the background"),
+        }
         let mut backoff = Backoff::new(self.inner.cfg.reconnect_delay, BACKOFF_CAP, self.inner.io.clone());
         let first_delay = self.after_sync(&first, &mut backoff);
         if !self.inner.life.running.load(Ordering::SeqCst) {
@@ -105,6 +113,7 @@ impl Engine {
             let _ = h.await;
         }
         self.stop_realtime().await;
+        tracing::info!("stopped");
         if !self.inner.life.closed.load(Ordering::SeqCst) {
             self.set_phase(Phase::Stopped, None, 0);
         }
@@ -146,6 +155,8 @@ impl Engine {
             let _ = tokio::task::spawn_blocking(release).await;
         }
         self.set_phase(Phase::Closed, None, 0);
+        self.inner.waiters.close();
+        tracing::info!("closed");
         self.set_listener(None);
     }
 
@@ -235,6 +246,7 @@ impl Engine {
                 let limited = matches!(e, Error::Http { status: 429, .. });
                 let until = limited.then(|| self.now_ms() + delay.as_millis() as u64);
                 self.inner.state.write().status.rate_limited_until = until;
+                tracing::info!(error = %e, delay_ms = delay.as_millis() as u64, "round failed; next attempt after the delay");
                 let phase = if matches!(e, Error::Network(_)) { Phase::Offline } else { Phase::Backoff };
                 self.set_phase(phase, Some(e), backoff.attempts());
                 self.polled(Some(e), backoff.attempts());

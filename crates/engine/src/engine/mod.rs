@@ -15,6 +15,7 @@
 //! that work's stale plan.
 
 mod acks;
+mod barriers;
 mod boot;
 mod bootstrap;
 mod catchup;
@@ -167,8 +168,10 @@ struct Inner {
     rt: Realtime,
     io: Arc<dyn Io>,
     /// Every record the engine's own tasks log is inside it: several engines
-    /// in one process are told apart by their replica file's name.
+    /// in one process are told apart by their replica file's name, and a
+    /// logger finds its engine's records by `log_id`, a field of the span.
     span: tracing::Span,
+    log_id: u64,
     api: Api,
     db: Mutex<Option<Db>>,
     state: RwLock<State>,
@@ -189,6 +192,10 @@ struct Inner {
     watch: boot::Watch,
     outbox: outbox::Outbox,
     catchup: catchup::CatchUp,
+    /// Callers waiting for a write to settle.
+    waiters: barriers::Waiters,
+    /// What `diagnostics()` reports (monotonic counters).
+    counters: crate::diagnostics::Counters,
     /// The epoch in which every manifest entity was found covered: the
     /// manifest is read once per replica generation, not on every poll.
     complete_in_epoch: AtomicU64,
@@ -269,6 +276,7 @@ impl Engine {
             attempts: 0,
             last_error: None,
             last_synced_at: None,
+            has_synced: false,
             rate_limited_until: None,
         };
         let state = State {
@@ -297,10 +305,14 @@ impl Engine {
         };
         let first = cfg.transport.unwrap_or_else(Which::best);
         let replica = cfg.db_path.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
-        let span = tracing::debug_span!("engine", replica = replica.as_deref().unwrap_or(":memory:"));
+        // `id` routes the records to this engine's `logger` (see the binding)
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        let id = IDS.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("engine", id, replica = replica.as_deref().unwrap_or(":memory:"));
         Ok(Engine {
             inner: Arc::new(Inner {
                 span,
+                log_id: id,
                 rt: Realtime::new(format!("c_{}_{}", io.now_ms(), random_suffix(&*io)), first, io.now_ms()),
                 cfg,
                 io,
@@ -316,9 +328,28 @@ impl Engine {
                 watch: Default::default(),
                 outbox: Default::default(),
                 catchup: Default::default(),
+                counters: Default::default(),
+                waiters: Default::default(),
                 complete_in_epoch: AtomicU64::new(u64::MAX),
             }),
         })
+    }
+
+    /// The span every record of this engine is logged in; a caller that
+    /// drives the engine from its own tasks runs them inside it.
+    pub fn span(&self) -> &tracing::Span {
+        &self.inner.span
+    }
+
+    /// The `id` field of [`Engine::span`], unique in the process.
+    pub fn log_id(&self) -> u64 {
+        self.inner.log_id
+    }
+
+    /// Logs `message` at `warn` as this engine's (the binding's notice of
+    /// an `error` event nobody listens for).
+    pub fn warn(&self, message: &str) {
+        self.inner.span.in_scope(|| tracing::warn!("{message}"));
     }
 
     pub fn api(&self) -> &Api {
@@ -329,7 +360,11 @@ impl Engine {
         *self.inner.listener.write() = listener;
     }
 
+    /// Tells the listener, and counts and logs what the event reports.
     pub(crate) fn emit(&self, ev: Event) {
+        self.inner.counters.saw(&ev, self.now_ms());
+        self.inner.waiters.saw(&ev);
+        crate::diagnostics::log(&ev);
         let l = self.inner.listener.read().clone();
         if let Some(l) = l {
             l(ev);
@@ -356,7 +391,10 @@ impl Engine {
     ) -> Result<T> {
         self.check_open()?;
         let me = self.clone();
-        let work = move || me.with_db_here(f);
+        // the blocking pool's threads are outside the engine's span: its
+        // records are told apart by it
+        let span = self.inner.span.clone();
+        let work = move || span.in_scope(|| me.with_db_here(f));
         if self.inner.io.inline_db() {
             return work();
         }
@@ -469,12 +507,13 @@ impl Engine {
             if let Some(e) = error {
                 st.status.last_error = Some(e.into());
             }
-            let recovered = phase == Phase::Idle && st.status.last_error.is_some();
+            let recovered = phase == Phase::Idle && (st.status.last_error.is_some() || !st.status.has_synced);
             if phase == Phase::Idle {
                 // a round went through: what failed before is over
                 st.status.last_error = None;
                 st.status.rate_limited_until = None;
                 st.status.last_synced_at = Some(self.now_ms());
+                st.status.has_synced = true;
             }
             let changed = changed || recovered;
             if !changed {

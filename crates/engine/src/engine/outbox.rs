@@ -325,15 +325,13 @@ impl Engine {
                         Found::NotApplied => m,
                     }
                 }
-                (Kind::Insert, None) => {
-                    let m = self.mark_sent(vec![m], true).await?.remove(0);
-                    tracing::debug!("send {} {:?}", m.row_id, m.sent);
-                    m
-                }
+                (Kind::Insert, None) => self.mark_sent(vec![m], true).await?.remove(0),
                 _ => m,
             };
             let api = &self.inner.api;
             let t = token.as_deref();
+            tracing::debug!(id = m.id, entity = m.entity, kind = m.kind.as_str(), attempts = m.attempts, "send");
+            self.inner.counters.sent(1, usize::from(m.attempts > 0));
             let sent = match m.kind {
                 Kind::Insert => {
                     let nonce = m.sent.as_ref().is_some_and(|s| s.nonce).then_some(m.row_id.as_str());
@@ -406,6 +404,8 @@ impl Engine {
         }
         self.inner.outbox.settling.lock().extend(run.iter().map(|m| m.entity.clone()));
         let run = self.mark_sent(run, false).await?;
+        tracing::debug!(writes = run.len(), "send a batch");
+        self.inner.counters.sent(run.len(), run.iter().filter(|m| m.attempts > 0).count());
         let empty = Row::new();
         let writes: Vec<BatchWrite> = run
             .iter()
@@ -447,6 +447,7 @@ impl Engine {
     /// Counts a failed attempt and gives up this round (backoff follows).
     pub(super) async fn retry_later(&self, mut m: Mutation, e: Error) -> Result<()> {
         m.attempts += 1;
+        tracing::info!(id = m.id, entity = m.entity, attempts = m.attempts, error = %e, "write not sent; it will be retried");
         self.save_mutations(vec![m], |w, m| w.save_mutation(m)).await?;
         Err(e)
     }

@@ -47,7 +47,17 @@ impl Engine {
     /// Time this engine has spent waiting for the server's HTTP answers
     /// (diagnostics: compare with wall time to see who is slow).
     pub fn server_wait(&self) -> Duration {
-        self.inner.api.waited()
+        self.inner.api.traffic().waited()
+    }
+
+    /// The engine's counters and its queue as they stand.
+    pub fn diagnostics(&self) -> crate::diagnostics::Diagnostics {
+        let mut d = crate::diagnostics::Diagnostics::new(&self.inner.counters, self.inner.api.traffic());
+        let st = self.inner.state.read();
+        (d.pending, d.failed) = st.view.counts();
+        d.oldest_pending_at = st.view.queue().pending().map(|m| m.created_at).min();
+        d.cursor = st.cursor;
+        d
     }
 
     /// How many rows of `entity` are visible.

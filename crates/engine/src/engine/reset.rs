@@ -45,6 +45,7 @@ impl Engine {
                 })?;
                 let mut st = me.inner.state.write();
                 me.inner.epoch.fetch_add(1, Ordering::SeqCst); // see apply_session
+                st.status.has_synced = false;
                 let entities = st.view.replica().entities();
                 st.view.clear_rows();
                 st.cursor = 0;

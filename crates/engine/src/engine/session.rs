@@ -188,6 +188,7 @@ impl Engine {
                     // the flip is refused from here on, even if the future that
                     // started this one was dropped mid-way (stop() aborts it)
                     me.inner.epoch.fetch_add(1, Ordering::SeqCst);
+                    st.status.has_synced = false;
                     st.cursor = 0;
                     st.anchor = None;
                     st.awaited.clear();

@@ -46,7 +46,9 @@ impl Ladder {
         self.level = self.level.max(top);
         if self.level > top && Instant::now() >= self.probe_at {
             self.probing = true;
-            return self.level.step(-1).max(top);
+            let up = self.level.step(-1).max(top);
+            tracing::info!(from = self.level.name(), to = up.name(), "transport: probing a better one");
+            return up;
         }
         self.level
     }
@@ -62,6 +64,7 @@ impl Ladder {
 
     pub(super) fn opened(&mut self, which: Which) {
         if self.probing {
+            tracing::info!(transport = which.name(), "transport: the probe opened; staying on it");
             self.probing = false;
             self.level = which;
             self.failures = 0;
@@ -79,6 +82,7 @@ impl Ladder {
         if self.probing {
             self.probing = false;
             if !opened {
+                tracing::info!(back_to = self.level.name(), "transport: the probe failed");
                 self.probe_every = (self.probe_every * 2).min(PROBE_MAX.max(self.probe_first));
                 self.probe_at = Instant::now() + self.probe_every;
                 return true;
@@ -90,7 +94,14 @@ impl Ladder {
         }
         self.failures += 1;
         if self.failures >= STEP_DOWN_AFTER && self.level != Which::Poll {
-            self.level = self.level.step(1);
+            let down = self.level.step(1);
+            tracing::info!(
+                from = self.level.name(),
+                to = down.name(),
+                failures = self.failures,
+                "transport: stepping down after connections that died or never opened"
+            );
+            self.level = down;
             self.failures = 0;
             self.probe_at = Instant::now() + self.probe_every;
             return true;
