@@ -88,6 +88,12 @@ export interface Change {
   data: Record<string, unknown> | null
 }
 
+/**
+ * Each check of a server as the engine would use it (`pylon-sync doctor`).
+ * `options` as the engine's (`token`, `ca`, `wsUrl`, `sseUrl`, `timeout`, `pingTimeout`).
+ */
+export declare function checkServer(baseUrl: string, options?: EngineOptions | null): Promise<{ ok: true; value: ServerCheck[] } | { ok: false; error: ErrorInfo }>
+
 /** The realtime connection. */
 export interface Connection {
   /** `offline`: not following (stopped); `open` with transport "poll": polling. */
@@ -243,8 +249,23 @@ export type Event =
   | { type: 'topic'; topic: string; from: string | null; data: unknown }
   | { type: 'room'; event: Record<string, unknown> }
 
+/** A write the server refused, kept in the file. */
+export interface FailedWrite {
+  id: string
+  entity: string
+  kind: 'insert' | 'update' | 'delete'
+  code: string
+  message: string
+}
+
+/** The app's manifest (`/api/manifest`), as the server sends it. */
+export declare function fetchManifest(baseUrl: string, opts?: DirectOptions | null): Promise<{ ok: true; value: Record<string, unknown> } | { ok: false; error: ErrorInfo }>
+
 /** Rows of `entities` and a cursor consistent with them, for `engine.hydrate`. */
 export declare function getServerData(baseUrl: string, entities: Array<string>, opts?: DirectOptions | null): Promise<{ ok: true; value: { entities: Record<string, Array<{ id: string; [field: string]: unknown }>>; cursor: { last_seq: number }; identity?: { user_id: string | null; tenant_id: string | null } } } | { ok: false; error: ErrorInfo }>
+
+/** What a replica file holds (`pylon-sync inspect`); the file is opened read-only. */
+export declare function inspectReplica(path: string): Promise<{ ok: true; value: ReplicaInfo } | { ok: false; error: ErrorInfo }>
 
 /** An error as `diagnostics().lastErrors` keeps it. */
 export interface LastError {
@@ -285,8 +306,53 @@ export interface Peer {
   data: unknown
 }
 
+/** One entity of a replica file. */
+export interface ReplicaEntity {
+  name: string
+  rows: number
+  /** Deleted rows kept until the cursor has passed them. */
+  tombstones: number
+  /** Its full snapshot is in (else only the log fills it, or it is not bootstrapped yet). */
+  covered: boolean
+}
+
+/** What a replica file holds (`inspectReplica`). */
+export interface ReplicaInfo {
+  cursor: number
+  /**
+   * A fingerprint of the identity the rows belong to (never the identity itself); null before
+   * a session was known.
+   */
+  identity: string | null
+  entities: Array<ReplicaEntity>
+  pending: number
+  failed: Array<FailedWrite>
+  /** Writes kept for other identities (sent when their identity signs in again). */
+  parked: number
+  /** Unix ms when the oldest pending write was made. */
+  oldestPendingAt: number | null
+  /** Unix ms the server the replica follows started (null: never checked). */
+  serverBoot: number | null
+  /** Entities whose manifest fields are kept in the file. */
+  schema: Array<string>
+  /** The file's size. */
+  bytes: number
+}
+
 /** Diagnostics: tasks alive on the engine runtime (a leak check for soak tests). */
 export declare function runtimeTasks(): Promise<number>
+
+/** One check of `checkServer`. */
+export interface ServerCheck {
+  name: 'health' | 'tls' | 'session' | 'manifest' | 'log' | 'websocket' | 'sse'
+  outcome: 'ok' | 'failed' | 'skipped'
+  /** What was found. */
+  detail: string
+  /** For a failure: the likely cause, and what to do. */
+  cause: string | null
+  fix: string | null
+  ms: number
+}
 
 export interface Session {
   userId: string | null

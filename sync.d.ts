@@ -11,12 +11,27 @@ import type {
   ErrorInfo,
   MutationInfo,
   Peer,
+  ReplicaInfo,
+  ServerCheck,
   Session,
   SyncStatus,
   TimeoutOptions,
 } from './index.js'
 
-export type { Change, Connection, Diagnostics, DirectOptions, EngineOptions, ErrorInfo, Peer, Session, SyncStatus, TimeoutOptions }
+export type {
+  Change,
+  Connection,
+  Diagnostics,
+  DirectOptions,
+  EngineOptions,
+  ErrorInfo,
+  Peer,
+  ReplicaInfo,
+  ServerCheck,
+  Session,
+  SyncStatus,
+  TimeoutOptions,
+}
 
 /** A direct call's options: the binding's, and a signal that abandons the call (it rejects with the signal's reason, as `fetch` does). */
 export interface CallOptions extends DirectOptions {
@@ -25,6 +40,23 @@ export interface CallOptions extends DirectOptions {
 
 /** A row: a JSON object whose `id` is the row id. */
 export type Row = { id: string; [field: string]: unknown }
+
+/**
+ * An app's entities and their fields, as `pylon-sync types <url>` writes them: `{ Todo: { title: string; … } }`.
+ * `createSyncEngine<Schema>(url)` then types the store, the writes and the queries by entity.
+ */
+export type SchemaShape = object
+
+/** The schema of an engine made without one: any entity, any fields. */
+export interface AnySchema {
+  [entity: string]: { [field: string]: unknown }
+}
+
+/** The entity names of a schema. */
+export type EntityName<S extends SchemaShape> = keyof S & string
+
+/** A stored row of entity `E`: its fields and its `id`. */
+export type RowOf<S extends SchemaShape, E extends EntityName<S>> = { id: string } & S[E]
 
 /** Every error the engine reports. */
 export type SyncErrorCode = ErrorInfo['code']
@@ -94,13 +126,13 @@ export interface Hydration {
   identity?: { user_id: string | null; tenant_id: string | null }
 }
 
-export interface Store {
+export interface Store<S extends SchemaShape = AnySchema> {
   /**
    * Visible rows (server rows with pending local writes applied), ordered by id. Frozen; cached until the
    * entity changes. Reads within one synchronous turn of the event loop see one snapshot.
    */
-  list(entity: string): readonly Row[]
-  get(entity: string, id: string): Row | null
+  list<E extends EntityName<S>>(entity: E): readonly RowOf<S, E>[]
+  get<E extends EntityName<S>>(entity: E, id: string): RowOf<S, E> | null
   /** Fires after changes of the visible rows (at most once per turn of the event loop), and when other engines' presence changes. */
   subscribe(listener: () => void): () => void
 }
@@ -120,8 +152,8 @@ export interface Mutations {
   subscribe(listener: (event: MutationEvent) => void): () => void
 }
 
-export interface InfiniteQuery {
-  readonly data: readonly Row[]
+export interface InfiniteQuery<R = Row> {
+  readonly data: readonly R[]
   readonly hasMore: boolean
   readonly loading: boolean
   loadMore(): Promise<void>
@@ -146,8 +178,8 @@ export interface EngineEvents {
   room: Record<string, unknown>
 }
 
-export declare class SyncEngine {
-  readonly store: Store
+export declare class SyncEngine<S extends SchemaShape = AnySchema> {
+  readonly store: Store<S>
   readonly mutations: Mutations
   readonly status: SyncStatus
   readonly cursor: number
@@ -178,15 +210,18 @@ export declare class SyncEngine {
   /** Counters (monotonic) and the queue as it stands. */
   diagnostics(): Diagnostics
   /** Resolves the temporary id once the write is durable on disk. It keeps naming the row after the server names it (update, delete, store.get). */
-  insert(entity: string, data: Record<string, unknown>): Promise<string>
-  update(entity: string, id: string, patch: Record<string, unknown>): Promise<void>
-  delete(entity: string, id: string): Promise<void>
+  insert<E extends EntityName<S>>(entity: E, data: S[E]): Promise<string>
+  update<E extends EntityName<S>>(entity: E, id: string, patch: Partial<S[E]>): Promise<void>
+  delete(entity: EntityName<S>, id: string): Promise<void>
   notifySessionChanged(): Promise<Session | null>
   resolvedSession(): Session | null
   resetReplica(): Promise<void>
   /** Shows the rows at once (before start()); start() stores them. Refused when older than the replica or of another identity. */
   hydrate(data: Hydration): Promise<void>
-  createInfiniteQuery(entity: string, options?: { pageSize?: number; order?: Record<string, 'asc' | 'desc'> }): InfiniteQuery
+  createInfiniteQuery<E extends EntityName<S>>(
+    entity: E,
+    options?: { pageSize?: number; order?: { [F in (keyof S[E] & string) | 'id']?: 'asc' | 'desc' } },
+  ): InfiniteQuery<RowOf<S, E>>
   on<K extends keyof EngineEvents>(type: K, listener: (event: EngineEvents[K]) => void): () => void
   /** Any JSON value; null withdraws it. Re-sent after every reconnect. */
   setPresence(data: unknown): void
@@ -198,7 +233,8 @@ export declare class SyncEngine {
   unsubscribeCrdt(entity: string, rowId: string): void
 }
 
-export declare function createSyncEngine(baseUrl: string, options?: SyncEngineConfig): SyncEngine
+/** An engine; `createSyncEngine<Schema>(url)` types it by the schema `pylon-sync types` generates. */
+export declare function createSyncEngine<S extends SchemaShape = AnySchema>(baseUrl: string, options?: SyncEngineConfig): SyncEngine<S>
 export declare function defaultStorage(): Storage
 export declare function createWriteThroughStorage(
   seed: Record<string, string> | null | undefined,
@@ -213,3 +249,9 @@ export declare function insert(baseUrl: string, entity: string, data: Record<str
 export declare function update(baseUrl: string, entity: string, id: string, patch: Record<string, unknown>, options?: CallOptions): Promise<void>
 export declare function remove(baseUrl: string, entity: string, id: string, options?: CallOptions): Promise<void>
 export declare function callFn(baseUrl: string, name: string, args?: Record<string, unknown>, options?: CallOptions): Promise<unknown>
+export declare function fetchManifest(baseUrl: string, options?: CallOptions): Promise<Record<string, unknown>>
+
+/** What a replica file holds; the file is opened read-only and never changed. */
+export declare function inspectReplica(dbPath: string): Promise<ReplicaInfo>
+/** Checks a server the way the engine uses it, one result per check (health, tls, session, manifest, log, websocket, sse). */
+export declare function checkServer(baseUrl: string, options?: EngineOptions): Promise<ServerCheck[]>

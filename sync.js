@@ -523,6 +523,26 @@ const direct = {
       return native.directCallFn(baseUrl, name, args === undefined ? null : toJson('args', args), o)
     }),
   getServerData: (baseUrl, entities, options) => abortable(options, (o) => native.getServerData(baseUrl, entities, o)),
+  fetchManifest: (baseUrl, options) => abortable(options, (o) => native.fetchManifest(baseUrl, o)),
+}
+
+// ------------------------------------------------------------ tools
+// What the pylon-sync CLI is built on; usable from code as well.
+
+/** What a replica file holds: cursor, identity fingerprint, rows per entity, pending and failed writes. Opens it read-only. */
+function inspectReplica(dbPath) {
+  return settle(() => {
+    checkString('dbPath', dbPath)
+    return native.inspectReplica(dbPath)
+  })
+}
+
+/** Checks a server the way the engine uses it: health, TLS, session, manifest, log, WebSocket, SSE. */
+function checkServer(baseUrl, options) {
+  return settle(() => {
+    checkString('baseUrl', baseUrl)
+    return native.checkServer(baseUrl, options ?? null)
+  })
 }
 
 module.exports = {
@@ -532,5 +552,7 @@ module.exports = {
   defaultStorage,
   createWriteThroughStorage,
   mutationQueueListener,
+  inspectReplica,
+  checkServer,
   ...direct,
 }

@@ -15,5 +15,8 @@ export const {
   update,
   remove,
   callFn,
+  fetchManifest,
+  inspectReplica,
+  checkServer,
 } = sync
 export default sync

@@ -10,6 +10,7 @@ mod engine;
 mod error;
 mod log;
 mod query;
+mod tools;
 mod types;
 
 /// Diagnostics: panics on purpose, so a test can show that a Rust panic

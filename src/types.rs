@@ -388,3 +388,113 @@ impl From<&pylon_sync_engine::Diagnostics> for Diagnostics {
         }
     }
 }
+
+/// One entity of a replica file.
+#[napi(object)]
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaEntity {
+    pub name: String,
+    pub rows: f64,
+    /// Deleted rows kept until the cursor has passed them.
+    pub tombstones: f64,
+    /// Its full snapshot is in (else only the log fills it, or it is not bootstrapped yet).
+    pub covered: bool,
+}
+
+/// A write the server refused, kept in the file.
+#[napi(object)]
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedWrite {
+    pub id: String,
+    pub entity: String,
+    #[napi(ts_type = "'insert' | 'update' | 'delete'")]
+    pub kind: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// What a replica file holds (`inspectReplica`).
+#[napi(object, use_nullable = true)]
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaInfo {
+    pub cursor: f64,
+    /// A fingerprint of the identity the rows belong to (never the identity itself); null before
+    /// a session was known.
+    pub identity: Option<String>,
+    pub entities: Vec<ReplicaEntity>,
+    pub pending: u32,
+    pub failed: Vec<FailedWrite>,
+    /// Writes kept for other identities (sent when their identity signs in again).
+    pub parked: u32,
+    /// Unix ms when the oldest pending write was made.
+    pub oldest_pending_at: Option<f64>,
+    /// Unix ms the server the replica follows started (null: never checked).
+    pub server_boot: Option<f64>,
+    /// Entities whose manifest fields are kept in the file.
+    pub schema: Vec<String>,
+    /// The file's size.
+    pub bytes: f64,
+}
+
+impl From<pylon_sync_engine::inspect::Inspection> for ReplicaInfo {
+    fn from(i: pylon_sync_engine::inspect::Inspection) -> Self {
+        ReplicaInfo {
+            cursor: number(i.cursor),
+            identity: i.identity,
+            entities: i
+                .entities
+                .into_iter()
+                .map(|e| ReplicaEntity {
+                    name: e.name,
+                    rows: number(e.rows),
+                    tombstones: number(e.tombstones),
+                    covered: e.covered,
+                })
+                .collect(),
+            pending: i.pending as u32,
+            failed: i
+                .failed
+                .into_iter()
+                .map(|f| FailedWrite { id: f.id, entity: f.entity, kind: f.kind.into(), code: f.code, message: f.message })
+                .collect(),
+            parked: i.parked as u32,
+            oldest_pending_at: i.oldest_pending_at.map(number),
+            server_boot: i.server_boot.map(number),
+            schema: i.schema,
+            bytes: number(i.bytes),
+        }
+    }
+}
+
+/// One check of `checkServer`.
+#[napi(object, use_nullable = true)]
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerCheck {
+    #[napi(ts_type = "'health' | 'tls' | 'session' | 'manifest' | 'log' | 'websocket' | 'sse'")]
+    pub name: String,
+    #[napi(ts_type = "'ok' | 'failed' | 'skipped'")]
+    pub outcome: String,
+    /// What was found.
+    pub detail: String,
+    /// For a failure: the likely cause, and what to do.
+    pub cause: Option<String>,
+    pub fix: Option<String>,
+    pub ms: f64,
+}
+
+impl From<pylon_sync_engine::doctor::Check> for ServerCheck {
+    fn from(c: pylon_sync_engine::doctor::Check) -> Self {
+        ServerCheck {
+            name: c.name.into(),
+            outcome: name_of(&c.outcome),
+            detail: c.detail,
+            cause: c.cause,
+            fix: c.fix,
+            ms: number(c.ms),
+        }
+    }
+}

@@ -161,8 +161,13 @@ impl Api {
     }
 
     /// Entities the caller can see in the public manifest.
+    /// The app's manifest (`/api/manifest`) as the server sends it.
+    pub async fn manifest(&self, token: Option<&str>) -> Result<Value> {
+        send_json(self.request(Method::GET, "/api/manifest", token), self).await
+    }
+
     pub async fn entities(&self, token: Option<&str>) -> Result<Vec<EntityInfo>> {
-        let manifest: Value = send_json(self.request(Method::GET, "/api/manifest", token), self).await?;
+        let manifest = self.manifest(token).await?;
         let names = manifest
             .get("entities")
             .and_then(Value::as_array)

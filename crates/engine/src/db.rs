@@ -77,6 +77,37 @@ impl Db {
         Ok(db)
     }
 
+    /// Opens an existing replica file to read, never to change it: no
+    /// creation, no migration, no checkpoint (`pylon-sync inspect`). A
+    /// file that is not one of ours, or of a newer schema, is refused.
+    pub fn open_read_only(path: &Path) -> Result<Db> {
+        use rusqlite::OpenFlags;
+        if !path.is_file() {
+            return Err(Error::NotFound(format!("no replica file at {}", path.display())));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let app_id: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+        let version: i32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if app_id != APPLICATION_ID {
+            return Err(Error::Corrupt(format!("{} is not a pylon-sync replica", path.display())));
+        }
+        if !(1..=SCHEMA_VERSION).contains(&version) {
+            return Err(Error::Corrupt(format!("schema version {version} is newer than this version reads")));
+        }
+        Ok(Db { conn })
+    }
+
+    /// Each entity's stored rows and tombstones, by name.
+    pub fn row_counts(&self) -> Result<Vec<(String, u64, u64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT entity, sum(data IS NOT NULL), sum(data IS NULL) FROM rows GROUP BY entity ORDER BY entity",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn prepare(&mut self) -> Result<()> {
         let c = &self.conn;
         c.busy_timeout(std::time::Duration::from_secs(5))?;

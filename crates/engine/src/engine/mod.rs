@@ -29,7 +29,8 @@ mod stream;
 
 pub use bootstrap::get_server_data;
 use lifecycle::Wake;
-use session::{fingerprint, split_queue, token_key};
+pub(crate) use session::fingerprint;
+use session::{split_queue, token_key};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -245,7 +246,7 @@ pub struct Engine {
 
 /// The stored `covered` map; a list (schema v1/v2 before snapshot heads)
 /// means heads unknown, which replays everything as before.
-fn parse_covered(text: &str) -> Result<BTreeMap<String, u64>> {
+pub(crate) fn parse_covered(text: &str) -> Result<BTreeMap<String, u64>> {
     match serde_json::from_str::<Value>(text)? {
         Value::Array(names) => Ok(names.iter().filter_map(Value::as_str).map(|n| (n.to_string(), 0)).collect()),
         other => Ok(serde_json::from_value(other)?),

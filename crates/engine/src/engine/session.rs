@@ -262,7 +262,7 @@ pub(super) fn split_queue(all: Vec<Mutation>, key: &str) -> (Vec<Mutation>, Hash
 
 /// A stable, non-reversible name for a token, so we can tell tokens apart
 /// without ever storing one.
-pub(super) fn fingerprint(token: Option<&str>) -> String {
+pub(crate) fn fingerprint(token: Option<&str>) -> String {
     match token {
         None => "anonymous".into(),
         Some(t) => {
