@@ -6,6 +6,7 @@ const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
+const { spawn } = require('node:child_process')
 const sync = require('../sync.js')
 const native = require('../index.js')
 const { startDevserver, api, eventually, tempDir } = require('./helpers.js')
@@ -169,15 +170,40 @@ test('https and wss verify certificates: a server signed by a private CA is ERR_
       await eventually('the change', () => e.store.list('Todo').some((r) => r.title === `over ${transport}`))
       await e.close()
     }
+    // the CLI: doctor names the TLS failure and its fix; --ca mends it, for doctor and mirror alike
+    const cli = (...args) => spawnAsync(process.execPath, [path.join(__dirname, '..', 'bin', 'pylon-sync.js'), ...args], { PYLON_TOKEN: token })
+    const untrusted = await cli('doctor', url)
+    assert.equal(untrusted.code, 1)
+    assert.match(untrusted.out, /^✗ tls +TLS certificate verification failed/m)
+    assert.match(untrusted.out, /^ {4}fix: +pass the server's CA certificate as the `ca` option \(`--ca FILE`\)/m)
+    const trusted = await cli('doctor', url, '--ca', front.caFile)
+    assert.equal(trusted.code, 0, trusted.out)
+    assert.match(trusted.out, /^✓ tls +the certificate chain is trusted/m)
+    assert.match(trusted.out, /^✓ websocket +opens/m)
+    const db = path.join(tempDir(), 'tls.db')
+    const mirrored = await cli('mirror', url, '--db', db, '--ca', front.caFile, '--transport', 'sse', '--json')
+    assert.equal(mirrored.code, 0, mirrored.err)
+    assert.ok(JSON.parse(mirrored.out).rows.Todo >= 2)
   } finally {
     front.close()
     await srv.stop()
   }
 })
 
+/** Runs a command to its end without blocking the event loop (the servers of the test run in it). */
+function spawnAsync(cmd, args, env) {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { env: { ...process.env, ...env } })
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.stderr.on('data', (d) => (err += d))
+    child.once('exit', (code) => resolve({ code, out, err }))
+  })
+}
+
 /** Runs `script` (given `args`: `url`, `token`) in a fresh process with `env` added; resolves what it printed last, parsed. */
 function inProcess(script, args, env) {
-  const { spawn } = require('node:child_process')
   const code = `const sync = require(${JSON.stringify(path.join(__dirname, '..', 'sync.js'))}); const { url, token } = ${JSON.stringify(args)};
     (async () => { ${script} })().then((v) => console.log(JSON.stringify(v ?? null)), (e) => console.log(JSON.stringify({ code: e.code, message: e.message })))`
   return new Promise((resolve, reject) => {

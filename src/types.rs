@@ -458,7 +458,13 @@ impl From<pylon_sync_engine::inspect::Inspection> for ReplicaInfo {
             failed: i
                 .failed
                 .into_iter()
-                .map(|f| FailedWrite { id: f.id, entity: f.entity, kind: f.kind.into(), code: f.code, message: f.message })
+                .map(|f| FailedWrite {
+                    id: f.id,
+                    entity: f.entity,
+                    kind: f.kind.into(),
+                    code: f.code,
+                    message: f.message,
+                })
                 .collect(),
             parked: i.parked as u32,
             oldest_pending_at: i.oldest_pending_at.map(number),

@@ -234,6 +234,19 @@ test('the same install runs on Node 22 and 24', { timeout: 600000 }, () => {
   }
 })
 
+test('the pylon-sync CLI runs from the installed package: mirror, inspect, doctor, types', { timeout: 120000 }, () => {
+  assert.ok(app, 'installed by an earlier test')
+  const env = { ...process.env, PATH }
+  const cli = path.join(app, 'node_modules', '.bin', 'pylon-sync')
+  assert.equal(run(cli, ['--version'], { cwd: app, env }).trim(), pkg.version)
+  const db = path.join(stage, 'cli.db')
+  assert.match(run(cli, ['mirror', srv.url, '--db', db], { cwd: app, env }), /^mirrored into /m)
+  assert.match(run(cli, ['inspect', db], { cwd: app, env }), /^cursor +\d/m)
+  assert.match(run(cli, ['doctor', srv.url], { cwd: app, env }), /^✓ health /m)
+  // the schema the typed consumer (typed.mts) compiles against in the next test
+  run(cli, ['types', srv.url, '--out', 'schema.ts'], { cwd: app, env })
+})
+
 test('a CommonJS and an ES module consumer typecheck against the installed package (strict, nodenext)', { timeout: 120000 }, () => {
   assert.ok(app, 'installed by an earlier test')
   run(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: app })
