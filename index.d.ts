@@ -155,6 +155,9 @@ export declare function directFetchById(baseUrl: string, entity: string, id: str
 /** Every row of `entity` the caller may read. */
 export declare function directFetchList(baseUrl: string, entity: string, opts?: DirectOptions | null): Promise<{ ok: true; value: Array<{ id: string; [field: string]: unknown }> } | { ok: false; error: ErrorInfo }>
 
+/** The app's manifest (`/api/manifest`), as the server sends it (`pylon-sync types`). */
+export declare function directFetchManifest(baseUrl: string, opts?: DirectOptions | null): Promise<{ ok: true; value: Record<string, unknown> } | { ok: false; error: ErrorInfo }>
+
 /** Creates a row; resolves `{ id }`. */
 export declare function directInsert(baseUrl: string, entity: string, data: unknown, opts?: DirectOptions | null): Promise<{ ok: true; value: { id: string } } | { ok: false; error: ErrorInfo }>
 
@@ -257,9 +260,6 @@ export interface FailedWrite {
   code: string
   message: string
 }
-
-/** The app's manifest (`/api/manifest`), as the server sends it. */
-export declare function fetchManifest(baseUrl: string, opts?: DirectOptions | null): Promise<{ ok: true; value: Record<string, unknown> } | { ok: false; error: ErrorInfo }>
 
 /** Rows of `entities` and a cursor consistent with them, for `engine.hydrate`. */
 export declare function getServerData(baseUrl: string, entities: Array<string>, opts?: DirectOptions | null): Promise<{ ok: true; value: { entities: Record<string, Array<{ id: string; [field: string]: unknown }>>; cursor: { last_seq: number }; identity?: { user_id: string | null; tenant_id: string | null } } } | { ok: false; error: ErrorInfo }>

@@ -523,7 +523,7 @@ const direct = {
       return native.directCallFn(baseUrl, name, args === undefined ? null : toJson('args', args), o)
     }),
   getServerData: (baseUrl, entities, options) => abortable(options, (o) => native.getServerData(baseUrl, entities, o)),
-  fetchManifest: (baseUrl, options) => abortable(options, (o) => native.fetchManifest(baseUrl, o)),
+  fetchManifest: (baseUrl, options) => abortable(options, (o) => native.directFetchManifest(baseUrl, o)),
 }
 
 // ------------------------------------------------------------ tools

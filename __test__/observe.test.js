@@ -263,14 +263,40 @@ test('mutations.settled resolves when the write is acknowledged, rejects when it
 
     await e.stop()
     const doomed = await e.insert('Todo', { title: 'removed', done: false })
-    const gone = e.mutations.settled(doomed)
+    const gone = assert.rejects(e.mutations.settled(doomed), { code: 'ERR_SYNC_NOT_FOUND' })
     await e.mutations.remove(e.mutations.list().find((x) => x.change.row_id === doomed).id)
-    await assert.rejects(gone, { code: 'ERR_SYNC_NOT_FOUND' })
+    await gone
 
-    const orphan = e.mutations.settled(await e.insert('Todo', { title: 'at close', done: false }))
+    const orphan = assert.rejects(e.mutations.settled(await e.insert('Todo', { title: 'at close', done: false })), { code: 'ERR_SYNC_CLOSED' })
     await e.close({ flush: false })
-    await assert.rejects(orphan, { code: 'ERR_SYNC_CLOSED' })
+    await orphan
     await assert.rejects(e.mutations.settled(42), { code: 'ERR_SYNC_INVALID_ARG' })
+  } finally {
+    await srv.stop()
+  }
+})
+
+test('settled: a write parked by an identity flip is told so; before start the queue is read from disk', async () => {
+  const srv = await startDevserver()
+  try {
+    const alice = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'alice' })).body.token
+    const bob = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'bob' })).body.token
+    const dbPath = require('node:path').join(require('./helpers.js').tempDir(), 'flip.db')
+    const e = engine(srv.url, { token: alice, dbPath, persist: true })
+    await e.start()
+    await e.stop()
+    const id = await e.insert('Todo', { title: 'alice offline', done: false })
+    await e.close()
+    // a new engine on the same file, not started: the write is on disk, still pending
+    const again = engine(srv.url, { token: bob, dbPath, persist: true })
+    let done = false
+    const parked = again.mutations.settled(id).then(() => (done = 'resolved'), (err) => (done = err.code))
+    await new Promise((r) => setTimeout(r, 100))
+    assert.equal(done, false, 'a write still pending on disk is not settled')
+    await again.start() // bob: alice's write is parked for alice
+    await parked
+    assert.equal(done, 'ERR_SYNC_AUTH')
+    await again.close()
   } finally {
     await srv.stop()
   }
@@ -294,6 +320,10 @@ test('caughtUp: every write made before it is acknowledged and the replica has p
     await api(srv.url, 'POST', '/api/entities/Tag', { label: 'taken' })
     await e.insert('Tag', { label: 'taken' })
     await assert.rejects(e.caughtUp(), { code: 'ERR_SYNC_REJECTED', serverCode: 'INSERT_FAILED' })
+    // a write kept failed will never be acknowledged as it is: until it is removed
+    await assert.rejects(e.caughtUp(), { code: 'ERR_SYNC_REJECTED' })
+    await e.mutations.remove(e.mutations.list()[0].id)
+    await e.caughtUp()
     await e.close()
     await assert.rejects(e.caughtUp(), { code: 'ERR_SYNC_CLOSED' })
   } finally {

@@ -128,6 +128,21 @@ pub async fn direct_call_fn(
     )
 }
 
+/// The app's manifest (`/api/manifest`), as the server sends it (`pylon-sync types`).
+#[napi(ts_return_type = "Promise<{ ok: true; value: Record<string, unknown> } | { ok: false; error: ErrorInfo }>")]
+pub async fn direct_fetch_manifest(
+    base_url: String,
+    #[napi(ts_arg_type = "DirectOptions | null")] opts: Option<Value>,
+) -> Value {
+    settle(
+        async {
+            let (api, token) = client(&base_url, opts)?;
+            api.manifest(token.as_deref()).await
+        }
+        .await,
+    )
+}
+
 /// Rows of `entities` and a cursor consistent with them, for `engine.hydrate`.
 #[napi(
     ts_return_type = "Promise<{ ok: true; value: { entities: Record<string, Array<{ id: string; [field: string]: unknown }>>; cursor: { last_seq: number }; identity?: { user_id: string | null; tenant_id: string | null } } } | { ok: false; error: ErrorInfo }>"

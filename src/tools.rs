@@ -1,11 +1,12 @@
 //! What the `pylon-sync` CLI needs from native code, as public functions
-//! of the package: reading a replica file without changing it, checking a
-//! server the way the engine uses it, and reading an app's manifest.
+//! of the package: reading a replica file without changing it, and
+//! checking a server the way the engine uses it (the manifest is a direct
+//! call, `direct_fetch_manifest`).
 
 use napi_derive::napi;
 use serde_json::Value;
 
-use crate::convert::{self, DirectOptions};
+use crate::convert;
 use crate::error::settle;
 use crate::types;
 
@@ -38,22 +39,4 @@ pub async fn check_server(
         pylon_sync_engine::doctor::check(&cfg).await
     };
     settle(checks.await.map(|c| c.into_iter().map(types::ServerCheck::from).collect::<Vec<_>>()))
-}
-
-/// The app's manifest (`/api/manifest`), as the server sends it.
-#[napi(ts_return_type = "Promise<{ ok: true; value: Record<string, unknown> } | { ok: false; error: ErrorInfo }>")]
-pub async fn fetch_manifest(
-    base_url: String,
-    #[napi(ts_arg_type = "DirectOptions | null")] opts: Option<Value>,
-) -> Value {
-    settle(
-        async {
-            crate::log::init();
-            let (opts, timeouts) = DirectOptions::read(opts)?;
-            let io = pylon_sync_engine::net::Net::shared(opts.ca.as_deref(), timeouts)?;
-            let api = pylon_sync_engine::api::Api::new(&base_url, io)?;
-            api.manifest(opts.token.as_deref()).await
-        }
-        .await,
-    )
 }

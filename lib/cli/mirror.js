@@ -24,8 +24,8 @@ Options:
   --json        print a JSON summary at the end instead of text
 ${CONNECT_HELP}
 
-Exit codes: 0 caught up (or stopped with Ctrl-C); 1 the server could not be
-reached or refused; 2 usage.`
+Exit codes: 0 caught up (with --watch: stopped with Ctrl-C); 1 the server
+could not be reached or refused; 2 usage; 130 interrupted before caught up.`
 
 const options = {
   ...CONNECT,
@@ -82,47 +82,59 @@ async function run(positionals, values, io) {
     else if (p.done) io.err.write(`${progressLine(p)}\n`)
   })
 
-  let stopping = null
-  const stop = () => {
-    stopping ??= engine.close()
-    return stopping
+  // Ctrl-C: a clean close (it waits for the round under way: a bootstrap
+  // commits in whole transactions, so nothing half-done is ever on disk);
+  // a second Ctrl-C ends the process at once, which loses nothing either
+  let interrupt
+  const interrupted = new Promise((resolve) => (interrupt = resolve))
+  let signals = 0
+  const onSignal = () => {
+    if (++signals > 1) process.exit(130)
+    if (tty) io.err.write('\r\x1b[Kstopping… (Ctrl-C again to quit at once; nothing is lost either way)\n')
+    interrupt()
   }
-  const interrupted = new Promise((resolve) => {
-    const on = () => resolve(true)
-    process.once('SIGINT', on)
-    process.once('SIGTERM', on)
-  })
-
-  await engine.start()
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
   let code = 0
-  if (!values.watch) {
-    if (!engine.status.hasSynced) {
-      await Promise.race([engine.waitForFirstSync().catch(() => {}), interrupted, settleOrFail(engine)])
+  let caughtUp = false
+  try {
+    const starting = engine.start()
+    starting.catch(() => {}) // awaited below unless Ctrl-C comes first; close() then waits for it
+    await Promise.race([starting, interrupted])
+    if (signals > 0) {
+      code = 130
+    } else if (!values.watch) {
+      if (!engine.status.hasSynced) {
+        await Promise.race([engine.waitForFirstSync().catch(() => {}), interrupted, givesUp(engine)])
+      }
+      code = engine.status.hasSynced ? 0 : signals > 0 ? 130 : 1
+    } else {
+      const draw = () => {
+        if (tty) io.err.write(`\r\x1b[K${statusLine(engine)}`)
+      }
+      let last = ''
+      const report = () => {
+        const line = statusLine(engine)
+        if (tty) return draw()
+        // without a terminal: a line each time the state changes (not the clock)
+        const key = line.replace(/ · synced .*? ago/, '')
+        if (key !== last) io.err.write(`${line}\n`)
+        last = key
+      }
+      const offs = ['status', 'connection', 'change', 'mutation'].map((type) => engine.on(type, report))
+      const ticker = tty ? setInterval(draw, 1000) : null
+      report()
+      await interrupted
+      for (const off of offs) off()
+      if (ticker) clearInterval(ticker)
+      if (tty) io.err.write('\n')
     }
-    code = engine.status.hasSynced ? 0 : 1
-  } else {
-    const draw = () => {
-      if (tty) io.err.write(`\r\x1b[K${statusLine(engine)}`)
-    }
-    let last = ''
-    const report = () => {
-      const line = statusLine(engine)
-      if (tty) return draw()
-      // without a terminal: a line each time the state changes (not the clock)
-      const key = line.replace(/ · synced .*? ago/, '')
-      if (key !== last) io.err.write(`${line}\n`)
-      last = key
-    }
-    const offs = ['status', 'connection', 'change', 'mutation'].map((type) => engine.on(type, report))
-    const ticker = tty ? setInterval(draw, 1000) : null
-    report()
-    await interrupted
-    for (const off of offs) off()
-    if (ticker) clearInterval(ticker)
-    if (tty) io.err.write('\n')
+  } finally {
+    caughtUp = engine.status.hasSynced
+    await engine.close()
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
   }
-  const caughtUp = engine.status.hasSynced
-  await stop()
   // what is on disk now, as `inspect` shows it
   const info = await inspectReplica(path.resolve(values.db))
   const rows = Object.fromEntries(info.entities.map((e) => [e.name, e.rows]))
@@ -133,14 +145,14 @@ async function run(positionals, values, io) {
     const list = Object.entries(rows).map(([k, v]) => `${k} ${n(v)}`).join(', ')
     io.out.write(`mirrored into ${values.db} at cursor ${n(summaryOut.cursor)}: ${list || 'no entities'}\n`)
   }
-  if (code !== 0) {
+  if (code === 1) {
     io.err.write(`not caught up: ${lastError ? `${lastError.message} (${lastError.code})` : 'the server did not answer'}\n`)
   }
   return code
 }
 
-/** Resolves when the engine gives up retrying soon: a refusal that no retry mends (auth, a bad URL). */
-function settleOrFail(engine) {
+/** Resolves once three rounds in a row have failed: without --watch, mirror gives up then. */
+function givesUp(engine) {
   return new Promise((resolve) => {
     const off = engine.on('status', (s) => {
       if (s.lastError && s.attempts >= 3) {

@@ -93,8 +93,11 @@ impl Db {
         if app_id != APPLICATION_ID {
             return Err(Error::Corrupt(format!("{} is not a pylon-sync replica", path.display())));
         }
-        if !(1..=SCHEMA_VERSION).contains(&version) {
-            return Err(Error::Corrupt(format!("schema version {version} is newer than this version reads")));
+        if version != SCHEMA_VERSION {
+            // an older file is upgraded by the engine when it opens it, never by a reader
+            return Err(Error::Corrupt(format!(
+                "schema version {version}, this version reads {SCHEMA_VERSION}: open it with the engine once to upgrade it"
+            )));
         }
         Ok(Db { conn })
     }

@@ -208,3 +208,52 @@ pub(crate) fn log(ev: &Event) {
         Event::Presence(_) | Event::Topic { .. } | Event::Room(_) | Event::Binary(_) => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Connection;
+    use crate::transport::Which;
+
+    fn open(transport: Which) -> Event {
+        Event::Connection(Connection {
+            state: ConnState::Open,
+            transport,
+            attempts: 0,
+            last_error: None,
+            since: 0,
+            ignored: 0,
+        })
+    }
+
+    #[test]
+    fn every_open_after_the_first_is_a_reconnect_on_its_own_transport() {
+        let c = Counters::default();
+        let ws = Which::named("websocket").unwrap();
+        let sse = Which::named("sse").unwrap();
+        for ev in [open(ws), open(ws), open(sse), open(ws)] {
+            c.saw(&ev, 0);
+        }
+        let n = c.snapshot();
+        assert_eq!(n.connects, [("sse".to_string(), 1), ("websocket".to_string(), 3)].into_iter().collect());
+        assert_eq!(n.reconnects, [("sse".to_string(), 1), ("websocket".to_string(), 2)].into_iter().collect());
+    }
+
+    #[test]
+    fn the_last_ten_errors_are_kept_oldest_first() {
+        let c = Counters::default();
+        for i in 0..12 {
+            c.saw(
+                &Event::Error {
+                    context: crate::events::ErrorContext::Sync,
+                    error: crate::Error::Network(format!("{i}")),
+                },
+                i,
+            );
+        }
+        let last = c.snapshot().last_errors;
+        assert_eq!(last.len(), 10);
+        assert_eq!((last[0].at, last[9].at), (2, 11));
+        assert_eq!(last[9].error.message, "network error: 11");
+    }
+}

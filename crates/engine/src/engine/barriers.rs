@@ -14,9 +14,17 @@ use crate::queue::{Mutation, MutationError, Status};
 
 use super::Engine;
 
-/// Writes waited for, by mutation id.
-#[derive(Default)]
-pub(super) struct Waiters(Mutex<Vec<(String, oneshot::Sender<Result<()>>)>>);
+/// One caller waiting for the write with that mutation id.
+type Waiter = (String, oneshot::Sender<Result<()>>);
+
+/// Writes waited for; `None` once the engine closed.
+pub(super) struct Waiters(Mutex<Option<Vec<Waiter>>>);
+
+impl Default for Waiters {
+    fn default() -> Self {
+        Waiters(Mutex::new(Some(Vec::new())))
+    }
+}
 
 impl Waiters {
     /// Tells those waiting for the write an event reports how it ended.
@@ -31,15 +39,32 @@ impl Waiters {
         self.finish(|id| id == m.id, || outcome.clone());
     }
 
-    /// Ends every wait: the engine closed.
+    /// Ends every wait, and every later one at once: the engine closed.
     pub(super) fn close(&self) {
-        self.finish(|_| true, || Err(Error::Closed));
+        let all = self.0.lock().take().unwrap_or_default();
+        for (_, tx) in all {
+            let _ = tx.send(Err(Error::Closed));
+        }
+    }
+
+    /// The identity changed: writes no longer in the active queue are kept
+    /// for their own identity, and whoever waits for them is told so.
+    pub(super) fn parked(&self, active: impl Fn(&str) -> bool) {
+        self.finish(
+            |id| !active(id),
+            || {
+                Err(Error::Auth(
+                    "the identity changed before the server took the write; it is kept for its own identity".into(),
+                ))
+            },
+        );
     }
 
     fn finish(&self, which: impl Fn(&str) -> bool, outcome: impl Fn() -> Result<()>) {
         let done: Vec<_> = {
-            let mut waiters = self.0.lock();
-            let (done, left) = std::mem::take(&mut *waiters).into_iter().partition(|(id, _)| which(id));
+            let mut guard = self.0.lock();
+            let Some(waiters) = guard.as_mut() else { return };
+            let (done, left) = std::mem::take(waiters).into_iter().partition(|(id, _)| which(id));
             *waiters = left;
             done
         };
@@ -68,10 +93,12 @@ impl Engine {
     /// the queue as it was a moment ago).
     pub async fn settled(&self, id: &str) -> Result<()> {
         self.check_open()?;
+        self.load().await?; // before a start, the queue is still on disk
         let rx = {
             // the waiter is in place before the queue is read, so an outcome
-            // emitted in between is not missed
-            let mut waiters = self.inner.waiters.0.lock();
+            // emitted in between is not missed; after a close, none is placed
+            let mut guard = self.inner.waiters.0.lock();
+            let waiters = guard.as_mut().ok_or(Error::Closed)?;
             let st = self.inner.state.read();
             let q = st.view.queue();
             let target = q.get(id).or_else(|| {
@@ -94,11 +121,13 @@ impl Engine {
     /// Resolves once every write queued before the call is acknowledged and
     /// the replica has pulled past it (read-your-writes): a round runs now,
     /// sending what is queued and pulling to the head. Fails with the
-    /// round's error, or the first of those writes the server refused.
+    /// round's error, or the first of those writes the server refused (a
+    /// write kept failed fails it until it is removed or retried: it will
+    /// never be acknowledged as it is).
     pub async fn caught_up(&self) -> Result<()> {
         let before: Vec<String> = {
             let st = self.inner.state.read();
-            st.view.queue().pending().map(|m| m.id.clone()).collect()
+            st.view.queue().all().map(|m| m.id.clone()).collect()
         };
         for _ in 0..ROUNDS {
             self.sync().await?;

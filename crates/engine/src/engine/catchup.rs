@@ -9,6 +9,7 @@
 //! acknowledgements) are as they planned from (`Expect`), and the stream
 //! leaves rows with writes of ours queued to the round's pull.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,7 +151,7 @@ impl Engine {
             self.inner.catchup.resyncs_in_a_row.store(0, Ordering::SeqCst);
             let more = page.has_more;
             if since == 0 {
-                staged = Some(Replay { events: Vec::new(), at: 0, epoch, expect: kept });
+                staged = Some(Replay { events: Vec::new(), counts: BTreeMap::new(), at: 0, epoch, expect: kept });
                 match self.stage(&mut staged, page).await {
                     None | Some(Ok(false)) => continue,
                     Some(done) => return done.map(drop),
@@ -239,13 +240,16 @@ impl Engine {
                 "server moved the cursor backwards during a replay ({from} → {to})"
             ))));
         }
-        replay.events.extend(page.changes.into_iter().filter(|c| c.seq > from && c.seq <= to));
+        for c in page.changes.into_iter().filter(|c| c.seq > from && c.seq <= to) {
+            *replay.counts.entry(c.entity.clone()).or_default() += 1;
+            replay.events.push(c);
+        }
         replay.at = to;
-        self.replay_progress(replay, !page.has_more);
         if page.has_more {
+            self.replay_progress(&replay.counts, replay.at, replay.expect.as_ref(), false);
             return None;
         }
-        let Replay { events, at, epoch, expect } = staged.take()?;
+        let Replay { events, counts, at, epoch, expect } = staged.take()?;
         tracing::debug!(events = events.len(), at, epoch, "replay from 0 reached the head");
         // a replay from 0 reads the log from its start: it must hold the
         // events the snapshot's rows were read after
@@ -256,21 +260,25 @@ impl Engine {
         // the stream may have gone on from 0 meanwhile (a log that was
         // empty): then the pulls go on from where it is
         let expect = Expect { cursor: Some(0), ..Expect::epoch(epoch) };
-        Some(self.apply_changes(events, Some((at, anchor)), expect).await.map(|a| a != Applied::Moved))
+        let applied = self.apply_changes(events, Some((at, anchor)), expect).await;
+        if matches!(applied, Ok(Applied::Done)) {
+            self.replay_progress(&counts, at, None, true);
+        }
+        Some(applied.map(|a| a != Applied::Moved))
     }
 
     /// Tells how far a replay from 0 has read, for each entity only the log
     /// fills: its events so far, and the share of the log read up to the
     /// head the snapshot was read at (the anchor it must reach), if known.
-    fn replay_progress(&self, replay: &Replay, done: bool) {
+    fn replay_progress(&self, counts: &BTreeMap<String, usize>, at: u64, expect: Option<&Anchor>, done: bool) {
         let log_only: Vec<String> = {
             let st = self.inner.state.read();
             st.covered.iter().filter(|(_, head)| **head == 0).map(|(e, _)| e.clone()).collect()
         };
-        let head = replay.expect.as_ref().map(Anchor::at).filter(|h| *h > 0);
-        let fraction = if done { Some(1.0) } else { head.map(|h| (replay.at as f64 / h as f64).min(1.0)) };
+        let head = expect.map(Anchor::at).filter(|h| *h > 0);
+        let fraction = if done { Some(1.0) } else { head.map(|h| (at as f64 / h as f64).min(1.0)) };
         for entity in log_only {
-            let rows = replay.events.iter().filter(|c| c.entity == entity).count();
+            let rows = counts.get(&entity).copied().unwrap_or(0);
             let total = done.then_some(rows);
             self.emit(Event::Progress(Progress { entity, rows, total, fraction, done }));
         }

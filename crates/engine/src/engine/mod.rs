@@ -229,6 +229,8 @@ struct AckedRun {
 /// A replay of the log from 0, gathered until it reaches the head.
 struct Replay {
     events: Vec<ChangeEvent>,
+    /// Events read so far, by entity (for progress).
+    counts: BTreeMap<String, usize>,
     /// The last seq read.
     at: u64,
     /// The replica generation it was started in.

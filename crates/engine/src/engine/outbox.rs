@@ -405,7 +405,8 @@ impl Engine {
         self.inner.outbox.settling.lock().extend(run.iter().map(|m| m.entity.clone()));
         let run = self.mark_sent(run, false).await?;
         tracing::debug!(writes = run.len(), "send a batch");
-        self.inner.counters.sent(run.len(), run.iter().filter(|m| m.attempts > 0).count());
+        // counted once the batch went out (a server without the route sends them again by REST)
+        let sent = (run.len(), run.iter().filter(|m| m.attempts > 0).count());
         let empty = Row::new();
         let writes: Vec<BatchWrite> = run
             .iter()
@@ -418,7 +419,11 @@ impl Engine {
                 }
             })
             .collect();
-        match self.inner.api.batch(token, &writes).await {
+        let answer = self.inner.api.batch(token, &writes).await;
+        if !matches!(answer, Err(Error::Http { status: 403..=405, .. })) {
+            self.inner.counters.sent(sent.0, sent.1);
+        }
+        match answer {
             Ok(outcomes) => {
                 // accepted writes are recorded together, refused ones in their place
                 let mut accepted = Vec::new();

@@ -218,6 +218,10 @@ impl Engine {
         if flipped {
             self.emit(Event::Resync { reason: ResyncReason::Identity });
         }
+        if change == Transition::Flip {
+            let st = self.inner.state.read();
+            self.inner.waiters.parked(|id| st.view.queue().get(id).is_some());
+        }
         self.emit(Event::Session(Some(session_for_event)));
         self.emit(Event::Change { entities });
         Ok(())
