@@ -144,6 +144,26 @@ test('mirror --watch follows the server with a status line until Ctrl-C, then st
   }
 })
 
+test('on a terminal, mirror redraws a progress bar per entity in place', async (t) => {
+  // `script` (util-linux) runs the command on a pseudo-terminal
+  if (spawnSync('script', ['--version']).status !== 0) return t.skip('no `script` to make a terminal')
+  const srv = await startDevserver()
+  try {
+    await srv.control('seed', { entity: 'Todo', count: 4500, data: { title: 't{i}', done: false } })
+    const db = path.join(tempDir(), 'tty.db')
+    const command = [process.execPath, BIN, 'mirror', srv.url, '--db', db].map((a) => `'${a}'`).join(' ')
+    const r = spawnSync('script', ['-qec', command, '/dev/null'], { encoding: 'utf8', timeout: 120000 })
+    assert.equal(r.status, 0, r.stdout)
+    // each page redraws the line: carriage return, clear to the end of the line
+    const todo = r.stdout.split('\r\x1b[K').filter((l) => l.startsWith('Todo'))
+    assert.ok(todo.length >= 3, JSON.stringify(r.stdout.slice(0, 500)))
+    assert.match(todo.at(-1), /^Todo +\[#{24}\] 4,500\/4,500 100%/)
+    assert.match(r.stdout, /mirrored into .* at cursor 4,500/)
+  } finally {
+    await srv.stop()
+  }
+})
+
 test('mirror of a server that does not answer fails with exit code 1 and says why', () => {
   const db = path.join(tempDir(), 'none.db')
   const r = cli(['mirror', 'http://127.0.0.1:1', '--db', db])

@@ -20,7 +20,7 @@ function copy(edit = (p) => p) {
   const dir = path.join(tempDir(), 'node_modules', pkg.name)
   fs.mkdirSync(path.join(dir, 'lib'), { recursive: true })
   for (const f of ['sync.js', 'sync.mjs', 'index.js']) fs.copyFileSync(path.join(root, f), path.join(dir, f))
-  for (const f of fs.readdirSync(path.join(root, 'lib'))) fs.copyFileSync(path.join(root, 'lib', f), path.join(dir, 'lib', f))
+  fs.cpSync(path.join(root, 'lib'), path.join(dir, 'lib'), { recursive: true })
   fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify(edit(structuredClone(pkg))))
   return dir
 }

@@ -256,7 +256,8 @@ impl NativeEngine {
 
     #[napi(catch_unwind)]
     pub fn set_token(&self, #[napi(ts_arg_type = "unknown")] token: Option<Value>) -> Result<()> {
-        self.engine.set_token(convert::token(token).map_err(to_js)?);
+        let token = convert::token(token).map_err(to_js)?;
+        self.span().in_scope(|| self.engine.set_token(token));
         Ok(())
     }
 
@@ -294,7 +295,7 @@ impl NativeEngine {
     /// Resolves when the write (a mutation id, or a row id: its last write) is acknowledged.
     #[napi(ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
     pub async fn settled(&self, id: String) -> Value {
-        settle(self.engine.settled(&id).await)
+        settle(self.engine.settled(&id).instrument(self.span()).await)
     }
 
     /// Resolves once every write queued before the call is acknowledged and pulled past.
@@ -326,7 +327,8 @@ impl NativeEngine {
     /// Shows the rows at once; returns the entities shown (stored at `start()`).
     #[napi(catch_unwind)]
     pub fn hydrate(&self, #[napi(ts_arg_type = "unknown")] data: Value) -> Result<Vec<String>> {
-        self.engine.hydrate(convert::hydration(data).map_err(to_js)?).map_err(to_js)
+        let h = convert::hydration(data).map_err(to_js)?;
+        self.span().in_scope(|| self.engine.hydrate(h)).map_err(to_js)
     }
 
     #[napi(catch_unwind)]
