@@ -158,6 +158,10 @@ test('https and wss verify certificates: a server signed by a private CA is ERR_
     const token = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'alice' })).body.token
     const untrusting = createSyncEngine(url, { persist: false, token })
     await assert.rejects(untrusting.start(), (e) => e instanceof SyncError && e.code === 'ERR_SYNC_TLS')
+    // no retry mends an untrusted certificate: a start that rejects leaves nothing running or holding the process
+    assert.equal(untrusting.status.phase, 'stopped')
+    assert.equal(untrusting.connection.state, 'offline')
+    assert.equal(untrusting._handle, null)
     await untrusting.close()
     await assert.rejects(sync.fetchList(url, 'Todo'), { code: 'ERR_SYNC_TLS' })
     assert.throws(() => createSyncEngine(url, { ca: 'not a pem' }), { code: 'ERR_SYNC_INVALID_ARG' })

@@ -96,6 +96,11 @@ impl Engine {
         self.start_realtime();
         match first {
             Err(e) if !e.is_transient() && !matches!(e, Error::Resync { .. } | Error::Http { .. } | Error::Auth(_)) => {
+                // no retry mends it (an untrusted certificate, a damaged
+                // file): a start that rejects leaves nothing running, and
+                // nothing holding the process
+                tracing::warn!(error = %e, "start failed; the engine is stopped");
+                self.stop().await;
                 Err(e)
             }
             _ => Ok(()),
