@@ -209,6 +209,7 @@ test('hasSynced and waitForFirstSync: false until a round reaches the head, then
     await first
     assert.equal(e.status.hasSynced, true)
     await e.waitForFirstSync() // at once now
+    await e.stop() // no round of the loop between the reset and the check
     await e.resetReplica()
     assert.equal(e.status.hasSynced, false)
     await e.sync()
