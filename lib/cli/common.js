@@ -1,6 +1,7 @@
 'use strict'
 // What every command shares: usage errors, the one positional argument,
-// and the connection options (token, CA) read from flags and environment.
+// the connection options (token, CA) read from flags and environment, and
+// how counts and ages are written.
 
 const fs = require('node:fs')
 
@@ -40,4 +41,16 @@ function connection(values) {
   return out
 }
 
-module.exports = { UsageError, CONNECT, CONNECT_HELP, one, connection }
+/** A count as people read it: 12,000. */
+const count = (x) => x.toLocaleString('en-US')
+
+/** How long ago a Unix ms time was, in the unit that reads best. */
+function ago(ms, now = Date.now()) {
+  const s = Math.max(0, Math.round((now - ms) / 1000))
+  if (s < 120) return `${s} s ago`
+  if (s < 7200) return `${Math.round(s / 60)} min ago`
+  if (s < 172800) return `${Math.round(s / 3600)} h ago`
+  return `${Math.round(s / 86400)} days ago`
+}
+
+module.exports = { UsageError, CONNECT, CONNECT_HELP, one, connection, count, ago }

@@ -4,7 +4,7 @@
 // has open.
 
 const { inspectReplica } = require('../../sync.js')
-const { one } = require('./common.js')
+const { one, count: n, ago } = require('./common.js')
 
 const usage = 'inspect <db> [--json]'
 const summary = 'what a replica file holds (read-only)'
@@ -20,20 +20,10 @@ Exit codes: 0 read; 1 not a replica or unreadable; 2 usage.`
 
 const options = { json: { type: 'boolean' } }
 
-const n = (x) => x.toLocaleString('en-US')
-
 function bytes(b) {
   if (b < 1024) return `${b} B`
   if (b < 1024 * 1024) return `${(b / 1024).toFixed(1)} KiB`
   return `${(b / 1024 / 1024).toFixed(1)} MiB`
-}
-
-function ago(ms, now = Date.now()) {
-  const s = Math.max(0, Math.round((now - ms) / 1000))
-  if (s < 120) return `${s} s ago`
-  if (s < 7200) return `${Math.round(s / 60)} min ago`
-  if (s < 172800) return `${Math.round(s / 3600)} h ago`
-  return `${Math.round(s / 86400)} days ago`
 }
 
 async function run(positionals, values, io) {
@@ -64,4 +54,4 @@ async function run(positionals, values, io) {
   return 0
 }
 
-module.exports = { usage, summary, help, options, run, ago }
+module.exports = { usage, summary, help, options, run }

@@ -6,8 +6,7 @@
 
 const path = require('node:path')
 const { createSyncEngine, inspectReplica } = require('../../sync.js')
-const { CONNECT, CONNECT_HELP, UsageError, one, connection } = require('./common.js')
-const { ago } = require('./inspect.js')
+const { CONNECT, CONNECT_HELP, UsageError, one, connection, count: n, ago } = require('./common.js')
 
 const usage = 'mirror <url> --db FILE [--watch]'
 const summary = 'mirror an app into a SQLite replica'
@@ -34,8 +33,6 @@ const options = {
   transport: { type: 'string' },
   json: { type: 'boolean' },
 }
-
-const n = (x) => x.toLocaleString('en-US')
 
 /** One entity's bootstrap progress as a line (a bar when the share is known). */
 function progressLine(p, width = 24) {
@@ -75,9 +72,7 @@ async function run(positionals, values, io) {
     io.err.write(`\r\x1b[K${err.context ?? 'sync'} failed: ${err.message} (${err.code})\n`)
   })
   // progress: redrawn in place on a terminal, one line per finished entity elsewhere
-  const shown = new Map()
   engine.on('progress', (p) => {
-    shown.set(p.entity, p)
     if (tty) io.err.write(`\r\x1b[K${progressLine(p)}${p.done ? '\n' : ''}`)
     else if (p.done) io.err.write(`${progressLine(p)}\n`)
   })

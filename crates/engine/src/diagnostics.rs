@@ -10,10 +10,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::Mutex;
-use serde::Serialize;
-
 use crate::events::{ConnState, ErrorInfo, Event, MutationChange};
+use parking_lot::Mutex;
 
 /// How many recent errors are kept.
 const LAST_ERRORS: usize = 10;
@@ -34,7 +32,7 @@ pub(crate) struct Counters {
 }
 
 /// One error as `diagnostics().lastErrors` keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LastError {
     /// Unix ms.
     pub at: u64,
@@ -104,8 +102,7 @@ fn load(counter: &AtomicU64) -> u64 {
 }
 
 /// The engine's own counters at one moment.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Counted {
     pub events_applied: u64,
     pub resyncs: u64,

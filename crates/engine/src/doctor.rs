@@ -11,10 +11,10 @@ use tokio::sync::mpsc::unbounded_channel;
 use tokio::time::Instant;
 
 use crate::api::Api;
-use crate::config::{Config, Which};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::io::Io;
-use crate::transport::Link;
+use crate::transport::{Link, Stream, LADDER};
 
 /// How one check went.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -28,7 +28,7 @@ pub enum Outcome {
 }
 
 /// One line of the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Check {
     pub name: &'static str,
     pub outcome: Outcome,
@@ -157,15 +157,14 @@ pub async fn check(cfg: &Config) -> Result<Vec<Check>> {
         Err(e) => Check::failed("log", &e, t, "the engine pulls /api/sync/pull: check proxies in front of the server"),
     });
 
-    for which in Which::names().into_iter().filter_map(Which::named) {
-        let Some(stream) = which.stream() else { continue };
-        let name = which.name();
+    for stream in LADDER {
+        let name = stream.which().name();
         if stream.needs_user() && !signed_in {
             out.push(Check::skipped(name, "the server takes it only from a signed-in user (give --token)"));
             continue;
         }
         let t = Instant::now();
-        out.push(match open_stream(cfg, &*io, which).await {
+        out.push(match open_stream(cfg, &*io, *stream).await {
             Ok(()) => Check::ok(name, "opens", t),
             Err(e) => {
                 let fix = if name == "websocket" {
@@ -181,8 +180,7 @@ pub async fn check(cfg: &Config) -> Result<Vec<Check>> {
 }
 
 /// Opens one stream as the engine would, and lets it go once open.
-async fn open_stream(cfg: &Config, io: &dyn Io, which: Which) -> Result<()> {
-    let stream = which.stream().ok_or_else(|| Error::InvalidArg("polling has no stream".into()))?;
+async fn open_stream(cfg: &Config, io: &dyn Io, stream: &dyn Stream) -> Result<()> {
     let (tx, mut rx) = unbounded_channel();
     // a stream that can send ends when every sender is gone: one is kept
     let _keep = tx.clone();

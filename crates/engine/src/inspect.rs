@@ -5,16 +5,13 @@
 
 use std::path::Path;
 
-use serde::Serialize;
-
 use crate::db::Db;
 use crate::error::Result;
 use crate::queue::Status;
 use crate::restart::Boot;
 
 /// What a replica file holds.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct Inspection {
     pub cursor: u64,
     /// A fingerprint of the identity the rows belong to; `None` before a
@@ -36,8 +33,7 @@ pub struct Inspection {
     pub bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct EntityRows {
     pub name: String,
     pub rows: u64,
@@ -47,8 +43,7 @@ pub struct EntityRows {
     pub covered: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct FailedWrite {
     pub id: String,
     pub entity: String,

@@ -92,7 +92,6 @@ impl Engine {
     /// A write no longer queued was acknowledged already (the caller may see
     /// the queue as it was a moment ago).
     pub async fn settled(&self, id: &str) -> Result<()> {
-        self.check_open()?;
         self.load().await?; // before a start, the queue is still on disk
         let rx = {
             // the waiter is in place before the queue is read, so an outcome

@@ -291,7 +291,25 @@ impl Engine {
             self.flush().await?;
         }
         self.inner.life.wants.fetch_and(!Wake::Pull.bit(), Ordering::SeqCst);
-        self.pull_to_head().await
+        self.pull_to_head().await?;
+        self.reached_head();
+        Ok(())
+    }
+
+    /// A round's pull reached the head of the log: the replica is as new as
+    /// the server (`lastSyncedAt`), and has synced (`hasSynced`) — whether
+    /// the loop or a `sync()` of a stopped engine ran it.
+    fn reached_head(&self) {
+        let first = {
+            let mut st = self.inner.state.write();
+            st.status.last_synced_at = Some(self.now_ms());
+            let first = !st.status.has_synced;
+            st.status.has_synced = true;
+            first.then(|| st.status())
+        };
+        if let Some(status) = first {
+            self.emit(Event::Status(status));
+        }
     }
 
     /// Asks the loop for a round now, saying why.

@@ -510,13 +510,11 @@ impl Engine {
             if let Some(e) = error {
                 st.status.last_error = Some(e.into());
             }
-            let recovered = phase == Phase::Idle && (st.status.last_error.is_some() || !st.status.has_synced);
+            let recovered = phase == Phase::Idle && st.status.last_error.is_some();
             if phase == Phase::Idle {
-                // a round went through: what failed before is over
+                // a round went through (it set `last_synced_at`): what failed before is over
                 st.status.last_error = None;
                 st.status.rate_limited_until = None;
-                st.status.last_synced_at = Some(self.now_ms());
-                st.status.has_synced = true;
             }
             let changed = changed || recovered;
             if !changed {
