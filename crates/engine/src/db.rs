@@ -406,6 +406,32 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_reader_opens_only_current_replicas_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = dir.path().join("current.db");
+        drop(Db::open(Some(&current)).unwrap());
+        let before = std::fs::read(&current).unwrap();
+        let db = Db::open_read_only(&current).unwrap();
+        assert_eq!(db.cursor().unwrap(), 0);
+        assert!(db.row_counts().unwrap().is_empty());
+        // a write through the reader is refused by SQLite itself
+        assert!(db.conn.execute_batch("CREATE TABLE t (x)").is_err());
+        drop(db);
+        assert_eq!(std::fs::read(&current).unwrap(), before);
+        // an older schema would need the engine's upgrade: refused, not misread
+        let old = dir.path().join("old.db");
+        drop(Db::open(Some(&old)).unwrap());
+        rusqlite::Connection::open(&old).unwrap().execute_batch("PRAGMA user_version=2;").unwrap();
+        let err = Db::open_read_only(&old).err().unwrap();
+        assert_eq!(err.code(), "ERR_SYNC_CORRUPT");
+        assert!(err.to_string().contains("open it with the engine once"), "{err}");
+        let foreign = dir.path().join("foreign.db");
+        rusqlite::Connection::open(&foreign).unwrap().execute_batch("CREATE TABLE t (x)").unwrap();
+        assert_eq!(Db::open_read_only(&foreign).err().unwrap().code(), "ERR_SYNC_CORRUPT");
+        assert_eq!(Db::open_read_only(&dir.path().join("none.db")).err().unwrap().code(), "ERR_SYNC_NOT_FOUND");
+    }
+
+    #[test]
     fn rows_tombstones_cursor_and_mutations_round_trip_through_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested").join("r.db");
