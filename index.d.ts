@@ -41,6 +41,10 @@ export declare class NativeEngine {
   close(flushMs?: number | undefined | null): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
   /** Runs one sync round now (session, writes, pull); rejects on failure. */
   sync(): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+  /** Runs one read-only SQL statement over the replica; its rows as JSON text. */
+  queryJson(sql: string, params?: unknown): Promise<{ ok: true; value: string } | { ok: false; error: ErrorInfo }>
+  /** The entities a statement reads (null: any change may change its rows). */
+  entitiesRead(sql: string): Promise<{ ok: true; value: string[] | null } | { ok: false; error: ErrorInfo }>
   listJson(entity: string): string
   /** `{version, rows, gone}` since `version`, or null: read the whole list. */
   changesJson(entity: string, version: number): string | null
@@ -225,11 +229,18 @@ export interface EngineOptions {
   /** SQLite file; default `$XDG_DATA_HOME/pylon-sync/<appName>/<host_port>.db`. */
   dbPath?: string
   appName?: string
+  /**
+   * Expression indexes on the entity views' columns, by entity: each
+   * entry is a field, or the fields of one index in order
+   * (`{ Todo: ['done', ['userId', 'updatedAt']] }`). Queries that filter
+   * or sort on them read only the rows they need.
+   */
+  indexes?: Record<string, Array<string | string[]>>
 }
 
 /** What went wrong, as `error` events, `status.lastError` and rejections carry it. */
 export interface ErrorInfo {
-  code: 'ERR_SYNC_NETWORK' | 'ERR_SYNC_AUTH' | 'ERR_SYNC_NOT_FOUND' | 'ERR_SYNC_RATE_LIMITED' | 'ERR_SYNC_SERVER' | 'ERR_SYNC_REJECTED' | 'ERR_SYNC_RESYNC' | 'ERR_SYNC_TLS' | 'ERR_SYNC_PROTOCOL' | 'ERR_SYNC_STORAGE' | 'ERR_SYNC_CORRUPT' | 'ERR_SYNC_CLOSED' | 'ERR_SYNC_INVALID_ARG' | 'ERR_SYNC_INTERNAL'
+  code: 'ERR_SYNC_NETWORK' | 'ERR_SYNC_AUTH' | 'ERR_SYNC_NOT_FOUND' | 'ERR_SYNC_RATE_LIMITED' | 'ERR_SYNC_SERVER' | 'ERR_SYNC_REJECTED' | 'ERR_SYNC_RESYNC' | 'ERR_SYNC_TLS' | 'ERR_SYNC_PROTOCOL' | 'ERR_SYNC_STORAGE' | 'ERR_SYNC_CORRUPT' | 'ERR_SYNC_CLOSED' | 'ERR_SYNC_INVALID_ARG' | 'ERR_SYNC_QUERY' | 'ERR_SYNC_INTERNAL'
   message: string
   /** HTTP status, for errors the server answered. */
   status?: number
@@ -305,6 +316,12 @@ export interface Peer {
   clientId: string | null
   data: unknown
 }
+
+/**
+ * One read-only SQL statement on a replica file (`pylon-sync sql`); its
+ * rows as JSON text. The file is opened read-only and never changed.
+ */
+export declare function queryReplica(path: string, sql: string, params?: unknown): Promise<{ ok: true; value: string } | { ok: false; error: ErrorInfo }>
 
 /** One entity of a replica file. */
 export interface ReplicaEntity {

@@ -848,4 +848,5 @@ module.exports.directUpdate = nativeBinding.directUpdate
 module.exports.getServerData = nativeBinding.getServerData
 module.exports.inspectReplica = nativeBinding.inspectReplica
 module.exports.panicForTests = nativeBinding.panicForTests
+module.exports.queryReplica = nativeBinding.queryReplica
 module.exports.runtimeTasks = nativeBinding.runtimeTasks

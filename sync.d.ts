@@ -178,6 +178,13 @@ export interface EngineEvents {
   room: Record<string, unknown>
 }
 
+/** A value a query parameter binds: Dates as ISO-8601 text, booleans as 0/1, arrays and plain objects as their JSON text. */
+export type SqlValue = string | number | bigint | boolean | null | Date | unknown[] | { [key: string]: unknown }
+/** Query parameters: an array binds `?` by position; an object binds `:name`, `@name` or `$name`. */
+export type SqlParams = SqlValue[] | { [name: string]: SqlValue }
+/** A row a query returns, keyed by column: SQLite's values (booleans as 0/1, JSON fields as text, blobs as hex). */
+export type SqlRow = { [column: string]: string | number | null }
+
 export declare class SyncEngine<S extends SchemaShape = AnySchema> {
   readonly store: Store<S>
   readonly mutations: Mutations
@@ -218,6 +225,22 @@ export declare class SyncEngine<S extends SchemaShape = AnySchema> {
   resetReplica(): Promise<void>
   /** Shows the rows at once (before start()); start() stores them. Refused when older than the replica or of another identity. */
   hydrate(data: Hydration): Promise<void>
+  /**
+   * One read-only SQL statement over the replica: each entity is a view with a column per field, showing what
+   * `store.list` shows (pending writes included). A statement that writes is refused (ERR_SYNC_INVALID_ARG);
+   * SQLite's errors reject with ERR_SYNC_QUERY. Runs off the JS thread; `close()` interrupts it.
+   */
+  query<R = SqlRow>(sql: string, params?: SqlParams | null): Promise<R[]>
+  /**
+   * A live query: `listener` gets the rows now, and again after a change to an entity the statement reads
+   * (re-run at most once per turn of the event loop) whenever they differ. Returns an unsubscribe function.
+   */
+  watch<R = SqlRow>(
+    sql: string,
+    params: SqlParams | null | undefined,
+    listener: (rows: R[]) => void,
+    options?: { onError?: (error: SyncError) => void },
+  ): () => void
   createInfiniteQuery<E extends EntityName<S>>(
     entity: E,
     options?: { pageSize?: number; order?: { [F in (keyof S[E] & string) | 'id']?: 'asc' | 'desc' } },
@@ -253,5 +276,7 @@ export declare function fetchManifest(baseUrl: string, options?: CallOptions): P
 
 /** What a replica file holds; the file is opened read-only and never changed. */
 export declare function inspectReplica(dbPath: string): Promise<ReplicaInfo>
+/** One read-only SQL statement on a replica file, as of its last commit, without an engine; the file is never changed. */
+export declare function queryReplica<R = SqlRow>(dbPath: string, sql: string, params?: SqlParams | null): Promise<R[]>
 /** Checks a server the way the engine uses it, one result per check (health, tls, session, manifest, log, websocket, sse). */
 export declare function checkServer(baseUrl: string, options?: EngineOptions): Promise<ServerCheck[]>

@@ -11,6 +11,7 @@ const { tokenStorageKey, defaultStorage, createWriteThroughStorage } = require('
 const { Store, Mutations, mutationQueueListener } = require('./lib/store.js')
 const { InfiniteQuery } = require('./lib/infinite.js')
 const { toJson, toFields, checkString } = require('./lib/values.js')
+const { sqlParams, checkSql, LiveQuery } = require('./lib/query.js')
 
 /** Calls every listener; one that throws does not stop the others. */
 function callAll(listeners, args) {
@@ -67,6 +68,7 @@ class SyncEngine {
     this._topics = new Map() // topic -> Set of handlers
     this._binary = new Set()
     this._onClose = new Set() // waits that end when the engine closes
+    this._live = new Set() // live queries (watch)
     this._native.onEvent((ev) => this._dispatch(ev))
     if (logger) this._native.setLogger((level, message, fields) => logger(level, message, fields), logLevel)
     this._unwatch = typeof storage._watch === 'function' ? storage._watch((key) => key === this._tokenKey && this._readToken()) : null
@@ -94,6 +96,7 @@ class SyncEngine {
 
   _dispatch(ev) {
     if (ev.type === 'change') {
+      for (const live of this._live) live.changed(ev.entities)
       // a burst of changes reaches listeners once per turn of the event
       // loop, not once per applied batch
       if (!this._changeQueued) {
@@ -195,6 +198,8 @@ class SyncEngine {
       this._listeners.clear()
       this._topics.clear()
       this._binary.clear()
+      for (const live of this._live) live.close()
+      this._live.clear()
     })
     return this._closing
   }
@@ -438,6 +443,44 @@ class SyncEngine {
     return Promise.resolve()
   }
 
+  /**
+   * Runs one read-only SQL statement over the replica: each entity of the manifest is a view with a column
+   * per field, showing what `store.list` shows (pending writes included). `params`: an array binds `?` by
+   * position, an object binds `:name`, `@name` or `$name`. Resolves to the rows, as objects keyed by column.
+   */
+  query(sql, params) {
+    return settle(() => {
+      checkSql(sql)
+      return this._native.queryJson(sql, sqlParams(params))
+    }).then(JSON.parse)
+  }
+
+  /**
+   * A live query: runs `sql` now and again whenever an entity it reads changes (at most once per turn of the
+   * event loop), and calls `listener(rows)` with the first result and then whenever the rows differ. Errors go to
+   * `options.onError`, else to 'error' listeners with context 'watch'. Returns an unsubscribe function.
+   */
+  watch(sql, params, listener, options = {}) {
+    checkSql(sql)
+    const bound = sqlParams(params)
+    if (typeof listener !== 'function') throw invalid('listener must be a function (rows) => void')
+    if (options === null || typeof options !== 'object') throw invalid('options must be an object')
+    if (options.onError !== undefined && typeof options.onError !== 'function') throw invalid('onError must be a function')
+    const onError =
+      options.onError ??
+      ((e) => {
+        const set = this._listeners.get('error')
+        if (set && set.size > 0) callAll(set, [Object.assign(e, { context: 'watch' })])
+        else this._unheard({ context: 'watch', error: e })
+      })
+    const live = new LiveQuery(this._native, sql, bound, listener, onError)
+    this._live.add(live)
+    return () => {
+      live.close()
+      this._live.delete(live)
+    }
+  }
+
   /** Server pages with keyset pagination: no row skipped or repeated across pages. */
   createInfiniteQuery(entity, options = {}) {
     if (options === null || typeof options !== 'object') throw invalid('options must be an object')
@@ -537,6 +580,15 @@ function inspectReplica(dbPath) {
   })
 }
 
+/** Runs one read-only SQL statement on a replica file, as of its last commit, without an engine. */
+function queryReplica(dbPath, sql, params) {
+  return settle(() => {
+    checkString('dbPath', dbPath)
+    checkSql(sql)
+    return native.queryReplica(dbPath, sql, sqlParams(params))
+  }).then(JSON.parse)
+}
+
 /** Checks a server the way the engine uses it: health, TLS, session, manifest, log, WebSocket, SSE. */
 function checkServer(baseUrl, options) {
   return settle(() => {
@@ -553,6 +605,7 @@ module.exports = {
   createWriteThroughStorage,
   mutationQueueListener,
   inspectReplica,
+  queryReplica,
   checkServer,
   ...direct,
 }

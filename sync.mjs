@@ -17,6 +17,7 @@ export const {
   callFn,
   fetchManifest,
   inspectReplica,
+  queryReplica,
   checkServer,
 } = sync
 export default sync

@@ -31,7 +31,7 @@ test('help, version and exit codes scripts can rely on', () => {
   assert.match(none.out, /Usage: pylon-sync <command>/)
   assert.equal(cli(['--help']).code, 0)
   assert.equal(cli(['--version']).out.trim(), require('../package.json').version)
-  for (const c of ['mirror', 'inspect', 'doctor', 'types']) {
+  for (const c of ['mirror', 'inspect', 'sql', 'doctor', 'types']) {
     const h = cli([c, '--help'])
     assert.equal(h.code, 0)
     assert.match(h.out, new RegExp(`Usage: pylon-sync ${c} `))
@@ -39,7 +39,7 @@ test('help, version and exit codes scripts can rely on', () => {
   }
   const unknown = cli(['mirrror'])
   assert.equal(unknown.code, 2)
-  assert.match(unknown.err, /unknown command "mirrror"; one of mirror, inspect, doctor, types/)
+  assert.match(unknown.err, /unknown command "mirrror"; one of mirror, inspect, sql, doctor, types/)
   const badOption = cli(['inspect', 'x.db', '--jsn'])
   assert.equal(badOption.code, 2)
   assert.match(badOption.err, /Unknown option '--jsn'/)

@@ -83,6 +83,12 @@ pub struct EngineOptions {
     /// SQLite file; default `$XDG_DATA_HOME/pylon-sync/<appName>/<host_port>.db`.
     pub db_path: Option<String>,
     pub app_name: Option<String>,
+    /// Expression indexes on the entity views' columns, by entity: each
+    /// entry is a field, or the fields of one index in order
+    /// (`{ Todo: ['done', ['userId', 'updatedAt']] }`). Queries that filter
+    /// or sort on them read only the rows they need.
+    #[napi(ts_type = "Record<string, Array<string | string[]>>")]
+    pub indexes: Option<Value>,
 }
 
 fn millis(key: &str, value: Option<f64>, default: u64, min: u64) -> Result<Duration> {
@@ -195,6 +201,7 @@ pub fn config(base_url: &str, opts: Value) -> Result<Config> {
     if let Some(name) = opts.app_name {
         cfg.app_name = name;
     }
+    cfg.indexes = indexes(opts.indexes)?;
     cfg.db_path = match (opts.persist.unwrap_or(true), opts.db_path) {
         (false, _) => None,
         (true, Some(p)) if p.is_empty() => return Err(invalid("dbPath must be a path, got an empty string")),
@@ -202,6 +209,30 @@ pub fn config(base_url: &str, opts: Value) -> Result<Config> {
         (true, None) => Some(default_db_path(&cfg.app_name, base_url)?),
     };
     Ok(cfg)
+}
+
+/// The `indexes` option: `{ Entity: [field | [field, …], …] }`.
+fn indexes(value: Option<Value>) -> Result<pylon_sync_engine::sql::Indexes> {
+    let shape =
+        || invalid("indexes must be an object of arrays of field names, e.g. { Todo: ['done', ['userId', 'title']] }");
+    let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(Default::default()) };
+    let Value::Object(by_entity) = value else { return Err(shape()) };
+    let name = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    by_entity
+        .into_iter()
+        .map(|(entity, list)| {
+            let Value::Array(list) = list else { return Err(shape()) };
+            let list = list
+                .iter()
+                .map(|index| match index {
+                    Value::Array(fields) if !fields.is_empty() => fields.iter().map(name).collect::<Option<Vec<_>>>(),
+                    one => name(one).map(|f| vec![f]),
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(shape)?;
+            Ok((entity, list))
+        })
+        .collect()
 }
 
 fn stream_url(key: &str, url: Option<String>, schemes: &[&str]) -> Result<Option<String>> {

@@ -205,6 +205,18 @@ impl NativeEngine {
         settle(self.engine.sync().instrument(self.span()).await)
     }
 
+    /// Runs one read-only SQL statement over the replica; its rows as JSON text.
+    #[napi(ts_return_type = "Promise<{ ok: true; value: string } | { ok: false; error: ErrorInfo }>")]
+    pub async fn query_json(&self, sql: String, #[napi(ts_arg_type = "unknown")] params: Option<Value>) -> Value {
+        settle(self.engine.query(sql, params.unwrap_or(Value::Null)).instrument(self.span()).await)
+    }
+
+    /// The entities a statement reads (null: any change may change its rows).
+    #[napi(ts_return_type = "Promise<{ ok: true; value: string[] | null } | { ok: false; error: ErrorInfo }>")]
+    pub async fn entities_read(&self, sql: String) -> Value {
+        settle(self.engine.entities_read(sql).instrument(self.span()).await)
+    }
+
     #[napi(catch_unwind)]
     pub fn list_json(&self, entity: String) -> String {
         self.engine.list_json(&entity)

@@ -19,6 +19,19 @@ pub async fn inspect_replica(path: String) -> Value {
     settle(read.and_then(|r| r).map(types::ReplicaInfo::from))
 }
 
+/// One read-only SQL statement on a replica file (`pylon-sync sql`); its
+/// rows as JSON text. The file is opened read-only and never changed.
+#[napi(ts_return_type = "Promise<{ ok: true; value: string } | { ok: false; error: ErrorInfo }>")]
+pub async fn query_replica(path: String, sql: String, #[napi(ts_arg_type = "unknown")] params: Option<Value>) -> Value {
+    let params = params.unwrap_or(Value::Null);
+    let read = tokio::task::spawn_blocking(move || {
+        pylon_sync_engine::sql::query_file(std::path::Path::new(&path), &sql, &params)
+    })
+    .await
+    .map_err(|e| pylon_sync_engine::Error::Storage(format!("reading the replica failed: {e}")));
+    settle(read.and_then(|r| r))
+}
+
 /// Each check of a server as the engine would use it (`pylon-sync doctor`).
 /// `options` as the engine's (`token`, `ca`, `wsUrl`, `sseUrl`, `timeout`, `pingTimeout`).
 #[napi(ts_return_type = "Promise<{ ok: true; value: ServerCheck[] } | { ok: false; error: ErrorInfo }>")]

@@ -54,3 +54,20 @@ async function untyped(): Promise<void> {
 
 void typed
 void untyped
+
+// SQL over the replica: rows typed by the caller, parameters checked
+async function sql(): Promise<void> {
+  const rows = await loose.query<{ title: string; n: number }>('SELECT title, count(*) AS n FROM Todo WHERE done = ? GROUP BY title', [0])
+  const n: number = rows[0].n
+  const any = await loose.query('SELECT * FROM Todo WHERE at > :at', { at: new Date() })
+  const cell: string | number | null = any[0].title
+  const stop: () => void = loose.watch('SELECT id FROM Todo', null, (r) => void r.length, { onError: (e) => void e.code })
+  stop()
+  // @ts-expect-error a parameter SQLite cannot bind
+  await loose.query('SELECT ?', [Symbol('x')])
+  // @ts-expect-error the listener comes third
+  loose.watch('SELECT 1', (rows: unknown[]) => void rows)
+  void n
+  void cell
+}
+void sql

@@ -14,6 +14,7 @@ const { UsageError } = require('./common.js')
 const COMMANDS = {
   mirror: require('./mirror.js'),
   inspect: require('./inspect.js'),
+  sql: require('./sql.js'),
   doctor: require('./doctor.js'),
   types: require('./types.js'),
 }

@@ -98,6 +98,8 @@ pub struct Config {
     /// `None`: keep everything in memory.
     pub db_path: Option<PathBuf>,
     pub app_name: String,
+    /// Expression indexes on the entity views' columns (`sql`).
+    pub indexes: crate::sql::Indexes,
     /// Where requests, streams, the clock and chance come from (`None`: the
     /// network and the system; a simulation brings its own).
     pub io: Option<Arc<dyn Io>>,
@@ -119,6 +121,7 @@ impl Config {
             timeouts: Timeouts::default(),
             db_path: None,
             app_name: "default".into(),
+            indexes: Default::default(),
             io: None,
         }
     }

@@ -1,20 +1,22 @@
 //! SQLite persistence: the one durable truth. Server rows (with tombstones),
-//! the cursor, queued mutations and key-value storage live in one file, and
-//! every change the engine acknowledges is one committed transaction.
+//! the cursor, queued mutations, the visible state of the rows those
+//! mutations touch (`overlay`) and key-value storage live in one file, and
+//! every change the engine acknowledges is one committed transaction. The
+//! entity views over `rows` and `overlay` are `sql`'s.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
 use crate::protocol::Kind;
 use crate::queue::{Mutation, MutationError, Status};
-use crate::replica::{BaseRow, Effect, RowText, Tables};
+use crate::replica::{BaseRow, Effect, OverlayChanges, RowText, Tables};
 
 /// Marks a file as ours (`PRAGMA application_id`, "PYSN").
 const APPLICATION_ID: i32 = 0x5059_534E;
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE rows (
@@ -39,6 +41,12 @@ CREATE TABLE mutations (
   created_at INTEGER NOT NULL,
   sent       TEXT             -- JSON {after}: an insert that may have reached the server
 );
+CREATE TABLE overlay (
+  entity TEXT NOT NULL,
+  row_id TEXT NOT NULL,
+  data   TEXT,              -- NULL: deleted by a pending write
+  PRIMARY KEY (entity, row_id)
+) WITHOUT ROWID;
 ";
 
 /// Upgrades from each older schema version, in order.
@@ -46,6 +54,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, "ALTER TABLE mutations ADD COLUMN sent TEXT;"),
     // a key-value table nothing ever read
     (2, "DROP TABLE IF EXISTS kv;"),
+    // the rows pending writes show differently, for the entity views; filled when the engine loads
+    (
+        3,
+        "CREATE TABLE IF NOT EXISTS overlay (entity TEXT NOT NULL, row_id TEXT NOT NULL, data TEXT, PRIMARY KEY (entity, row_id)) WITHOUT ROWID;",
+    ),
 ];
 
 pub struct Db {
@@ -248,18 +261,54 @@ impl Db {
         Ok(out)
     }
 
-    /// Runs `f` in one transaction; nothing is visible on disk unless it returns Ok.
+    /// Runs `f` in one transaction; nothing of it is kept unless it returns
+    /// Ok. Inside [`Db::batch`] it is a savepoint of the batch's transaction.
     pub fn write<T>(&mut self, f: impl FnOnce(&Writer<'_>) -> Result<T>) -> Result<T> {
-        let tx = self.conn.transaction()?;
-        let out = f(&Writer { tx: &tx })?;
-        tx.commit()?;
+        if self.conn.is_autocommit() {
+            let tx = self.conn.transaction()?;
+            let out = f(&Writer { tx: &tx })?;
+            tx.commit()?;
+            Ok(out)
+        } else {
+            let sp = self.conn.savepoint()?;
+            let out = f(&Writer { tx: &sp })?;
+            sp.commit()?;
+            Ok(out)
+        }
+    }
+
+    /// Runs `f` as one transaction: what its writes change becomes visible
+    /// to readers of the file at once, with whatever `f` returns, when
+    /// `finish` has written its last part and the whole commits. The
+    /// transaction commits whatever `f` returns (its writes that went
+    /// through are kept, as they would be on their own); if committing
+    /// fails nothing of it is kept, and the error is returned.
+    pub fn batch<T>(
+        &mut self,
+        f: impl FnOnce(&mut Db) -> Result<T>,
+        finish: impl FnOnce(&mut Db) -> Result<()>,
+    ) -> std::result::Result<Result<T>, Error> {
+        self.conn.execute_batch("BEGIN")?;
+        let out = f(self);
+        let committed = finish(self).and_then(|()| Ok(self.conn.execute_batch("COMMIT")?));
+        if let Err(e) = committed {
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            return Err(e);
+        }
         Ok(out)
+    }
+
+    /// The connection, for `sql`'s views and queries.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
     }
 }
 
 /// Write operations, only available inside [`Db::write`].
 pub struct Writer<'a> {
-    tx: &'a Transaction<'a>,
+    tx: &'a Connection,
 }
 
 impl Writer<'_> {
@@ -293,6 +342,28 @@ impl Writer<'_> {
     pub fn clear_rows(&self) -> Result<()> {
         self.tx.execute("DELETE FROM rows", [])?;
         Ok(())
+    }
+
+    /// Brings the stored overlay in step with the view's (see `OverlayChanges`).
+    pub fn overlay(&self, changes: &OverlayChanges) -> Result<()> {
+        if changes.all {
+            self.tx.execute("DELETE FROM overlay", [])?;
+        }
+        let mut put =
+            self.tx.prepare_cached("INSERT OR REPLACE INTO overlay (entity, row_id, data) VALUES (?1, ?2, ?3)")?;
+        let mut drop = self.tx.prepare_cached("DELETE FROM overlay WHERE entity = ?1 AND row_id = ?2")?;
+        for (entity, id, shown) in &changes.rows {
+            match shown {
+                Some(data) => put.execute(params![entity, id, data.as_ref().map(RowText::as_str)])?,
+                None => drop.execute([entity, id])?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Runs statements `sql` made (the entity views and their indexes).
+    pub(crate) fn run(&self, sql: &str) -> Result<()> {
+        Ok(self.tx.execute_batch(sql)?)
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
@@ -501,12 +572,15 @@ mod tests {
     }
 
     #[test]
-    fn a_file_of_the_previous_schema_is_upgraded_and_loses_its_unused_table() {
+    fn a_file_of_an_older_schema_is_upgraded_loses_its_unused_table_and_gains_the_overlay() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("replica.db");
         drop(Db::open(Some(&path)).unwrap());
         let c = rusqlite::Connection::open(&path).unwrap();
-        c.execute_batch("CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL); PRAGMA user_version=2;").unwrap();
+        c.execute_batch(
+            "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL); DROP TABLE overlay; PRAGMA user_version=2;",
+        )
+        .unwrap();
         drop(c);
         let db = Db::open(Some(&path)).unwrap();
         let version: i32 = db.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
@@ -514,5 +588,8 @@ mod tests {
         let kv: i64 =
             db.conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'kv'", [], |r| r.get(0)).unwrap();
         assert_eq!(kv, 0);
+        let overlay: i64 =
+            db.conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'overlay'", [], |r| r.get(0)).unwrap();
+        assert_eq!(overlay, 1, "the pending writes' table of version 4 is made");
     }
 }

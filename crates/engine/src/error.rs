@@ -45,6 +45,9 @@ pub enum Error {
     /// A mutation or row that does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// SQLite refused or failed a query (`engine.query`): its own message.
+    #[error("query failed: {0}")]
+    Query(String),
 }
 
 impl Error {
@@ -68,6 +71,7 @@ impl Error {
             Error::Closed => "ERR_SYNC_CLOSED",
             Error::InvalidArg(_) => "ERR_SYNC_INVALID_ARG",
             Error::NotFound(_) => "ERR_SYNC_NOT_FOUND",
+            Error::Query(_) => "ERR_SYNC_QUERY",
         }
     }
 

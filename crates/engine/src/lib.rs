@@ -22,6 +22,7 @@ mod replica;
 mod restart;
 mod schema;
 mod snapshot;
+pub mod sql;
 mod tls;
 pub mod transport;
 mod view;

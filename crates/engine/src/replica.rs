@@ -160,6 +160,25 @@ impl Table {
 #[derive(Debug, Default)]
 pub struct Replica {
     tables: HashMap<String, Table>,
+    /// Overlay entries changed since the database last took them.
+    overlay_changed: OverlayChanges,
+}
+
+/// Overlay entries to store (see `Replica::take_overlay_changes`).
+#[derive(Debug, Default, PartialEq)]
+pub struct OverlayChanges {
+    /// Every entry may have changed: the stored overlay is replaced by `rows`.
+    pub all: bool,
+    /// `(entity, id, shown)`: `None` when the row has no overlay entry (it
+    /// shows as stored), `Some(None)` when a pending write deleted it.
+    pub rows: Vec<(String, String, Option<Option<RowText>>)>,
+    keys: BTreeSet<(String, String)>,
+}
+
+impl OverlayChanges {
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.rows.is_empty()
+    }
 }
 
 impl Replica {
@@ -175,6 +194,7 @@ impl Replica {
         for t in self.tables.values_mut() {
             t.touch();
         }
+        self.overlay_changed.all = true;
     }
 
     /// Becomes `other` (built without holding a lock); versions keep growing
@@ -195,6 +215,7 @@ impl Replica {
             }
         }
         self.tables = tables;
+        self.overlay_changed.all = true;
     }
 
     /// Drops every row, tombstone and overlay. Versions keep growing so caches invalidate.
@@ -204,6 +225,7 @@ impl Replica {
             t.overlay.clear();
             t.touch();
         }
+        self.overlay_changed.all = true;
     }
 
     pub fn entity_version(&self, entity: &str) -> u64 {
@@ -364,20 +386,43 @@ impl Replica {
     /// Recomputes the visible row of one key from its base row and the pending mutations.
     pub fn refresh(&mut self, entity: &str, id: &str, queue: &Queue) {
         let t = self.tables.entry(entity.to_string()).or_default();
-        if !queue.has_pending_for(entity, id) {
-            if t.overlay.remove(id).is_some() {
-                t.touch_row(id);
+        let changed = if !queue.has_pending_for(entity, id) {
+            if t.overlay.remove(id).is_none() {
+                return;
             }
-            return;
-        }
-        let base = t.base_row(id).map(RowText::parse);
-        let visible = project(base.as_ref(), id, queue.pending_for(entity, id));
-        if visible == base {
-            t.overlay.remove(id);
+            true
         } else {
-            t.overlay.insert(id.to_string(), visible.as_ref().map(RowText::new));
-        }
+            let base = t.base_row(id).map(RowText::parse);
+            let visible = project(base.as_ref(), id, queue.pending_for(entity, id));
+            let shown = (visible != base).then(|| visible.as_ref().map(RowText::new));
+            let changed = t.overlay.get(id) != shown.as_ref();
+            match shown {
+                Some(v) => t.overlay.insert(id.to_string(), v),
+                None => t.overlay.remove(id),
+            };
+            changed
+        };
         t.touch_row(id);
+        if changed && !self.overlay_changed.all {
+            self.overlay_changed.keys.insert((entity.to_string(), id.to_string()));
+        }
+    }
+
+    /// The overlay entries changed since the last call, as they are now,
+    /// for the database to store in the transaction that made them.
+    pub fn take_overlay_changes(&mut self) -> OverlayChanges {
+        let mut changes = std::mem::take(&mut self.overlay_changed);
+        if changes.all {
+            for (entity, t) in &self.tables {
+                changes.rows.extend(t.overlay.iter().map(|(id, v)| (entity.clone(), id.clone(), Some(v.clone()))));
+            }
+        } else {
+            for (entity, id) in std::mem::take(&mut changes.keys) {
+                let shown = self.tables.get(&entity).and_then(|t| t.overlay.get(&id)).cloned();
+                changes.rows.push((entity, id, shown));
+            }
+        }
+        changes
     }
 
     /// Tombstones exist to turn away events older than a delete. Once the
@@ -478,6 +523,7 @@ impl Replica {
                 t.touch_row(&id);
             }
         }
+        self.overlay_changed.all = true;
         let keys: Vec<(String, String)> = queue.all().map(|m| (m.entity.clone(), m.row_id.clone())).collect();
         for (e, id) in keys {
             self.refresh(&e, &id, queue);

@@ -102,6 +102,10 @@ impl Fields {
         )
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Field> {
+        self.0.iter()
+    }
+
     /// Brings the fields `row` holds (a whole row or a patch) to their
     /// types: 0/1 for a bool becomes `false`/`true`, a number's text a
     /// number, a number in a text field its text. Anything else that does
@@ -165,6 +169,11 @@ impl Schema {
 
     pub fn fields(&self, entity: &str) -> Option<&Fields> {
         self.0.get(entity)
+    }
+
+    /// Every entity with its fields, by name.
+    pub fn entities(&self) -> impl Iterator<Item = (&String, &Fields)> {
+        self.0.iter()
     }
 
     /// A write the manifest rules out, as `ERR_SYNC_INVALID_ARG` naming the

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::queue::{Mutation, Queue};
-use crate::replica::{BaseRow, Effect, Replacement, Replica, Tables};
+use crate::replica::{BaseRow, Effect, OverlayChanges, Replacement, Replica, Tables};
 
 #[derive(Default)]
 pub(crate) struct View {
@@ -129,6 +129,11 @@ impl View {
         }
         self.queue = queue;
         self.replica.rebuild_overlay(&self.queue);
+    }
+
+    /// The overlay entries changed since the last call, for the database.
+    pub fn take_overlay_changes(&mut self) -> OverlayChanges {
+        self.replica.take_overlay_changes()
     }
 
     /// Queued writes: `(pending, failed)`.

@@ -106,6 +106,7 @@ impl Engine {
         }
         self.with_db(move |me, db| {
             db.write(|w| w.set_meta("schema", &serde_json::to_string(&schema)?))?;
+            crate::sql::define(db, &schema, &me.inner.cfg.indexes)?;
             me.inner.state.write().schema = Some(schema);
             Ok(())
         })

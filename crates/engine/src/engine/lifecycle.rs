@@ -152,8 +152,12 @@ impl Engine {
         self.stop().await;
         let _sync = self.inner.sync.lock().await;
         self.inner.life.closed.store(true, Ordering::SeqCst);
+        self.interrupt_queries();
         let me = self.clone();
-        let release = move || drop(me.inner.db.lock().take());
+        let release = move || {
+            drop(me.inner.reader.lock().take());
+            drop(me.inner.db.lock().take());
+        };
         if self.inner.io.inline_db() {
             release();
         } else {
@@ -177,6 +181,7 @@ impl Engine {
         for h in handles.into_iter().flatten() {
             h.abort();
         }
+        self.interrupt_queries();
         drop(self.inner.db.lock().take());
         self.set_listener(None);
     }

@@ -22,6 +22,7 @@ mod catchup;
 mod lifecycle;
 mod live;
 mod outbox;
+mod query;
 mod reads;
 mod reset;
 mod session;
@@ -175,6 +176,10 @@ struct Inner {
     log_id: u64,
     api: Api,
     db: Mutex<Option<Db>>,
+    /// The read-only connection queries run on (`query`), and what
+    /// interrupts the one running.
+    reader: Mutex<Option<crate::sql::Reader>>,
+    interrupt: Arc<Mutex<Option<rusqlite::InterruptHandle>>>,
     state: RwLock<State>,
     token: RwLock<Option<String>>,
     listener: RwLock<Option<Listener>>,
@@ -321,6 +326,8 @@ impl Engine {
                 io,
                 api,
                 db: Mutex::new(None),
+                reader: Mutex::new(None),
+                interrupt: Default::default(),
                 state: RwLock::new(state),
                 token: RwLock::new(token),
                 listener: RwLock::new(None),
@@ -392,12 +399,17 @@ impl Engine {
         &self,
         f: impl FnOnce(&Engine, &mut Db) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.blocking(move |me| me.with_db_here(f)).await
+    }
+
+    /// Runs `f` on a blocking thread (on this one where the engine's `Io` says
+    /// so: a simulation), inside the engine's span: the blocking pool's
+    /// threads are outside it, and its records are told apart by it.
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Engine) -> Result<T> + Send + 'static) -> Result<T> {
         self.check_open()?;
         let me = self.clone();
-        // the blocking pool's threads are outside the engine's span: its
-        // records are told apart by it
         let span = self.inner.span.clone();
-        let work = move || span.in_scope(|| me.with_db_here(f));
+        let work = move || span.in_scope(|| f(&me));
         if self.inner.io.inline_db() {
             return work();
         }
@@ -414,7 +426,28 @@ impl Engine {
         if guard.is_none() {
             *guard = Some(Db::open(self.inner.cfg.db_path.as_deref())?);
         }
-        f(self, guard.as_mut().expect("opened above"))
+        let db = guard.as_mut().expect("opened above");
+        // one transaction, which also stores the overlay entries the work
+        // changed: a reader of the file (a query, the entity views) sees
+        // the rows and the pending writes shown on them in step
+        let outcome = db.batch(
+            |db| f(self, db),
+            |db| {
+                let changes = self.inner.state.write().view.take_overlay_changes();
+                if changes.is_empty() {
+                    return Ok(());
+                }
+                db.write(|w| w.overlay(&changes))
+            },
+        );
+        outcome.unwrap_or_else(|e| {
+            // memory may show what the file does not hold: read it again
+            tracing::error!(error = %e, "a transaction failed to commit; the replica is read again from the file");
+            if let Err(again) = self.read_stored(db, true) {
+                tracing::error!(error = %again, "the replica file cannot be read again");
+            }
+            Err(e)
+        })
     }
 
     /// Opens the database and loads it into memory, once; then stores a
@@ -429,7 +462,18 @@ impl Engine {
     /// Reads the file into memory, once (`again`: once more, to show what
     /// it holds after a refused hydration).
     async fn load_stored(&self, again: bool) -> Result<()> {
-        self.with_db(move |me, db| {
+        self.with_db(move |me, db| me.read_stored(db, again)).await?;
+        let entities = self.entities();
+        if !entities.is_empty() {
+            self.emit(Event::Change { entities });
+        }
+        Ok(())
+    }
+
+    /// The body of [`Engine::load_stored`], with the database held.
+    fn read_stored(&self, db: &mut Db, again: bool) -> Result<()> {
+        let me = self;
+        {
             if me.inner.state.read().loaded && !again {
                 return Ok(());
             }
@@ -447,7 +491,11 @@ impl Engine {
             let anchor = db.meta("anchor")?.and_then(|t| serde_json::from_str::<Option<Anchor>>(&t).ok()).flatten();
             let awaited = db.meta("awaited")?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
             let server_gen = db.meta("server_gen")?.and_then(|t| t.parse().ok()).unwrap_or(0);
-            let schema = db.meta("schema")?.and_then(|t| serde_json::from_str(&t).ok());
+            let schema: Option<Schema> = db.meta("schema")?.and_then(|t| serde_json::from_str(&t).ok());
+            if let Some(schema) = &schema {
+                // the views of this manifest, with the indexes asked for now
+                crate::sql::define(db, schema, &me.inner.cfg.indexes)?;
+            }
             let aliases = db.aliases(me.now_ms())?.into_iter().collect();
             let cursor = db.cursor()?;
             // Rows stored under another token stay hidden until /api/auth/me
@@ -475,14 +523,11 @@ impl Engine {
             st.quarantined = !same_token;
             st.view.take_over(view);
             st.loaded = true;
+            drop(st);
+            // the entity views show no rows held back (see `sql`)
+            db.write(|w| w.set_meta(crate::sql::ROWS_HIDDEN, if same_token { "0" } else { "1" }))?;
             Ok(())
-        })
-        .await?;
-        let entities = self.entities();
-        if !entities.is_empty() {
-            self.emit(Event::Change { entities });
         }
-        Ok(())
     }
 
     /// Says until when (Unix ms) the server's rate limit holds the engine

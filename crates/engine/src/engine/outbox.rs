@@ -122,15 +122,17 @@ impl Engine {
                 Ok(()) => me.commit_submitted().await,
                 Err(e) => Err(e),
             };
-            if let Err(e) = committed {
+            if let Err(e) = &committed {
                 // nobody committed it: take it back, so it can never be written after this error
                 let mut waiting = me.inner.outbox.submitted.lock();
                 if let Some(i) = waiting.iter().position(|s| s.m.id == id) {
                     waiting.remove(i);
-                    return Err(e);
+                    return Err(e.clone());
                 }
             }
-            answer.await.map_err(|_| Error::Closed)?.map(|_| ())
+            // no answer: the transaction that took it did not commit (and
+            // memory was read again from the file), or the engine closed
+            answer.await.map_err(|_| committed.err().unwrap_or(Error::Closed))?.map(|_| ())
         })
     }
 

@@ -165,6 +165,8 @@ impl Engine {
                     }
                     w.set_meta("identity", &identity)?;
                     w.set_meta("token_fp", &fp)?;
+                    // rows held back for this check show again (or are gone)
+                    w.set_meta(crate::sql::ROWS_HIDDEN, "0")?;
                     if tkey != identity {
                         w.adopt_mutations(&tkey, &identity)?;
                     }
