@@ -162,6 +162,13 @@ test('queries are read-only, parameters bound and checked, errors typed; close()
     assert.equal(cli('sql', db).status, 2)
     assert.match(cli('sql', '--help').stdout, /read-only SQL statement/)
     assert.deepEqual(await queryReplica(db, 'SELECT count(*) AS n FROM Todo'), [{ n: 201 }], 'the CLI changed nothing')
+    // another program with another SQLite (Python's, the system library) reads the same views
+    const py = spawnSync('python3', ['-c', `import json, sqlite3, sys
+c = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)
+print(json.dumps([sqlite3.sqlite_version, c.execute("select title, done, userId from Todo where done = 0").fetchall(), c.execute("select count(*) from Todo").fetchone()[0]]))`, db], { encoding: 'utf8' })
+    assert.equal(py.status, 0, py.stderr)
+    const [version, open, count] = JSON.parse(py.stdout)
+    assert.deepEqual([open, count], [[['milk', 0, 'u1']], 201], `SQLite ${version}`)
   } finally {
     await e.close()
     await srv.stop()

@@ -148,6 +148,8 @@ pub fn define(db: &mut Db, schema: &Schema, indexes: &Indexes) -> Result<()> {
         w.set_meta(DEFINED, &ddl)?;
         w.set_meta(OBJECTS, &serde_json::to_string(&objects)?)
     })?;
+    // new indexes over rows already stored: the planner learns what they hold
+    db.analyze_rows()?;
     tracing::debug!(views = objects.len(), "entity views defined");
     Ok(())
 }

@@ -191,6 +191,8 @@ impl Engine {
                     }
                     Ok(())
                 })?;
+                // the planner learns the new rows' shape, for the views' indexes
+                db.optimize()?;
                 let prepared: BTreeMap<String, Replacement> = {
                     let st = me.inner.state.read();
                     tables.into_iter().map(|(e, rows)| (e.clone(), st.view.replica().prepare(&e, rows))).collect()

@@ -156,7 +156,13 @@ impl Engine {
         let me = self.clone();
         let release = move || {
             drop(me.inner.reader.lock().take());
-            drop(me.inner.db.lock().take());
+            if let Some(db) = me.inner.db.lock().take() {
+                // what SQLite suggests before a connection closes: the
+                // planner's statistics, where the rows changed since
+                if let Err(e) = db.optimize() {
+                    tracing::debug!(error = %e, "optimize at close failed");
+                }
+            }
         };
         if self.inner.io.inline_db() {
             release();
