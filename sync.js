@@ -109,6 +109,9 @@ class SyncEngine {
       }
       return
     }
+    // a write's status moves without a change of rows: statements that read
+    // the replica's own tables (the queue) run again
+    if (ev.type === 'mutation') for (const live of this._live) live.changed(null)
     if (ev.type === 'topic') {
       const handlers = this._topics.get(ev.topic)
       if (handlers) callAll(handlers, [ev.data, { topic: ev.topic, from: ev.from }])

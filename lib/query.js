@@ -61,15 +61,17 @@ class LiveQuery {
     this._again = false
     this._queued = false
     this.closed = false
+    // a statement that cannot be prepared fails its first run too: that run reports it
     settle(() => native.entitiesRead(sql))
       .then((entities) => (this._entities = entities))
-      .catch((e) => this._fail(e))
+      .catch(() => {})
     this._run()
   }
 
   /** A change to `entities` (undefined: to anything): runs again, once this turn. */
   changed(entities) {
     if (this.closed) return
+    if (entities === null && this._entities !== null) return // only for statements that read the replica's own tables
     if (entities && this._entities && !this._entities.some((e) => entities.includes(e))) return
     if (this._queued) return
     this._queued = true
@@ -112,7 +114,14 @@ class LiveQuery {
 
   _fail(e) {
     if (this.closed || (e instanceof SyncError && e.code === 'ERR_SYNC_CLOSED')) return
-    this._onError(e)
+    try {
+      this._onError(e)
+    } catch (thrown) {
+      // the handler's own error is the handler's: thrown, as a listener's is
+      queueMicrotask(() => {
+        throw thrown
+      })
+    }
   }
 
   close() {

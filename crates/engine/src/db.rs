@@ -63,6 +63,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
 
 pub struct Db {
     conn: Connection,
+    /// Inside [`Db::batch`]: a write that finds no transaction open means
+    /// SQLite rolled the batch back (a full disk), and is refused.
+    in_batch: bool,
 }
 
 /// Everything `start()` needs from disk.
@@ -85,7 +88,7 @@ impl Db {
             }
             None => Connection::open_in_memory()?,
         };
-        let mut db = Db { conn };
+        let mut db = Db { conn, in_batch: false };
         db.prepare()?;
         Ok(db)
     }
@@ -112,7 +115,7 @@ impl Db {
                 "schema version {version}, this version reads {SCHEMA_VERSION}: open it with the engine once to upgrade it"
             )));
         }
-        Ok(Db { conn })
+        Ok(Db { conn, in_batch: false })
     }
 
     /// Each entity's stored rows and tombstones, by name.
@@ -264,6 +267,9 @@ impl Db {
     /// Runs `f` in one transaction; nothing of it is kept unless it returns
     /// Ok. Inside [`Db::batch`] it is a savepoint of the batch's transaction.
     pub fn write<T>(&mut self, f: impl FnOnce(&Writer<'_>) -> Result<T>) -> Result<T> {
+        if self.in_batch && self.conn.is_autocommit() {
+            return Err(Error::Storage("SQLite rolled the transaction back (disk full or I/O error)".into()));
+        }
         if self.conn.is_autocommit() {
             let tx = self.conn.transaction()?;
             let out = f(&Writer { tx: &tx })?;
@@ -288,9 +294,15 @@ impl Db {
         f: impl FnOnce(&mut Db) -> Result<T>,
         finish: impl FnOnce(&mut Db) -> Result<()>,
     ) -> std::result::Result<Result<T>, Error> {
+        if !self.conn.is_autocommit() {
+            // left open by work that panicked: nothing of it was committed
+            self.conn.execute_batch("ROLLBACK")?;
+        }
         self.conn.execute_batch("BEGIN")?;
+        self.in_batch = true;
         let out = f(self);
         let committed = finish(self).and_then(|()| Ok(self.conn.execute_batch("COMMIT")?));
+        self.in_batch = false;
         if let Err(e) = committed {
             if !self.conn.is_autocommit() {
                 let _ = self.conn.execute_batch("ROLLBACK");

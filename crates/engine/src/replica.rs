@@ -408,6 +408,12 @@ impl Replica {
         }
     }
 
+    /// Every overlay entry is to be stored again (a transaction that would
+    /// have stored some failed).
+    pub fn overlay_all_changed(&mut self) {
+        self.overlay_changed.all = true;
+    }
+
     /// The overlay entries changed since the last call, as they are now,
     /// for the database to store in the transaction that made them.
     pub fn take_overlay_changes(&mut self) -> OverlayChanges {

@@ -28,7 +28,7 @@ pub const ROWS_HIDDEN: &str = "rows_hidden";
 /// objects they made (to drop when the manifest or the indexes change).
 const DEFINED: &str = "sql_defined";
 const OBJECTS: &str = "sql_objects";
-/// The replica's own tables; an entity of one of these names gets its view as `<name>_view`.
+/// The replica's own tables; an entity of one of these names gets its view as `entity_<name>`.
 const OWN_TABLES: [&str; 4] = ["rows", "meta", "mutations", "overlay"];
 
 /// Expression indexes to create, by entity: each entry is the fields of one
@@ -48,7 +48,7 @@ fn literal(text: &str) -> String {
 /// The view's name for `entity`.
 pub fn view_name(entity: &str) -> String {
     if OWN_TABLES.iter().any(|t| t.eq_ignore_ascii_case(entity)) || entity.to_ascii_lowercase().starts_with("sqlite_") {
-        format!("{entity}_view")
+        format!("entity_{entity}")
     } else {
         entity.to_string()
     }
@@ -73,9 +73,11 @@ fn usable(field: &str) -> bool {
     field != "id" && !field.contains('"') && !field.is_empty()
 }
 
-/// The statements that make every view and index, and the objects they make.
-fn definition(schema: &Schema, indexes: &Indexes) -> (String, Vec<(String, String)>) {
-    let mut ddl = String::new();
+/// One view or index: its kind, its name and the statement that makes it.
+type Object = (&'static str, String, String);
+
+/// The views and indexes of a manifest and an `indexes` option.
+fn definition(schema: &Schema, indexes: &Indexes) -> Vec<Object> {
     let mut objects = Vec::new();
     for (entity, fields) in schema.entities() {
         let view = view_name(entity);
@@ -95,8 +97,7 @@ fn definition(schema: &Schema, indexes: &Indexes) -> (String, Vec<(String, Strin
             let _ = write!(s, " FROM {from} WHERE entity = {} AND data IS NOT NULL", literal(entity));
             s
         };
-        let _ = writeln!(
-            ddl,
+        let ddl = format!(
             "CREATE VIEW {} AS {} AND NOT EXISTS (SELECT 1 FROM overlay o WHERE o.entity = rows.entity AND o.row_id = rows.row_id) \
              AND NOT EXISTS (SELECT 1 FROM meta WHERE key = {} AND value = '1') UNION ALL {};",
             ident(&view),
@@ -104,7 +105,7 @@ fn definition(schema: &Schema, indexes: &Indexes) -> (String, Vec<(String, Strin
             literal(ROWS_HIDDEN),
             select("overlay", false),
         );
-        objects.push(("VIEW".to_string(), view));
+        objects.push(("VIEW", view, ddl));
     }
     for (entity, list) in indexes {
         let Some(fields) = schema.fields(entity) else {
@@ -119,38 +120,45 @@ fn definition(schema: &Schema, indexes: &Indexes) -> (String, Vec<(String, Strin
                 continue;
             };
             let name = format!("pylon_idx_{entity}_{}", index.join("_"));
-            let _ = writeln!(
-                ddl,
+            let ddl = format!(
                 "CREATE INDEX {} ON rows ({}) WHERE entity = {};",
                 ident(&name),
                 exprs.join(", "),
                 literal(entity)
             );
-            objects.push(("INDEX".to_string(), name));
+            objects.push(("INDEX", name, ddl));
         }
     }
-    (ddl, objects)
+    objects
 }
 
 /// Makes the views (and indexes) of `schema` in the file, replacing those
-/// of an earlier manifest; nothing is done when they are as defined.
+/// of an earlier manifest; nothing is done when they are as defined. One
+/// SQLite refuses (two entities whose names differ only in case, an index
+/// name two entities share) is left out with a warning: the others, and
+/// the engine, go on.
 pub fn define(db: &mut Db, schema: &Schema, indexes: &Indexes) -> Result<()> {
-    let (ddl, objects) = definition(schema, indexes);
+    let objects = definition(schema, indexes);
+    let ddl: String = objects.iter().map(|(_, _, ddl)| format!("{ddl}\n")).collect();
     if db.meta(DEFINED)?.as_deref() == Some(ddl.as_str()) {
         return Ok(());
     }
     let old: Vec<(String, String)> = db.meta(OBJECTS)?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-    db.write(|w| {
-        for (kind, name) in &old {
-            w.run(&format!("DROP {kind} IF EXISTS {};", ident(name)))?;
+    db.write(|w| old.iter().try_for_each(|(kind, name)| w.run(&format!("DROP {kind} IF EXISTS {};", ident(name)))))?;
+    let mut made: Vec<(&str, &str)> = Vec::new();
+    for (kind, name, statement) in &objects {
+        match db.write(|w| w.run(statement)) {
+            Ok(()) => made.push((kind, name)),
+            Err(e) => tracing::warn!(kind, name = name.as_str(), error = %e, "not made in the replica file"),
         }
-        w.run(&ddl)?;
+    }
+    db.write(|w| {
         w.set_meta(DEFINED, &ddl)?;
-        w.set_meta(OBJECTS, &serde_json::to_string(&objects)?)
+        w.set_meta(OBJECTS, &serde_json::to_string(&made)?)
     })?;
+    tracing::debug!(objects = made.len(), "entity views defined");
     // new indexes over rows already stored: the planner learns what they hold
     db.analyze_rows()?;
-    tracing::debug!(views = objects.len(), "entity views defined");
     Ok(())
 }
 
@@ -172,9 +180,14 @@ impl Reader {
 
     /// Starts a read transaction: what it reads is the file as of now.
     pub fn begin(&self) -> Result<()> {
+        self.end();
         self.conn.execute_batch("BEGIN")?;
         // a read transaction takes its snapshot at its first read
-        self.conn.query_row("SELECT count(*) FROM meta WHERE key = 'cursor'", [], |_| Ok(()))?;
+        let first = self.conn.query_row("SELECT count(*) FROM meta WHERE key = 'cursor'", [], |_| Ok(()));
+        if let Err(e) = first {
+            self.end();
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -395,7 +408,9 @@ mod tests {
                 { "name": "n", "type": "int" }, { "name": "x", "type": "float" }, { "name": "meta", "type": "json" },
                 { "name": "at", "type": "datetime" }, { "name": "odd \"name\"", "type": "string" } ] },
             { "name": "rows", "fields": [{ "name": "a b'c", "type": "string" }] },
-            { "name": "Gone", "fields": [] }
+            { "name": "Gone", "fields": [] },
+            { "name": "sqlite_x", "fields": [] },
+            { "name": "todo", "fields": [] }
         ]));
         let indexes: Indexes = [("Todo".to_string(), vec![vec!["done".to_string()], vec!["nope".into()]])].into();
         define(&mut db, &first, &indexes).unwrap();
@@ -412,12 +427,18 @@ mod tests {
             json!([{ "id": "r1", "title": "7", "done": 1, "n": 2, "x": 1.0, "meta": "{\"k\":[1]}", "at": "2026-01-02T03:04:05Z" }]),
             "a field whose name a JSON path cannot hold has no column"
         );
-        // an entity named like one of the replica's tables gets its view as <name>_view
-        assert_eq!(run(db.conn(), "SELECT * FROM rows_view", &Value::Null).unwrap(), r#"[{"id":"r2","a b'c":"v"}]"#);
+        // an entity named like one of the replica's tables gets its view as entity_<name>
+        assert_eq!(run(db.conn(), "SELECT * FROM entity_rows", &Value::Null).unwrap(), r#"[{"id":"r2","a b'c":"v"}]"#);
         assert_eq!(
             objects(&db),
-            [("view", "Gone"), ("view", "Todo"), ("index", "pylon_idx_Todo_done"), ("view", "rows_view")]
-                .map(|(a, b)| (a.to_string(), b.to_string()))
+            [
+                ("view", "Gone"),
+                ("view", "Todo"),
+                ("view", "entity_rows"),
+                ("view", "entity_sqlite_x"),
+                ("index", "pylon_idx_Todo_done")
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
         );
         // the same definition again: nothing is made twice
         define(&mut db, &first, &indexes).unwrap();

@@ -136,6 +136,11 @@ impl View {
         self.replica.take_overlay_changes()
     }
 
+    /// The stored overlay is to be replaced whole by the next transaction.
+    pub fn overlay_all_changed(&mut self) {
+        self.replica.overlay_all_changed();
+    }
+
     /// Queued writes: `(pending, failed)`.
     pub fn counts(&self) -> (usize, usize) {
         let pending = self.queue.pending_count();

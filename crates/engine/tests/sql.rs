@@ -60,8 +60,13 @@ async fn the_views_show_what_the_store_shows_pending_writes_included() {
     let srv = server().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("replica.db");
-    let engine = Engine::new(config(&srv.url, Some(&path))).unwrap();
+    let mut cfg = config(&srv.url, Some(&path));
+    // signed in, so the WebSocket carries other clients' rows while the writes are refused
+    cfg.token = Some(login(&srv.url, "alice").await);
+    cfg.transport = Some(pylon_sync_engine::Which::WebSocket);
+    let engine = Engine::new(cfg).unwrap();
     engine.start().await.unwrap();
+    eventually("the WebSocket to open", || engine.connection().state == pylon_sync_engine::ConnState::Open).await;
     let mut ids = Vec::new();
     for (title, done) in [("milk", false), ("bread", true), ("eggs", false)] {
         ids.push(engine.insert("Todo", row(json!({ "title": title, "done": done }))).await.unwrap());
@@ -269,6 +274,15 @@ async fn indexes_serve_the_views_columns_and_a_memory_replica_queries_too() {
     engine.insert("Todo", row(json!({ "title": "in memory", "done": false }))).await.unwrap();
     assert_eq!(queried(&engine, "SELECT title FROM Todo").await, vec![json!({ "title": "in memory" })]);
     assert_eq!(engine.query("DELETE FROM rows".into(), Value::Null).await.unwrap_err().code(), "ERR_SYNC_INVALID_ARG");
-    engine.close().await;
+    // close() interrupts a query on that one connection too
+    let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    let running = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.query(endless.into(), Value::Null).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::timeout(Duration::from_secs(10), engine.close()).await.expect("close() does not wait for the query");
+    let err = running.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Closed), "{err}");
     srv.stop().await;
 }

@@ -433,7 +433,14 @@ impl Engine {
         let outcome = db.batch(
             |db| f(self, db),
             |db| {
-                let changes = self.inner.state.write().view.take_overlay_changes();
+                let changes = {
+                    let mut st = self.inner.state.write();
+                    // before the file is loaded memory's overlay is not the file's
+                    if !st.loaded {
+                        return Ok(());
+                    }
+                    st.view.take_overlay_changes()
+                };
                 if changes.is_empty() {
                     return Ok(());
                 }
@@ -441,10 +448,13 @@ impl Engine {
             },
         );
         outcome.unwrap_or_else(|e| {
-            // memory may show what the file does not hold: read it again
+            // memory may show what the file does not hold: read it again,
+            // and store the whole overlay with the next transaction
             tracing::error!(error = %e, "a transaction failed to commit; the replica is read again from the file");
-            if let Err(again) = self.read_stored(db, true) {
-                tracing::error!(error = %again, "the replica file cannot be read again");
+            self.inner.state.write().view.overlay_all_changed();
+            match self.read_stored(db, true) {
+                Ok(()) => self.emit(Event::Change { entities: self.entities() }),
+                Err(again) => tracing::error!(error = %again, "the replica file cannot be read again"),
             }
             Err(e)
         })

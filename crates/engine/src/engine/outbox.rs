@@ -9,6 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -122,27 +123,29 @@ impl Engine {
                 Ok(()) => me.commit_submitted().await,
                 Err(e) => Err(e),
             };
-            if let Err(e) = &committed {
+            if let Err(e) = committed {
                 // nobody committed it: take it back, so it can never be written after this error
                 let mut waiting = me.inner.outbox.submitted.lock();
                 if let Some(i) = waiting.iter().position(|s| s.m.id == id) {
                     waiting.remove(i);
-                    return Err(e.clone());
+                    return Err(e);
                 }
             }
-            // no answer: the transaction that took it did not commit (and
-            // memory was read again from the file), or the engine closed
-            answer.await.map_err(|_| committed.err().unwrap_or(Error::Closed))?.map(|_| ())
+            answer.await.map_err(|_| Error::Closed)?.map(|_| ())
         })
     }
 
     /// Commits every submitted write in one transaction, then makes them visible.
     pub(super) async fn commit_submitted(&self) -> Result<()> {
-        let batch = self
-            .with_db(|me, db| {
+        // what the transaction took, kept out here: if it fails to commit,
+        // each write it took is answered with that error (it is not stored)
+        let taken: Arc<Mutex<Vec<Submitted>>> = Arc::default();
+        let holder = taken.clone();
+        let outcome = self
+            .with_db(move |me, db| {
                 let mut batch = std::mem::take(&mut *me.inner.outbox.submitted.lock());
                 if batch.is_empty() {
-                    return Ok(Vec::new());
+                    return Ok(());
                 }
                 {
                     // a write the manifest rules out is refused before it is
@@ -167,13 +170,13 @@ impl Engine {
                     }
                 }
                 if batch.is_empty() {
-                    return Ok(Vec::new());
+                    return Ok(());
                 }
                 if let Err(e) = db.write(|w| batch.iter_mut().try_for_each(|s| w.add_mutation(&mut s.m))) {
                     for s in batch {
                         let _ = s.done.send(Err(e.clone()));
                     }
-                    return Ok(Vec::new());
+                    return Ok(());
                 }
                 let mut st = me.inner.state.write();
                 for Submitted { m, .. } in &batch {
@@ -181,9 +184,17 @@ impl Engine {
                         st.view.push(m.clone());
                     }
                 }
-                Ok(batch)
+                *holder.lock() = batch;
+                Ok(())
             })
-            .await?;
+            .await;
+        let batch = std::mem::take(&mut *taken.lock());
+        if let Err(e) = outcome {
+            for s in batch {
+                let _ = s.done.send(Err(e.clone()));
+            }
+            return Err(e);
+        }
         if batch.is_empty() {
             return Ok(());
         }

@@ -34,8 +34,14 @@ impl Engine {
 
     fn on_reader_here<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let Some(path) = self.inner.cfg.db_path.clone() else {
-            // a replica kept in memory has one connection: queries take turns with writes
-            return self.with_db_here(|_, db| f(db.conn()));
+            // a replica kept in memory has one connection: queries take turns
+            // with writes, and close() interrupts the one running on it
+            return self.with_db_here(|me, db| {
+                *me.inner.interrupt.lock() = Some(db.conn().get_interrupt_handle());
+                let out = f(db.conn());
+                me.inner.interrupt.lock().take();
+                out
+            });
         };
         let mut reader = self.inner.reader.lock();
         self.check_open()?;
