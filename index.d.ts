@@ -29,6 +29,8 @@ export declare class NativeEngine {
   onBinary(callback: (bytes: Uint8Array, header: string | null) => void): void
   connection(): Connection
   presence(): Array<Peer>
+  /** The application listens for presence: peers are asked to re-announce. */
+  usePresence(): void
   clientId(): string
   /** `data`: any JSON value; null withdraws this engine's presence. */
   setPresence(data?: unknown): void

@@ -156,7 +156,10 @@ class SyncEngine {
       'connection', 'presence', 'topic', 'room',
     ]
     if (!known.includes(type)) throw invalid(`unknown event ${typeof type === 'string' ? JSON.stringify(type) : typeof type}; one of ${known.join(', ')}`)
-    return this._on(type, listener)
+    const off = this._on(type, listener)
+    // only an engine that uses presence asks its peers to re-announce
+    if (type === 'presence') this._native.usePresence()
+    return off
   }
 
   /**

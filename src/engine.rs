@@ -141,6 +141,12 @@ impl NativeEngine {
         self.engine.presence().iter().map(types::Peer::from).collect()
     }
 
+    /// The application listens for presence: peers are asked to re-announce.
+    #[napi(catch_unwind)]
+    pub fn use_presence(&self) {
+        self.engine.use_presence()
+    }
+
     #[napi(catch_unwind)]
     pub fn client_id(&self) -> String {
         self.engine.client_id().to_string()

@@ -338,6 +338,52 @@ async fn presence_and_topics_travel_between_engines() {
     srv.stop().await;
 }
 
+/// An engine that never uses presence sends no presence frame: the real
+/// server relays each to every connection, slowly, and 64 engines asking
+/// their peers to re-announce as they connected held the first change
+/// event back by 20 s (BENCHMARKS.md). One that listens asks, now and after
+/// each reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_engine_that_uses_presence_asks_its_peers_to_reannounce() {
+    let srv = server().await;
+    let (a, b, _) = alice_and_bob(&srv.url).await;
+    let presence_frames = |user: &'static str| {
+        let url = srv.url.clone();
+        async move {
+            let frames = get(&url, "/__control/frames").await;
+            frames.as_array().unwrap().iter().filter(|f| f["user"] == user && f["frame"]["type"] == "presence").count()
+        }
+    };
+    // both connected and following; a change still arrives over the stream
+    a.insert("Todo", row(json!({ "title": "seen", "done": false }))).await.unwrap();
+    eventually("b to get a's row", || b.list("Todo").len() == 1).await;
+    assert_eq!(presence_frames("alice").await, 0);
+    assert_eq!(presence_frames("bob").await, 0);
+    b.use_presence();
+    for _ in 0..100 {
+        if presence_frames("bob").await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(presence_frames("bob").await, 1, "bob asks once he listens");
+    control(&srv.url, "drop", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    open_on(&a, Which::WebSocket).await;
+    open_on(&b, Which::WebSocket).await;
+    for _ in 0..100 {
+        if presence_frames("bob").await == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(presence_frames("bob").await, 2, "and again after a reconnect");
+    assert_eq!(presence_frames("alice").await, 0, "alice never used presence");
+    a.close().await;
+    b.close().await;
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crdt_subscriptions_are_refcounted_and_survive_reconnects() {
     let srv = server().await;

@@ -93,8 +93,19 @@ impl Engine {
     }
 
     /// Presence of the other engines connected to the server.
+    /// Other engines' presence. Reading it says the application uses
+    /// presence (see `use_presence`).
     pub fn presence(&self) -> Vec<Peer> {
+        self.inner.rt.use_presence();
         self.inner.rt.peers()
+    }
+
+    /// The application uses presence (a listener for it): peers are asked
+    /// to re-announce now and after each reconnect. An engine that never
+    /// uses presence never asks (PROTOCOL §10: each ask is relayed to every
+    /// connection of the server).
+    pub fn use_presence(&self) {
+        self.inner.rt.use_presence()
     }
 
     /// Sets (or with `None` withdraws) this engine's presence. It is sent now

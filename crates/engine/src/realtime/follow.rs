@@ -241,9 +241,11 @@ impl<H: Host> Follower<H> {
             for (entity, row) in subs {
                 rt.send(json!({ "type": "crdt-subscribe", "entity": entity, "rowId": row }));
             }
-            rt.announce();
-            rt.send(rt.presence_frame("sync", None));
-            self.sweep_presence_later(self.0.now_ms());
+            if rt.uses_presence() {
+                rt.announce();
+                rt.send(rt.presence_frame("sync", None));
+                self.sweep_presence_later(self.0.now_ms());
+            }
         }
         // a dropped stream may mean a restarted server: check before the next
         // pull, and take no event of this stream as a page until then

@@ -18,7 +18,7 @@ pub(crate) use follow::Follower;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -44,6 +44,12 @@ pub(crate) struct Realtime {
     /// Frames to send on the open WebSocket.
     out: Mutex<Option<UnboundedSender<String>>>,
     presence: Mutex<Presence>,
+    /// The application uses presence (it set its own, or read or listens for
+    /// others'): only then are peers asked to re-announce when we connect.
+    /// The real server relays each such request to every connection, and
+    /// slowly (its broadcaster waits for each reader's lock in turn), so
+    /// dozens of engines asking at once held change events back by 20 s.
+    uses_presence: AtomicBool,
     /// Refcounted CRDT subscriptions by (entity, row id).
     crdt: Mutex<BTreeMap<(String, String), u32>>,
     /// Reconnect now (identity flip), without counting an attempt.
@@ -68,6 +74,7 @@ impl Realtime {
             }),
             out: Mutex::new(None),
             presence: Mutex::new(Presence::default()),
+            uses_presence: AtomicBool::new(false),
             crdt: Mutex::new(BTreeMap::new()),
             restart: Notify::new(),
             ignored: AtomicU64::new(0),
@@ -94,6 +101,18 @@ impl Realtime {
             Some(tx) => tx.send(frame.to_string()).is_ok(),
             None => false,
         }
+    }
+
+    /// The application uses presence: peers are asked to re-announce now
+    /// (the first time, on an open WebSocket) and after each reconnect.
+    pub fn use_presence(&self) {
+        if !self.uses_presence.swap(true, Ordering::SeqCst) {
+            self.send(self.presence_frame("sync", None));
+        }
+    }
+
+    pub fn uses_presence(&self) -> bool {
+        self.uses_presence.load(Ordering::SeqCst)
     }
 
     fn presence_frame(&self, event: &str, data: Option<&Value>) -> Value {
@@ -145,6 +164,7 @@ impl Realtime {
     /// Sets (or with `None` withdraws) this engine's presence. It is sent now
     /// when a WebSocket is open, and again after every reconnect.
     pub fn set_presence(&self, data: Option<Value>) {
+        self.use_presence();
         let previous = std::mem::replace(&mut self.presence.lock().mine, data.clone());
         match data {
             Some(d) => {
