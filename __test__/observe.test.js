@@ -145,6 +145,8 @@ test('diagnostics count requests, bytes, connections, events, writes and errors,
     await e.start()
     await eventually('the socket open', () => e.connection.state === 'open')
     e.on('error', () => {})
+    // the server holds the write a while, so it is still queued when the insert resolves
+    await srv.control('faults', { rules: [{ path: '/api/entities/Todo', method: 'POST', holdMs: 1000, count: 1 }] })
     const id = await e.insert('Todo', { title: 'mine', done: false })
     const queued = e.diagnostics()
     assert.equal(queued.pending, 1)
