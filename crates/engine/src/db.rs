@@ -9,6 +9,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::checkpoint::Checkpointer;
 use crate::error::{Error, Result};
 use crate::protocol::Kind;
 use crate::queue::{Mutation, MutationError, Status};
@@ -16,7 +17,7 @@ use crate::replica::{BaseRow, Effect, OverlayChanges, RowText, Tables};
 
 /// Marks a file as ours (`PRAGMA application_id`, "PYSN").
 const APPLICATION_ID: i32 = 0x5059_534E;
-const SCHEMA_VERSION: i32 = 4;
+const SCHEMA_VERSION: i32 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE rows (
@@ -59,10 +60,21 @@ const MIGRATIONS: &[(i32, &str)] = &[
         3,
         "CREATE TABLE IF NOT EXISTS overlay (entity TEXT NOT NULL, row_id TEXT NOT NULL, data TEXT, PRIMARY KEY (entity, row_id)) WITHOUT ROWID;",
     ),
+    // inserts awaited in the log: one key each, not one JSON object written
+    // whole on every acknowledgement (it grew with every insert in flight)
+    (
+        4,
+        "INSERT OR REPLACE INTO meta (key, value)
+           SELECT 'awaited:' || j.key, j.value FROM meta, json_each(meta.value) AS j WHERE meta.key = 'awaited';
+         DELETE FROM meta WHERE key = 'awaited';",
+    ),
 ];
 
 pub struct Db {
     conn: Connection,
+    /// A file's checkpoints, off the writer's commits; declared after
+    /// `conn`, which must close first.
+    _checkpoints: Option<Checkpointer>,
     /// Inside [`Db::batch`]: a write that finds no transaction open means
     /// SQLite rolled the batch back (a full disk), and is refused.
     in_batch: bool,
@@ -88,8 +100,11 @@ impl Db {
             }
             None => Connection::open_in_memory()?,
         };
-        let mut db = Db { conn, in_batch: false };
+        let mut db = Db { conn, _checkpoints: None, in_batch: false };
         db.prepare()?;
+        if let Some(p) = path {
+            db._checkpoints = Some(Checkpointer::install(&db.conn, p)?);
+        }
         Ok(db)
     }
 
@@ -115,7 +130,7 @@ impl Db {
                 "schema version {version}, this version reads {SCHEMA_VERSION}: open it with the engine once to upgrade it"
             )));
         }
-        Ok(Db { conn, in_batch: false })
+        Ok(Db { conn, _checkpoints: None, in_batch: false })
     }
 
     /// Each entity's stored rows and tombstones, by name.
@@ -170,6 +185,25 @@ impl Db {
 
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
         Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    /// Our inserts acknowledged before their event was taken, by nonce →
+    /// (entity, the cursor then).
+    pub fn awaited(&self) -> Result<BTreeMap<String, (String, u64)>> {
+        let mut stmt = self.conn.prepare("SELECT substr(key, 9), value FROM meta WHERE key GLOB 'awaited:*'")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (nonce, value) = row?;
+            // one that cannot be read is not awaited: its event, if it comes, is applied as any other
+            match serde_json::from_str(&value) {
+                Ok(entry) => {
+                    out.insert(nonce, entry);
+                }
+                Err(e) => tracing::warn!(error = %e, "an awaited insert's entry cannot be read; left out"),
+            }
+        }
+        Ok(out)
     }
 
     /// Temporary ids of acknowledged inserts and the server ids they became.
@@ -401,6 +435,24 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// An insert acknowledged before its event was taken: the log must bring
+    /// its event after `cursor`.
+    pub fn await_insert(&self, nonce: &str, entity: &str, cursor: u64) -> Result<()> {
+        self.set_meta(&format!("awaited:{nonce}"), &serde_json::to_string(&(entity, cursor))?)
+    }
+
+    /// The event of an awaited insert was taken.
+    pub fn forget_awaited(&self, nonce: &str) -> Result<()> {
+        self.tx.prepare_cached("DELETE FROM meta WHERE key = ?1")?.execute([format!("awaited:{nonce}")])?;
+        Ok(())
+    }
+
+    /// No insert is awaited any more (the replica starts over).
+    pub fn clear_awaited(&self) -> Result<()> {
+        self.tx.execute("DELETE FROM meta WHERE key GLOB 'awaited:*'", [])?;
+        Ok(())
+    }
+
     /// Records the server id an acknowledged insert's temporary id became.
     pub fn set_alias(&self, temp: &str, server: &str) -> Result<()> {
         self.set_meta(&format!("alias:{temp}"), server)
@@ -505,6 +557,36 @@ fn create_private(path: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_log_is_checkpointed_off_the_commits_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let mut db = Db::open(Some(&path)).unwrap();
+        // the writer never checkpoints in a commit
+        let auto: i64 = db.conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
+        assert_eq!(auto, 0);
+        let file = || std::fs::metadata(&path).unwrap().len();
+        let before = file();
+        // about 3,000 pages of log, in commits of one row each
+        let big = "x".repeat(4000);
+        for i in 0..3000 {
+            db.write(|w| w.set_meta(&format!("k{i}"), &big)).unwrap();
+        }
+        // the checkpoints copied the log into the file meanwhile, on their own thread
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while file() < before + 4000 * 1000 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint: the file is still {} bytes", file());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(db);
+        // closed: no checkpoint left running, every commit in the file
+        assert!(!dir.path().join("r.db-wal").exists(), "the last close takes the log away");
+        let db = Db::open(Some(&path)).unwrap();
+        assert_eq!(db.meta("k2999").unwrap().as_deref(), Some(big.as_str()));
+        let n: i64 = db.conn.query_row("SELECT count(*) FROM meta WHERE key LIKE 'k%'", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 3000);
+    }
 
     #[test]
     fn a_reader_opens_only_current_replicas_and_changes_nothing() {
@@ -621,5 +703,33 @@ mod tests {
         let overlay: i64 =
             db.conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'overlay'", [], |r| r.get(0)).unwrap();
         assert_eq!(overlay, 1, "the pending writes' table of version 4 is made");
+    }
+
+    #[test]
+    fn awaited_inserts_of_version_4_become_one_key_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replica.db");
+        drop(Db::open(Some(&path)).unwrap());
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            r#"INSERT INTO meta VALUES ('awaited', '{"_pending_1_a":["Todo",7],"_pending_2_b":["Note",9]}');
+               PRAGMA user_version=4;"#,
+        )
+        .unwrap();
+        drop(c);
+        let mut db = Db::open(Some(&path)).unwrap();
+        let want = |pairs: &[(&str, &str, u64)]| -> BTreeMap<String, (String, u64)> {
+            pairs.iter().map(|(n, e, c)| (n.to_string(), (e.to_string(), *c))).collect()
+        };
+        assert_eq!(db.awaited().unwrap(), want(&[("_pending_1_a", "Todo", 7), ("_pending_2_b", "Note", 9)]));
+        assert_eq!(db.meta("awaited").unwrap(), None);
+        db.write(|w| {
+            w.forget_awaited("_pending_1_a")?;
+            w.await_insert("_pending_3_c", "Todo", 11)
+        })
+        .unwrap();
+        assert_eq!(db.awaited().unwrap(), want(&[("_pending_2_b", "Note", 9), ("_pending_3_c", "Todo", 11)]));
+        db.write(|w| w.clear_awaited()).unwrap();
+        assert!(db.awaited().unwrap().is_empty());
     }
 }

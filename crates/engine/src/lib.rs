@@ -3,6 +3,7 @@
 
 pub mod api;
 mod backoff;
+mod checkpoint;
 mod config;
 mod db;
 mod diagnostics;

@@ -133,24 +133,24 @@ impl Engine {
             plan_run(&st.view, acks)
         };
         // inserts shown before their event was taken: the log must bring it
-        let awaited = {
+        let awaited: Vec<(String, String, u64)> = {
             let st = self.inner.state.read();
-            let mut awaited = st.awaited.clone();
-            for p in &plans {
-                let shown_early = p.base_row.as_ref().is_some_and(|b| b.seq == 0) && p.m.kind == Kind::Insert;
-                // only an insert sent with its nonce can be told in the log
-                // (admin batches send none)
-                let nonce = p.m.sent.as_ref().is_some_and(|s| s.nonce);
-                if shown_early && nonce && st.open.contains(&p.m.entity) {
-                    awaited.insert(p.m.row_id.clone(), (p.m.entity.clone(), st.cursor));
-                }
-            }
-            (awaited != st.awaited).then_some(awaited)
+            plans
+                .iter()
+                .filter(|p| {
+                    let shown_early = p.base_row.as_ref().is_some_and(|b| b.seq == 0) && p.m.kind == Kind::Insert;
+                    // only an insert sent with its nonce can be told in the log
+                    // (admin batches send none)
+                    let nonce = p.m.sent.as_ref().is_some_and(|s| s.nonce);
+                    shown_early && nonce && st.open.contains(&p.m.entity) && !st.awaited.contains_key(&p.m.row_id)
+                })
+                .map(|p| (p.m.row_id.clone(), p.m.entity.clone(), st.cursor))
+                .collect()
         };
         // persist, then change memory
         db.write(|w| {
-            if let Some(a) = &awaited {
-                w.set_meta("awaited", &serde_json::to_string(a)?)?;
+            for (nonce, entity, cursor) in &awaited {
+                w.await_insert(nonce, entity, *cursor)?;
             }
             for p in &plans {
                 w.delete_mutation(&p.m.id)?;
@@ -172,8 +172,8 @@ impl Engine {
         })?;
         let mut st = self.inner.state.write();
         self.inner.commits.fetch_add(1, Ordering::SeqCst);
-        if let Some(a) = awaited {
-            st.awaited = a;
+        for (nonce, entity, cursor) in awaited {
+            st.awaited.insert(nonce, (entity, cursor));
         }
         let mut entities: Vec<String> = Vec::new();
         let mut done = Vec::with_capacity(plans.len());

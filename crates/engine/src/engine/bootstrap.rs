@@ -187,7 +187,7 @@ impl Engine {
                         w.set_meta("anchor", &serde_json::to_string(&snap_anchor)?)?;
                         // the rows are read after them (the anchor marks what
                         // they may hold beyond the head)
-                        w.set_meta("awaited", "{}")?;
+                        w.clear_awaited()?;
                     }
                     Ok(())
                 })?;

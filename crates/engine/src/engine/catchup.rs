@@ -383,11 +383,10 @@ impl Engine {
                     None => (None, None),
                 };
                 // our inserts' own events, taken at last
-                let awaited = {
+                let taken: Vec<String> = {
                     let st = me.inner.state.read();
-                    let mut awaited = st.awaited.clone();
-                    awaited.retain(|nonce, _| !changes.iter().any(|c| reconcile::nonce(c) == Some(nonce.as_str())));
-                    (awaited.len() != st.awaited.len()).then_some(awaited)
+                    let nonces = changes.iter().filter_map(reconcile::nonce);
+                    nonces.filter(|n| st.awaited.contains_key(*n)).map(str::to_string).collect()
                 };
                 // our writes that name another identity's insert now named by
                 // the server (parked inserts are that identity's)
@@ -398,8 +397,8 @@ impl Engine {
                 };
                 db.write(|w| {
                     w.effects(&effects)?;
-                    if let Some(a) = &awaited {
-                        w.set_meta("awaited", &serde_json::to_string(a)?)?;
+                    for nonce in &taken {
+                        w.forget_awaited(nonce)?;
                     }
                     for (_, temp, server) in &parked {
                         w.set_alias(temp, server)?;
@@ -423,8 +422,8 @@ impl Engine {
                 if anchor.is_some() {
                     st.anchor = anchor;
                 }
-                if let Some(a) = awaited {
-                    st.awaited = a;
+                for nonce in &taken {
+                    st.awaited.remove(nonce);
                 }
                 for (_, temp, server) in parked {
                     st.parked_in_doubt.remove(&temp);

@@ -499,7 +499,7 @@ impl Engine {
             let Stored { rows, mutations } = db.load()?;
             let server_boot = db.meta("server_boot")?.as_deref().and_then(Boot::parse);
             let anchor = db.meta("anchor")?.and_then(|t| serde_json::from_str::<Option<Anchor>>(&t).ok()).flatten();
-            let awaited = db.meta("awaited")?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+            let awaited = db.awaited()?;
             let server_gen = db.meta("server_gen")?.and_then(|t| t.parse().ok()).unwrap_or(0);
             let schema: Option<Schema> = db.meta("schema")?.and_then(|t| serde_json::from_str(&t).ok());
             if let Some(schema) = &schema {

@@ -36,7 +36,7 @@ impl Engine {
                     w.set_cursor(0)?;
                     w.set_meta("covered", "[]")?;
                     w.set_meta("anchor", "null")?;
-                    w.set_meta("awaited", "{}")?;
+                    w.clear_awaited()?;
                     if restarted {
                         // the boot check learns the new boot afresh
                         w.set_meta("server_boot", "")?;

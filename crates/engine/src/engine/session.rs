@@ -161,7 +161,7 @@ impl Engine {
                         w.set_cursor(0)?;
                         w.set_meta("covered", "[]")?;
                         w.set_meta("anchor", "null")?;
-                        w.set_meta("awaited", "{}")?;
+                        w.clear_awaited()?;
                     }
                     w.set_meta("identity", &identity)?;
                     w.set_meta("token_fp", &fp)?;
