@@ -61,9 +61,9 @@ export declare class NativeEngine {
   /** Queued writes (pending and failed), oldest first. */
   mutations(): Array<MutationInfo>
   setToken(token?: unknown): void
-  insert(entity: string, data: unknown): Promise<{ ok: true; value: string } | { ok: false; error: ErrorInfo }>
-  update(entity: string, id: string, patch: unknown): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
-  delete(entity: string, id: string): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
+  insert(entity: string, data: unknown, now?: boolean | undefined | null): Promise<{ ok: true; value: string } | { ok: false; error: ErrorInfo }> | { ok: true; value: string } | { ok: false; error: ErrorInfo }
+  update(entity: string, id: string, patch: unknown, now?: boolean | undefined | null): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }> | { ok: true; value: null } | { ok: false; error: ErrorInfo }
+  delete(entity: string, id: string, now?: boolean | undefined | null): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }> | { ok: true; value: null } | { ok: false; error: ErrorInfo }
   /** Resolves when the write (a mutation id, or a row id: its last write) is acknowledged. */
   settled(id: string): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
   /** Resolves once every write queued before the call is acknowledged and pulled past. */

@@ -382,30 +382,46 @@ class SyncEngine {
     guard(() => this._native.unsubscribeCrdt(entity, rowId))
   }
 
-  /** Optimistic insert: resolves the temporary id once the write is durable on disk. */
-  insert(entity, data) {
+  /**
+   * Runs a write: `call(now)` puts it in line in native. `now` is true for
+   * the first write of a turn of the event loop: native may then commit it
+   * on this thread (one short transaction) and answer at once, and the
+   * store's reads of this turn show it. Writes after it in the same turn, a
+   * burst, commit together off this thread.
+   */
+  _write(entity, call) {
     this._readToken()
     return settle(() => {
       checkString('entity', entity)
-      return this._native.insert(entity, toFields('data', data))
+      const now = !this._wroteThisTurn
+      if (now) {
+        this._wroteThisTurn = true
+        queueMicrotask(() => {
+          this._wroteThisTurn = false
+        })
+      }
+      const outcome = call(now)
+      if (!(outcome instanceof Promise)) this.store._changed([entity])
+      return outcome
     })
   }
 
+  /** Optimistic insert: resolves the temporary id once the write is durable on disk. */
+  insert(entity, data) {
+    return this._write(entity, (now) => this._native.insert(entity, toFields('data', data), now))
+  }
+
   update(entity, id, patch) {
-    this._readToken()
-    return settle(() => {
-      checkString('entity', entity)
+    return this._write(entity, (now) => {
       checkString('id', id)
-      return this._native.update(entity, id, toFields('patch', patch))
+      return this._native.update(entity, id, toFields('patch', patch), now)
     })
   }
 
   delete(entity, id) {
-    this._readToken()
-    return settle(() => {
-      checkString('entity', entity)
+    return this._write(entity, (now) => {
       checkString('id', id)
-      return this._native.delete(entity, id)
+      return this._native.delete(entity, id, now)
     })
   }
 

@@ -66,6 +66,33 @@ test('insert shows a temp row, then the server row, never both', async () => {
   }
 })
 
+test('the first write of a turn is committed during the call; the rest of a burst commits together after it, in order', async () => {
+  const srv = await startDevserver()
+  try {
+    const e = engine(srv.url)
+    await e.start()
+    await e.stop() // offline, so the queue can be read back
+    const first = e.insert('Todo', { title: 'first', done: false })
+    // committed on this thread: shown before its promise is awaited
+    assert.deepEqual(e.store.list('Todo').map((r) => r.title), ['first'])
+    const burst = [e.insert('Todo', { title: 'second', done: false }), e.insert('Todo', { title: 'third', done: false })]
+    assert.equal(e.store.list('Todo').length, 1, 'the burst commits off this thread, after the call')
+    const [id] = await Promise.all([first, ...burst])
+    assert.deepEqual(e.store.list('Todo').map((r) => r.title).sort(), ['first', 'second', 'third'])
+    assert.deepEqual(e.mutations.list().map((m) => m.change.data.title), ['first', 'second', 'third'])
+    // the next turn's first write: an update of the row the first made, committed at once too
+    const updated = e.update('Todo', id, { title: 'first, again' })
+    assert.equal(e.store.get('Todo', id).title, 'first, again')
+    await updated
+    // refused during the call all the same: a typed rejection, nothing queued
+    await assert.rejects(e.insert('Todo', { title: 7, done: false }), (err) => err.code === 'ERR_SYNC_INVALID_ARG')
+    assert.equal(e.mutations.list().length, 4)
+    await e.close()
+  } finally {
+    await srv.stop()
+  }
+})
+
 test('writes are checked against the manifest when made: the entity and field are named, nothing is queued', async () => {
   const srv = await startDevserver()
   try {

@@ -34,6 +34,27 @@ impl NativeEngine {
     fn span(&self) -> tracing::Span {
         self.engine.span().clone()
     }
+
+    /// A write's outcome: at once when `now` and the engine committed it on
+    /// this thread, else a promise of it.
+    fn written<'e, T: serde::Serialize + Send + 'static>(
+        &self,
+        env: &'e Env,
+        now: Option<bool>,
+        write: impl std::future::Future<Output = pylon_sync_engine::Result<T>> + Send + 'static,
+    ) -> Result<Either<PromiseRaw<'e, Value>, Value>> {
+        let mut write = Box::pin(write.instrument(self.span()));
+        if now == Some(true) && self.engine.commit_now() {
+            // answered: ready at its first poll (the runtime entered all the same)
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if let std::task::Poll::Ready(out) =
+                within_runtime_if_available(|| std::future::Future::poll(write.as_mut(), &mut cx))
+            {
+                return Ok(Either::B(settle(out)));
+            }
+        }
+        promise(env, write).map(Either::A)
+    }
 }
 
 impl Drop for NativeEngine {
@@ -281,33 +302,53 @@ impl NativeEngine {
 
     // Writes are synchronous calls that return a promise: the engine puts
     // the write in line during the call, so writes keep the order of the calls.
+    // `now` (the first write of a turn of the event loop) lets it commit on
+    // this thread when the database is free: the outcome comes back at once,
+    // with no hop to a blocking thread and back (see `Engine::commit_now`).
 
-    #[napi(catch_unwind, ts_return_type = "Promise<{ ok: true; value: string } | { ok: false; error: ErrorInfo }>")]
+    #[napi(
+        catch_unwind,
+        ts_return_type = "Promise<{ ok: true; value: string } | { ok: false; error: ErrorInfo }> | { ok: true; value: string } | { ok: false; error: ErrorInfo }"
+    )]
     pub fn insert<'e>(
         &self,
         env: &'e Env,
         entity: String,
         #[napi(ts_arg_type = "unknown")] data: Value,
-    ) -> Result<PromiseRaw<'e, Value>> {
+        now: Option<bool>,
+    ) -> Result<Either<PromiseRaw<'e, Value>, Value>> {
         let write = convert::object(data, "data").map(|data| self.engine.insert(&entity, data));
-        promise(env, async move { write?.await }.instrument(self.span()))
+        self.written(env, now, async move { write?.await })
     }
 
-    #[napi(catch_unwind, ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
+    #[napi(
+        catch_unwind,
+        ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }> | { ok: true; value: null } | { ok: false; error: ErrorInfo }"
+    )]
     pub fn update<'e>(
         &self,
         env: &'e Env,
         entity: String,
         id: String,
         #[napi(ts_arg_type = "unknown")] patch: Value,
-    ) -> Result<PromiseRaw<'e, Value>> {
+        now: Option<bool>,
+    ) -> Result<Either<PromiseRaw<'e, Value>, Value>> {
         let write = convert::object(patch, "patch").map(|patch| self.engine.update(&entity, &id, patch));
-        promise(env, async move { write?.await }.instrument(self.span()))
+        self.written(env, now, async move { write?.await })
     }
 
-    #[napi(catch_unwind, ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>")]
-    pub fn delete<'e>(&self, env: &'e Env, entity: String, id: String) -> Result<PromiseRaw<'e, Value>> {
-        promise(env, self.engine.delete(&entity, &id).instrument(self.span()))
+    #[napi(
+        catch_unwind,
+        ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }> | { ok: true; value: null } | { ok: false; error: ErrorInfo }"
+    )]
+    pub fn delete<'e>(
+        &self,
+        env: &'e Env,
+        entity: String,
+        id: String,
+        now: Option<bool>,
+    ) -> Result<Either<PromiseRaw<'e, Value>, Value>> {
+        self.written(env, now, self.engine.delete(&entity, &id))
     }
 
     /// Resolves when the write (a mutation id, or a row id: its last write) is acknowledged.

@@ -530,6 +530,54 @@ async fn writes_made_without_awaiting_keep_their_order_and_are_durable_when_they
     srv.stop().await;
 }
 
+/// Polls a write's future once: `Some` when it was answered already.
+fn answered<T>(write: impl std::future::Future<Output = T>) -> Option<T> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(write).poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_now_stores_the_writes_made_so_far_on_the_calling_thread() {
+    let srv = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("replica.db");
+    let engine = Engine::new(config(&srv.url, Some(&db))).unwrap();
+    engine.start().await.unwrap();
+    engine.stop().await; // offline: the writes stay queued, to be read back
+    assert!(!engine.commit_now(), "nothing made, nothing to commit");
+    let first = engine.insert("Todo", row(json!({ "title": "a", "done": false })));
+    let second = engine.insert("Todo", row(json!({ "title": "b", "done": false })));
+    let refused = engine.update("Todo", "x1", row(json!({ "done": "yes" })));
+    assert!(engine.list("Todo").is_empty(), "not committed yet");
+    assert!(engine.commit_now());
+    // committed on this thread, in one transaction: shown, stored, answered
+    assert_eq!(engine.list("Todo").len(), 2);
+    assert_eq!(engine.mutations().len(), 2);
+    let stored: i64 =
+        rusqlite::Connection::open(&db).unwrap().query_row("SELECT count(*) FROM mutations", [], |r| r.get(0)).unwrap();
+    assert_eq!(stored, 2, "durable before the futures ran");
+    let first = answered(first).expect("answered at the first poll").unwrap();
+    assert!(first.starts_with("_pending_"), "{first}");
+    answered(second).expect("answered at the first poll").unwrap();
+    let err = answered(refused).expect("refused at the first poll").unwrap_err();
+    assert_eq!(err.code(), "ERR_SYNC_INVALID_ARG");
+    // each write still commits through its future when it was not committed now
+    let later = engine.update("Todo", &first, row(json!({ "title": "a2" })));
+    assert_eq!(engine.get("Todo", &first).unwrap()["title"], "a");
+    later.await.unwrap();
+    assert_eq!(engine.get("Todo", &first).unwrap()["title"], "a2");
+    assert!(!engine.commit_now());
+    engine.close().await;
+    // a closed engine commits nothing, now or later
+    let late = engine.insert("Todo", row(json!({ "title": "c", "done": false })));
+    assert!(!engine.commit_now());
+    assert_eq!(late.await.unwrap_err().code(), "ERR_SYNC_CLOSED");
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_the_log_no_longer_reaches_swaps_in_fresh_rows_without_emptying_the_store() {
     let srv = pylon_devserver::spawn(pylon_devserver::Config { retention: 50, ..Default::default() }).await.unwrap();

@@ -419,7 +419,16 @@ impl Engine {
     /// Runs `f` with the open database on the calling thread: only for a
     /// short read that a synchronous call needs (`hydrate`).
     fn with_db_here<T>(&self, f: impl FnOnce(&Engine, &mut Db) -> Result<T>) -> Result<T> {
-        let mut guard = self.inner.db.lock();
+        self.in_transaction(self.inner.db.lock(), f)
+    }
+
+    /// Runs `f` in one transaction on the database `guard` holds (opened
+    /// first if it is not).
+    fn in_transaction<T>(
+        &self,
+        mut guard: parking_lot::MutexGuard<'_, Option<Db>>,
+        f: impl FnOnce(&Engine, &mut Db) -> Result<T>,
+    ) -> Result<T> {
         // work queued before a close began (a stream's, a write's) must
         // not open the file again once it is let go
         self.check_open()?;

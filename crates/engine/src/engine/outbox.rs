@@ -26,6 +26,9 @@ use crate::schema::Schema;
 
 use super::{refusal, Engine, Wake, BATCH_BYTES, BATCH_MAX};
 
+/// How long `commit_now` waits for the database, on the caller's thread.
+const NOW_WAITS: std::time::Duration = std::time::Duration::from_micros(300);
+
 /// What this part owns: writes made but not yet committed, and whether
 /// the server takes `/api/batch`.
 #[derive(Default)]
@@ -115,10 +118,14 @@ impl Engine {
             sent: None,
         };
         let id = m.id.clone();
-        let (done, answer) = tokio::sync::oneshot::channel();
+        let (done, mut answer) = tokio::sync::oneshot::channel();
         self.inner.outbox.submitted.lock().push(Submitted { m, done });
         let me = self.clone();
         Ok(async move {
+            // committed already, on the caller's thread (`commit_now`)
+            if let Ok(answered) = answer.try_recv() {
+                return answered.map(|_| ());
+            }
             let committed = match me.load().await {
                 Ok(()) => me.commit_submitted().await,
                 Err(e) => Err(e),
@@ -135,60 +142,101 @@ impl Engine {
         })
     }
 
+    /// Commits the writes made so far on the calling thread, when that
+    /// costs one short transaction: the replica is loaded and the database
+    /// is free within 0.3 ms. Their futures are then ready at their first poll,
+    /// with no hop to a blocking thread and back. The binding asks for it on
+    /// the first write of a turn of the JS event loop (a burst made in one
+    /// turn still commits together, off that thread). Returns whether it
+    /// answered the writes it found; false leaves them to their futures.
+    pub fn commit_now(&self) -> bool {
+        {
+            let st = self.inner.state.read();
+            if !st.loaded || st.pending_hydration.is_some() {
+                return false;
+            }
+        }
+        if self.inner.outbox.submitted.lock().is_empty() {
+            return false;
+        }
+        // the sync loop's transactions (an acknowledgement, a page of
+        // changes) last about 0.1 ms: one is waited out, a longer one is not
+        let Some(guard) = self.inner.db.try_lock_for(NOW_WAITS) else { return false };
+        if guard.is_none() {
+            return false;
+        }
+        let taken = Mutex::new(Vec::new());
+        let outcome = self.in_transaction(guard, |me, db| me.store_submitted(db, &taken));
+        let batch = taken.into_inner();
+        // taken and refused, or stored, or stored and not committed: all answered below
+        let answered = matches!(outcome, Ok(true)) || !batch.is_empty();
+        let _ = self.answer_submitted(batch, outcome.map(drop));
+        answered
+    }
+
     /// Commits every submitted write in one transaction, then makes them visible.
     pub(super) async fn commit_submitted(&self) -> Result<()> {
         // what the transaction took, kept out here: if it fails to commit,
         // each write it took is answered with that error (it is not stored)
         let taken: Arc<Mutex<Vec<Submitted>>> = Arc::default();
         let holder = taken.clone();
-        let outcome = self
-            .with_db(move |me, db| {
-                let mut batch = std::mem::take(&mut *me.inner.outbox.submitted.lock());
-                if batch.is_empty() {
-                    return Ok(());
-                }
-                {
-                    // a write the manifest rules out is refused before it is
-                    // queued (the schema is loaded by now); a temporary id the
-                    // server has since named (the caller kept what insert()
-                    // returned) means that row, checked under the database
-                    // lock, so an acknowledgement cannot slip in between
-                    let st = me.inner.state.read();
-                    let mut fit = Vec::with_capacity(batch.len());
-                    for s in batch {
-                        match unfit(st.schema.as_ref(), &s.m) {
-                            None => fit.push(s),
-                            Some(e) => {
-                                let _ = s.done.send(Err(e));
-                            }
-                        }
-                    }
-                    batch = fit;
-                    for Submitted { m, .. } in &mut batch {
-                        m.identity = st.queue_key.clone();
-                        renamed(m, &st.aliases);
-                    }
-                }
-                if batch.is_empty() {
-                    return Ok(());
-                }
-                if let Err(e) = db.write(|w| batch.iter_mut().try_for_each(|s| w.add_mutation(&mut s.m))) {
-                    for s in batch {
-                        let _ = s.done.send(Err(e.clone()));
-                    }
-                    return Ok(());
-                }
-                let mut st = me.inner.state.write();
-                for Submitted { m, .. } in &batch {
-                    if m.identity == st.queue_key {
-                        st.view.push(m.clone());
-                    }
-                }
-                *holder.lock() = batch;
-                Ok(())
-            })
-            .await;
+        let outcome = self.with_db(move |me, db| me.store_submitted(db, &holder).map(drop)).await;
         let batch = std::mem::take(&mut *taken.lock());
+        self.answer_submitted(batch, outcome)
+    }
+
+    /// Takes the writes made so far and stores them (their transaction is
+    /// the caller's); those stored go to `holder`, to be answered once it
+    /// commits. Writes refused here are answered at once. Whether it took any.
+    fn store_submitted(&self, db: &mut crate::db::Db, holder: &Mutex<Vec<Submitted>>) -> Result<bool> {
+        let mut batch = std::mem::take(&mut *self.inner.outbox.submitted.lock());
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        {
+            // a write the manifest rules out is refused before it is
+            // queued (the schema is loaded by now); a temporary id the
+            // server has since named (the caller kept what insert()
+            // returned) means that row, checked under the database
+            // lock, so an acknowledgement cannot slip in between
+            let st = self.inner.state.read();
+            let mut fit = Vec::with_capacity(batch.len());
+            for s in batch {
+                match unfit(st.schema.as_ref(), &s.m) {
+                    None => fit.push(s),
+                    Some(e) => {
+                        let _ = s.done.send(Err(e));
+                    }
+                }
+            }
+            batch = fit;
+            for Submitted { m, .. } in &mut batch {
+                m.identity = st.queue_key.clone();
+                renamed(m, &st.aliases);
+            }
+        }
+        if batch.is_empty() {
+            return Ok(true);
+        }
+        if let Err(e) = db.write(|w| batch.iter_mut().try_for_each(|s| w.add_mutation(&mut s.m))) {
+            for s in batch {
+                let _ = s.done.send(Err(e.clone()));
+            }
+            return Ok(true);
+        }
+        let mut st = self.inner.state.write();
+        for Submitted { m, .. } in &batch {
+            if m.identity == st.queue_key {
+                st.view.push(m.clone());
+            }
+        }
+        *holder.lock() = batch;
+        Ok(true)
+    }
+
+    /// Tells the writes of a committed transaction (or of one that failed
+    /// to commit: its error), their listeners and the sync loop.
+    fn answer_submitted(&self, batch: Vec<Submitted>, outcome: Result<()>) -> Result<()> {
         if let Err(e) = outcome {
             for s in batch {
                 let _ = s.done.send(Err(e.clone()));
