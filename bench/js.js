@@ -6,7 +6,7 @@
 // `node bench/js.js [rows] [cold-start rows]`; part of `npm run bench`.
 const { performance, monitorEventLoopDelay } = require('node:perf_hooks')
 const { createSyncEngine } = require('../sync.js')
-const { startDevserver, api } = require('../__test__/helpers.js')
+const { startDevserver, startPylon, api } = require('../__test__/helpers.js')
 
 const rows = Number(process.argv[2] || 10000)
 const coldRows = Number(process.argv[3] || 100000)
@@ -149,15 +149,73 @@ async function main() {
       out.push([`3 local insert → all of ${n} listener(s) called`, `p50 ${percentile(lat, 0.5).toFixed(3)} ms, p99 ${percentile(lat, 0.99).toFixed(3)} ms`, '—', 'growth with listeners'])
     }
 
+    out.push(await durableWrites())
   } finally {
     await srv.stop()
-    for (const name of ['cold', 'burst', 'listeners-1', 'listeners-10', 'listeners-100']) {
+    for (const name of ['cold', 'burst', 'listeners-1', 'listeners-10', 'listeners-100', 'writes']) {
       for (const ext of ['', '-wal', '-shm']) require('node:fs').rmSync(tmp(name) + ext, { force: true })
     }
   }
   console.log('| # what | measured | limit (same run) | ratio / target |')
   console.log('|---|---|---|---|')
   for (const r of out) console.log(`| ${r.join(' | ')} |`)
+}
+
+/**
+ * 3 as a new user meets it: awaited inserts on an engine syncing with the
+ * real pylon over WebSocket (each write sent, acknowledged and echoed while
+ * the next is made). The limit, in the same run: one-row commits of a raw
+ * SQLite file in WAL mode with synchronous=FULL (Python's sqlite3).
+ */
+async function durableWrites() {
+  const what = '3 awaited insert as JS sees it, 2,000 on an engine syncing with the real pylon'
+  const srv = await startPylon()
+  if (!srv) return [what, 'skipped: pylon is not installed', '—', '—']
+  try {
+    const token = (await api(srv.url, 'POST', '/api/auth/session', { user_id: 'writer' })).body.token
+    const e = createSyncEngine(srv.url, { dbPath: tmp('writes'), token, transport: 'websocket' })
+    await e.start()
+    while (!e.connected) await sleep(5)
+    const lat = []
+    for (let i = 0; i < 2000; i++) {
+      const t = performance.now()
+      await e.insert('Todo', { title: 'w' + i, done: false })
+      lat.push(performance.now() - t)
+    }
+    await e.caughtUp()
+    await e.close()
+    const raw = rawCommits(2000)
+    const p99 = percentile(lat, 0.99)
+    return [
+      what,
+      `p50 ${percentile(lat, 0.5).toFixed(3)} ms, p99 ${p99.toFixed(3)} ms`,
+      `raw SQLite WAL synchronous=FULL one-row commit: p50 ${raw.p50.toFixed(3)} ms, p99 ${raw.p99.toFixed(3)} ms`,
+      `p99 ${(p99 / raw.p99).toFixed(1)}× the raw commit's (target ≤ 2×)`,
+    ]
+  } finally {
+    await srv.stop()
+  }
+}
+
+/** `n` one-row commits of a raw SQLite file (WAL, synchronous=FULL), timed one by one. */
+function rawCommits(n) {
+  const script = `
+import sqlite3, sys, time, tempfile, os, json
+d = tempfile.mkdtemp()
+c = sqlite3.connect(os.path.join(d, 'raw.db'), isolation_level=None)
+c.execute('PRAGMA journal_mode=WAL'); c.execute('PRAGMA synchronous=FULL')
+c.execute('CREATE TABLE t (id TEXT PRIMARY KEY, data TEXT)')
+lat = []
+for i in range(${n}):
+    t = time.perf_counter()
+    c.execute('BEGIN'); c.execute('INSERT INTO t VALUES (?, ?)', ('id%d' % i, '{"title":"w%d","done":false}' % i)); c.execute('COMMIT')
+    lat.append((time.perf_counter() - t) * 1000)
+c.close()
+for f in os.listdir(d): os.remove(os.path.join(d, f))
+os.rmdir(d)
+print(json.dumps(lat))`
+  const lat = JSON.parse(require('node:child_process').execFileSync('python3', ['-c', script], { encoding: 'utf8' }))
+  return { p50: percentile(lat, 0.5), p99: percentile(lat, 0.99) }
 }
 
 main().catch((err) => {

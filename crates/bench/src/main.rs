@@ -108,11 +108,22 @@ fn seed_row_without_user() -> Value {
 
 /// One keyset page of `Todo` (2,000 rows after `after`): its size in bytes and its rows.
 async fn keyset_page(http: &reqwest::Client, url: &str, after: Option<&str>) -> (usize, Vec<Map<String, Value>>) {
+    entity_page(http, url, "Todo", after).await
+}
+
+/// One keyset page of `entity`'s rows.
+async fn entity_page(
+    http: &reqwest::Client,
+    url: &str,
+    entity: &str,
+    after: Option<&str>,
+) -> (usize, Vec<Map<String, Value>>) {
     let mut filter = json!({ "$order": { "id": "asc" }, "$limit": 2000 });
     if let Some(a) = after {
         filter["id"] = json!({ "$gt": a });
     }
-    let body = http.post(format!("{url}/api/query/Todo")).json(&filter).send().await.unwrap().bytes().await.unwrap();
+    let body =
+        http.post(format!("{url}/api/query/{entity}")).json(&filter).send().await.unwrap().bytes().await.unwrap();
     (body.len(), serde_json::from_slice(&body).unwrap())
 }
 
@@ -467,18 +478,49 @@ fn free_port_triple() -> u16 {
     }
 }
 
-/// The keyset pages of `Todo` fetched one after another by a bare client;
+/// The keyset pages of `entity` fetched one after another by a bare client;
 /// returns the time and the rows.
-async fn fetch_pages(http: &reqwest::Client, url: &str) -> (Duration, usize) {
+async fn fetch_pages(http: &reqwest::Client, url: &str, entity: &str) -> (Duration, usize) {
     let t = Instant::now();
     let (mut after, mut n): (Option<String>, usize) = (None, 0);
     loop {
-        let (_, rows) = keyset_page(http, url, after.as_deref()).await;
+        let (_, rows) = entity_page(http, url, entity, after.as_deref()).await;
         n += rows.len();
         after = rows.last().and_then(|r| r["id"].as_str()).map(str::to_string);
         if rows.len() < 2000 {
             return (t.elapsed(), n);
         }
+    }
+}
+
+/// Everything a complete bootstrap of the test app must fetch, by a bare
+/// client: the log head, then the rows of each entity page by page — `Note`,
+/// under a row-level read policy, read whole (the server filters after its
+/// limit) — and, if the server refuses to list `Note` (a 403), the change log
+/// from 0 to the head, which is what fills it. Parsed, nothing more. Returns
+/// the time and the log pages read.
+async fn fetch_everything(http: &reqwest::Client, url: &str) -> (Duration, usize) {
+    let t = Instant::now();
+    let _: Value = http.get(format!("{url}/api/sync/pull?since=0")).send().await.unwrap().json().await.unwrap();
+    for entity in ["Todo", "OrgMember", "Doc", "Tag"] {
+        fetch_pages(http, url, entity).await;
+    }
+    let note =
+        http.post(format!("{url}/api/query/Note")).json(&json!({ "$order": { "id": "asc" } })).send().await.unwrap();
+    if note.status() != reqwest::StatusCode::FORBIDDEN {
+        let _: Value = note.json().await.unwrap();
+        return (t.elapsed(), 0);
+    }
+    let (mut since, mut pages) = (0u64, 0);
+    loop {
+        let page: Value =
+            http.get(format!("{url}/api/sync/pull?since={since}")).send().await.unwrap().json().await.unwrap();
+        pages += 1;
+        let last = page["cursor"]["last_seq"].as_u64().unwrap_or(since);
+        if !page["has_more"].as_bool().unwrap_or(false) || last <= since {
+            return (t.elapsed(), pages);
+        }
+        since = last;
     }
 }
 
@@ -507,30 +549,56 @@ async fn real_server(rows: usize, out: &mut Vec<Row>) {
             .unwrap();
         assert!(res.status().is_success(), "seeding the real server: {}", res.status());
     }
-    // the limits: the same pages by a bare client, on one kept-alive connection and on fresh ones
-    let (kept, n) = fetch_pages(&reqwest::Client::new(), &pylon.url).await;
-    assert_eq!(n, rows);
+    // the limits: the same by a bare client, on one kept-alive connection and
+    // on a new one per request (the engine's choice on this server: a
+    // kept-alive one can meet 40 ms delayed acknowledgements, see
+    // BENCHMARKS.md); the faster of the two counts
     let fresh_client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
-    let (fresh, _) = fetch_pages(&fresh_client, &pylon.url).await;
+    let kept_client = reqwest::Client::new();
+    let (pages, n) = fetch_pages(&fresh_client, &pylon.url, "Todo").await;
+    assert_eq!(n, rows);
+    let (fresh, log_pages) = fetch_everything(&fresh_client, &pylon.url).await;
+    let (kept, _) = fetch_everything(&kept_client, &pylon.url).await;
+    let everything = fresh.min(kept);
     let dir = tempfile::tempdir().unwrap();
     let e = Engine::new(config(&pylon.url, &dir.path().join("r.db"))).unwrap();
+    // the first usable data: every Todo row in the store
+    let first_data: Arc<Mutex<Option<Duration>>> = Arc::default();
     let t = Instant::now();
+    {
+        let (first_data, e2) = (first_data.clone(), e.clone());
+        e.set_listener(Some(Arc::new(move |ev: Event| {
+            if let Event::Change { entities } = ev {
+                if entities.iter().any(|x| x == "Todo") && e2.count("Todo") == rows {
+                    first_data.lock().unwrap().get_or_insert(t.elapsed());
+                }
+            }
+        })));
+    }
     e.start().await.unwrap();
     let took = t.elapsed();
     assert_eq!(e.count("Todo"), rows, "every row, beyond the 10,000-event log");
+    let usable = first_data.lock().unwrap().expect("a change event showed the rows");
     out.push(Row {
-        what: format!("2 bootstrap {rows} rows from the real pylon"),
-        value: format!("{:.0} ms, {:.0} rows/s", ms(took), rows as f64 / took.as_secs_f64()),
+        what: format!("2 bootstrap {rows} rows from the real pylon (beyond its 10,000-event log)"),
+        value: format!(
+            "{:.0} ms, {:.0} rows/s; every Todo row shown after {:.0} ms",
+            ms(took),
+            rows as f64 / took.as_secs_f64(),
+            ms(usable)
+        ),
         limit: format!(
-            "bare client fetching the pages: {:.0} ms on new connections, {:.0} ms on one kept-alive connection",
-            ms(fresh),
-            ms(kept)
+            "bare client fetching everything a bootstrap must (every entity's pages, {log_pages} log pages): {:.0} ms; the Todo pages alone: {:.0} ms",
+            ms(everything),
+            ms(pages)
         ),
         ratio: format!(
-            "{:.0} % of the time waiting on the server (target ≥ 100,000 rows/s)",
+            "{:.0} % of the bare client (target ≥ 90 %); {:.0} % of the time waiting on the server",
+            100.0 * everything.as_secs_f64() / took.as_secs_f64(),
             100.0 * e.server_wait().as_secs_f64() / took.as_secs_f64()
         ),
     });
+    e.set_listener(None); // it holds the engine
     e.close().await;
 }
 
