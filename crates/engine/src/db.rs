@@ -18,6 +18,8 @@ use crate::replica::{BaseRow, Effect, OverlayChanges, RowText, Tables};
 /// Marks a file as ours (`PRAGMA application_id`, "PYSN").
 const APPLICATION_ID: i32 = 0x5059_534E;
 const SCHEMA_VERSION: i32 = 5;
+/// How long a write waits for another connection's to end.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 const SCHEMA: &str = "
 CREATE TABLE rows (
@@ -65,7 +67,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (
         4,
         "INSERT OR REPLACE INTO meta (key, value)
-           SELECT 'awaited:' || j.key, j.value FROM meta, json_each(meta.value) AS j WHERE meta.key = 'awaited';
+           SELECT 'awaited:' || j.key, j.value
+           FROM meta, json_each(CASE WHEN json_valid(meta.value) THEN meta.value ELSE '{}' END) AS j
+           WHERE meta.key = 'awaited' AND j.key IS NOT NULL AND j.value IS NOT NULL;
          DELETE FROM meta WHERE key = 'awaited';",
     ),
 ];
@@ -74,10 +78,18 @@ pub struct Db {
     conn: Connection,
     /// A file's checkpoints, off the writer's commits; declared after
     /// `conn`, which must close first.
-    _checkpoints: Option<Checkpointer>,
+    checkpoints: Option<Checkpointer>,
     /// Inside [`Db::batch`]: a write that finds no transaction open means
     /// SQLite rolled the batch back (a full disk), and is refused.
     in_batch: bool,
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.checkpoints {
+            c.uninstall(&self.conn);
+        }
+    }
 }
 
 /// Everything `start()` needs from disk.
@@ -100,10 +112,10 @@ impl Db {
             }
             None => Connection::open_in_memory()?,
         };
-        let mut db = Db { conn, _checkpoints: None, in_batch: false };
+        let mut db = Db { conn, checkpoints: None, in_batch: false };
         db.prepare()?;
         if let Some(p) = path {
-            db._checkpoints = Some(Checkpointer::install(&db.conn, p)?);
+            db.checkpoints = Some(Checkpointer::install(&db.conn, p)?);
         }
         Ok(db)
     }
@@ -130,7 +142,7 @@ impl Db {
                 "schema version {version}, this version reads {SCHEMA_VERSION}: open it with the engine once to upgrade it"
             )));
         }
-        Ok(Db { conn, _checkpoints: None, in_batch: false })
+        Ok(Db { conn, checkpoints: None, in_batch: false })
     }
 
     /// Each entity's stored rows and tombstones, by name.
@@ -144,7 +156,7 @@ impl Db {
 
     fn prepare(&mut self) -> Result<()> {
         let c = &self.conn;
-        c.busy_timeout(std::time::Duration::from_secs(5))?;
+        c.busy_timeout(BUSY_WAIT)?;
         // Reading the header is the first thing that fails on a foreign or damaged file.
         let app_id: i32 = c.query_row("PRAGMA application_id", [], |r| r.get(0))?;
         let tables: i64 = c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
@@ -296,6 +308,17 @@ impl Db {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(out)
+    }
+
+    /// Whether a write transaction can begin now, without waiting for
+    /// another connection's to end.
+    pub fn free_to_write(&self) -> bool {
+        if self.conn.busy_timeout(std::time::Duration::ZERO).is_err() {
+            return false;
+        }
+        let free = self.conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").is_ok();
+        let _ = self.conn.busy_timeout(BUSY_WAIT);
+        free
     }
 
     /// Runs `f` in one transaction; nothing of it is kept unless it returns
@@ -589,6 +612,24 @@ mod tests {
     }
 
     #[test]
+    fn a_log_that_never_pauses_is_checkpointed_by_the_commit_that_takes_it_to_10000_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let mut db = Db::open(Some(&path)).unwrap();
+        // about four pages a commit, each different
+        let big = |i: usize| format!("{i:08}").repeat(2000);
+        for i in 0..3000 {
+            db.write(|w| w.set_meta(&format!("k{}", i % 50), &big(i))).unwrap();
+        }
+        // no quiet moment came, yet the file holds what the log held at 10,000 pages
+        let file = std::fs::metadata(&path).unwrap().len();
+        assert!(file > 40 * 16_000, "the file is {file} bytes: nothing was checkpointed");
+        drop(db);
+        let db = Db::open(Some(&path)).unwrap();
+        assert_eq!(db.meta("k49").unwrap(), Some(big(2999)));
+    }
+
+    #[test]
     fn a_reader_opens_only_current_replicas_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let current = dir.path().join("current.db");
@@ -731,5 +772,16 @@ mod tests {
         assert_eq!(db.awaited().unwrap(), want(&[("_pending_2_b", "Note", 9), ("_pending_3_c", "Todo", 11)]));
         db.write(|w| w.clear_awaited()).unwrap();
         assert!(db.awaited().unwrap().is_empty());
+        drop(db);
+        // a damaged entry never keeps the file from opening: it is not awaited
+        for damaged in ["{\"_pending_4_d\": null}", "not json", "null", "7"] {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('awaited', ?1)", [damaged]).unwrap();
+            c.execute_batch("PRAGMA user_version=4;").unwrap();
+            drop(c);
+            let db = Db::open(Some(&path)).unwrap();
+            assert!(db.awaited().unwrap().is_empty(), "{damaged}");
+            assert_eq!(db.meta("awaited").unwrap(), None);
+        }
     }
 }

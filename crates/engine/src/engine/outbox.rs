@@ -28,6 +28,8 @@ use super::{refusal, Engine, Wake, BATCH_BYTES, BATCH_MAX};
 
 /// How long `commit_now` waits for the database, on the caller's thread.
 const NOW_WAITS: std::time::Duration = std::time::Duration::from_micros(300);
+/// The most writes `commit_now` commits on the caller's thread.
+const NOW_MOST: usize = 64;
 
 /// What this part owns: writes made but not yet committed, and whether
 /// the server takes `/api/batch`.
@@ -143,8 +145,9 @@ impl Engine {
     }
 
     /// Commits the writes made so far on the calling thread, when that
-    /// costs one short transaction: the replica is loaded and the database
-    /// is free within 0.3 ms. Their futures are then ready at their first poll,
+    /// costs one short transaction: the replica is loaded, at most 64
+    /// writes wait, the database is free within 0.3 ms and no other
+    /// connection is writing the file. Their futures are then ready at their first poll,
     /// with no hop to a blocking thread and back. The binding asks for it on
     /// the first write of a turn of the JS event loop (a burst made in one
     /// turn still commits together, off that thread). Returns whether it
@@ -156,13 +159,16 @@ impl Engine {
                 return false;
             }
         }
-        if self.inner.outbox.submitted.lock().is_empty() {
+        let waiting = self.inner.outbox.submitted.lock().len();
+        // a burst left to the writes' futures commits off this thread
+        if waiting == 0 || waiting > NOW_MOST {
             return false;
         }
         // the sync loop's transactions (an acknowledgement, a page of
         // changes) last about 0.1 ms: one is waited out, a longer one is not
         let Some(guard) = self.inner.db.try_lock_for(NOW_WAITS) else { return false };
-        if guard.is_none() {
+        // nor is another connection's write (a second engine on the file)
+        if !guard.as_ref().is_some_and(|db| db.free_to_write()) {
             return false;
         }
         let taken = Mutex::new(Vec::new());
