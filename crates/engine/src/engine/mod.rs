@@ -491,62 +491,59 @@ impl Engine {
 
     /// The body of [`Engine::load_stored`], with the database held.
     fn read_stored(&self, db: &mut Db, again: bool) -> Result<()> {
-        let me = self;
-        {
-            if me.inner.state.read().loaded && !again {
-                return Ok(());
-            }
-            // read and index everything before taking the state lock, so
-            // readers on the JS thread never wait for the disk
-            let stored_fp = db.meta("token_fp")?;
-            let identity = db.meta("identity")?.unwrap_or_default();
-            let covered = match db.meta("covered")? {
-                Some(text) => parse_covered(&text)?,
-                None => BTreeMap::new(),
-            };
-            let fp = fingerprint(me.inner.token.read().as_deref());
-            let Stored { rows, mutations } = db.load()?;
-            let server_boot = db.meta("server_boot")?.as_deref().and_then(Boot::parse);
-            let anchor = db.meta("anchor")?.and_then(|t| serde_json::from_str::<Option<Anchor>>(&t).ok()).flatten();
-            let awaited = db.awaited()?;
-            let server_gen = db.meta("server_gen")?.and_then(|t| t.parse().ok()).unwrap_or(0);
-            let schema: Option<Schema> = db.meta("schema")?.and_then(|t| serde_json::from_str(&t).ok());
-            if let Some(schema) = &schema {
-                // the views of this manifest, with the indexes asked for now
-                crate::sql::define(db, schema, &me.inner.cfg.indexes)?;
-            }
-            let aliases = db.aliases(me.now_ms())?.into_iter().collect();
-            let cursor = db.cursor()?;
-            // Rows stored under another token stay hidden until /api/auth/me
-            // says the new token is the same identity.
-            let same_token = stored_fp.as_deref() == Some(fp.as_str()) || (rows.is_empty() && cursor == 0);
-            let queue_key = if same_token && !identity.is_empty() { identity.clone() } else { token_key(&fp) };
-            let (mine, parked_in_doubt) = split_queue(mutations, &queue_key);
-            let mut view = View::new(same_token.then_some(rows), Queue::new(mine));
-            let mut st = me.inner.state.write();
-            if let Some(h) = &st.pending_hydration {
-                // shown since hydrate(), and stored next: never hidden meanwhile
-                view.show(bootstrap::hydrated_tables(h));
-            }
-            st.identity = identity;
-            st.server_boot = server_boot;
-            st.anchor = anchor;
-            st.awaited = awaited;
-            st.server_gen = server_gen;
-            st.schema = schema;
-            st.aliases = aliases;
-            st.parked_in_doubt = parked_in_doubt;
-            st.cursor = cursor;
-            st.covered = covered;
-            st.queue_key = queue_key;
-            st.quarantined = !same_token;
-            st.view.take_over(view);
-            st.loaded = true;
-            drop(st);
-            // the entity views show no rows held back (see `sql`)
-            db.write(|w| w.set_meta(crate::sql::ROWS_HIDDEN, if same_token { "0" } else { "1" }))?;
-            Ok(())
+        if self.inner.state.read().loaded && !again {
+            return Ok(());
         }
+        // read and index everything before taking the state lock, so
+        // readers on the JS thread never wait for the disk
+        let stored_fp = db.meta("token_fp")?;
+        let identity = db.meta("identity")?.unwrap_or_default();
+        let covered = match db.meta("covered")? {
+            Some(text) => parse_covered(&text)?,
+            None => BTreeMap::new(),
+        };
+        let fp = fingerprint(self.inner.token.read().as_deref());
+        let Stored { rows, mutations } = db.load()?;
+        let server_boot = db.meta("server_boot")?.as_deref().and_then(Boot::parse);
+        let anchor = db.meta("anchor")?.and_then(|t| serde_json::from_str::<Option<Anchor>>(&t).ok()).flatten();
+        let awaited = db.awaited()?;
+        let server_gen = db.meta("server_gen")?.and_then(|t| t.parse().ok()).unwrap_or(0);
+        let schema: Option<Schema> = db.meta("schema")?.and_then(|t| serde_json::from_str(&t).ok());
+        if let Some(schema) = &schema {
+            // the views of this manifest, with the indexes asked for now
+            crate::sql::define(db, schema, &self.inner.cfg.indexes)?;
+        }
+        let aliases = db.aliases(self.now_ms())?.into_iter().collect();
+        let cursor = db.cursor()?;
+        // Rows stored under another token stay hidden until /api/auth/me
+        // says the new token is the same identity.
+        let same_token = stored_fp.as_deref() == Some(fp.as_str()) || (rows.is_empty() && cursor == 0);
+        let queue_key = if same_token && !identity.is_empty() { identity.clone() } else { token_key(&fp) };
+        let (mine, parked_in_doubt) = split_queue(mutations, &queue_key);
+        let mut view = View::new(same_token.then_some(rows), Queue::new(mine));
+        let mut st = self.inner.state.write();
+        if let Some(h) = &st.pending_hydration {
+            // shown since hydrate(), and stored next: never hidden meanwhile
+            view.show(bootstrap::hydrated_tables(h));
+        }
+        st.identity = identity;
+        st.server_boot = server_boot;
+        st.anchor = anchor;
+        st.awaited = awaited;
+        st.server_gen = server_gen;
+        st.schema = schema;
+        st.aliases = aliases;
+        st.parked_in_doubt = parked_in_doubt;
+        st.cursor = cursor;
+        st.covered = covered;
+        st.queue_key = queue_key;
+        st.quarantined = !same_token;
+        st.view.take_over(view);
+        st.loaded = true;
+        drop(st);
+        // the entity views show no rows held back (see `sql`)
+        db.write(|w| w.set_meta(crate::sql::ROWS_HIDDEN, if same_token { "0" } else { "1" }))?;
+        Ok(())
     }
 
     /// Says until when (Unix ms) the server's rate limit holds the engine
