@@ -5,7 +5,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{config, control, eventually, rest, row, server};
+use common::{config, control, eventually, login, rest, row, server};
 use pylon_sync_engine::{Config, Engine, Error, Event, MutationStatus, Row};
 use serde_json::{json, Value};
 
@@ -148,6 +148,40 @@ async fn transient_failures_keep_writes_and_cursor() {
     eventually("the insert to get through", || engine.mutations().is_empty()).await;
     eventually("the pull to catch up", || engine.cursor() == 1).await;
     assert_eq!(engine.list("Todo").len(), 1);
+    engine.close().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_the_server_refuses_for_now_do_not_hold_back_what_others_wrote() {
+    let srv = server().await;
+    // the stream carries no event (its connections shape events as they
+    // open): only the rounds' pulls bring others' rows, and each round
+    // first sends the write the server refuses
+    let no_events = json!({ "dropEvery": 1 });
+    control(&srv.url, "faults", json!({ "events": no_events })).await;
+    let mut c = config(&srv.url, None);
+    c.token = Some(login(&srv.url, "alice").await);
+    c.transport = Some(pylon_sync_engine::Which::WebSocket);
+    let engine = Engine::new(c).unwrap();
+    engine.start().await.unwrap();
+    eventually("the WebSocket to open", || engine.connection().state == pylon_sync_engine::ConnState::Open).await;
+    let mine = engine.insert("Todo", row(json!({ "title": "mine", "done": false }))).await.unwrap();
+    eventually("the insert to go through", || engine.mutations().is_empty()).await;
+    let refused = json!({ "rules": [{ "path": "/api/entities", "status": 503 }], "events": no_events });
+    control(&srv.url, "faults", refused).await;
+    // an update first in line (an insert would be preceded by a pull of its own)
+    engine.update("Todo", &mine, row(json!({ "done": true }))).await.unwrap();
+    control(
+        &srv.url,
+        "seed",
+        json!({ "entity": "Todo", "count": 2, "data": { "title": "theirs {i}", "done": false } }),
+    )
+    .await;
+    eventually("the other client's rows, while the write is refused", || engine.list("Todo").len() == 3).await;
+    assert_eq!(engine.mutations().len(), 1, "still pending");
+    control(&srv.url, "faults", json!({})).await;
+    eventually("the write to go through", || engine.mutations().is_empty()).await;
     engine.close().await;
     srv.stop().await;
 }
@@ -552,7 +586,18 @@ async fn commit_now_stores_the_writes_made_so_far_on_the_calling_thread() {
     let second = engine.insert("Todo", row(json!({ "title": "b", "done": false })));
     let refused = engine.update("Todo", "x1", row(json!({ "done": "yes" })));
     assert!(engine.list("Todo").is_empty(), "not committed yet");
-    assert!(engine.commit_now());
+    // another connection writing the file: not waited for on this thread
+    let other = rusqlite::Connection::open(&db).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    assert!(!engine.commit_now());
+    other.execute_batch("ROLLBACK").unwrap();
+    // (work of the stopped sync loop may still hold the database a moment)
+    let mut tries = 0;
+    while !engine.commit_now() {
+        tries += 1;
+        assert!(tries < 500, "commit_now never found the database free");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // committed on this thread, in one transaction: shown, stored, answered
     assert_eq!(engine.list("Todo").len(), 2);
     assert_eq!(engine.mutations().len(), 2);
@@ -570,6 +615,14 @@ async fn commit_now_stores_the_writes_made_so_far_on_the_calling_thread() {
     later.await.unwrap();
     assert_eq!(engine.get("Todo", &first).unwrap()["title"], "a2");
     assert!(!engine.commit_now());
+    // a burst of more than 64 is left to its futures, to commit off this thread
+    let burst: Vec<_> =
+        (0..65).map(|i| engine.insert("Todo", row(json!({ "title": format!("burst {i}"), "done": false })))).collect();
+    assert!(!engine.commit_now());
+    for w in burst {
+        w.await.unwrap();
+    }
+    assert_eq!(engine.list("Todo").len(), 67);
     engine.close().await;
     // a closed engine commits nothing, now or later
     let late = engine.insert("Todo", row(json!({ "title": "c", "done": false })));

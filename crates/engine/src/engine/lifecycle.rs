@@ -298,13 +298,18 @@ impl Engine {
         self.load().await?;
         self.ensure_session().await?;
         self.check_server_boot().await?;
-        if send {
-            self.flush().await?;
+        let sent = if send { self.flush().await } else { Ok(()) };
+        // a server that refuses writes for now (5xx) may still serve reads:
+        // what others wrote is not held back behind our writes
+        if sent.as_ref().is_err_and(|e| !matches!(e, Error::Http { status: 500.., .. })) {
+            return sent;
         }
         self.inner.life.wants.fetch_and(!Wake::Pull.bit(), Ordering::SeqCst);
-        self.pull_to_head().await?;
-        self.reached_head();
-        Ok(())
+        let pulled = self.pull_to_head().await;
+        if pulled.is_ok() {
+            self.reached_head();
+        }
+        sent.and(pulled)
     }
 
     /// A round's pull reached the head of the log: the replica is as new as
