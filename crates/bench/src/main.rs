@@ -106,12 +106,7 @@ fn seed_row_without_user() -> Value {
     json!({ "title": format!("row {{i}} {}", "x".repeat(150)), "done": false })
 }
 
-/// One keyset page of `Todo` (2,000 rows after `after`): its size in bytes and its rows.
-async fn keyset_page(http: &reqwest::Client, url: &str, after: Option<&str>) -> (usize, Vec<Map<String, Value>>) {
-    entity_page(http, url, "Todo", after).await
-}
-
-/// One keyset page of `entity`'s rows.
+/// One keyset page of `entity` (2,000 rows after `after`): its size in bytes and its rows.
 async fn entity_page(
     http: &reqwest::Client,
     url: &str,
@@ -140,7 +135,7 @@ async fn raw_bootstrap(url: &str, dir: &std::path::Path) -> (Duration, usize, us
     {
         let mut stmt = tx.prepare("INSERT INTO rows VALUES ('Todo', ?1, 0, ?2)").unwrap();
         loop {
-            let (size, rows) = keyset_page(&http, url, after.as_deref()).await;
+            let (size, rows) = entity_page(&http, url, "Todo", after.as_deref()).await;
             bytes += size;
             if rows.is_empty() {
                 break;

@@ -18,6 +18,8 @@ use crate::replica::{BaseRow, Effect, OverlayChanges, RowText, Tables};
 /// Marks a file as ours (`PRAGMA application_id`, "PYSN").
 const APPLICATION_ID: i32 = 0x5059_534E;
 const SCHEMA_VERSION: i32 = 5;
+/// `meta` keys of the inserts awaited in the log: this, then the nonce.
+const AWAITED: &str = "awaited:";
 /// How long a write waits for another connection's to end.
 const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -202,11 +204,12 @@ impl Db {
     /// Our inserts acknowledged before their event was taken, by nonce →
     /// (entity, the cursor then).
     pub fn awaited(&self) -> Result<BTreeMap<String, (String, u64)>> {
-        let mut stmt = self.conn.prepare("SELECT substr(key, 9), value FROM meta WHERE key GLOB 'awaited:*'")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut stmt = self.conn.prepare("SELECT key, value FROM meta WHERE key GLOB ?1")?;
+        let rows = stmt.query_map([format!("{AWAITED}*")], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = BTreeMap::new();
         for row in rows {
-            let (nonce, value) = row?;
+            let (key, value) = row?;
+            let nonce = key[AWAITED.len()..].to_string();
             // one that cannot be read is not awaited: its event, if it comes, is applied as any other
             match serde_json::from_str(&value) {
                 Ok(entry) => {
@@ -461,18 +464,18 @@ impl Writer<'_> {
     /// An insert acknowledged before its event was taken: the log must bring
     /// its event after `cursor`.
     pub fn await_insert(&self, nonce: &str, entity: &str, cursor: u64) -> Result<()> {
-        self.set_meta(&format!("awaited:{nonce}"), &serde_json::to_string(&(entity, cursor))?)
+        self.set_meta(&format!("{AWAITED}{nonce}"), &serde_json::to_string(&(entity, cursor))?)
     }
 
     /// The event of an awaited insert was taken.
     pub fn forget_awaited(&self, nonce: &str) -> Result<()> {
-        self.tx.prepare_cached("DELETE FROM meta WHERE key = ?1")?.execute([format!("awaited:{nonce}")])?;
+        self.tx.prepare_cached("DELETE FROM meta WHERE key = ?1")?.execute([format!("{AWAITED}{nonce}")])?;
         Ok(())
     }
 
     /// No insert is awaited any more (the replica starts over).
     pub fn clear_awaited(&self) -> Result<()> {
-        self.tx.execute("DELETE FROM meta WHERE key GLOB 'awaited:*'", [])?;
+        self.tx.execute("DELETE FROM meta WHERE key GLOB ?1", [format!("{AWAITED}*")])?;
         Ok(())
     }
 

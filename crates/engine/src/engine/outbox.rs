@@ -147,11 +147,12 @@ impl Engine {
     /// Commits the writes made so far on the calling thread, when that
     /// costs one short transaction: the replica is loaded, at most 64
     /// writes wait, the database is free within 0.3 ms and no other
-    /// connection is writing the file. Their futures are then ready at their first poll,
-    /// with no hop to a blocking thread and back. The binding asks for it on
-    /// the first write of a turn of the JS event loop (a burst made in one
-    /// turn still commits together, off that thread). Returns whether it
-    /// answered the writes it found; false leaves them to their futures.
+    /// connection is writing the file. Their futures are then ready at
+    /// their first poll, with no hop to a blocking thread and back. The
+    /// binding asks for it on the first write of a turn of the JS event loop
+    /// (a burst made in one turn still commits together, off that thread).
+    /// Returns whether it answered the writes it found; false leaves them
+    /// to their futures.
     pub fn commit_now(&self) -> bool {
         {
             let st = self.inner.state.read();
