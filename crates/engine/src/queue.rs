@@ -95,7 +95,7 @@ pub(crate) fn is_in_doubt(m: &Mutation) -> bool {
 }
 
 /// The temporary ids a mutation names.
-fn temp_refs(m: &Mutation) -> impl Iterator<Item = &str> {
+pub(crate) fn temp_refs(m: &Mutation) -> impl Iterator<Item = &str> {
     let in_data = m.data.iter().flat_map(|d| d.values().filter_map(Value::as_str));
     std::iter::once(m.row_id.as_str()).chain(in_data).filter(|s| s.starts_with(TEMP_PREFIX))
 }
@@ -193,19 +193,31 @@ impl Queue {
         self.pending_by_row.contains_key(&(entity.to_string(), row_id.to_string()))
     }
 
-    /// Puts a changed copy of a queued mutation in its place (same id, same order).
+    /// Puts a changed copy of a queued mutation in its place (same id, same
+    /// order); indexed again only when what the indexes key on changed.
     pub fn replace(&mut self, m: Mutation) {
-        if self.remove(&m.id).is_some() {
+        let Some(old) = self.by_id.get(&m.id).and_then(|o| self.items.get_mut(o)) else { return };
+        let same_keys = old.entity == m.entity
+            && old.row_id == m.row_id
+            && old.status == m.status
+            && old.order == m.order
+            && temp_refs(old).eq(temp_refs(&m));
+        if same_keys {
+            self.in_doubt = self.in_doubt - usize::from(is_in_doubt(old)) + usize::from(is_in_doubt(&m));
+            *old = m;
+        } else if self.remove(&m.id).is_some() {
             self.push(m);
         }
     }
 
     /// The mutations that name a temporary id, rewritten to the server's id:
     /// as the target row and wherever it appears as a value in the data.
-    /// Pure: the caller persists them, then `replace`s them in.
-    pub fn remapped(&self, entity: &str, temp: &str, server: &str) -> Vec<Mutation> {
+    /// Pure: the caller persists them, then `replace`s them in. `except`:
+    /// a mutation left out (the acknowledged insert itself).
+    pub fn remapped(&self, entity: &str, temp: &str, server: &str, except: Option<&str>) -> Vec<Mutation> {
         let mut changed = Vec::new();
         let naming = self.refs.get(temp).into_iter().flatten().filter_map(|o| self.items.get(o));
+        let naming = naming.filter(|m| except != Some(m.id.as_str()));
         for before in naming {
             let mut m = before.clone();
             if m.entity == entity && m.row_id == temp {
@@ -316,7 +328,7 @@ mod tests {
             m(3, Kind::Insert, "_pending_2_b", Some(json!({ "parent": temp }))),
             m(4, Kind::Update, "c", Some(json!({ "note": "_pending_9_z" }))),
         ]);
-        let changed = q.remapped("Todo", temp, "srv1");
+        let changed = q.remapped("Todo", temp, "srv1", None);
         let ids: Vec<&str> = changed.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["m1", "m2", "m3"]);
         assert_eq!(changed[1].row_id, "srv1");

@@ -705,7 +705,7 @@ mod tests {
         assert_eq!(ids, vec!["000000000000000018eb00000000000000000001", "_pending_1_x"]);
         assert_eq!(title(&r, "_pending_1_x"), Some(json!("newer")));
         q.remove("m1");
-        let changed = q.remapped("Todo", "_pending_1_x", "server2");
+        let changed = q.remapped("Todo", "_pending_1_x", "server2", None);
         assert_eq!(changed.len(), 2);
         assert_eq!(q.get("m2").unwrap().row_id, "_pending_1_x", "remapped() only plans");
         for m in changed {

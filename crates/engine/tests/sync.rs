@@ -459,11 +459,14 @@ async fn an_admin_sends_queued_writes_in_batches_with_the_same_outcomes() {
     })));
     // queued before start: 2,500 inserts, one the server refuses (a label
     // already taken), one the manifest rules out once it is known (no
-    // title), and writes that depend on an insert's id
+    // title), and writes that depend on an insert's id: one in its data,
+    // made in the run after that insert's (which is on the server while
+    // the insert's answer is stored)
     rest(&srv.url, reqwest::Method::POST, "/api/entities/Tag", json!({ "label": "taken" })).await;
     let mut temps = Vec::new();
     for i in 0..2500 {
         let (entity, data) = match i {
+            1050 => ("Todo", json!({ "title": "child", "done": false, "userId": temps[5] })),
             1200 => ("Tag", json!({ "label": "taken" })),
             1300 => ("Todo", json!({ "done": false })),
             _ => ("Todo", json!({ "title": format!("r{i}"), "done": false })),
@@ -491,6 +494,10 @@ async fn an_admin_sends_queued_writes_in_batches_with_the_same_outcomes() {
     assert_eq!(e.list("Todo").len(), 2497);
     assert!(e.list("Todo").iter().any(|r| r["title"] == "renamed"));
     assert!(!e.list("Todo").iter().any(|r| r["title"] == "r11"));
+    let parent = e.get("Todo", &temps[5]).unwrap()["id"].as_str().unwrap().to_string();
+    assert!(!parent.starts_with("_pending"));
+    let child = e.list("Todo").into_iter().find(|r| r["title"] == "child").unwrap();
+    assert_eq!(child["userId"], parent.as_str(), "sent before its parent's server id was known");
     // a batch sends no nonces: its inserts are not awaited in the log
     assert!(resyncs.lock().unwrap().is_empty(), "resyncs: {:?}", resyncs.lock().unwrap());
     e.close().await;

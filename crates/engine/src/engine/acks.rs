@@ -219,7 +219,7 @@ struct Planned {
 /// (no shared row, no write that an earlier one renames), each from the
 /// view as it is before the run; returns the plans and the acks left.
 fn plan_run(view: &View, acks: Vec<(Mutation, Option<String>)>) -> (Vec<Planned>, Vec<(Mutation, Option<String>)>) {
-    let mut plans: Vec<Planned> = Vec::new();
+    let mut plans: Vec<Planned> = Vec::with_capacity(acks.len());
     let mut acks = acks.into_iter().peekable();
     let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
     let mut dependents: BTreeSet<String> = BTreeSet::new();
@@ -246,9 +246,7 @@ fn plan_run(view: &View, acks: Vec<(Mutation, Option<String>)>) -> (Vec<Planned>
             _ => None,
         };
         let changed: Vec<Mutation> = match server_id {
-            Some(sid) => {
-                view.queue().remapped(&m.entity, &m.row_id, sid).into_iter().filter(|c| c.id != m.id).collect()
-            }
+            Some(sid) => view.queue().remapped(&m.entity, &m.row_id, sid, Some(&m.id)),
             None => Vec::new(),
         };
         let keys = [(m.entity.clone(), m.row_id.clone()), (m.entity.clone(), target.clone())];

@@ -393,7 +393,7 @@ impl Engine {
                 let renamed: Vec<Mutation> = {
                     let st = me.inner.state.read();
                     let q = st.view.queue();
-                    parked.iter().flat_map(|(entity, temp, server)| q.remapped(entity, temp, server)).collect()
+                    parked.iter().flat_map(|(entity, temp, server)| q.remapped(entity, temp, server, None)).collect()
                 };
                 db.write(|w| {
                     w.effects(&effects)?;

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::events::{Event, MutationChange};
 use crate::io::random_suffix;
 use crate::protocol::{Kind, Row, TEMP_PREFIX};
-use crate::queue::{Mutation, MutationError, Sent, Status};
+use crate::queue::{temp_refs, Mutation, MutationError, Sent, Status};
 use crate::reconcile::{self, Found};
 use crate::schema::Schema;
 
@@ -393,7 +393,7 @@ impl Engine {
                         Found::NotApplied => m,
                     }
                 }
-                (Kind::Insert, None) => self.mark_sent(vec![m], true).await?.remove(0),
+                (Kind::Insert, None) => self.mark_sent(vec![m], true, &[]).await?.remove(0),
                 _ => m,
             };
             let api = &self.inner.api;
@@ -442,39 +442,89 @@ impl Engine {
         }
     }
 
-    /// Sends the queue head and the writes after it as one `/api/batch`
+    /// Sends the queue head and the writes after it as `/api/batch` runs
     /// (admin sessions: a script importing 100,000 rows should not make
     /// 100,000 requests). Per-write outcomes are handled exactly as on the
-    /// REST path. Returns false when the head must go alone, or the server
-    /// has no batch route.
+    /// REST path. While one run's answers are stored, the next run is
+    /// already on the server: storing them took as long as the server took
+    /// to apply them (a bulk import's profile), and neither needs the other.
+    /// Returns false when the head must go alone, or the server has no
+    /// batch route.
     pub(super) async fn flush_batch(&self, token: Option<&str>) -> Result<bool> {
-        let run: Vec<Mutation> = {
-            let st = self.inner.state.read();
-            let mut bytes = 0;
-            st.view
-                .queue()
-                .pending()
-                // an insert in doubt is reconciled alone; a write to a row whose
-                // insert is in this batch needs that insert's id first
-                .take_while(|m| !(m.kind == Kind::Insert && m.sent.is_some()))
-                .take_while(|m| m.kind == Kind::Insert || !m.row_id.starts_with(TEMP_PREFIX))
-                .take_while(|m| unfit(st.schema.as_ref(), m).is_none())
-                .take_while(|m| {
-                    bytes += 64 + m.data.as_ref().map_or(0, |d| serde_json::to_string(d).map_or(0, |t| t.len()));
-                    bytes <= BATCH_BYTES
-                })
-                .take(BATCH_MAX)
-                .cloned()
-                .collect()
-        };
+        let run = self.next_batch(&[]);
         if run.is_empty() {
             return Ok(false);
         }
+        let mut run = self.mark_sent(run, false, &[]).await?;
+        let mut answer = self.send_batch(token, &run).await;
+        let mut first = true;
+        loop {
+            let outcomes = match answer {
+                Ok(outcomes) => outcomes,
+                Err(e) if e.is_transient() => return self.retry_later(run[0].clone(), e).await.map(|_| true),
+                Err(Error::Http { status: 403..=405, .. }) => {
+                    // no batch route for us after all: the REST path does the same job
+                    self.inner.outbox.no_batch.store(true, Ordering::SeqCst);
+                    return Ok(!first);
+                }
+                Err(e) => return Err(e),
+            };
+            first = false;
+            let next = self.next_batch(&run);
+            if next.is_empty() {
+                self.settle_batch(run, outcomes).await?;
+                return Ok(true);
+            }
+            // the inserts just answered are rows the server holds, though
+            // not stored here yet: the next run's inserts are newer
+            let answered: Vec<(&str, &str)> = run
+                .iter()
+                .zip(&outcomes)
+                .filter_map(|(m, o)| Some((m.entity.as_str(), o.as_ref().ok()?.as_deref()?)))
+                .collect();
+            let next = self.mark_sent(next, false, &answered).await?;
+            let (settled, next_answer) = tokio::join!(self.settle_batch(run, outcomes), self.send_batch(token, &next));
+            // a failed store leaves the next run's answer unread: its inserts
+            // are in doubt, looked for before they are sent again
+            settled?;
+            (run, answer) = (next, next_answer);
+        }
+    }
+
+    /// The next `/api/batch` run: the pending writes from the queue head,
+    /// after those of `in_flight` (a run answered, its answers not stored
+    /// yet), up to the first that must wait or go alone.
+    fn next_batch(&self, in_flight: &[Mutation]) -> Vec<Mutation> {
+        let st = self.inner.state.read();
+        let ids: BTreeSet<&str> = in_flight.iter().map(|m| m.id.as_str()).collect();
+        let temps: BTreeSet<&str> =
+            in_flight.iter().filter(|m| m.kind == Kind::Insert).map(|m| m.row_id.as_str()).collect();
+        let mut bytes = 0;
+        st.view
+            .queue()
+            .pending()
+            .filter(|m| !ids.contains(m.id.as_str()))
+            // an insert in doubt is reconciled alone; a write to a row whose
+            // insert is in this batch needs that insert's id first
+            .take_while(|m| !(m.kind == Kind::Insert && m.sent.is_some()))
+            .take_while(|m| m.kind == Kind::Insert || !m.row_id.starts_with(TEMP_PREFIX))
+            // one naming a row of the run in flight waits for its server id
+            .take_while(|m| !temp_refs(m).any(|t| temps.contains(t)))
+            .take_while(|m| unfit(st.schema.as_ref(), m).is_none())
+            .take_while(|m| {
+                bytes += 64 + m.data.as_ref().map_or(0, |d| serde_json::to_string(d).map_or(0, |t| t.len()));
+                bytes <= BATCH_BYTES
+            })
+            .take(BATCH_MAX)
+            .cloned()
+            .collect()
+    }
+
+    /// Sends one run; the writes are counted once it went out (a server
+    /// without the route has them sent again by REST).
+    async fn send_batch(&self, token: Option<&str>, run: &[Mutation]) -> Result<Vec<Result<Option<String>>>> {
         self.inner.outbox.settling.lock().extend(run.iter().map(|m| m.entity.clone()));
-        let run = self.mark_sent(run, false).await?;
         tracing::debug!(writes = run.len(), "send a batch");
-        // counted once the batch went out (a server without the route sends them again by REST)
-        let sent = (run.len(), run.iter().filter(|m| m.attempts > 0).count());
         let empty = Row::new();
         let writes: Vec<BatchWrite> = run
             .iter()
@@ -489,32 +539,24 @@ impl Engine {
             .collect();
         let answer = self.inner.api.batch(token, &writes).await;
         if !matches!(answer, Err(Error::Http { status: 403..=405, .. })) {
-            self.inner.counters.sent(sent.0, sent.1);
+            self.inner.counters.sent(run.len(), run.iter().filter(|m| m.attempts > 0).count());
         }
-        match answer {
-            Ok(outcomes) => {
-                // accepted writes are recorded together, refused ones in their place
-                let mut accepted = Vec::new();
-                for (m, outcome) in run.into_iter().zip(outcomes) {
-                    match outcome {
-                        Ok(server_id) => accepted.push((m, server_id)),
-                        Err(e) => {
-                            self.applied_all(std::mem::take(&mut accepted)).await?;
-                            self.fail(&m, refusal(&e)).await?;
-                        }
-                    }
+        answer
+    }
+
+    /// Stores a run's answers: accepted writes together, refused ones in their place.
+    async fn settle_batch(&self, run: Vec<Mutation>, outcomes: Vec<Result<Option<String>>>) -> Result<()> {
+        let mut accepted = Vec::new();
+        for (m, outcome) in run.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(server_id) => accepted.push((m, server_id)),
+                Err(e) => {
+                    self.applied_all(std::mem::take(&mut accepted)).await?;
+                    self.fail(&m, refusal(&e)).await?;
                 }
-                self.applied_all(accepted).await?;
-                Ok(true)
             }
-            Err(e) if e.is_transient() => self.retry_later(run[0].clone(), e).await.map(|_| true),
-            Err(Error::Http { status: 403..=405, .. }) => {
-                // no batch route for us after all: the REST path does the same job
-                self.inner.outbox.no_batch.store(true, Ordering::SeqCst);
-                Ok(false)
-            }
-            Err(e) => Err(e),
         }
+        self.applied_all(accepted).await
     }
 
     /// Counts a failed attempt and gives up this round (backoff follows).
@@ -545,12 +587,25 @@ impl Engine {
 
     /// Records, before inserts go out, that they may reach the server, and
     /// how to find them there (`nonce`: the temporary id goes out as `id`).
-    pub(super) async fn mark_sent(&self, mut run: Vec<Mutation>, nonce: bool) -> Result<Vec<Mutation>> {
+    /// `answered`: rows the server created for us, not stored yet
+    /// (entity, server id), which count as held.
+    pub(super) async fn mark_sent(
+        &self,
+        mut run: Vec<Mutation>,
+        nonce: bool,
+        answered: &[(&str, &str)],
+    ) -> Result<Vec<Mutation>> {
+        let mut newest: HashMap<&str, &str> = HashMap::new();
+        for &(entity, id) in answered {
+            let at = newest.entry(entity).or_default();
+            *at = id.max(*at);
+        }
         let mut changed = Vec::new();
         {
             let st = self.inner.state.read();
             for m in run.iter_mut().filter(|m| m.kind == Kind::Insert && m.sent.is_none()) {
-                let after = st.view.replica().max_base_id(&m.entity).map(str::to_string);
+                let held = st.view.replica().max_base_id(&m.entity);
+                let after = held.max(newest.get(m.entity.as_str()).copied()).map(str::to_string);
                 m.sent = Some(Sent { after, nonce, since: Some(st.cursor), server_gen: st.server_gen });
                 changed.push(m.clone());
             }
