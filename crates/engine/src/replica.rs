@@ -385,7 +385,7 @@ impl Replica {
 
     /// Recomputes the visible row of one key from its base row and the pending mutations.
     pub fn refresh(&mut self, entity: &str, id: &str, queue: &Queue) {
-        let t = self.tables.entry(entity.to_string()).or_default();
+        let t = self.table_mut(entity);
         let changed = if !queue.has_pending_for(entity, id) {
             if t.overlay.remove(id).is_none() {
                 return;
@@ -449,9 +449,18 @@ impl Replica {
         gone
     }
 
+    /// The table of `entity`, made when it is first written (the name is
+    /// copied only then: this runs for every queued write).
+    fn table_mut(&mut self, entity: &str) -> &mut Table {
+        if !self.tables.contains_key(entity) {
+            self.tables.insert(entity.to_string(), Table::default());
+        }
+        self.tables.get_mut(entity).expect("inserted above")
+    }
+
     /// Sets one server row directly (an acknowledged insert, under its server id).
     pub fn put_base(&mut self, entity: &str, id: &str, row: BaseRow) {
-        let t = self.tables.entry(entity.to_string()).or_default();
+        let t = self.table_mut(entity);
         t.base.insert(id.to_string(), row);
         t.touch_row(id);
     }
