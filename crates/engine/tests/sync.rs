@@ -459,14 +459,15 @@ async fn an_admin_sends_queued_writes_in_batches_with_the_same_outcomes() {
     })));
     // queued before start: 2,500 inserts, one the server refuses (a label
     // already taken), one the manifest rules out once it is known (no
-    // title), and writes that depend on an insert's id: one in its data,
-    // made in the run after that insert's (which is on the server while
-    // the insert's answer is stored)
+    // title), and writes that depend on an insert's id: in their data, one
+    // in the run after that insert's (which is on the server while the
+    // insert's answer is stored), one in the same run
     rest(&srv.url, reqwest::Method::POST, "/api/entities/Tag", json!({ "label": "taken" })).await;
     let mut temps = Vec::new();
     for i in 0..2500 {
         let (entity, data) = match i {
             1050 => ("Todo", json!({ "title": "child", "done": false, "userId": temps[5] })),
+            1060 => ("Todo", json!({ "title": "grandchild", "done": false, "userId": temps[1055] })),
             1200 => ("Tag", json!({ "label": "taken" })),
             1300 => ("Todo", json!({ "done": false })),
             _ => ("Todo", json!({ "title": format!("r{i}"), "done": false })),
@@ -488,7 +489,8 @@ async fn an_admin_sends_queued_writes_in_batches_with_the_same_outcomes() {
     let state = common::get(&srv.url, "/__control/state").await;
     assert_eq!(state["rows"]["Todo"], 2497);
     let requests = &state["requests"];
-    assert!(requests["POST /api/batch"].as_u64().unwrap() <= 5, "{requests}");
+    // runs end where a write needs an id not known yet, or must fail alone
+    assert!(requests["POST /api/batch"].as_u64().unwrap() <= 7, "{requests}");
     assert!(requests.get("POST /api/entities/Todo").is_none(), "inserts went one by one: {requests}");
     e.sync_once().await.unwrap();
     assert_eq!(e.list("Todo").len(), 2497);
@@ -498,8 +500,46 @@ async fn an_admin_sends_queued_writes_in_batches_with_the_same_outcomes() {
     assert!(!parent.starts_with("_pending"));
     let child = e.list("Todo").into_iter().find(|r| r["title"] == "child").unwrap();
     assert_eq!(child["userId"], parent.as_str(), "sent before its parent's server id was known");
+    let parent = e.get("Todo", &temps[1055]).unwrap()["id"].as_str().unwrap().to_string();
+    let child = e.list("Todo").into_iter().find(|r| r["title"] == "grandchild").unwrap();
+    assert_eq!(child["userId"], parent.as_str(), "sent in the run of its parent's insert");
     // a batch sends no nonces: its inserts are not awaited in the log
     assert!(resyncs.lock().unwrap().is_empty(), "resyncs: {:?}", resyncs.lock().unwrap());
+    e.close().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_signing_in_during_an_admin_import_sends_their_writes_as_themselves() {
+    let cfg = pylon_devserver::Config { admin_token: Some("admin-secret".into()), ..Default::default() };
+    let srv = pylon_devserver::spawn(cfg).await.unwrap();
+    let mut c = config(&srv.url, None);
+    c.token = Some("admin-secret".into());
+    c.transport = Some(pylon_sync_engine::Which::Poll);
+    let e = Engine::new(c).unwrap();
+    e.start().await.unwrap();
+    // every run is held on the server: the import is under way when the user signs in
+    control(&srv.url, "faults", json!({ "rules": [{ "path": "/api/batch", "holdMs": 300 }] })).await;
+    let writes: Vec<_> =
+        (0..5000).map(|i| e.insert("Todo", row(json!({ "title": format!("r{i}"), "done": false })))).collect();
+    for w in futures_util::future::join_all(writes).await {
+        w.unwrap();
+    }
+    let batches = || async { common::get(&srv.url, "/__control/state").await["requests"]["POST /api/batch"].as_u64() };
+    for _ in 0..500 {
+        if batches().await.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    e.set_token(Some(login(&srv.url, "alice").await));
+    e.insert("Todo", row(json!({ "title": "alice's", "done": false }))).await.unwrap();
+    let alice = |e: &Engine| e.session().is_some_and(|s| s.user_id.as_deref() == Some("alice"));
+    eventually("alice's write acknowledged", || alice(&e) && e.mutations().is_empty()).await;
+    let state = common::get(&srv.url, "/__control/state").await;
+    // a batch is the admin's; alice's insert goes alone, with her token
+    assert_eq!(state["requests"]["POST /api/entities/Todo"], 1, "{}", state["requests"]);
+    assert!(state["requests"]["POST /api/batch"].as_u64().unwrap() < 5, "the import went on after the sign-in");
     e.close().await;
     srv.stop().await;
 }

@@ -451,7 +451,7 @@ impl Engine {
     /// Returns false when the head must go alone, or the server has no
     /// batch route.
     pub(super) async fn flush_batch(&self, token: Option<&str>) -> Result<bool> {
-        let run = self.next_batch(&[]);
+        let run = self.next_batch(&[], token);
         if run.is_empty() {
             return Ok(false);
         }
@@ -470,7 +470,7 @@ impl Engine {
                 Err(e) => return Err(e),
             };
             first = false;
-            let next = self.next_batch(&run);
+            let next = self.next_batch(&run, token);
             if next.is_empty() {
                 self.settle_batch(run, outcomes).await?;
                 return Ok(true);
@@ -482,7 +482,14 @@ impl Engine {
                 .zip(&outcomes)
                 .filter_map(|(m, o)| Some((m.entity.as_str(), o.as_ref().ok()?.as_deref()?)))
                 .collect();
-            let next = self.mark_sent(next, false, &answered).await?;
+            let next = match self.mark_sent(next, false, &answered).await {
+                Ok(next) => next,
+                Err(e) => {
+                    // the answers came: they are stored whatever happens to the next run
+                    self.settle_batch(run, outcomes).await?;
+                    return Err(e);
+                }
+            };
             let (settled, next_answer) = tokio::join!(self.settle_batch(run, outcomes), self.send_batch(token, &next));
             // a failed store leaves the next run's answer unread: its inserts
             // are in doubt, looked for before they are sent again
@@ -493,31 +500,40 @@ impl Engine {
 
     /// The next `/api/batch` run: the pending writes from the queue head,
     /// after those of `in_flight` (a run answered, its answers not stored
-    /// yet), up to the first that must wait or go alone.
-    fn next_batch(&self, in_flight: &[Mutation]) -> Vec<Mutation> {
+    /// yet), up to the first that must wait or go alone. None while the
+    /// token the round sends with is no longer the session's (a token set
+    /// during a long import: its writes wait for the next round).
+    fn next_batch(&self, in_flight: &[Mutation], token: Option<&str>) -> Vec<Mutation> {
         let st = self.inner.state.read();
+        if st.queue_key != st.identity || st.verified_token.as_deref() != token {
+            return Vec::new();
+        }
         let ids: BTreeSet<&str> = in_flight.iter().map(|m| m.id.as_str()).collect();
-        let temps: BTreeSet<&str> =
+        // rows without a server id yet: a write naming one waits for its
+        // insert's answer (of the run in flight, or of this run)
+        let mut temps: BTreeSet<&str> =
             in_flight.iter().filter(|m| m.kind == Kind::Insert).map(|m| m.row_id.as_str()).collect();
-        let mut bytes = 0;
-        st.view
-            .queue()
-            .pending()
-            .filter(|m| !ids.contains(m.id.as_str()))
-            // an insert in doubt is reconciled alone; a write to a row whose
-            // insert is in this batch needs that insert's id first
-            .take_while(|m| !(m.kind == Kind::Insert && m.sent.is_some()))
-            .take_while(|m| m.kind == Kind::Insert || !m.row_id.starts_with(TEMP_PREFIX))
-            // one naming a row of the run in flight waits for its server id
-            .take_while(|m| !temp_refs(m).any(|t| temps.contains(t)))
-            .take_while(|m| unfit(st.schema.as_ref(), m).is_none())
-            .take_while(|m| {
-                bytes += 64 + m.data.as_ref().map_or(0, |d| serde_json::to_string(d).map_or(0, |t| t.len()));
-                bytes <= BATCH_BYTES
-            })
-            .take(BATCH_MAX)
-            .cloned()
-            .collect()
+        let (mut run, mut bytes) = (Vec::new(), 0);
+        for m in st.view.queue().pending().filter(|m| !ids.contains(m.id.as_str())) {
+            let in_doubt = m.kind == Kind::Insert && m.sent.is_some(); // reconciled alone
+            let names_temp = if m.kind == Kind::Insert {
+                m.data.iter().flat_map(|d| d.values()).filter_map(Value::as_str).any(|v| temps.contains(v))
+            } else {
+                m.row_id.starts_with(TEMP_PREFIX) || temp_refs(m).any(|t| temps.contains(t))
+            };
+            bytes += 64 + m.data.as_ref().map_or(0, |d| serde_json::to_string(d).map_or(0, |t| t.len()));
+            if in_doubt || names_temp || unfit(st.schema.as_ref(), m).is_some() || bytes > BATCH_BYTES {
+                break;
+            }
+            if m.kind == Kind::Insert {
+                temps.insert(m.row_id.as_str());
+            }
+            run.push(m.clone());
+            if run.len() == BATCH_MAX {
+                break;
+            }
+        }
+        run
     }
 
     /// Sends one run; the writes are counted once it went out (a server
