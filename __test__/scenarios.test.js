@@ -286,6 +286,9 @@ for (const server of servers()) {
       const args = [writer, srv.url, dbPath, `k${k}_`, ...(token ? [token] : [])]
       const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] })
       child.stdout.on('data', (d) => resolved.push(...String(d).split('\n').filter(Boolean)))
+      // a bulk writer's every other run is killed after its first burst
+      // resolved (while the next is queued or sent), whatever the machine's speed
+      if (token && k % 2 === 0) await Promise.race([new Promise((r) => child.stdout.once('data', r)), sleep(120000)])
       // some kills land while the engine starts (loading, reconciling), most mid-write
       await sleep(80 + Math.random() * 400)
       child.kill('SIGKILL')
@@ -320,6 +323,6 @@ for (const server of servers()) {
 
   scenario(`kill -9 at ${BULK_KILLS} random moments of an admin's bulk writes (/api/batch runs, one on the server while the last one's answers are stored): nothing lost, nothing twice`, 600000, async (srv) => {
     const resolved = await killWriters(srv, BULK_KILLS, srv.adminToken)
-    assert.ok(resolved >= 1500, `too few writes resolved (${resolved}) to mean anything`)
+    assert.ok(resolved >= 1500 * (BULK_KILLS / 2), `too few writes resolved (${resolved}) to mean anything`)
   })
 }

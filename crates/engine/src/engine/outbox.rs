@@ -129,6 +129,10 @@ impl Engine {
                 return answered.map(|_| ());
             }
             let committed = match me.load().await {
+                // taken by a transaction already (a burst's first write
+                // takes them all): its answer comes, with no empty
+                // transaction of our own on a blocking thread first
+                Ok(()) if me.inner.outbox.submitted.lock().is_empty() => Ok(()),
                 Ok(()) => me.commit_submitted().await,
                 Err(e) => Err(e),
             };
