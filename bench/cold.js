@@ -1,0 +1,60 @@
+'use strict'
+// Cold start in a fresh process, as a user's restart is: each start runs in
+// a process of its own, against a replica of `rows` rows, and reports the
+// time to load the addon, to `start()` and to the first `store.list`, with
+// the list's JSON text and its parse timed apart. `bench/js.js` times the
+// same path three times in one process that has already run other work.
+// `node bench/cold.js [rows] [runs]`, release addon; not part of `npm run bench`.
+const { spawnSync } = require('node:child_process')
+const { performance } = require('node:perf_hooks')
+const path = require('node:path')
+const os = require('node:os')
+
+if (process.argv[2] === 'child') {
+  const t0 = performance.now()
+  const { createSyncEngine } = require('../sync.js')
+  const [url, dbPath] = process.argv.slice(3)
+  ;(async () => {
+    const t1 = performance.now()
+    const e = createSyncEngine(url, { dbPath, transport: 'poll', pollInterval: 3600000 })
+    await e.start()
+    const t2 = performance.now()
+    const list = e.store.list('Todo')
+    const t3 = performance.now()
+    const text = e._native.listJson('Todo')
+    const t4 = performance.now()
+    JSON.parse(text)
+    const t5 = performance.now()
+    const ms = (x) => Number(x.toFixed(1))
+    const times = { addon: ms(t1 - t0), start: ms(t2 - t1), firstList: ms(t3 - t2), total: ms(t3 - t1), listJson: ms(t4 - t3), parse: ms(t5 - t4) }
+    process.stdout.write(JSON.stringify({ ...times, rows: list.length }))
+    await e.close()
+  })()
+  return
+}
+
+const { createSyncEngine } = require('../sync.js')
+const { startDevserver } = require('../__test__/helpers.js')
+const rows = Number(process.argv[2] || 100000)
+const runs = Number(process.argv[3] || 5)
+
+;(async () => {
+  const srv = await startDevserver()
+  const dbPath = path.join(os.tmpdir(), `bench-cold-${process.pid}.db`)
+  try {
+    await srv.control('seed', { entity: 'Todo', count: rows, data: { title: 'row {i} ' + 'x'.repeat(150), done: false } })
+    const e = createSyncEngine(srv.url, { dbPath, transport: 'poll', pollInterval: 3600000 })
+    await e.start()
+    await e.close()
+    for (let i = 0; i < runs; i++) {
+      const child = spawnSync(process.execPath, [__filename, 'child', srv.url, dbPath], { encoding: 'utf8' })
+      if (child.status !== 0) throw new Error(`a cold start failed: ${child.stderr}`)
+      const r = JSON.parse(child.stdout)
+      if (r.rows !== rows) throw new Error(`a cold start listed ${r.rows} rows`)
+      console.log(`fresh process, ${rows} rows: addon ${r.addon} ms, start() ${r.start} ms, first store.list ${r.firstList} ms (list JSON ${r.listJson} ms, JSON.parse ${r.parse} ms): ${r.total} ms`)
+    }
+  } finally {
+    await srv.stop()
+    for (const suffix of ['', '-wal', '-shm']) require('node:fs').rmSync(dbPath + suffix, { force: true })
+  }
+})()
