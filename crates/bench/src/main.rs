@@ -352,11 +352,12 @@ async fn websocket_latency(srv: &Handle, changes: usize, out: &mut Vec<Row>) {
 async fn bulk(rows: usize, out: &mut Vec<Row>) {
     // each on a server of its own, fresh: neither has rows to fetch first
     let server = || spawn(ServerConfig { admin_token: Some("bench-admin".into()), ..Default::default() });
-    let batch_of = |chunk: &[usize]| -> Vec<Value> {
-        chunk
-            .iter()
-            .map(|i| json!({ "op": "insert", "entity": "Todo", "data": { "title": format!("r{i}"), "done": false } }))
-            .collect()
+    // the rows both bare clients make, and one `/api/batch` run of them
+    let made = |prefix: &str| -> Vec<Value> {
+        (0..rows).map(|i| json!({ "title": format!("{prefix}{i}"), "done": false })).collect()
+    };
+    let batch_of = |chunk: &[Value]| -> Vec<Value> {
+        chunk.iter().map(|d| json!({ "op": "insert", "entity": "Todo", "data": d })).collect()
     };
     // the limit: the same batches posted by a bare client, one after another
     let srv = server().await.unwrap();
@@ -370,7 +371,7 @@ async fn bulk(rows: usize, out: &mut Vec<Row>) {
         }
     };
     let t = Instant::now();
-    for chunk in (0..rows).collect::<Vec<_>>().chunks(1000) {
+    for chunk in made("r").chunks(1000) {
         post(srv.url.clone(), batch_of(chunk)).await;
     }
     let raw = t.elapsed();
@@ -389,7 +390,7 @@ async fn bulk(rows: usize, out: &mut Vec<Row>) {
     )
     .unwrap();
     let t = Instant::now();
-    let made: Vec<Value> = (0..rows).map(|i| json!({ "title": format!("d{i}"), "done": false })).collect();
+    let made = made("d");
     let tx = conn.unchecked_transaction().unwrap();
     for (i, data) in made.iter().enumerate() {
         tx.prepare_cached("INSERT INTO queue (id, data) VALUES (?1, ?2)")
@@ -405,8 +406,7 @@ async fn bulk(rows: usize, out: &mut Vec<Row>) {
             tx.prepare_cached("UPDATE queue SET sent = 1 WHERE id = ?1").unwrap().execute([id]).unwrap();
         }
         tx.commit().unwrap();
-        let ops = chunk.iter().map(|d| json!({ "op": "insert", "entity": "Todo", "data": d })).collect();
-        let answer = post(srv.url.clone(), ops).await;
+        let answer = post(srv.url.clone(), batch_of(chunk)).await;
         let tx = conn.unchecked_transaction().unwrap();
         for ((id, data), outcome) in ids.iter().zip(chunk).zip(answer["results"].as_array().unwrap()) {
             tx.prepare_cached("DELETE FROM queue WHERE id = ?1").unwrap().execute([id]).unwrap();

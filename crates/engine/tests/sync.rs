@@ -442,14 +442,20 @@ async fn an_insert_whose_answer_was_lost_is_found_not_sent_twice() {
     srv.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_admin_sends_queued_writes_in_batches_with_the_same_outcomes() {
+/// A dev server with an admin token, and an engine of that admin polling it (not started).
+async fn admin_engine() -> (pylon_devserver::Handle, Engine) {
     let cfg = pylon_devserver::Config { admin_token: Some("admin-secret".into()), ..Default::default() };
     let srv = pylon_devserver::spawn(cfg).await.unwrap();
     let mut c = config(&srv.url, None);
     c.token = Some("admin-secret".into());
     c.transport = Some(pylon_sync_engine::Which::Poll);
     let e = Engine::new(c).unwrap();
+    (srv, e)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_sends_queued_writes_in_batches_with_the_same_outcomes() {
+    let (srv, e) = admin_engine().await;
     let resyncs = Arc::new(Mutex::new(Vec::new()));
     let seen = resyncs.clone();
     e.set_listener(Some(Arc::new(move |ev| {
@@ -511,12 +517,7 @@ async fn an_admin_sends_queued_writes_in_batches_with_the_same_outcomes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_signing_in_during_an_admin_import_sends_their_writes_as_themselves() {
-    let cfg = pylon_devserver::Config { admin_token: Some("admin-secret".into()), ..Default::default() };
-    let srv = pylon_devserver::spawn(cfg).await.unwrap();
-    let mut c = config(&srv.url, None);
-    c.token = Some("admin-secret".into());
-    c.transport = Some(pylon_sync_engine::Which::Poll);
-    let e = Engine::new(c).unwrap();
+    let (srv, e) = admin_engine().await;
     e.start().await.unwrap();
     // every run is held on the server: the import is under way when the user signs in
     control(&srv.url, "faults", json!({ "rules": [{ "path": "/api/batch", "holdMs": 300 }] })).await;

@@ -520,11 +520,8 @@ impl Engine {
         let (mut run, mut bytes) = (Vec::new(), 0);
         for m in st.view.queue().pending().filter(|m| !ids.contains(m.id.as_str())) {
             let in_doubt = m.kind == Kind::Insert && m.sent.is_some(); // reconciled alone
-            let names_temp = if m.kind == Kind::Insert {
-                m.data.iter().flat_map(|d| d.values()).filter_map(Value::as_str).any(|v| temps.contains(v))
-            } else {
-                m.row_id.starts_with(TEMP_PREFIX) || temp_refs(m).any(|t| temps.contains(t))
-            };
+            let names_temp = (m.kind != Kind::Insert && m.row_id.starts_with(TEMP_PREFIX))
+                || temp_refs(m).any(|t| temps.contains(t));
             bytes += 64 + m.data.as_ref().map_or(0, |d| serde_json::to_string(d).map_or(0, |t| t.len()));
             if in_doubt || names_temp || unfit(st.schema.as_ref(), m).is_some() || bytes > BATCH_BYTES {
                 break;
