@@ -71,6 +71,13 @@ impl Effect {
             Effect::Put { id, .. } | Effect::Tombstone { id, .. } => id,
         }
     }
+    /// The stored row it leaves.
+    pub fn row(&self) -> BaseRow {
+        match self {
+            Effect::Put { seq, data, .. } => BaseRow { seq: *seq, data: Some(data.clone()) },
+            Effect::Tombstone { seq, .. } => BaseRow { seq: *seq, data: None },
+        }
+    }
 }
 
 /// An update for a row we do not hold: the full row must be fetched first.
@@ -98,6 +105,13 @@ struct Table {
 pub struct Replacement {
     rows: BTreeMap<String, BaseRow>,
     changed: Option<Vec<String>>,
+}
+
+impl Replacement {
+    /// Whether any visible row differs from the rows it replaces.
+    pub fn changes_rows(&self) -> bool {
+        self.changed.as_ref().is_none_or(|ids| !ids.is_empty())
+    }
 }
 
 /// The rows of an entity that may differ since some version, in id order,
@@ -368,11 +382,7 @@ impl Replica {
     pub fn commit(&mut self, effects: &[Effect], queue: &Queue) -> Vec<String> {
         let mut touched: Vec<String> = Vec::new();
         for e in effects {
-            let row = match e {
-                Effect::Put { seq, data, .. } => BaseRow { seq: *seq, data: Some(data.clone()) },
-                Effect::Tombstone { seq, .. } => BaseRow { seq: *seq, data: None },
-            };
-            self.put_base(e.entity(), e.id(), row);
+            self.put_base(e.entity(), e.id(), e.row());
             if !touched.iter().any(|x| x == e.entity()) {
                 touched.push(e.entity().to_string());
             }

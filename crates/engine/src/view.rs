@@ -95,10 +95,14 @@ impl View {
         self.replica.commit(effects, &self.queue)
     }
 
-    /// Whole entities, shown at once (a hydration before it is stored).
-    pub fn show(&mut self, tables: Tables) {
-        let prepared = tables.into_iter().map(|(e, rows)| (e.clone(), self.replica.prepare(&e, rows))).collect();
+    /// Whole entities, shown at once (a hydration before it is stored, or
+    /// what a replay from 0 made of them). Returns those whose rows changed.
+    pub fn show(&mut self, tables: Tables) -> Vec<String> {
+        let prepared: BTreeMap<String, Replacement> =
+            tables.into_iter().map(|(e, rows)| (e.clone(), self.replica.prepare(&e, rows))).collect();
+        let changed = prepared.iter().filter(|(_, r)| r.changes_rows()).map(|(e, _)| e.clone()).collect();
         self.replace_entities(prepared);
+        changed
     }
 
     /// Snapshot entities, replaced wholesale; returns the rows they held.

@@ -839,3 +839,80 @@ async fn close_ends_a_bootstrap_waiting_out_a_rate_limit() {
     assert_eq!(requests(&srv.url).await["GET /api/manifest"].as_u64(), asked, "nothing asked after close()");
     srv.stop().await;
 }
+
+/// A 410 from the same server: the snapshot entities are swapped in whole,
+/// and an entity only the log fills (`Note`, which the server will not list
+/// under its row policy) keeps its rows until the replay from 0 replaces
+/// them whole, in one transaction. It is never shown empty meanwhile, nor
+/// after a restart between the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_keeps_showing_what_only_the_log_fills_until_its_replay_lands() {
+    let srv = server().await;
+    let token = login(&srv.url, "alice").await;
+    let note = |body: &'static str| {
+        let (url, token) = (srv.url.clone(), token.clone());
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}/api/entities/Note"))
+                .bearer_auth(&token)
+                .json(&json!({ "body": body, "userId": "alice" }))
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    note("first").await;
+    note("second").await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let open = || {
+        let mut cfg = config(&srv.url, Some(&db));
+        cfg.token = Some(token.clone());
+        let engine = Engine::new(cfg).unwrap();
+        // the notes each change shows
+        let shown = Arc::new(Mutex::new(Vec::new()));
+        let (me, sink) = (engine.clone(), shown.clone());
+        engine.set_listener(Some(Arc::new(move |ev| {
+            if matches!(ev, Event::Change { .. }) {
+                sink.lock().unwrap().push(me.list("Note").len());
+            }
+        })));
+        (engine, shown)
+    };
+    let (engine, shown) = open();
+    engine.sync_once().await.unwrap();
+    assert_eq!(engine.list("Note").len(), 2);
+    shown.lock().unwrap().clear();
+    // another of alice's clients adds a note; then the log no longer
+    // reaches the cursor, and every pull after the snapshot's own three
+    // (where the log starts and ends, asked before and after its pages) fails
+    note("third").await;
+    let rules = json!({ "rules": [
+        { "path": "/api/sync/pull", "status": 410, "count": 1 },
+        { "path": "/api/sync/pull", "status": 503, "after": 3 } ] });
+    control(&srv.url, "faults", rules).await;
+    assert!(engine.sync_once().await.is_err(), "the replay's pull failed");
+    assert_eq!(engine.cursor(), 0, "the snapshot is in, its replay from 0 is not");
+    assert_eq!(engine.list("Note").len(), 2, "the notes are shown until the replay replaces them");
+    let from_sql = engine.query("SELECT body FROM Note".into(), Value::Null).await.unwrap();
+    assert_eq!(serde_json::from_str::<Vec<Value>>(&from_sql).unwrap().len(), 2, "and so is their view");
+    engine.close().await;
+    assert!(!shown.lock().unwrap().contains(&0), "a change showed no notes: {:?}", shown.lock().unwrap());
+
+    // a stored note the log does not hold: the replay replaces, it does not merge
+    let file = rusqlite::Connection::open(&db).unwrap();
+    let ghost = r#"{"id":"ghost","body":"ghost","userId":"alice"}"#;
+    file.execute("INSERT INTO rows (entity, row_id, seq, data) VALUES ('Note', 'ghost', 1, ?1)", [ghost]).unwrap();
+    drop(file);
+    control(&srv.url, "faults", json!({})).await;
+    let (engine, shown) = open();
+    engine.sync_once().await.unwrap();
+    let mut bodies: Vec<String> = engine.list("Note").iter().map(|n| n["body"].as_str().unwrap().to_string()).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["first", "second", "third"], "the replay made the notes");
+    let from_sql = engine.query("SELECT count(*) AS n FROM Note".into(), Value::Null).await.unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&from_sql).unwrap(), json!([{ "n": 3 }]));
+    assert!(!shown.lock().unwrap().contains(&0), "a change showed no notes: {:?}", shown.lock().unwrap());
+    engine.close().await;
+    srv.stop().await;
+}

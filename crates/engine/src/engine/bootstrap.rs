@@ -22,14 +22,15 @@ use crate::replica::{BaseRow, Effect, Replacement, Replica, RowText, Tables};
 use crate::schema::Schema;
 use crate::snapshot::{self, Snapshot};
 
-use super::{Engine, Resume};
+use super::{Engine, Resume, REPLACED_BY_REPLAY};
 
 impl Engine {
     /// The log no longer reaches our cursor (410), on the same server and
     /// for the same identity: the rows are stale, not wrong. Every covered
     /// entity is read again and swapped in whole, so readers keep seeing the
     /// old rows until the new ones are in. Entities only the log fills are
-    /// emptied and replayed from 0, all in the same transaction. False when
+    /// replayed from 0 and keep their old rows until the replay replaces
+    /// them, in the transaction that applies it. False when
     /// there is nothing to refresh (the caller starts over).
     pub(super) async fn resnapshot(&self) -> Result<bool> {
         let (epoch, covered) = {
@@ -120,12 +121,8 @@ impl Engine {
     /// from the old cursor is refused even if its future was dropped
     /// mid-way and the lock it held released early (stop() aborts the loop).
     pub(super) async fn install_snapshot(&self, snap: Snapshot, epoch: u64, resume: Resume) -> Result<Option<u64>> {
-        let mut entities: Vec<String> = snap.rows.keys().cloned().collect();
-        if resume == Resume::Replay {
-            entities.extend(snap.log_only.iter().cloned());
-        }
-        let changed = entities.clone();
-        tracing::debug!(?entities, head = snap.head, log_only = ?snap.log_only, ?resume, "install snapshot");
+        let changed: Vec<String> = snap.rows.keys().cloned().collect();
+        tracing::debug!(entities = ?changed, head = snap.head, log_only = ?snap.log_only, ?resume, "install snapshot");
         let snap_anchor = snap.anchor.clone();
         let installed = self
             .with_db(move |me, db| {
@@ -133,7 +130,7 @@ impl Engine {
                     tracing::debug!("snapshot dropped: the replica was reset meanwhile");
                     return Ok(None);
                 }
-                let (cursor, mut covered, moved) = {
+                let (cursor, mut covered, moved, mut replaced_by_replay) = {
                     let st = me.inner.state.read();
                     if resume == Resume::Hydrate {
                         if let Some(e) = older(snap.head, st.cursor) {
@@ -150,7 +147,7 @@ impl Engine {
                         Resume::Hydrate if st.covered.is_empty() => snap.head,
                         Resume::Hydrate => st.cursor,
                     };
-                    (cursor, st.covered.clone(), cursor != st.cursor)
+                    (cursor, st.covered.clone(), cursor != st.cursor, st.replaced_by_replay.clone())
                 };
                 covered.extend(snap.rows.keys().map(|e| (e.clone(), snap.head)));
                 covered.extend(snap.log_only.iter().map(|e| (e.clone(), 0)));
@@ -164,10 +161,20 @@ impl Engine {
                     })
                     .collect();
                 if resume == Resume::Replay {
-                    // refilled by the replay from 0
-                    tables.extend(snap.log_only.iter().map(|e| (e.clone(), BTreeMap::new())));
+                    // entities only the log fills keep their rows until the
+                    // replay from 0 replaces them, in the transaction that
+                    // applies it: readers never see them emptied meanwhile
+                    replaced_by_replay = snap.log_only.iter().filter(|e| !tables.contains_key(*e)).cloned().collect();
+                } else {
+                    replaced_by_replay.retain(|e| !tables.contains_key(e));
+                    if cursor != 0 {
+                        // no replay from 0 follows: emptied now, as the log fills them from here
+                        tables
+                            .extend(std::mem::take(&mut replaced_by_replay).into_iter().map(|e| (e, BTreeMap::new())));
+                    }
                 }
                 db.write(|w| {
+                    w.set_meta(REPLACED_BY_REPLAY, &serde_json::to_string(&replaced_by_replay)?)?;
                     for (entity, rows) in &tables {
                         w.clear_entity(entity)?;
                         let effects: Vec<Effect> = rows
@@ -203,6 +210,7 @@ impl Engine {
                     let now = if moved { me.inner.epoch.fetch_add(1, Ordering::SeqCst) + 1 } else { epoch };
                     st.cursor = cursor;
                     st.covered = covered;
+                    st.replaced_by_replay = replaced_by_replay;
                     if moved || cursor == 0 {
                         st.anchor = snap_anchor;
                         st.awaited.clear();

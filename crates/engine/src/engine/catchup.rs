@@ -9,7 +9,7 @@
 //! acknowledgements) are as they planned from (`Expect`), and the stream
 //! leaves rows with writes of ours queued to the round's pull.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,10 +22,10 @@ use crate::events::{Event, Phase, Progress, ResyncReason};
 use crate::protocol::{ChangeEvent, Kind, PullPage, Row};
 use crate::queue::Mutation;
 use crate::reconcile;
-use crate::replica::{Effect, RowText};
+use crate::replica::{Effect, Replica, RowText, Tables};
 use crate::restart::{Anchor, ANCHOR_SPAN};
 
-use super::{Engine, Replay, PRUNE_EVERY, RATE_WINDOW};
+use super::{Engine, Replay, PRUNE_EVERY, RATE_WINDOW, REPLACED_BY_REPLAY};
 
 /// The longest `Retry-After` a bootstrap waits out inside a round.
 const LIMIT_WAIT_MAX: Duration = Duration::from_secs(300);
@@ -337,8 +337,11 @@ impl Engine {
             tracing::debug!("adopt {:?}", own.iter().map(|(m, s)| (m.row_id.clone(), s.clone())).collect::<Vec<_>>());
             self.applied_all(own).await?;
         }
-        let (mut effects, missing) = {
+        let (mut effects, missing, replacing) = {
             let st = self.inner.state.read();
+            // events that continue cursor 0 replay the log from its start:
+            // entities waiting for such a replay are made from them alone
+            let replacing = if expect.cursor == Some(0) { st.replaced_by_replay.clone() } else { BTreeSet::new() };
             // an insert or update of a row the snapshot holds, from before the
             // snapshot's head: superseded. Anything else is applied as it
             // comes: a row deleted before the snapshot must end as a tombstone,
@@ -348,12 +351,21 @@ impl Engine {
                     && st.covered.get(&c.entity).is_some_and(|head| c.seq <= *head)
                     && st.view.replica().base(&c.entity, &c.row_id).is_some()
             };
-            if changes.iter().any(snapshot_holds) {
-                let fresh: Vec<ChangeEvent> = changes.iter().filter(|c| !snapshot_holds(c)).cloned().collect();
+            let planned_apart = |c: &ChangeEvent| replacing.contains(&c.entity) || snapshot_holds(c);
+            let (mut effects, mut missing) = if changes.iter().any(planned_apart) {
+                let fresh: Vec<ChangeEvent> = changes.iter().filter(|c| !planned_apart(c)).cloned().collect();
                 st.view.replica().plan(&fresh)
             } else {
                 st.view.replica().plan(&changes)
+            };
+            if !replacing.is_empty() {
+                let whole: Vec<ChangeEvent> =
+                    changes.iter().filter(|c| replacing.contains(&c.entity)).cloned().collect();
+                let (e, m) = Replica::default().plan(&whole);
+                effects.extend(e);
+                missing.extend(m);
             }
+            (effects, missing, replacing)
         };
         if !missing.is_empty() {
             let token = self.session_token();
@@ -365,7 +377,7 @@ impl Engine {
                 }
             }
         }
-        tracing::debug!(changes = changes.len(), effects = effects.len(), cursor = ?cursor.as_ref().map(|c| c.0), "apply");
+        tracing::debug!(changes = changes.len(), effects = effects.len(), ?replacing, cursor = ?cursor.as_ref().map(|c| c.0), "apply");
         let (applied, entities) = self
             .with_db(move |me, db| {
                 if me.inner.epoch.load(Ordering::SeqCst) != expect.epoch {
@@ -373,7 +385,8 @@ impl Engine {
                     return Ok((Applied::Dropped, Vec::new())); // they belong to the old replica
                 }
                 let moved = expect.cursor.is_some_and(|c| c != me.inner.state.read().cursor)
-                    || expect.commits.is_some_and(|a| a != me.inner.commits.load(Ordering::SeqCst));
+                    || expect.commits.is_some_and(|a| a != me.inner.commits.load(Ordering::SeqCst))
+                    || (!replacing.is_empty() && replacing != me.inner.state.read().replaced_by_replay);
                 if moved {
                     tracing::debug!("changes not applied: the cursor or the stored rows moved since they were planned");
                     return Ok((Applied::Moved, Vec::new()));
@@ -396,6 +409,12 @@ impl Engine {
                     parked.iter().flat_map(|(entity, temp, server)| q.remapped(entity, temp, server, None)).collect()
                 };
                 db.write(|w| {
+                    for entity in &replacing {
+                        w.clear_entity(entity)?;
+                    }
+                    if !replacing.is_empty() {
+                        w.set_meta(REPLACED_BY_REPLAY, "[]")?;
+                    }
                     w.effects(&effects)?;
                     for nonce in &taken {
                         w.forget_awaited(nonce)?;
@@ -432,7 +451,24 @@ impl Engine {
                 for m in renamed {
                     st.view.replace(m);
                 }
-                let touched = st.view.commit(&effects);
+                let touched = if replacing.is_empty() {
+                    st.view.commit(&effects)
+                } else {
+                    let (whole, rest): (Vec<Effect>, Vec<Effect>) =
+                        effects.into_iter().partition(|e| replacing.contains(e.entity()));
+                    let mut tables: Tables = replacing.iter().map(|e| (e.clone(), BTreeMap::new())).collect();
+                    for e in &whole {
+                        tables.entry(e.entity().to_string()).or_default().insert(e.id().to_string(), e.row());
+                    }
+                    st.replaced_by_replay.clear();
+                    let mut touched = st.view.commit(&rest);
+                    for entity in st.view.show(tables) {
+                        if !touched.contains(&entity) {
+                            touched.push(entity);
+                        }
+                    }
+                    touched
+                };
                 if st.view.queue().in_doubt() > 0 {
                     st.witness.record(&changes);
                 } else {

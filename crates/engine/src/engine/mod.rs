@@ -100,6 +100,10 @@ struct State {
     /// log (a replica that also follows log-only entities starts from 0)
     /// skips them. 0 for an entity only the log fills.
     covered: BTreeMap<String, u64>,
+    /// Entities only the log fills whose rows the next replay from 0
+    /// replaces whole, in the transaction that applies it (kept in the file
+    /// as `REPLACED_BY_REPLAY`): until then they show what they held.
+    replaced_by_replay: BTreeSet<String>,
     /// Entities no policy governs: everyone may read every row, so their
     /// stream events can be applied as they arrive (the rest are confirmed by
     /// a pull, which the server filters).
@@ -207,6 +211,9 @@ struct Inner {
     complete_in_epoch: AtomicU64,
 }
 
+/// `meta` key of `State::replaced_by_replay` (a JSON array).
+const REPLACED_BY_REPLAY: &str = "replaced_by_replay";
+
 /// Where the cursor goes when a snapshot is installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Resume {
@@ -291,6 +298,7 @@ impl Engine {
             view: View::default(),
             cursor: 0,
             covered: BTreeMap::new(),
+            replaced_by_replay: BTreeSet::new(),
             open: BTreeSet::new(),
             schema: None,
             session: None,
@@ -502,6 +510,8 @@ impl Engine {
             Some(text) => parse_covered(&text)?,
             None => BTreeMap::new(),
         };
+        let replaced_by_replay: BTreeSet<String> =
+            db.meta(REPLACED_BY_REPLAY)?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
         let fp = fingerprint(self.inner.token.read().as_deref());
         let Stored { rows, mutations } = db.load()?;
         let server_boot = db.meta("server_boot")?.as_deref().and_then(Boot::parse);
@@ -536,6 +546,7 @@ impl Engine {
         st.parked_in_doubt = parked_in_doubt;
         st.cursor = cursor;
         st.covered = covered;
+        st.replaced_by_replay = replaced_by_replay;
         st.queue_key = queue_key;
         st.quarantined = !same_token;
         st.view.take_over(view);

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use crate::error::Result;
 use crate::events::{Event, ResyncReason};
 
-use super::Engine;
+use super::{Engine, REPLACED_BY_REPLAY};
 
 impl Engine {
     /// Drops every row and tombstone (memory and disk), cursor 0. Queued
@@ -35,6 +35,7 @@ impl Engine {
                     w.clear_rows()?;
                     w.set_cursor(0)?;
                     w.set_meta("covered", "[]")?;
+                    w.set_meta(REPLACED_BY_REPLAY, "[]")?;
                     w.set_meta("anchor", "null")?;
                     w.clear_awaited()?;
                     if restarted {
@@ -56,6 +57,7 @@ impl Engine {
                     st.server_boot = None;
                 }
                 st.covered.clear();
+                st.replaced_by_replay.clear();
                 Ok(entities)
             })
             .await?;

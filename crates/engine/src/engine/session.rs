@@ -16,7 +16,7 @@ use crate::events::{Event, ResyncReason};
 use crate::protocol::Session;
 use crate::queue::{Mutation, Queue};
 
-use super::{outbox, Engine, Wake, SESSION_RECHECK};
+use super::{outbox, Engine, Wake, REPLACED_BY_REPLAY, SESSION_RECHECK};
 
 impl Engine {
     /// The bearer token requests are sent with now.
@@ -160,6 +160,7 @@ impl Engine {
                         w.clear_rows()?;
                         w.set_cursor(0)?;
                         w.set_meta("covered", "[]")?;
+                        w.set_meta(REPLACED_BY_REPLAY, "[]")?;
                         w.set_meta("anchor", "null")?;
                         w.clear_awaited()?;
                     }
@@ -195,6 +196,7 @@ impl Engine {
                     st.anchor = None;
                     st.awaited.clear();
                     st.covered.clear();
+                    st.replaced_by_replay.clear();
                 }
                 st.quarantined = false;
                 st.identity = identity.clone();
