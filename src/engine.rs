@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::convert;
 use crate::error::{promise, settle, to_js, Result};
 use crate::query::NativeInfiniteQuery;
+use crate::text::JsonText;
 use crate::types;
 
 /// `(bytes, header JSON or null)` for `onBinaryFrame` handlers.
@@ -244,9 +245,9 @@ impl NativeEngine {
         settle(self.engine.entities_read(sql).instrument(self.span()).await)
     }
 
-    #[napi(catch_unwind)]
-    pub fn list_json(&self, entity: String) -> String {
-        self.engine.list_json(&entity)
+    #[napi(catch_unwind, ts_return_type = "string")]
+    pub fn list_json(&self, entity: String) -> JsonText {
+        JsonText(self.engine.list_json(&entity))
     }
 
     /// `{version, rows, gone}` since `version`, or null: read the whole list.

@@ -10,6 +10,7 @@ mod engine;
 mod error;
 mod log;
 mod query;
+mod text;
 mod tools;
 mod types;
 

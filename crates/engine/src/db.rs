@@ -13,7 +13,7 @@ use crate::checkpoint::Checkpointer;
 use crate::error::{Error, Result};
 use crate::protocol::Kind;
 use crate::queue::{Mutation, MutationError, Status};
-use crate::replica::{BaseRow, Effect, OverlayChanges, RowText, Tables};
+use crate::replica::{BaseRow, Effect, Loaded, OverlayChanges, RowText, TextAt, Texts};
 
 /// Marks a file as ours (`PRAGMA application_id`, "PYSN").
 const APPLICATION_ID: i32 = 0x5059_534E;
@@ -94,9 +94,12 @@ impl Drop for Db {
     }
 }
 
+/// A row as `load` reads it: id, seq, and where its text went (`None`: a tombstone).
+type StoredRow = (String, u64, Option<TextAt>);
+
 /// Everything `start()` needs from disk.
 pub struct Stored {
-    pub rows: Tables,
+    pub rows: Loaded,
     pub mutations: Vec<Mutation>,
 }
 
@@ -244,28 +247,32 @@ impl Db {
     }
 
     pub fn load(&self) -> Result<Stored> {
-        // in key order (BINARY collation sorts as Rust strings do), so each
-        // entity's map is built from sorted input in one pass
+        // in key order (BINARY collation sorts as Rust strings do): each
+        // entity's map is built from sorted input in one pass, and its
+        // texts are read into its list in order
         let mut stmt = self.conn.prepare("SELECT entity, row_id, seq, data FROM rows ORDER BY entity, row_id")?;
         let mut query = stmt.query([])?;
-        let mut rows: Tables = BTreeMap::new();
-        let mut run: Option<(String, Vec<(String, BaseRow)>)> = None;
+        let mut texts = Texts::default();
+        let mut runs: Vec<(String, Vec<StoredRow>)> = Vec::new();
         while let Some(r) = query.next()? {
             let entity = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
-            if run.as_ref().is_none_or(|(e, _)| e != entity) {
-                if let Some((e, list)) = run.take() {
-                    rows.insert(e, list.into_iter().collect());
-                }
-                run = Some((entity.to_string(), Vec::new()));
+            if runs.last().is_none_or(|(e, _)| e != entity) {
+                runs.push((entity.to_string(), Vec::new()));
+                texts.begin_list();
             }
-            let row =
-                BaseRow { seq: r.get::<_, i64>(2)? as u64, data: r.get::<_, Option<String>>(3)?.map(RowText::stored) };
-            run.as_mut().expect("a run is open").1.push((r.get(1)?, row));
+            let data = r.get_ref(3)?.as_str_or_null().map_err(rusqlite::Error::from)?;
+            let row = (r.get(1)?, r.get::<_, i64>(2)? as u64, data.map(|d| texts.push(d)));
+            runs.last_mut().expect("a run is open").1.push(row);
         }
-        if let Some((e, list)) = run {
-            rows.insert(e, list.into_iter().collect());
+        let lists = texts.finish();
+        let mut loaded = Loaded::default();
+        for (i, (entity, run)) in runs.into_iter().enumerate() {
+            let rows =
+                run.into_iter().map(|(id, seq, at)| (id, BaseRow { seq, data: at.map(|at| Texts::text(&lists, at)) }));
+            loaded.rows.insert(entity.clone(), rows.collect());
+            loaded.lists.insert(entity, Texts::list(&lists, i));
         }
-        Ok(Stored { rows, mutations: self.mutations()? })
+        Ok(Stored { rows: loaded, mutations: self.mutations()? })
     }
 
     /// Every stored mutation, of every identity, in queue order.
@@ -710,9 +717,12 @@ mod tests {
         let db = Db::open(Some(&path)).unwrap();
         assert_eq!(db.cursor().unwrap(), 4);
         let stored = db.load().unwrap();
-        let rows: Vec<&BaseRow> = stored.rows["Todo"].values().collect();
+        let rows: Vec<&BaseRow> = stored.rows.rows["Todo"].values().collect();
         assert_eq!(rows[0].seq, 3);
+        assert_eq!(rows[0].data.as_ref().unwrap().as_str(), r#"{"id":"a"}"#);
         assert!(rows[1].data.is_none(), "tombstones persist");
+        // the rows' texts were read into the entity's list, tombstones left out
+        assert_eq!(stored.rows.lists["Todo"].as_str(), r#"[{"id":"a"}]"#);
         assert_eq!(stored.mutations, vec![m]);
     }
 

@@ -2,7 +2,7 @@
 //! for WebSockets, the system clock, the thread's random generator, and a
 //! blocking thread for database work.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::timeout;
@@ -14,33 +14,65 @@ use crate::transport::sse;
 
 /// The real world: reqwest over TCP (and TLS), the system clock, the thread RNG.
 pub struct Net {
-    http: reqwest::Client,
-    /// Whom TLS trusts (see `tls`), for event streams and WebSockets too.
-    tls: Arc<rustls::ClientConfig>,
+    ca: Option<String>,
     timeouts: Timeouts,
+    /// Made on first use, or by the thread `shared` starts: reading the
+    /// system's trust store costs a fresh process milliseconds, which the
+    /// caller of `Engine::new` (the JS thread) does not wait for.
+    client: OnceLock<std::result::Result<Client, Error>>,
+}
+
+/// The HTTP client, and whom TLS trusts (see `tls`), for event streams and
+/// WebSockets too.
+struct Client {
+    http: reqwest::Client,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Net {
+    /// A bad `ca` is refused here; the client is made later (`client`).
     pub fn new(ca: Option<&str>, timeouts: Timeouts) -> Result<Net> {
-        let tls = crate::tls::client_config(ca)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .timeout(timeouts.request)
-            .tcp_nodelay(true)
-            .use_preconfigured_tls((*tls).clone())
-            .build()
-            .map_err(|e| Error::Network(e.to_string()))?;
-        Ok(Net { http, tls, timeouts })
+        if let Some(ca) = ca {
+            crate::tls::check_ca(ca)?;
+        }
+        Ok(Net { ca: ca.map(str::to_string), timeouts, client: OnceLock::new() })
     }
 
+    /// A `Net` whose client is made at once on a thread of its own, while
+    /// the caller goes on (an engine loads its replica meanwhile).
     pub fn shared(ca: Option<&str>, timeouts: Timeouts) -> Result<Arc<dyn Io>> {
-        Ok(Arc::new(Net::new(ca, timeouts)?))
+        let net = Arc::new(Net::new(ca, timeouts)?);
+        let early = net.clone();
+        let made = std::thread::Builder::new().name("pylon-sync-tls".into()).spawn(move || drop(early.client()));
+        if made.is_err() {
+            tracing::debug!("no thread to make the HTTP client early; it is made on first use");
+        }
+        Ok(net)
+    }
+
+    fn client(&self) -> Result<&Client> {
+        let made = self.client.get_or_init(|| {
+            let tls = crate::tls::client_config(self.ca.as_deref())?;
+            let http = reqwest::Client::builder()
+                .connect_timeout(self.timeouts.connect)
+                .timeout(self.timeouts.request)
+                .tcp_nodelay(true)
+                .use_preconfigured_tls((*tls).clone())
+                .build()
+                .map_err(|e| Error::Network(e.to_string()))?;
+            Ok(Client { http, tls })
+        });
+        made.as_ref().map_err(Clone::clone)
     }
 }
 
 impl Io for Net {
     fn send(&self, req: Request) -> BoxFuture<Result<Response>> {
-        let mut builder = self.http.request(req.method, &req.url);
+        let http = match self.client() {
+            Ok(c) => &c.http,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let mut builder = http.request(req.method, &req.url);
         if req.close {
             builder = builder.header(reqwest::header::CONNECTION, "close");
         }
@@ -66,8 +98,9 @@ impl Io for Net {
     }
 
     fn event_stream(&self, url: String, token: Option<String>, within: Duration) -> BoxFuture<Result<Chunks>> {
-        let tls = (*self.tls).clone();
+        let tls = self.client().map(|c| (*c.tls).clone());
         Box::pin(async move {
+            let tls = tls?;
             let http = reqwest::Client::builder()
                 .connect_timeout(within)
                 .tcp_nodelay(true)
@@ -108,7 +141,7 @@ impl Io for Net {
     }
 
     fn tls(&self) -> Option<Arc<rustls::ClientConfig>> {
-        Some(self.tls.clone())
+        self.client().ok().map(|c| c.tls.clone())
     }
 
     fn now_ms(&self) -> u64 {

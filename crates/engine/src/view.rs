@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::queue::{Mutation, Queue};
-use crate::replica::{BaseRow, Effect, OverlayChanges, Replacement, Replica, Tables};
+use crate::replica::{BaseRow, Effect, Loaded, OverlayChanges, Replacement, Replica, Tables};
 
 #[derive(Default)]
 pub(crate) struct View {
@@ -18,7 +18,7 @@ pub(crate) struct View {
 
 impl View {
     /// Stored rows with a queue on top (built without holding a lock).
-    pub fn new(rows: Option<Tables>, queue: Queue) -> View {
+    pub fn new(rows: Option<Loaded>, queue: Queue) -> View {
         let mut replica = Replica::new();
         if let Some(rows) = rows {
             replica.load(rows);
@@ -124,7 +124,7 @@ impl View {
     /// A session resolved: the rows dropped (`clear`, another identity),
     /// stored rows shown again (`rows`, kept under a token now confirmed the
     /// same identity), and that identity's queue on top, in one rebuild.
-    pub fn switch(&mut self, clear: bool, rows: Option<Tables>, queue: Queue) {
+    pub fn switch(&mut self, clear: bool, rows: Option<Loaded>, queue: Queue) {
         if clear {
             self.replica.clear();
         }

@@ -527,7 +527,7 @@ impl Engine {
         let cursor = db.cursor()?;
         // Rows stored under another token stay hidden until /api/auth/me
         // says the new token is the same identity.
-        let same_token = stored_fp.as_deref() == Some(fp.as_str()) || (rows.is_empty() && cursor == 0);
+        let same_token = stored_fp.as_deref() == Some(fp.as_str()) || (rows.rows.is_empty() && cursor == 0);
         let queue_key = if same_token && !identity.is_empty() { identity.clone() } else { token_key(&fp) };
         let (mine, parked_in_doubt) = split_queue(mutations, &queue_key);
         let mut view = View::new(same_token.then_some(rows), Queue::new(mine));

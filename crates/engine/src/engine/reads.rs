@@ -13,7 +13,7 @@ use super::Engine;
 
 impl Engine {
     /// The visible rows of `entity` as one JSON array, in id order.
-    pub fn list_json(&self, entity: &str) -> String {
+    pub fn list_json(&self, entity: &str) -> RowText {
         self.inner.state.read().view.replica().list_json(entity)
     }
 
