@@ -267,10 +267,11 @@ impl Db {
         let lists = texts.finish();
         let mut loaded = Loaded::default();
         for (i, (entity, run)) in runs.into_iter().enumerate() {
-            let rows =
-                run.into_iter().map(|(id, seq, at)| (id, BaseRow { seq, data: at.map(|at| Texts::text(&lists, at)) }));
+            let rows = run.into_iter().map(|(id, seq, at)| (id, BaseRow { seq, data: at.map(|at| lists.text(at)) }));
             loaded.rows.insert(entity.clone(), rows.collect());
-            loaded.lists.insert(entity, Texts::list(&lists, i));
+            if let Some(list) = lists.list(i) {
+                loaded.lists.insert(entity, list);
+            }
         }
         Ok(Stored { rows: loaded, mutations: self.mutations()? })
     }

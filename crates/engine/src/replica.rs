@@ -13,12 +13,16 @@ use crate::queue::{project, Queue};
 /// A row held as its compact JSON text (`id` included). Text takes a
 /// fraction of the memory of a parsed map, loads from SQLite without parsing,
 /// and is what JavaScript reads; it is parsed only to patch or compare it.
-/// Rows read together share buffers (see [`Texts`]).
+/// Rows loaded from the file are slices of one buffer (see [`Texts`]).
 #[derive(Clone)]
-pub struct RowText {
-    buf: Arc<String>,
-    start: usize,
-    end: usize,
+pub struct RowText(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// A text of its own: one allocation.
+    Own(Arc<str>),
+    /// `buf[start..end]`, a slice of a loaded list.
+    Slice { buf: Arc<String>, start: u32, end: u32 },
 }
 
 impl RowText {
@@ -28,16 +32,18 @@ impl RowText {
 
     /// Text this program wrote (the replica's own table); not validated again.
     pub fn stored(text: &str) -> RowText {
-        RowText::own(text.to_string())
+        RowText(Repr::Own(text.into()))
     }
 
     fn own(text: String) -> RowText {
-        let end = text.len();
-        RowText { buf: Arc::new(text), start: 0, end }
+        RowText(Repr::Own(text.into()))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.buf[self.start..self.end]
+        match &self.0 {
+            Repr::Own(text) => text,
+            Repr::Slice { buf, start, end } => &buf[*start as usize..*end as usize],
+        }
     }
 
     pub fn parse(&self) -> Row {
@@ -60,10 +66,19 @@ impl Eq for RowText {}
 /// took, and the first read of the whole list needs no text built (see
 /// `Table::list`). A buffer is freed with the last of its rows, so what
 /// stays is never more than was loaded.
-#[derive(Default)]
 pub struct Texts {
     done: Vec<String>,
     open: Option<String>,
+    /// For each list begun: the buffer that holds it whole, unless it
+    /// outgrew one (a slice's offsets are 32 bits).
+    whole: Vec<Option<usize>>,
+    max: usize,
+}
+
+impl Default for Texts {
+    fn default() -> Texts {
+        Texts { done: Vec::new(), open: None, whole: Vec::new(), max: u32::MAX as usize }
+    }
 }
 
 /// Where [`Texts::push`] put a text; made a [`RowText`] once the texts are finished.
@@ -74,14 +89,21 @@ pub struct TextAt {
     end: u32,
 }
 
+/// The buffers [`Texts`] filled, and for each list begun the one holding it whole.
+pub struct Lists {
+    pub buffers: Vec<Arc<String>>,
+    pub whole: Vec<Option<usize>>,
+}
+
 impl Texts {
     /// A new entity's rows follow.
     pub fn begin_list(&mut self) {
-        self.end_list();
+        self.end_buffer();
         self.open = Some(String::from("["));
+        self.whole.push(Some(self.done.len()));
     }
 
-    fn end_list(&mut self) {
+    fn end_buffer(&mut self) {
         if let Some(mut list) = self.open.take() {
             list.push(']');
             list.shrink_to_fit();
@@ -90,31 +112,41 @@ impl Texts {
     }
 
     pub fn push(&mut self, text: &str) -> TextAt {
+        if self.open.as_ref().is_some_and(|l| l.len() + text.len() + 2 > self.max) {
+            // past what 32-bit offsets reach: on in a new buffer, and the
+            // list is built when asked for
+            self.end_buffer();
+            if let Some(whole) = self.whole.last_mut() {
+                *whole = None;
+            }
+        }
         let list = self.open.get_or_insert_with(|| String::from("["));
         if list.len() > 1 {
             list.push(',');
         }
         let start = list.len();
         list.push_str(text);
-        // SQLite holds no text over a gigabyte
-        let at = |n: usize| u32::try_from(n).expect("a list's offsets fit in 32 bits");
+        // SQLite holds no text over a gigabyte, so one text always fits
+        let at = |n: usize| u32::try_from(n).expect("a buffer's offsets fit in 32 bits");
         TextAt { buf: at(self.done.len()), start: at(start), end: at(list.len()) }
     }
 
-    /// The lists, in the order begun.
-    pub fn finish(mut self) -> Vec<Arc<String>> {
-        self.end_list();
-        self.done.into_iter().map(Arc::new).collect()
+    pub fn finish(mut self) -> Lists {
+        self.end_buffer();
+        Lists { buffers: self.done.into_iter().map(Arc::new).collect(), whole: self.whole }
+    }
+}
+
+impl Lists {
+    pub fn text(&self, at: TextAt) -> RowText {
+        RowText(Repr::Slice { buf: self.buffers[at.buf as usize].clone(), start: at.start, end: at.end })
     }
 
-    pub fn text(lists: &[Arc<String>], at: TextAt) -> RowText {
-        RowText { buf: lists[at.buf as usize].clone(), start: at.start as usize, end: at.end as usize }
-    }
-
-    /// A whole list, as JSON.
-    pub fn list(lists: &[Arc<String>], buf: usize) -> RowText {
-        let end = lists[buf].len();
-        RowText { buf: lists[buf].clone(), start: 0, end }
+    /// The `n`th list begun, as JSON, if one buffer holds it whole.
+    pub fn list(&self, n: usize) -> Option<RowText> {
+        let buf = self.buffers[self.whole[n]?].clone();
+        let end = u32::try_from(buf.len()).expect("a whole list's offsets fit in 32 bits");
+        Some(RowText(Repr::Slice { buf, start: 0, end }))
     }
 }
 
@@ -878,11 +910,11 @@ mod tests {
         let lists = texts.finish();
         let rows: BTreeMap<String, BaseRow> = [("a", a), ("b", b)]
             .into_iter()
-            .map(|(id, at)| (id.to_string(), BaseRow { seq: 1, data: Some(Texts::text(&lists, at)) }))
+            .map(|(id, at)| (id.to_string(), BaseRow { seq: 1, data: Some(lists.text(at)) }))
             .collect();
-        assert_eq!(Texts::list(&lists, 1).as_str(), "[]", "an entity with no rows");
+        assert_eq!(lists.list(1).unwrap().as_str(), "[]", "an entity with no rows");
         let mut r = Replica::new();
-        let lists = BTreeMap::from([("Todo".to_string(), Texts::list(&lists, 0))]);
+        let lists = BTreeMap::from([("Todo".to_string(), lists.list(0).unwrap())]);
         r.load(Loaded { rows: BTreeMap::from([("Todo".to_string(), rows)]), lists });
         let loaded = r.list_json("Todo");
         assert_eq!(loaded.as_str(), r#"[{"t":1,"id":"a"},{"t":2,"id":"b"}]"#);
@@ -894,6 +926,21 @@ mod tests {
         assert_eq!(r.list_json("Todo").as_str(), r#"[{"t":9,"id":"a"},{"t":2,"id":"b"}]"#);
         r.refresh("Todo", "a", &Queue::default());
         assert_eq!(r.list_json("Todo").as_str(), loaded.as_str());
+    }
+
+    #[test]
+    fn a_list_too_long_for_one_buffer_goes_on_in_another_and_is_not_whole() {
+        let mut texts = Texts { max: 20, ..Texts::default() };
+        texts.begin_list();
+        let at: Vec<TextAt> =
+            ["{\"id\":\"a\"}", "{\"id\":\"b\"}", "{\"id\":\"c\"}"].iter().map(|t| texts.push(t)).collect();
+        texts.begin_list();
+        texts.push("{}");
+        let lists = texts.finish();
+        let shown: Vec<String> = at.iter().map(|a| lists.text(*a).as_str().to_string()).collect();
+        assert_eq!(shown, [r#"{"id":"a"}"#, r#"{"id":"b"}"#, r#"{"id":"c"}"#]);
+        assert!(lists.list(0).is_none(), "split over buffers: built when asked for");
+        assert_eq!(lists.list(1).unwrap().as_str(), "[{}]");
     }
 
     #[test]
