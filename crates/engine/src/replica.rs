@@ -39,6 +39,15 @@ impl RowText {
         RowText(Repr::Own(text.into()))
     }
 
+    /// A text made whole, kept where it was made (no copy into an
+    /// `Arc<str>`): for a list built to be handed out at once.
+    fn whole(text: String) -> RowText {
+        match u32::try_from(text.len()) {
+            Ok(end) => RowText(Repr::Slice { buf: Arc::new(text), start: 0, end }),
+            Err(_) => RowText::own(text),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         match &self.0 {
             Repr::Own(text) => text,
@@ -453,7 +462,7 @@ impl Replica {
             json.push_str(row.as_str());
         }
         json.push(']');
-        RowText::own(json)
+        RowText::whole(json)
     }
 
     /// Works out what a batch of server changes does to the stored rows,
