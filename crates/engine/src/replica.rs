@@ -100,8 +100,8 @@ pub struct TextAt {
 
 /// The buffers [`Texts`] filled, and for each list begun the one holding it whole.
 pub struct Lists {
-    pub buffers: Vec<Arc<String>>,
-    pub whole: Vec<Option<usize>>,
+    buffers: Vec<Arc<String>>,
+    whole: Vec<Option<usize>>,
 }
 
 impl Texts {
@@ -165,12 +165,6 @@ impl Lists {
 pub struct Loaded {
     pub rows: Tables,
     pub lists: BTreeMap<String, RowText>,
-}
-
-impl From<Tables> for Loaded {
-    fn from(rows: Tables) -> Loaded {
-        Loaded { rows, lists: BTreeMap::new() }
-    }
 }
 
 impl std::fmt::Debug for RowText {
