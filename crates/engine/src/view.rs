@@ -5,7 +5,7 @@
 //! touches, and every change to the rows is committed against the queue.
 //! It holds no lock; the engine keeps it in its `state`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::queue::{Mutation, Queue};
 use crate::replica::{BaseRow, Effect, Loaded, OverlayChanges, Replacement, Replica, Tables};
@@ -93,6 +93,28 @@ impl View {
     /// rows changed.
     pub fn commit(&mut self, effects: &[Effect]) -> Vec<String> {
         self.replica.commit(effects, &self.queue)
+    }
+
+    /// Server changes, durable already, where `entities` are made from
+    /// them alone (a replay from 0 replacing what they held). Returns the
+    /// entities whose visible rows changed.
+    pub fn commit_replacing(&mut self, effects: Vec<Effect>, entities: &BTreeSet<String>) -> Vec<String> {
+        if entities.is_empty() {
+            return self.commit(&effects);
+        }
+        let (whole, rest): (Vec<Effect>, Vec<Effect>) =
+            effects.into_iter().partition(|e| entities.contains(e.entity()));
+        let mut tables: Tables = entities.iter().map(|e| (e.clone(), BTreeMap::new())).collect();
+        for e in &whole {
+            tables.entry(e.entity().to_string()).or_default().insert(e.id().to_string(), e.row());
+        }
+        let mut touched = self.commit(&rest);
+        for entity in self.show(tables) {
+            if !touched.contains(&entity) {
+                touched.push(entity);
+            }
+        }
+        touched
     }
 
     /// Whole entities, shown at once (a hydration before it is stored, or

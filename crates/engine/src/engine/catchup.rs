@@ -22,7 +22,7 @@ use crate::events::{Event, Phase, Progress, ResyncReason};
 use crate::protocol::{ChangeEvent, Kind, PullPage, Row};
 use crate::queue::Mutation;
 use crate::reconcile;
-use crate::replica::{Effect, Replica, RowText, Tables};
+use crate::replica::{Effect, Replica, RowText};
 use crate::restart::{Anchor, ANCHOR_SPAN};
 
 use super::{Engine, Replay, PRUNE_EVERY, RATE_WINDOW, REPLACED_BY_REPLAY};
@@ -451,24 +451,10 @@ impl Engine {
                 for m in renamed {
                     st.view.replace(m);
                 }
-                let touched = if replacing.is_empty() {
-                    st.view.commit(&effects)
-                } else {
-                    let (whole, rest): (Vec<Effect>, Vec<Effect>) =
-                        effects.into_iter().partition(|e| replacing.contains(e.entity()));
-                    let mut tables: Tables = replacing.iter().map(|e| (e.clone(), BTreeMap::new())).collect();
-                    for e in &whole {
-                        tables.entry(e.entity().to_string()).or_default().insert(e.id().to_string(), e.row());
-                    }
+                let touched = st.view.commit_replacing(effects, &replacing);
+                if !replacing.is_empty() {
                     st.replaced_by_replay.clear();
-                    let mut touched = st.view.commit(&rest);
-                    for entity in st.view.show(tables) {
-                        if !touched.contains(&entity) {
-                            touched.push(entity);
-                        }
-                    }
-                    touched
-                };
+                }
                 if st.view.queue().in_doubt() > 0 {
                     st.witness.record(&changes);
                 } else {
