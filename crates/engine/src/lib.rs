@@ -24,6 +24,7 @@ mod restart;
 mod schema;
 mod snapshot;
 pub mod sql;
+mod task;
 mod tls;
 pub mod transport;
 mod view;

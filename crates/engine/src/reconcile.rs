@@ -24,13 +24,12 @@
 //! docs/compat.md says so.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::protocol::{ChangeEvent, Kind, Row, TEMP_PREFIX};
 use crate::queue::{Mutation, Queue, Status};
-use crate::replica::Replica;
+use crate::replica::{Replica, RowText};
 
 /// Insert events applied while some insert was in doubt, newest last.
 #[derive(Debug, Default)]
@@ -105,11 +104,11 @@ pub fn find_applied(replica: &Replica, witness: &Witness, m: &Mutation) -> Optio
 
 /// The same, among the rows of a snapshot about to be installed, so that a
 /// snapshot never shows an insert of ours next to its optimistic row.
-pub fn find_in_snapshot(rows: &BTreeMap<String, Arc<Row>>, witness: &Witness, m: &Mutation) -> Option<String> {
+pub fn find_in_snapshot(rows: &BTreeMap<String, RowText>, witness: &Witness, m: &Mutation) -> Option<String> {
     use std::ops::Bound::{Excluded, Unbounded};
     let after = m.sent.as_ref()?.after.clone();
     let lower = after.map_or(Unbounded, Excluded);
-    find_by_fields(witness, m, rows.range::<String, _>((lower, Unbounded)).map(|(id, r)| (id, (**r).clone())))
+    find_by_fields(witness, m, rows.range::<String, _>((lower, Unbounded)).map(|(id, r)| (id, r.parse())))
 }
 
 fn find_by_fields<'a>(

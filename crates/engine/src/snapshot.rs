@@ -6,14 +6,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound::{Excluded, Unbounded};
-use std::sync::Arc;
 
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::api::{Api, EntityInfo};
 use crate::error::{Error, Result};
 use crate::protocol::{ChangeEvent, Kind, Row};
+use crate::replica::RowText;
 use crate::restart::{Anchor, ANCHOR_SPAN};
+use crate::task::AbortOnDrop;
 
 /// Rows per request for entities without read policies.
 const PAGE: usize = 2000;
@@ -21,7 +23,8 @@ const PAGE: usize = 2000;
 pub struct Snapshot {
     /// The log head read before any row.
     pub head: u64,
-    pub rows: BTreeMap<String, BTreeMap<String, Arc<Row>>>,
+    /// Each row as the replica keeps it: in the manifest's types, as text.
+    pub rows: BTreeMap<String, BTreeMap<String, RowText>>,
     /// Entities the server will not list for this caller (the real server
     /// answers 403 to every row route of an entity under a row-level read
     /// policy): only the change log can fill them.
@@ -93,7 +96,7 @@ async fn forget_vanished(
     api: &Api,
     token: Option<&str>,
     entities: &[EntityInfo],
-    rows: &mut BTreeMap<String, BTreeMap<String, Arc<Row>>>,
+    rows: &mut BTreeMap<String, BTreeMap<String, RowText>>,
     bound: &str,
 ) -> Result<()> {
     for info in entities.iter().filter(|e| !e.has_policy) {
@@ -170,12 +173,12 @@ pub async fn take(
     let mut log_only = Vec::new();
     'entities: for info in entities {
         let mut rows = BTreeMap::new();
-        let mut after: Option<String> = None;
-        loop {
-            // With a read policy the server filters rows after applying the
-            // limit, so a short page would not prove the end: read it whole.
-            let limit = (!info.has_policy).then_some(PAGE);
-            let page = match api.rows_after(token, &info.name, after.as_deref(), limit).await {
+        // With a read policy the server filters rows after applying the
+        // limit, so a short page would not prove the end: read it whole.
+        let limit = (!info.has_policy).then_some(PAGE);
+        let mut next = Some(ask(api, token, &info.name, None, limit));
+        while let Some(asked) = next.take() {
+            let mut page = match asked.await {
                 Ok(page) => page,
                 Err(Error::Http { status: 403, .. }) => {
                     log_only.push(info.name.clone());
@@ -183,21 +186,25 @@ pub async fn take(
                 }
                 Err(e) => return Err(e),
             };
-            let n = page.len();
-            for mut row in page {
-                info.fields.normalize(&mut row);
-                let id = match row.get("id") {
-                    Some(Value::String(id)) => id.clone(),
+            let mut ids = Vec::with_capacity(page.len());
+            for row in &mut page {
+                info.fields.normalize(row);
+                match row.get("id") {
+                    Some(Value::String(id)) => ids.push(id.clone()),
                     _ => return Err(Error::Protocol(format!("a {} row has no string id", info.name))),
-                };
-                after = Some(id.clone());
-                rows.insert(id, Arc::new(row));
+                }
             }
-            let done = limit.is_none_or(|l| n < l);
+            let done = limit.is_none_or(|l| page.len() < l);
+            if !done {
+                // the next page is asked for while this one is made into
+                // the replica's texts: the server's time and ours overlap
+                next = Some(ask(api, token, &info.name, ids.last().cloned(), limit));
+            }
+            for (id, row) in ids.into_iter().zip(&page) {
+                rows.insert(id, RowText::new(row));
+            }
+            drop(page);
             progress(&info.name, rows.len(), done);
-            if done {
-                break;
-            }
         }
         out.insert(info.name.clone(), rows);
     }
@@ -206,6 +213,20 @@ pub async fn take(
         forget_vanished(api, token, entities, &mut out, bound).await?;
     }
     Ok(Snapshot { head, rows: out, log_only, anchor })
+}
+
+/// The page of `entity`'s rows after `after`, asked for on a task of its
+/// own, so that it is on its way while the caller works.
+fn ask(
+    api: &Api,
+    token: Option<&str>,
+    entity: &str,
+    after: Option<String>,
+    limit: Option<usize>,
+) -> AbortOnDrop<Result<Vec<Row>>> {
+    let (api, token, entity) = (api.clone(), token.map(str::to_string), entity.to_string());
+    let page = async move { api.rows_after(token.as_deref(), &entity, after.as_deref(), limit).await };
+    AbortOnDrop::spawn(page.instrument(tracing::Span::current()))
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -155,8 +154,7 @@ impl Engine {
                     .rows
                     .into_iter()
                     .map(|(entity, rows)| {
-                        let rows =
-                            rows.into_iter().map(|(id, r)| (id, BaseRow { seq: 0, data: Some(RowText::new(&r)) }));
+                        let rows = rows.into_iter().map(|(id, r)| (id, BaseRow { seq: 0, data: Some(r) }));
                         (entity, rows.collect())
                     })
                     .collect();
@@ -311,12 +309,12 @@ impl Engine {
             }
         }
         let epoch = self.inner.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut rows: BTreeMap<String, BTreeMap<String, Arc<Row>>> = BTreeMap::new();
+        let mut rows: BTreeMap<String, BTreeMap<String, RowText>> = BTreeMap::new();
         for (entity, list) in h.entities {
             let table = rows.entry(entity).or_default();
             for r in list {
                 let id = r["id"].as_str().unwrap_or_default().to_string();
-                table.insert(id, Arc::new(r));
+                table.insert(id, RowText::new(&r));
             }
         }
         let snap = Snapshot { head: h.cursor.last_seq, rows, log_only: Vec::new(), anchor: None };
@@ -396,7 +394,7 @@ pub async fn get_server_data(
     };
     let snap = snapshot::take(&api, token, &infos, false, &|_, _, _| {}).await?;
     let mut out: BTreeMap<String, Vec<Row>> =
-        snap.rows.into_iter().map(|(e, rows)| (e, rows.into_values().map(|r| (*r).clone()).collect())).collect();
+        snap.rows.into_iter().map(|(e, rows)| (e, rows.into_values().map(|r| r.parse()).collect())).collect();
     if !snap.log_only.is_empty() {
         out.extend(from_log(&api, token, &snap.log_only, snap.head).await?);
         // in the manifest's types, as the snapshot's rows are

@@ -17,6 +17,7 @@ use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::events::{ConnState, Connection, ErrorContext, ErrorInfo, Event, Peer};
 use crate::protocol::ChangeEvent;
+use crate::task::AbortOnDrop;
 use crate::transport::{Inbound, Link, Which, LADDER};
 
 use super::ladder::Ladder;
@@ -32,15 +33,6 @@ enum End {
     Died(Error),
     Restart,
     Probe,
-}
-
-/// Aborts the task when dropped (the applier dies with the follower).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The connect–run–back off loop and everything around it, for one host.
@@ -136,7 +128,8 @@ impl<H: Host> Follower<H> {
         let probe_first = self.0.config().probe_interval;
         let (tx, rx) = unbounded_channel::<(u64, ChangeEvent)>();
         let applier = self.clone().apply_stream_loop(rx).instrument(self.0.span());
-        let _applier = AbortOnDrop(tokio::spawn(applier));
+        // the applier dies with the follower
+        let _applier = AbortOnDrop::spawn(applier);
         let mut ladder = Ladder::new(pinned, probe_first);
         let mut backoff = Backoff::new(self.0.config().reconnect_delay, BACKOFF_CAP, self.0.io().clone());
         loop {
