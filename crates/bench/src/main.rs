@@ -604,57 +604,75 @@ async fn real_server(rows: usize, out: &mut Vec<Row>) {
             .unwrap();
         assert!(res.status().is_success(), "seeding the real server: {}", res.status());
     }
-    // the limits: the same by a bare client, on one kept-alive connection and
+    // The limits: the same by a bare client, on one kept-alive connection and
     // on a new one per request (the engine's choice on this server: a
     // kept-alive one can meet 40 ms delayed acknowledgements, see
-    // BENCHMARKS.md); the faster of the two counts
+    // BENCHMARKS.md); the faster of the two counts. The server shares the
+    // two cores with both, so each is timed three times, taking turns, and
+    // the best of each is compared (the spread is shown).
     let fresh_client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let kept_client = reqwest::Client::new();
     let (pages, n) = fetch_pages(&fresh_client, &pylon.url, "Todo").await;
     assert_eq!(n, rows);
-    let (fresh, log_pages) = fetch_everything(&fresh_client, &pylon.url).await;
-    let (kept, _) = fetch_everything(&kept_client, &pylon.url).await;
-    let everything = fresh.min(kept);
-    let dir = tempfile::tempdir().unwrap();
-    let e = Engine::new(config(&pylon.url, &dir.path().join("r.db"))).unwrap();
-    // the first usable data: every Todo row in the store
-    let first_data: Arc<Mutex<Option<Duration>>> = Arc::default();
-    let t = Instant::now();
-    {
-        let (first_data, e2) = (first_data.clone(), e.clone());
-        e.set_listener(Some(Arc::new(move |ev: Event| {
-            if let Event::Change { entities } = ev {
-                if entities.iter().any(|x| x == "Todo") && e2.count("Todo") == rows {
-                    first_data.lock().unwrap().get_or_insert(t.elapsed());
+    let (mut bare, mut engine, mut usable, mut waiting) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut log_pages = 0;
+    for turn in 0..3 {
+        let (fresh, pages) = fetch_everything(&fresh_client, &pylon.url).await;
+        let (kept, _) = fetch_everything(&kept_client, &pylon.url).await;
+        log_pages = pages;
+        bare.push(fresh.min(kept));
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::new(config(&pylon.url, &dir.path().join(format!("r{turn}.db")))).unwrap();
+        // the first usable data: every Todo row in the store
+        let first_data: Arc<Mutex<Option<Duration>>> = Arc::default();
+        let t = Instant::now();
+        {
+            let (first_data, e2) = (first_data.clone(), e.clone());
+            e.set_listener(Some(Arc::new(move |ev: Event| {
+                if let Event::Change { entities } = ev {
+                    if entities.iter().any(|x| x == "Todo") && e2.count("Todo") == rows {
+                        first_data.lock().unwrap().get_or_insert(t.elapsed());
+                    }
                 }
-            }
-        })));
+            })));
+        }
+        e.start().await.unwrap();
+        let took = t.elapsed();
+        assert_eq!(e.count("Todo"), rows, "every row, beyond the 10,000-event log");
+        engine.push(took);
+        usable.push(first_data.lock().unwrap().expect("a change event showed the rows"));
+        waiting.push(e.server_wait().as_secs_f64() / took.as_secs_f64());
+        e.set_listener(None); // it holds the engine
+        e.close().await;
     }
-    e.start().await.unwrap();
-    let took = t.elapsed();
-    assert_eq!(e.count("Todo"), rows, "every row, beyond the 10,000-event log");
-    let usable = first_data.lock().unwrap().expect("a change event showed the rows");
+    let best = |v: &[Duration]| v.iter().copied().min().unwrap();
+    let spread = |v: &[Duration]| {
+        let (lo, hi) = (best(v), v.iter().copied().max().unwrap());
+        format!("{:.0}–{:.0}", ms(lo), ms(hi))
+    };
+    let took = best(&engine);
+    let at = engine.iter().position(|d| *d == took).unwrap();
     out.push(Row {
-        what: format!("2 bootstrap {rows} rows from the real pylon (beyond its 10,000-event log)"),
+        what: format!("2 bootstrap {rows} rows from the real pylon (beyond its 10,000-event log), best of 3"),
         value: format!(
-            "{:.0} ms, {:.0} rows/s; every Todo row shown after {:.0} ms",
+            "{:.0} ms ({} ms), {:.0} rows/s; every Todo row shown after {:.0} ms",
             ms(took),
+            spread(&engine),
             rows as f64 / took.as_secs_f64(),
-            ms(usable)
+            ms(usable[at])
         ),
         limit: format!(
-            "bare client fetching everything a bootstrap must (every entity's pages, {log_pages} log pages): {:.0} ms; the Todo pages alone: {:.0} ms",
-            ms(everything),
+            "bare client fetching everything a bootstrap must (every entity's pages, {log_pages} log pages), best of 3: {:.0} ms ({} ms); the Todo pages alone: {:.0} ms",
+            ms(best(&bare)),
+            spread(&bare),
             ms(pages)
         ),
         ratio: format!(
             "{:.0} % of the bare client (target ≥ 90 %); {:.0} % of the time waiting on the server",
-            100.0 * everything.as_secs_f64() / took.as_secs_f64(),
-            100.0 * e.server_wait().as_secs_f64() / took.as_secs_f64()
+            100.0 * best(&bare).as_secs_f64() / took.as_secs_f64(),
+            100.0 * waiting[at]
         ),
     });
-    e.set_listener(None); // it holds the engine
-    e.close().await;
 }
 
 /// Bootstrap of `rows` rows spread evenly over `n` entities.
