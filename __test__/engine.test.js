@@ -396,6 +396,40 @@ test('a large list reaches JavaScript without a copy into the heap, and reads th
   }
 })
 
+test('a large list handed over again and again is given back: memory stays level', async () => {
+  const srv = await startDevserver()
+  try {
+    await srv.control('seed', { entity: 'Todo', count: 20000, data: { title: 'row {i} ' + 'x'.repeat(100), done: false } })
+    const e = engine(srv.url)
+    await e.start()
+    try {
+      await e.stop()
+      const id = e.store.list('Todo')[0].id
+      const gc = collector()
+      let length = 0
+      const rss = () => process.memoryUsage().rss
+      let before = 0
+      for (let i = 0; i < 200; i++) {
+        // a new list each time (an ASCII row changed): a new buffer each time
+        await e.update('Todo', id, { title: 'changed ' + i })
+        length = e._native.listJson('Todo').length
+        if (i === 49) {
+          gc()
+          before = rss()
+        }
+      }
+      gc()
+      const grew = rss() - before
+      // 150 lists kept would be 150 × the list; a few may wait for the next collection
+      assert.ok(grew < 40 * length, `memory grew by ${grew} bytes over 150 lists of ${length} characters`)
+    } finally {
+      await e.close()
+    }
+  } finally {
+    await srv.stop()
+  }
+})
+
 /** A full garbage collection, in Node and in Bun. */
 function collector() {
   if (process.versions.bun) return () => globalThis.Bun.gc(true)
