@@ -25,13 +25,15 @@ impl<T> Drop for AbortOnDrop<T> {
 impl<T> Future for AbortOnDrop<T> {
     type Output = T;
 
-    /// The task's output; its panic goes on in the owner. It is never
-    /// cancelled while the owner waits for it (only dropping aborts it).
+    /// The task's output; its panic goes on in the owner. Only dropping
+    /// the handle or the runtime's shutdown cancels the task, and either
+    /// ends the owner too: a cancelled task is waited for no further.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        Pin::new(&mut self.0).poll(cx).map(|done| match done {
-            Ok(out) => out,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        })
+        match Pin::new(&mut self.0).poll(cx) {
+            Poll::Ready(Ok(out)) => Poll::Ready(out),
+            Poll::Ready(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
+        }
     }
 }
 
