@@ -23,6 +23,8 @@ const AWAITED: &str = "awaited:";
 /// How long a write waits for another connection's to end.
 const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+const PUT_ROW: &str = "INSERT OR REPLACE INTO rows (entity, row_id, seq, data) VALUES (?1, ?2, ?3, ?4)";
+
 const SCHEMA: &str = "
 CREATE TABLE rows (
   entity TEXT NOT NULL,
@@ -411,9 +413,7 @@ pub struct Writer<'a> {
 
 impl Writer<'_> {
     pub fn effects(&self, effects: &[Effect]) -> Result<()> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("INSERT OR REPLACE INTO rows (entity, row_id, seq, data) VALUES (?1, ?2, ?3, ?4)")?;
+        let mut stmt = self.tx.prepare_cached(PUT_ROW)?;
         for e in effects {
             match e {
                 Effect::Put { entity, id, seq, data } => {
@@ -423,6 +423,16 @@ impl Writer<'_> {
                     stmt.execute(params![entity, id, *seq as i64, Option::<String>::None])?
                 }
             };
+        }
+        Ok(())
+    }
+
+    /// An entity's rows as a snapshot gives them, whole, without an
+    /// `Effect` made for each (an install stores tens of thousands).
+    pub fn put_rows(&self, entity: &str, rows: &BTreeMap<String, BaseRow>) -> Result<()> {
+        let mut stmt = self.tx.prepare_cached(PUT_ROW)?;
+        for (id, row) in rows {
+            stmt.execute(params![entity, id, row.seq as i64, row.data.as_ref().map(RowText::as_str)])?;
         }
         Ok(())
     }

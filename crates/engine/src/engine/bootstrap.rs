@@ -17,7 +17,7 @@ use crate::events::{Event, Phase, Progress, ResyncReason};
 use crate::net::Net;
 use crate::protocol::{ChangeEvent, Cursor, Hydration, Identity, Row, LOG_CAPACITY};
 use crate::queue::Queue;
-use crate::replica::{BaseRow, Effect, Replacement, Replica, RowText, Tables};
+use crate::replica::{BaseRow, Replacement, Replica, RowText, Tables};
 use crate::schema::Schema;
 use crate::snapshot::{self, Snapshot};
 
@@ -175,14 +175,7 @@ impl Engine {
                     w.set_meta(REPLACED_BY_REPLAY, &serde_json::to_string(&replaced_by_replay)?)?;
                     for (entity, rows) in &tables {
                         w.clear_entity(entity)?;
-                        let effects: Vec<Effect> = rows
-                            .iter()
-                            .filter_map(|(id, b)| {
-                                let data = b.data.clone()?;
-                                Some(Effect::Put { entity: entity.clone(), id: id.clone(), seq: 0, data })
-                            })
-                            .collect();
-                        w.effects(&effects)?;
+                        w.put_rows(entity, rows)?;
                     }
                     w.set_cursor(cursor)?;
                     w.set_meta("covered", &serde_json::to_string(&covered)?)?;
