@@ -41,7 +41,7 @@ impl ToNapiValue for JsonText {
     unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
         let text = val.0.as_str();
         if (EXTERNAL_FROM..=EXTERNAL_UP_TO).contains(&text.len()) && text.is_ascii() {
-            if let Some(create) = create_external_latin1().filter(|_| unsafe { releases_external_strings(env) }) {
+            if let Some(create) = unsafe { external_strings(env) } {
                 if let Some(value) = unsafe { external(env, create, val.0.clone()) } {
                     return Ok(value);
                 }
@@ -86,15 +86,6 @@ unsafe fn adjust_external_memory(env: sys::napi_env, change: i64) {
     unsafe { sys::napi_adjust_external_memory(env, change, &mut now) };
 }
 
-/// Whether the runtime gives an external string back (calls its
-/// finalizer) once it is collected. Bun (1.4) keeps every one: a list
-/// handed over 300 times held 1.3 GB, where Node, told of their bytes,
-/// held 200–255 MB; so Bun gets copies. Asked once: `globalThis.process.versions.bun`.
-unsafe fn releases_external_strings(env: sys::napi_env) -> bool {
-    static RELEASES: OnceLock<bool> = OnceLock::new();
-    *RELEASES.get_or_init(|| unsafe { runtime_is_bun(env) } == Some(false))
-}
-
 /// `None` when it cannot be told (no `process.versions`): no external strings then.
 unsafe fn runtime_is_bun(env: sys::napi_env) -> Option<bool> {
     unsafe fn property(env: sys::napi_env, of: sys::napi_value, name: &std::ffi::CStr) -> Option<sys::napi_value> {
@@ -113,10 +104,17 @@ unsafe fn runtime_is_bun(env: sys::napi_env) -> Option<bool> {
 }
 
 /// The host's `node_api_create_external_string_latin1` (Node-API 10;
-/// Node ≥ 20.4, Bun), looked up once.
-fn create_external_latin1() -> Option<CreateExternalLatin1> {
+/// Node ≥ 20.4), where the runtime also gives an external string back
+/// (calls its finalizer) once it is collected; decided once. Bun (1.4)
+/// has the function but keeps every string: a list handed over 300 times
+/// held 1.3 GB, where Node, told of their bytes, held 200–255 MB; so Bun
+/// gets copies.
+unsafe fn external_strings(env: sys::napi_env) -> Option<CreateExternalLatin1> {
     static FOUND: OnceLock<Option<CreateExternalLatin1>> = OnceLock::new();
     *FOUND.get_or_init(|| {
+        if unsafe { runtime_is_bun(env) } != Some(false) {
+            return None;
+        }
         let host = host_library()?;
         // SAFETY: the symbol, where present, is the Node-API function of this signature; the
         // host is the running process, which outlives every call.

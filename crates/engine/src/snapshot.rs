@@ -203,7 +203,6 @@ pub async fn take(
             for (id, row) in ids.into_iter().zip(&page) {
                 rows.insert(id, RowText::new(row));
             }
-            drop(page);
             progress(&info.name, rows.len(), done);
         }
         out.insert(info.name.clone(), rows);
