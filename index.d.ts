@@ -61,9 +61,16 @@ export declare class NativeEngine {
   /** Queued writes (pending and failed), oldest first. */
   mutations(): Array<MutationInfo>
   setToken(token?: unknown): void
-  insert(entity: string, data: unknown, now?: boolean | undefined | null): Promise<{ ok: true; value: string } | { ok: false; error: ErrorInfo }> | { ok: true; value: string } | { ok: false; error: ErrorInfo }
-  update(entity: string, id: string, patch: unknown, now?: boolean | undefined | null): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }> | { ok: true; value: null } | { ok: false; error: ErrorInfo }
-  delete(entity: string, id: string, now?: boolean | undefined | null): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }> | { ok: true; value: null } | { ok: false; error: ErrorInfo }
+  insert(entity: string, data: unknown, now: boolean | undefined | null, ticket: number): { ok: true; value: string } | { ok: false; error: ErrorInfo } | null
+  update(entity: string, id: string, patch: unknown, now: boolean | undefined | null, ticket: number): { ok: true; value: null } | { ok: false; error: ErrorInfo } | null
+  delete(entity: string, id: string, now: boolean | undefined | null, ticket: number): { ok: true; value: null } | { ok: false; error: ErrorInfo } | null
+  /**
+   * Registers the wake-up for writes' outcomes: `callback()` when some
+   * wait to be taken (`takeOutcomes`). Weak, like `onEvent`.
+   */
+  onOutcomes(callback: () => void): void
+  /** The outcomes of writes answered since the last call, as `[ticket, outcome]`. */
+  takeOutcomes(): Array<[number, { ok: true; value: string | null } | { ok: false; error: ErrorInfo }]>
   /** Resolves when the write (a mutation id, or a row id: its last write) is acknowledged. */
   settled(id: string): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
   /** Resolves once every write queued before the call is acknowledged and pulled past. */

@@ -70,6 +70,11 @@ class SyncEngine {
     this._onClose = new Set() // waits that end when the engine closes
     this._live = new Set() // live queries (watch)
     this._native.onEvent((ev) => this._dispatch(ev))
+    // writes' promises: native answers each by its ticket, many at a time
+    this._outcomes = new Map() // ticket -> resolve
+    this._ticket = 0
+    this._holding = null // keeps the process alive while a write is unanswered
+    this._native.onOutcomes(() => this._takeOutcomes())
     if (logger) this._native.setLogger((level, message, fields) => logger(level, message, fields), logLevel)
     this._unwatch = typeof storage._watch === 'function' ? storage._watch((key) => key === this._tokenKey && this._readToken()) : null
     this._readToken()
@@ -400,28 +405,47 @@ class SyncEngine {
           this._wroteThisTurn = false
         })
       }
-      const outcome = call(now)
-      if (!(outcome instanceof Promise)) this.store._changed([entity])
-      return outcome
+      const ticket = (this._ticket = (this._ticket + 1) >>> 0)
+      const outcome = call(now, ticket)
+      if (outcome !== null) {
+        this.store._changed([entity])
+        return outcome
+      }
+      // as a promise of napi's own did, an unanswered write keeps the process alive
+      if (this._holding === null) this._holding = setInterval(() => {}, 2 ** 30)
+      return new Promise((resolve) => this._outcomes.set(ticket, resolve))
     })
+  }
+
+  /** Answers the writes native has outcomes for. */
+  _takeOutcomes() {
+    for (const [ticket, outcome] of this._native.takeOutcomes()) {
+      const resolve = this._outcomes.get(ticket)
+      this._outcomes.delete(ticket)
+      if (resolve) resolve(outcome)
+    }
+    if (this._outcomes.size === 0 && this._holding !== null) {
+      clearInterval(this._holding)
+      this._holding = null
+    }
   }
 
   /** Optimistic insert: resolves the temporary id once the write is durable on disk. */
   insert(entity, data) {
-    return this._write(entity, (now) => this._native.insert(entity, toFields('data', data), now))
+    return this._write(entity, (now, ticket) => this._native.insert(entity, toFields('data', data), now, ticket))
   }
 
   update(entity, id, patch) {
-    return this._write(entity, (now) => {
+    return this._write(entity, (now, ticket) => {
       checkString('id', id)
-      return this._native.update(entity, id, toFields('patch', patch), now)
+      return this._native.update(entity, id, toFields('patch', patch), now, ticket)
     })
   }
 
   delete(entity, id) {
-    return this._write(entity, (now) => {
+    return this._write(entity, (now, ticket) => {
       checkString('id', id)
-      return this._native.delete(entity, id, now)
+      return this._native.delete(entity, id, now, ticket)
     })
   }
 

@@ -14,7 +14,8 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::convert;
-use crate::error::{promise, settle, to_js, Result};
+use crate::error::{settle, to_js, Result};
+use crate::outcomes::Outcomes;
 use crate::query::NativeInfiniteQuery;
 use crate::text::JsonText;
 use crate::types;
@@ -27,6 +28,7 @@ type BinarySink =
 pub struct NativeEngine {
     engine: Engine,
     binary: Arc<RwLock<Option<Arc<BinarySink>>>>,
+    outcomes: Arc<Outcomes>,
 }
 
 impl NativeEngine {
@@ -37,13 +39,13 @@ impl NativeEngine {
     }
 
     /// A write's outcome: at once when `now` and the engine committed it on
-    /// this thread, else a promise of it.
-    fn written<'e, T: serde::Serialize + Send + 'static>(
+    /// this thread, else null, and later among the outcomes (`ticket`).
+    fn written<T: serde::Serialize + Send + 'static>(
         &self,
-        env: &'e Env,
         now: Option<bool>,
+        ticket: u32,
         write: impl std::future::Future<Output = pylon_sync_engine::Result<T>> + Send + 'static,
-    ) -> Result<Either<PromiseRaw<'e, Value>, Value>> {
+    ) -> Value {
         let mut write = Box::pin(write.instrument(self.span()));
         if now == Some(true) && self.engine.commit_now() {
             // answered: ready at its first poll (the runtime entered all the same)
@@ -51,10 +53,12 @@ impl NativeEngine {
             if let std::task::Poll::Ready(out) =
                 within_runtime_if_available(|| std::future::Future::poll(write.as_mut(), &mut cx))
             {
-                return Ok(Either::B(settle(out)));
+                return settle(out);
             }
         }
-        promise(env, write).map(Either::A)
+        let outcomes = self.outcomes.clone();
+        napi::bindgen_prelude::spawn(async move { outcomes.push(ticket, settle(write.await)) });
+        Value::Null
     }
 }
 
@@ -70,7 +74,11 @@ impl NativeEngine {
     pub fn new(base_url: String, #[napi(ts_arg_type = "EngineOptions | null")] options: Option<Value>) -> Result<Self> {
         crate::log::init();
         let cfg = convert::config(&base_url, options.unwrap_or(Value::Null)).map_err(to_js)?;
-        Ok(NativeEngine { engine: Engine::new(cfg).map_err(to_js)?, binary: Arc::new(RwLock::new(None)) })
+        Ok(NativeEngine {
+            engine: Engine::new(cfg).map_err(to_js)?,
+            binary: Arc::new(RwLock::new(None)),
+            outcomes: Arc::default(),
+        })
     }
 
     /// Registers the one event sink. The function is weak: it never keeps
@@ -307,49 +315,47 @@ impl NativeEngine {
     // this thread when the database is free: the outcome comes back at once,
     // with no hop to a blocking thread and back (see `Engine::commit_now`).
 
-    #[napi(
-        catch_unwind,
-        ts_return_type = "Promise<{ ok: true; value: string } | { ok: false; error: ErrorInfo }> | { ok: true; value: string } | { ok: false; error: ErrorInfo }"
-    )]
-    pub fn insert<'e>(
+    #[napi(catch_unwind, ts_return_type = "{ ok: true; value: string } | { ok: false; error: ErrorInfo } | null")]
+    pub fn insert(
         &self,
-        env: &'e Env,
         entity: String,
         #[napi(ts_arg_type = "unknown")] data: Value,
         now: Option<bool>,
-    ) -> Result<Either<PromiseRaw<'e, Value>, Value>> {
+        ticket: u32,
+    ) -> Value {
         let write = convert::object(data, "data").map(|data| self.engine.insert(&entity, data));
-        self.written(env, now, async move { write?.await })
+        self.written(now, ticket, async move { write?.await })
     }
 
-    #[napi(
-        catch_unwind,
-        ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }> | { ok: true; value: null } | { ok: false; error: ErrorInfo }"
-    )]
-    pub fn update<'e>(
+    #[napi(catch_unwind, ts_return_type = "{ ok: true; value: null } | { ok: false; error: ErrorInfo } | null")]
+    pub fn update(
         &self,
-        env: &'e Env,
         entity: String,
         id: String,
         #[napi(ts_arg_type = "unknown")] patch: Value,
         now: Option<bool>,
-    ) -> Result<Either<PromiseRaw<'e, Value>, Value>> {
+        ticket: u32,
+    ) -> Value {
         let write = convert::object(patch, "patch").map(|patch| self.engine.update(&entity, &id, patch));
-        self.written(env, now, async move { write?.await })
+        self.written(now, ticket, async move { write?.await })
     }
 
-    #[napi(
-        catch_unwind,
-        ts_return_type = "Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }> | { ok: true; value: null } | { ok: false; error: ErrorInfo }"
-    )]
-    pub fn delete<'e>(
-        &self,
-        env: &'e Env,
-        entity: String,
-        id: String,
-        now: Option<bool>,
-    ) -> Result<Either<PromiseRaw<'e, Value>, Value>> {
-        self.written(env, now, self.engine.delete(&entity, &id))
+    #[napi(catch_unwind, ts_return_type = "{ ok: true; value: null } | { ok: false; error: ErrorInfo } | null")]
+    pub fn delete(&self, entity: String, id: String, now: Option<bool>, ticket: u32) -> Value {
+        self.written(now, ticket, self.engine.delete(&entity, &id))
+    }
+
+    /// Registers the wake-up for writes' outcomes: `callback()` when some
+    /// wait to be taken (`takeOutcomes`). Weak, like `onEvent`.
+    #[napi(catch_unwind)]
+    pub fn on_outcomes(&self, callback: Function<(), ()>) -> Result<()> {
+        self.outcomes.set_wake(callback).map_err(|e| to_js(pylon_sync_engine::Error::InvalidArg(e.to_string())))
+    }
+
+    /// The outcomes of writes answered since the last call, as `[ticket, outcome]`.
+    #[napi(ts_return_type = "Array<[number, { ok: true; value: string | null } | { ok: false; error: ErrorInfo }]>")]
+    pub fn take_outcomes(&self) -> Value {
+        self.outcomes.take()
     }
 
     /// Resolves when the write (a mutation id, or a row id: its last write) is acknowledged.

@@ -34,13 +34,3 @@ pub fn settle<T: serde::Serialize>(r: pylon_sync_engine::Result<T>) -> serde_jso
             "code": e.code(), "message": e.to_string(), "status": e.status(), "serverCode": e.server_code() } }),
     }
 }
-
-/// Runs an engine call on the runtime and hands JavaScript its promise,
-/// which resolves to the call's [`settle`]d outcome (it never rejects).
-pub fn promise<'e, T: serde::Serialize + Send + 'static>(
-    env: &'e napi::Env,
-    call: impl std::future::Future<Output = pylon_sync_engine::Result<T>> + Send + 'static,
-) -> Result<napi::bindgen_prelude::PromiseRaw<'e, serde_json::Value>> {
-    env.spawn_future(async move { Ok(settle(call.await)) })
-        .map_err(|e| Error::new(Code(e.status.to_string()), e.reason.clone()))
-}
