@@ -38,6 +38,17 @@ function checkRow(entity, rowId) {
 const OWN_OPTIONS = ['storage', 'logger', 'logLevel']
 const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace']
 
+/**
+ * What native calls when writes' outcomes wait: it holds the function for
+ * good, so the function reaches the engine through a WeakRef (made here,
+ * where no other closure puts the engine in its scope) and a closed engine
+ * can be collected; `_holding` keeps it while writes are unanswered.
+ */
+function outcomesTaker(engine) {
+  const ref = new WeakRef(engine)
+  return () => ref.deref()?._takeOutcomes()
+}
+
 class SyncEngine {
   constructor(baseUrl, options = {}) {
     if (typeof baseUrl !== 'string') throw invalid('baseUrl must be a string')
@@ -74,7 +85,7 @@ class SyncEngine {
     this._outcomes = new Map() // ticket -> resolve
     this._ticket = 0
     this._holding = null // keeps the process alive while a write is unanswered
-    this._native.onOutcomes(() => this._takeOutcomes())
+    this._native.onOutcomes(outcomesTaker(this))
     if (logger) this._native.setLogger((level, message, fields) => logger(level, message, fields), logLevel)
     this._unwatch = typeof storage._watch === 'function' ? storage._watch((key) => key === this._tokenKey && this._readToken()) : null
     this._readToken()
@@ -411,8 +422,9 @@ class SyncEngine {
         this.store._changed([entity])
         return outcome
       }
-      // as a promise of napi's own did, an unanswered write keeps the process alive
-      if (this._holding === null) this._holding = setInterval(() => {}, 2 ** 30)
+      // as a promise of napi's own did, an unanswered write keeps the
+      // process alive, and this engine with it (it holds the answers)
+      if (this._holding === null) this._holding = setInterval(() => this, 2 ** 30)
       return new Promise((resolve) => this._outcomes.set(ticket, resolve))
     })
   }

@@ -94,6 +94,34 @@ test('the first write of a turn is committed during the call; the rest of a burs
   }
 })
 
+test('a burst of writes is answered write by write; a closed engine is let go once every write is answered', async () => {
+  const srv = await startDevserver()
+  try {
+    const gc = collector()
+    let collected = false
+    const registry = new FinalizationRegistry(() => {
+      collected = true
+    })
+    await (async () => {
+      const e = engine(srv.url)
+      await e.insert('Todo', { title: 'loads the replica', done: false })
+      await new Promise((r) => setImmediate(r))
+      const ids = await Promise.all(Array.from({ length: 500 }, (_, i) => e.insert('Todo', { title: 't' + i, done: false })))
+      assert.equal(new Set(ids).size, 500, 'each write has its own answer')
+      assert.deepEqual(ids.map((id) => e.store.get('Todo', id).title), Array.from({ length: 500 }, (_, i) => 't' + i))
+      await e.close()
+      registry.register(e, 'engine')
+    })()
+    for (let i = 0; i < 100 && !collected; i++) {
+      gc()
+      await new Promise((r) => setTimeout(r, 10))
+    }
+    assert.ok(collected, 'nothing native holds a closed engine')
+  } finally {
+    await srv.stop()
+  }
+})
+
 test('writes are checked against the manifest when made: the entity and field are named, nothing is queued', async () => {
   const srv = await startDevserver()
   try {

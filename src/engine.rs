@@ -56,8 +56,7 @@ impl NativeEngine {
                 return settle(out);
             }
         }
-        let outcomes = self.outcomes.clone();
-        napi::bindgen_prelude::spawn(async move { outcomes.push(ticket, settle(write.await)) });
+        napi::bindgen_prelude::spawn(self.outcomes.clone().answer(ticket, write));
         Value::Null
     }
 }

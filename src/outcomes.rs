@@ -7,12 +7,15 @@
 //! waiting at each wake-up (`sync.js` keeps the process alive while any
 //! is unanswered). Owns the outcomes not taken yet and the wake-up.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use parking_lot::{Mutex, RwLock};
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use crate::error::settle;
 
 type Wake = ThreadsafeFunction<(), (), (), Status, false, true>;
 
@@ -27,8 +30,30 @@ impl Outcomes {
     /// they are taken. Weak: it never keeps the process alive on its own.
     pub fn set_wake(&self, callback: Function<(), ()>) -> napi::Result<()> {
         let wake: Wake = callback.build_threadsafe_function().weak::<true>().callee_handled::<false>().build()?;
-        *self.wake.write() = Some(Arc::new(wake));
+        let wake = Arc::new(wake);
+        *self.wake.write() = Some(wake.clone());
+        // outcomes that came before it would otherwise wait for the next one
+        if !self.waiting.lock().is_empty() {
+            wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
+        }
         Ok(())
+    }
+
+    /// Runs `write` and answers `ticket` with its outcome — or, if the
+    /// task ends without one (a panic, the runtime going away), with an
+    /// internal error: no promise is left waiting, nor the process held.
+    pub fn answer<T: serde::Serialize>(
+        self: Arc<Self>,
+        ticket: u32,
+        write: impl Future<Output = pylon_sync_engine::Result<T>>,
+    ) -> impl Future<Output = ()> {
+        let mut unanswered = Unanswered(Some((self, ticket)));
+        async move {
+            let outcome = settle(write.await);
+            if let Some((outcomes, ticket)) = unanswered.0.take() {
+                outcomes.push(ticket, outcome);
+            }
+        }
     }
 
     /// A write's settled outcome, for the JavaScript promise numbered `ticket`.
@@ -50,5 +75,18 @@ impl Outcomes {
     pub fn take(&self) -> Value {
         let waiting = std::mem::take(&mut *self.waiting.lock());
         Value::Array(waiting.into_iter().map(|(t, o)| Value::Array(vec![t.into(), o])).collect())
+    }
+}
+
+/// A write's ticket until its outcome is pushed; dropped before that, it
+/// answers with an internal error.
+struct Unanswered(Option<(Arc<Outcomes>, u32)>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some((outcomes, ticket)) = self.0.take() {
+            let error = json!({ "code": "ERR_SYNC_INTERNAL", "message": "the write's task ended without an outcome", "status": null, "serverCode": null });
+            outcomes.push(ticket, json!({ "ok": false, "error": error }));
+        }
     }
 }
