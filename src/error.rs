@@ -30,7 +30,12 @@ pub fn to_js(e: pylon_sync_engine::Error) -> Error<Code> {
 pub fn settle<T: serde::Serialize>(r: pylon_sync_engine::Result<T>) -> serde_json::Value {
     match r {
         Ok(v) => serde_json::json!({ "ok": true, "value": v }),
-        Err(e) => serde_json::json!({ "ok": false, "error": {
-            "code": e.code(), "message": e.to_string(), "status": e.status(), "serverCode": e.server_code() } }),
+        Err(e) => failed(e.code(), &e.to_string(), e.status(), e.server_code()),
     }
+}
+
+/// A failed outcome, as [`settle`] makes them.
+pub fn failed(code: &str, message: &str, status: Option<u16>, server_code: Option<&str>) -> serde_json::Value {
+    serde_json::json!({ "ok": false, "error": {
+        "code": code, "message": message, "status": status, "serverCode": server_code } })
 }

@@ -1,7 +1,7 @@
 //! Writes' outcomes on their way to JavaScript. A promise made by napi
 //! for each write comes with a threadsafe function of its own, and holds
 //! the write's whole future in a box: a script making 100,000 inserts at
-//! once spent 2.2–2.5 s of the JS thread making them. Writes are numbered
+//! once spent 2.3–3.4 s of the JS thread making them. Writes are numbered
 //! by JavaScript instead (`ticket`), their outcomes wait here, and one
 //! weak threadsafe function wakes JavaScript, which takes every outcome
 //! waiting at each wake-up (`sync.js` keeps the process alive while any
@@ -13,9 +13,9 @@ use std::sync::Arc;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use parking_lot::{Mutex, RwLock};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::error::settle;
+use crate::error::{failed, settle};
 
 type Wake = ThreadsafeFunction<(), (), (), Status, false, true>;
 
@@ -85,8 +85,7 @@ struct Unanswered(Option<(Arc<Outcomes>, u32)>);
 impl Drop for Unanswered {
     fn drop(&mut self) {
         if let Some((outcomes, ticket)) = self.0.take() {
-            let error = json!({ "code": "ERR_SYNC_INTERNAL", "message": "the write's task ended without an outcome", "status": null, "serverCode": null });
-            outcomes.push(ticket, json!({ "ok": false, "error": error }));
+            outcomes.push(ticket, failed("ERR_SYNC_INTERNAL", "the write's task ended without an outcome", None, None));
         }
     }
 }
