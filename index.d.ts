@@ -71,6 +71,20 @@ export declare class NativeEngine {
   onOutcomes(callback: () => void): void
   /** The outcomes of writes answered since the last call, as `[ticket, outcome]`. */
   takeOutcomes(): Array<[number, { ok: true; value: string | null } | { ok: false; error: ErrorInfo }]>
+  /**
+   * Hands the stored rows of `entities` (every entity when null) to
+   * JavaScript as the first load reads them, so they are parsed while
+   * the rest loads: `callback()` when parts wait to be taken
+   * (`takeListParts`). Weak, like `onEvent`.
+   */
+  preload(entities: Array<string> | undefined | null, callback: () => void): void
+  /** The parts handed out since the last call, in the order they were read. */
+  takeListParts(): Array<ListPart>
+  /**
+   * The entities whose parts make their list at the version given, once
+   * the load is over; the preload ends (its wake-up is let go).
+   */
+  takePreloaded(): Array<Preloaded>
   /** Resolves when the write (a mutation id, or a row id: its last write) is acknowledged. */
   settled(id: string): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
   /** Resolves once every write queued before the call is acknowledged and pulled past. */
@@ -297,6 +311,15 @@ export interface LastError {
 }
 
 /**
+ * Some of an entity's stored rows as a JSON list, handed out while the
+ * replica loads (`preload`).
+ */
+export interface ListPart {
+  entity: string
+  json: string
+}
+
+/**
  * A queued write (`mutations.list()`), or a transition of one (the
  * `mutation` event, whose status may also be `applied` or `removed`).
  */
@@ -324,6 +347,15 @@ export interface Peer {
   from: string | null
   clientId: string | null
   data: unknown
+}
+
+/**
+ * An entity whose rows were handed out as [`ListPart`]s, with the version
+ * at which its visible list was those rows.
+ */
+export interface Preloaded {
+  entity: string
+  version: number
 }
 
 /**

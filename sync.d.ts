@@ -93,6 +93,13 @@ export interface SyncEngineConfig extends EngineOptions {
   logger?: Logger
   /** Default `info`. */
   logLevel?: LogLevel
+  /**
+   * Entities whose stored rows `start()` parses into JavaScript objects while it reads the replica
+   * (`true`: every entity), so the first `store.list` after it is ready at once: in a fresh process
+   * the parse runs beside the read instead of after it. Costs the parsed rows' memory for an entity
+   * never listed. Default `false`: a list is parsed when first read.
+   */
+  preload?: boolean | string[]
 }
 
 /** A queued write: pending, or refused by the server and kept until removed or retried. */

@@ -35,18 +35,19 @@ function checkRow(entity, rowId) {
   if (typeof rowId !== 'string') throw invalid('rowId must be a string')
 }
 
-const OWN_OPTIONS = ['storage', 'logger', 'logLevel']
+const OWN_OPTIONS = ['storage', 'logger', 'logLevel', 'preload']
 const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace']
 
 /**
- * What native calls when writes' outcomes wait: it holds the function for
- * good, so the function reaches the engine through a WeakRef (made here,
- * where no other closure puts the engine in its scope) and a closed engine
- * can be collected; `_holding` keeps it while writes are unanswered.
+ * What native calls when something waits to be taken (writes' outcomes,
+ * rows read while the replica loads): it holds the function for good, so
+ * the function reaches the engine through a WeakRef (made here, where no
+ * other closure puts the engine in its scope) and a closed engine can be
+ * collected; `_holding` keeps it while writes are unanswered.
  */
-function outcomesTaker(engine) {
+function taker(engine, method) {
   const ref = new WeakRef(engine)
-  return () => ref.deref()?._takeOutcomes()
+  return () => ref.deref()?.[method]()
 }
 
 class SyncEngine {
@@ -65,7 +66,10 @@ class SyncEngine {
         throw invalid(`${k} must be a finite number of milliseconds, got ${options[k]}`)
       }
     }
-    const { logger, logLevel = 'info' } = options
+    const { logger, logLevel = 'info', preload = false } = options
+    if (preload !== true && preload !== false && !(Array.isArray(preload) && preload.every((e) => typeof e === 'string'))) {
+      throw invalid('preload must be a boolean or an array of entity names')
+    }
     if (logger !== undefined && typeof logger !== 'function') throw invalid('logger must be a function (level, message, fields) => void')
     if (!LOG_LEVELS.includes(logLevel)) throw invalid(`logLevel must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`)
     const nativeOptions = {}
@@ -85,12 +89,16 @@ class SyncEngine {
     this._outcomes = new Map() // ticket -> resolve
     this._ticket = 0
     this._holding = null // keeps the process alive while a write is unanswered
-    this._native.onOutcomes(outcomesTaker(this))
+    this._native.onOutcomes(taker(this, '_takeOutcomes'))
     if (logger) this._native.setLogger((level, message, fields) => logger(level, message, fields), logLevel)
     this._unwatch = typeof storage._watch === 'function' ? storage._watch((key) => key === this._tokenKey && this._readToken()) : null
     this._readToken()
     this.store = new Store(this)
     this.mutations = new Mutations(this)
+    if (preload !== false) {
+      this.store._preloading()
+      this._native.preload(preload === true ? null : preload, taker(this, '_takeListParts'))
+    }
   }
 
   _readToken() {
@@ -192,6 +200,8 @@ class SyncEngine {
       // it follows nothing: it holds nothing
       if (this.status.phase === 'stopped' || this.status.phase === 'closed') this._release()
       throw e
+    } finally {
+      this.store._adoptPreloaded()
     }
   }
 
@@ -216,6 +226,7 @@ class SyncEngine {
     if (this._unwatch) this._unwatch()
     this._closing = settle(() => this._native.close(flush ? flushTimeout : null)).finally(() => {
       this._release()
+      this.store._endPreload()
       callAll(this._onClose, [])
       this._listeners.clear()
       this._topics.clear()
@@ -427,6 +438,11 @@ class SyncEngine {
       if (this._holding === null) this._holding = setInterval(() => this, 2 ** 30)
       return new Promise((resolve) => this._outcomes.set(ticket, resolve))
     })
+  }
+
+  /** Parses the rows native read so far for `preload`. */
+  _takeListParts() {
+    this.store._takeParts()
   }
 
   /** Answers the writes native has outcomes for. */

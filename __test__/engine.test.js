@@ -458,6 +458,103 @@ test('a large list handed over again and again is given back: memory stays level
   }
 })
 
+/** Counts what native hands over: whole lists (`listJson`) and the parts of `preload`, by entity. */
+function spyOnLists(e) {
+  const native = e._native
+  const seen = { lists: 0, parts: new Map() }
+  const listJson = native.listJson.bind(native)
+  native.listJson = (entity) => {
+    seen.lists++
+    return listJson(entity)
+  }
+  const takeListParts = native.takeListParts.bind(native)
+  native.takeListParts = () => {
+    const parts = takeListParts()
+    for (const { entity } of parts) seen.parts.set(entity, (seen.parts.get(entity) ?? 0) + 1)
+    return parts
+  }
+  return seen
+}
+
+test('preload: rows parsed while the replica loads are the first list, with what changed since patched in', async () => {
+  const srv = await startDevserver()
+  const dir = tempDir()
+  const dbPath = path.join(dir, 'r.db')
+  try {
+    // about 1.6 MB of rows: more than one part
+    await srv.control('seed', { entity: 'Todo', count: 12000, data: { title: 'row {i} ' + 'x'.repeat(100), done: false } })
+    const first = engine(srv.url, { persist: true, dbPath })
+    await first.start()
+    const [gone, changed] = first.store.list('Todo')
+    await first.close()
+    // while it is closed the server changes: start() pulls these after the load
+    await api(srv.url, 'DELETE', `/api/entities/Todo/${gone.id}`)
+    await api(srv.url, 'PATCH', `/api/entities/Todo/${changed.id}`, { title: 'changed' })
+    await api(srv.url, 'POST', '/api/entities/Todo', { title: 'new', done: false })
+    const e = engine(srv.url, { persist: true, dbPath, preload: ['Todo'] })
+    const seen = spyOnLists(e)
+    await e.start()
+    try {
+      const list = e.store.list('Todo')
+      assert.ok(seen.parts.get('Todo') > 1, `the rows came in parts: ${seen.parts.get('Todo')}`)
+      assert.equal(seen.lists, 0, 'the first list read no whole list')
+      assert.deepEqual(list, JSON.parse(e._native.listJson('Todo')), 'the list native shows')
+      assert.equal(list.length, 12000)
+      assert.ok(!list.some((r) => r.id === gone.id), 'the row deleted meanwhile is gone')
+      assert.equal(list.find((r) => r.id === changed.id).title, 'changed')
+      assert.ok(list.some((r) => r.title === 'new'))
+    } finally {
+      await e.close()
+    }
+  } finally {
+    await srv.stop()
+  }
+})
+
+test("preload: a list with pending writes is read as it shows; only the entities named are parsed; another user's rows never are", async () => {
+  const srv = await startDevserver()
+  const dir = tempDir()
+  try {
+    const { alice, bob } = await aliceAndBob(srv.url)
+    const dbPath = path.join(dir, 'alice.db')
+    const first = engine(srv.url, { persist: true, dbPath, token: alice })
+    await first.start()
+    await first.stop()
+    // a write the server refuses for now: pending at the next start
+    await srv.control('faults', { rules: [{ path: '/api/entities/Todo', method: 'POST', status: 503 }] })
+    const tempId = await first.insert('Todo', { title: 'pending', done: false })
+    await first.close({ flush: false })
+    const e = engine(srv.url, { persist: true, dbPath, token: alice, preload: ['Todo'] })
+    const seen = spyOnLists(e)
+    await e.start()
+    try {
+      assert.ok(!seen.parts.has('Note'), 'an entity not named is not parsed')
+      assert.deepEqual(e.store.list('Todo').map((r) => r.id), [tempId], 'the pending write shows')
+      assert.deepEqual(e.store.list('Note').map((n) => n.body), ['alice secret'])
+    } finally {
+      await e.close({ flush: false })
+    }
+    // the same file with bob's token: nothing of alice's crosses to JavaScript
+    const b = engine(srv.url, { persist: true, dbPath, token: bob, preload: true })
+    const bobSeen = spyOnLists(b)
+    await b.start()
+    try {
+      assert.equal(bobSeen.parts.size, 0, 'rows stored under another token are not handed out')
+      assert.deepEqual(b.store.list('Note').map((n) => n.body), ['bob note'])
+    } finally {
+      await b.close({ flush: false })
+    }
+  } finally {
+    await srv.stop()
+  }
+})
+
+test('preload takes a boolean or entity names', () => {
+  for (const preload of ['Todo', [1], {}]) {
+    assert.throws(() => engine('http://127.0.0.1:1', { preload }), { code: 'ERR_SYNC_INVALID_ARG' })
+  }
+})
+
 /** A full garbage collection, in Node and in Bun. */
 function collector() {
   if (process.versions.bun) return () => globalThis.Bun.gc(true)

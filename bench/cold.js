@@ -2,8 +2,10 @@
 // Cold start in a fresh process, as a user's restart is: each start runs in
 // a process of its own, against a replica of `rows` rows, and reports the
 // time to load the addon, to `start()` and to the first `store.list`, with
-// the list's JSON text and its parse timed apart. `bench/js.js` times the
-// same path three times in one process that has already run other work.
+// the list's JSON text and its parse timed apart; each run starts once as
+// it is and once with `preload: ['Todo']` (the rows parsed while the
+// replica loads), taking turns. `bench/js.js` times the same path three
+// times in one process that has already run other work.
 // `node bench/cold.js [rows] [runs]`, release addon; not part of `npm run bench`.
 const { spawnSync } = require('node:child_process')
 const { performance } = require('node:perf_hooks')
@@ -13,10 +15,10 @@ const os = require('node:os')
 if (process.argv[2] === 'child') {
   const t0 = performance.now()
   const { createSyncEngine } = require('../sync.js')
-  const [url, dbPath] = process.argv.slice(3)
+  const [url, dbPath, preload] = process.argv.slice(3)
   ;(async () => {
     const t1 = performance.now()
-    const e = createSyncEngine(url, { dbPath, transport: 'poll', pollInterval: 3600000 })
+    const e = createSyncEngine(url, { dbPath, transport: 'poll', pollInterval: 3600000, preload: preload === 'preload' && ['Todo'] })
     await e.start()
     const t2 = performance.now()
     const list = e.store.list('Todo')
@@ -46,12 +48,21 @@ const runs = Number(process.argv[3] || 5)
     const e = createSyncEngine(srv.url, { dbPath, transport: 'poll', pollInterval: 3600000 })
     await e.start()
     await e.close()
+    const totals = { plain: [], preload: [] }
     for (let i = 0; i < runs; i++) {
-      const child = spawnSync(process.execPath, [__filename, 'child', srv.url, dbPath], { encoding: 'utf8' })
-      if (child.status !== 0) throw new Error(`a cold start failed: ${child.stderr}`)
-      const r = JSON.parse(child.stdout)
-      if (r.rows !== rows) throw new Error(`a cold start listed ${r.rows} rows`)
-      console.log(`fresh process, ${rows} rows: addon ${r.addon} ms, start() ${r.start} ms, first store.list ${r.firstList} ms (list JSON ${r.listJson} ms, JSON.parse ${r.parse} ms): ${r.total} ms`)
+      for (const mode of ['plain', 'preload']) {
+        const child = spawnSync(process.execPath, [__filename, 'child', srv.url, dbPath, mode], { encoding: 'utf8' })
+        if (child.status !== 0) throw new Error(`a cold start failed: ${child.stderr}`)
+        const r = JSON.parse(child.stdout)
+        if (r.rows !== rows) throw new Error(`a cold start listed ${r.rows} rows`)
+        totals[mode].push(r.total)
+        const how = mode === 'preload' ? "preload: ['Todo']" : 'no preload'
+        console.log(`fresh process, ${rows} rows, ${how}: addon ${r.addon} ms, start() ${r.start} ms, first store.list ${r.firstList} ms (list JSON ${r.listJson} ms, JSON.parse ${r.parse} ms): ${r.total} ms`)
+      }
+    }
+    const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1]
+    for (const [mode, xs] of Object.entries(totals)) {
+      console.log(`${mode}: to the first store.list ${Math.min(...xs)}–${Math.max(...xs)} ms, median ${median(xs)} ms over ${xs.length} processes`)
     }
   } finally {
     await srv.stop()

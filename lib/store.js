@@ -71,6 +71,50 @@ class Store {
     // reads within one synchronous turn see one consistent snapshot, and ask
     // native for the version once instead of on every read
     this._current = new Set()
+    // `preload`: entity -> the arrays parsed from the parts native handed
+    // out while the replica loaded (null for an entity whose part failed)
+    this._parts = null
+  }
+
+  _preloading() {
+    this._parts = new Map()
+  }
+
+  /** Parses the parts native read so far, while the rest of the replica loads. */
+  _takeParts() {
+    const taken = this._engine._native.takeListParts()
+    if (!this._parts) return
+    for (const { entity, json } of taken) {
+      const parts = this._parts.get(entity) ?? []
+      if (parts === null) continue
+      try {
+        parts.push(JSON.parse(json))
+        this._parts.set(entity, parts)
+      } catch {
+        this._parts.set(entity, null) // read from the whole list, as without preload
+      }
+    }
+  }
+
+  /**
+   * Once the load is over: each entity whose parts make its list at a
+   * version native names is cached as that version's list, so the first
+   * `list` reads only what changed since (usually nothing).
+   */
+  _adoptPreloaded() {
+    if (!this._parts) return
+    this._takeParts()
+    for (const { entity, version } of this._engine._native.takePreloaded()) {
+      const parts = this._parts.get(entity) ?? []
+      if (parts === null || this._cache.has(entity)) continue
+      const rows = parts.length === 1 ? parts[0] : [].concat(...parts)
+      this._cache.set(entity, { version, rows: Object.freeze(rows), byId: null })
+    }
+    this._parts = null
+  }
+
+  _endPreload() {
+    this._parts = null
   }
 
   /** The cached rows of `entity` if they are still current, else null. */

@@ -9,12 +9,13 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use parking_lot::RwLock;
 use pylon_sync_engine::infinite::{Direction, InfiniteQuery};
-use pylon_sync_engine::{Engine, Event};
+use pylon_sync_engine::{Engine, Event, RowText};
 use serde_json::Value;
 use tracing::Instrument;
 
 use crate::convert;
 use crate::error::{settle, to_js, Result};
+use crate::mailbox::Mailbox;
 use crate::outcomes::Outcomes;
 use crate::query::NativeInfiniteQuery;
 use crate::text::JsonText;
@@ -29,6 +30,7 @@ pub struct NativeEngine {
     engine: Engine,
     binary: Arc<RwLock<Option<Arc<BinarySink>>>>,
     outcomes: Arc<Outcomes>,
+    list_parts: Arc<Mailbox<types::ListPart>>,
 }
 
 impl NativeEngine {
@@ -77,6 +79,7 @@ impl NativeEngine {
             engine: Engine::new(cfg).map_err(to_js)?,
             binary: Arc::new(RwLock::new(None)),
             outcomes: Arc::default(),
+            list_parts: Arc::default(),
         })
     }
 
@@ -354,7 +357,39 @@ impl NativeEngine {
     /// The outcomes of writes answered since the last call, as `[ticket, outcome]`.
     #[napi(ts_return_type = "Array<[number, { ok: true; value: string | null } | { ok: false; error: ErrorInfo }]>")]
     pub fn take_outcomes(&self) -> Value {
-        self.outcomes.take()
+        self.outcomes.take_json()
+    }
+
+    /// Hands the stored rows of `entities` (every entity when null) to
+    /// JavaScript as the first load reads them, so they are parsed while
+    /// the rest loads: `callback()` when parts wait to be taken
+    /// (`takeListParts`). Weak, like `onEvent`.
+    #[napi(catch_unwind)]
+    pub fn preload(&self, entities: Option<Vec<String>>, callback: Function<(), ()>) -> Result<()> {
+        self.list_parts.set_wake(callback).map_err(|e| to_js(pylon_sync_engine::Error::InvalidArg(e.to_string())))?;
+        let parts = self.list_parts.clone();
+        self.engine.preload_lists(pylon_sync_engine::ListParts {
+            entities: entities.map(|e| e.into_iter().collect()),
+            sink: Box::new(move |entity, json| {
+                parts.push(types::ListPart { entity: entity.to_string(), json: JsonText(RowText::whole(json)) })
+            }),
+        });
+        Ok(())
+    }
+
+    /// The parts handed out since the last call, in the order they were read.
+    #[napi(catch_unwind)]
+    pub fn take_list_parts(&self) -> Vec<types::ListPart> {
+        self.list_parts.take()
+    }
+
+    /// The entities whose parts make their list at the version given, once
+    /// the load is over; the preload ends (its wake-up is let go).
+    #[napi(catch_unwind)]
+    pub fn take_preloaded(&self) -> Vec<types::Preloaded> {
+        self.list_parts.clear_wake();
+        let preloaded = self.engine.take_preloaded();
+        preloaded.into_iter().map(|(entity, version)| types::Preloaded { entity, version: version as f64 }).collect()
     }
 
     /// Resolves when the write (a mutation id, or a row id: its last write) is acknowledged.

@@ -9,6 +9,7 @@ mod direct;
 mod engine;
 mod error;
 mod log;
+mod mailbox;
 mod outcomes;
 mod query;
 mod text;

@@ -162,6 +162,23 @@ impl From<&EngineSession> for Session {
     }
 }
 
+/// Some of an entity's stored rows as a JSON list, handed out while the
+/// replica loads (`preload`).
+#[napi(object, object_from_js = false)]
+pub struct ListPart {
+    pub entity: String,
+    #[napi(ts_type = "string")]
+    pub json: crate::text::JsonText,
+}
+
+/// An entity whose rows were handed out as [`ListPart`]s, with the version
+/// at which its visible list was those rows.
+#[napi(object)]
+pub struct Preloaded {
+    pub entity: String,
+    pub version: f64,
+}
+
 /// A queued write as the server will receive it.
 #[napi(object)]
 pub struct Change {

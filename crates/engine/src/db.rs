@@ -4,7 +4,7 @@
 //! every change the engine acknowledges is one committed transaction. The
 //! entity views over `rows` and `overlay` are `sql`'s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -98,6 +98,29 @@ impl Drop for Db {
 
 /// A row as `load` reads it: id, seq, and where its text went (`None`: a tombstone).
 type StoredRow = (String, u64, Option<TextAt>);
+
+/// Where `load` hands the rows of the entities asked for, in JSON lists of
+/// about [`PART_BYTES`], while it reads the rest: a reader that will parse
+/// them (JavaScript's store, whose first list of 100,000 rows is a 60 ms
+/// `JSON.parse`) does so beside the load, on the core the load leaves idle.
+pub struct ListParts {
+    /// `None`: every entity.
+    pub entities: Option<BTreeSet<String>>,
+    pub sink: Box<PartSink>,
+}
+
+/// Takes an entity's name and a JSON list of some of its rows.
+pub type PartSink = dyn Fn(&str, String) + Send + Sync;
+
+impl ListParts {
+    pub fn wants(&self, entity: &str) -> bool {
+        self.entities.as_ref().is_none_or(|e| e.contains(entity))
+    }
+}
+
+/// How much of a list [`ListParts`] gets at a time: a few milliseconds of
+/// parsing, so the reader starts soon after the load does.
+pub const PART_BYTES: usize = 1 << 20;
 
 /// Everything `start()` needs from disk.
 pub struct Stored {
@@ -248,7 +271,9 @@ impl Db {
         Ok(self.meta("cursor")?.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
 
-    pub fn load(&self) -> Result<Stored> {
+    /// Every stored row and mutation; the rows of the entities `parts`
+    /// asks for also go to it as they are read.
+    pub fn load(&self, parts: Option<&ListParts>) -> Result<Stored> {
         // in key order (BINARY collation sorts as Rust strings do): each
         // entity's map is built from sorted input in one pass, and its
         // texts are read into its list in order
@@ -256,15 +281,33 @@ impl Db {
         let mut query = stmt.query([])?;
         let mut texts = Texts::default();
         let mut runs: Vec<(String, Vec<StoredRow>)> = Vec::new();
+        // the list being read goes to `parts`
+        let mut wanted: Option<&ListParts> = None;
+        let hand_out = |texts: &mut Texts, to: Option<&ListParts>, entity: &str, min: usize| {
+            if let Some(to) = to {
+                if let Some(part) = texts.part(min) {
+                    (to.sink)(entity, part);
+                }
+            }
+        };
         while let Some(r) = query.next()? {
             let entity = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
             if runs.last().is_none_or(|(e, _)| e != entity) {
+                if let Some((last, _)) = runs.last() {
+                    hand_out(&mut texts, wanted, last, 0);
+                }
                 runs.push((entity.to_string(), Vec::new()));
                 texts.begin_list();
+                wanted = parts.filter(|p| p.wants(entity));
             }
             let data = r.get_ref(3)?.as_str_or_null().map_err(rusqlite::Error::from)?;
             let row = (r.get(1)?, r.get::<_, i64>(2)? as u64, data.map(|d| texts.push(d)));
-            runs.last_mut().expect("a run is open").1.push(row);
+            let run = runs.last_mut().expect("a run is open");
+            run.1.push(row);
+            hand_out(&mut texts, wanted, &run.0, PART_BYTES);
+        }
+        if let Some((last, _)) = runs.last() {
+            hand_out(&mut texts, wanted, last, 0);
         }
         let lists = texts.finish();
         let mut loaded = Loaded::default();
@@ -727,7 +770,7 @@ mod tests {
         }
         let db = Db::open(Some(&path)).unwrap();
         assert_eq!(db.cursor().unwrap(), 4);
-        let stored = db.load().unwrap();
+        let stored = db.load(None).unwrap();
         let rows: Vec<&BaseRow> = stored.rows.rows["Todo"].values().collect();
         assert_eq!(rows[0].seq, 3);
         assert_eq!(rows[0].data.as_ref().unwrap().as_str(), r#"{"id":"a"}"#);
@@ -735,6 +778,46 @@ mod tests {
         // the rows' texts were read into the entity's list, tombstones left out
         assert_eq!(stored.rows.lists["Todo"].as_str(), r#"[{"id":"a"}]"#);
         assert_eq!(stored.mutations, vec![m]);
+    }
+
+    #[test]
+    fn load_hands_the_entities_asked_for_to_list_parts_as_it_reads() {
+        let mut db = Db::open(None).unwrap();
+        let pad = "x".repeat(500);
+        let put = |entity: &str, i: usize| Effect::Put {
+            entity: entity.into(),
+            id: format!("{i:05}"),
+            seq: 1,
+            data: RowText::new(json!({ "id": format!("{i:05}"), "pad": pad }).as_object().unwrap()),
+        };
+        let mut effects: Vec<Effect> = (0..3000).map(|i| put("Todo", i)).collect();
+        effects.extend((0..10).map(|i| put("Note", i)));
+        effects.extend((0..10).map(|i| put("User", i)));
+        effects.push(Effect::Tombstone { entity: "Todo".into(), id: "00005".into(), seq: 2 });
+        db.write(|w| w.effects(&effects)).unwrap();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+        let sink = got.clone();
+        let parts = ListParts {
+            entities: Some(["Todo".to_string(), "User".to_string()].into()),
+            sink: Box::new(move |entity, json| sink.lock().unwrap().push((entity.to_string(), json))),
+        };
+        let stored = db.load(Some(&parts)).unwrap();
+        let got = got.lock().unwrap();
+        assert!(got.iter().all(|(e, _)| e != "Note"), "only the entities asked for");
+        for entity in ["Todo", "User"] {
+            let mut rows: Vec<serde_json::Value> = Vec::new();
+            let mut count = 0;
+            for (_, json) in got.iter().filter(|(e, _)| e == entity) {
+                count += 1;
+                rows.extend(serde_json::from_str::<Vec<serde_json::Value>>(json).unwrap());
+            }
+            let whole: Vec<serde_json::Value> = serde_json::from_str(stored.rows.lists[entity].as_str()).unwrap();
+            assert_eq!(rows, whole, "the parts of {entity} make its list");
+            if entity == "Todo" {
+                assert_eq!(whole.len(), 2999, "tombstones left out");
+                assert!(count > 1, "1.5 MB in parts of about {PART_BYTES} bytes, got {count}");
+            }
+        }
     }
 
     #[test]

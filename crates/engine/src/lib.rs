@@ -30,6 +30,7 @@ pub mod transport;
 mod view;
 
 pub use config::{Config, Liveness, Timeouts, Which};
+pub use db::ListParts;
 pub use diagnostics::{Counted, Diagnostics, LastError};
 pub use engine::{get_server_data, Engine};
 pub use error::{Error, Result};

@@ -41,7 +41,7 @@ impl RowText {
 
     /// A text made whole, kept where it was made (no copy into an
     /// `Arc<str>`): for a list built to be handed out at once.
-    fn whole(text: String) -> RowText {
+    pub fn whole(text: String) -> RowText {
         match u32::try_from(text.len()) {
             Ok(end) => RowText(Repr::Slice { buf: Arc::new(text), start: 0, end }),
             Err(_) => RowText::own(text),
@@ -82,11 +82,13 @@ pub struct Texts {
     /// outgrew one (a slice's offsets are 32 bits).
     whole: Vec<Option<usize>>,
     max: usize,
+    /// Where the rows not yet handed out by [`Texts::part`] begin in `open`.
+    part_from: usize,
 }
 
 impl Default for Texts {
     fn default() -> Texts {
-        Texts { done: Vec::new(), open: None, whole: Vec::new(), max: u32::MAX as usize }
+        Texts { done: Vec::new(), open: None, whole: Vec::new(), max: u32::MAX as usize, part_from: 1 }
     }
 }
 
@@ -113,6 +115,7 @@ impl Texts {
     }
 
     fn end_buffer(&mut self) {
+        self.part_from = 1;
         if let Some(mut list) = self.open.take() {
             list.push(']');
             list.shrink_to_fit();
@@ -138,6 +141,25 @@ impl Texts {
         // SQLite holds no text over a gigabyte, so one text always fits
         let at = |n: usize| u32::try_from(n).expect("a buffer's offsets fit in 32 bits");
         TextAt { buf: at(self.done.len()), start: at(start), end: at(list.len()) }
+    }
+
+    /// The rows pushed since the last part, as a JSON list of their own,
+    /// once they reach `min` bytes (at least one row). A
+    /// list that outgrew its buffer is not held whole, so its parts never
+    /// stand for it (see `Db::load`).
+    pub fn part(&mut self, min: usize) -> Option<String> {
+        let list = self.open.as_ref()?;
+        let rows = &list[self.part_from..];
+        if rows.len() < min.max(1) {
+            return None;
+        }
+        let rows = rows.strip_prefix(',').unwrap_or(rows);
+        let mut part = String::with_capacity(rows.len() + 2);
+        part.push('[');
+        part.push_str(rows);
+        part.push(']');
+        self.part_from = list.len();
+        Some(part)
     }
 
     pub fn finish(mut self) -> Lists {
@@ -434,6 +456,12 @@ impl Replica {
     /// Number of visible rows.
     pub fn count(&self, entity: &str) -> usize {
         self.tables.get(entity).map_or(0, |t| t.visible().count())
+    }
+
+    /// The entity's version while its visible list is still the text it was
+    /// loaded as (what [`Texts::part`] handed out), else `None`.
+    pub fn loaded_list_version(&self, entity: &str) -> Option<u64> {
+        self.tables.get(entity).filter(|t| t.list.is_some()).map(|t| t.version)
     }
 
     /// Visible rows as one JSON array, built from the rows' text (no parsing).
@@ -921,14 +949,37 @@ mod tests {
         r.load(Loaded { rows: BTreeMap::from([("Todo".to_string(), rows)]), lists });
         let loaded = r.list_json("Todo");
         assert_eq!(loaded.as_str(), r#"[{"t":1,"id":"a"},{"t":2,"id":"b"}]"#);
+        let version = r.entity_version("Todo");
+        assert_eq!(r.loaded_list_version("Todo"), Some(version));
         assert_eq!(r.get("Todo", "b").unwrap().as_str(), r#"{"t":2,"id":"b"}"#, "a row is its slice of the list");
         // a pending write shows on a row: the list is built again
         let mut q = Queue::default();
         q.push(mutation(1, "a", Kind::Update, Some(json!({ "t": 9 }))));
         r.refresh("Todo", "a", &q);
         assert_eq!(r.list_json("Todo").as_str(), r#"[{"t":9,"id":"a"},{"t":2,"id":"b"}]"#);
+        assert_eq!(r.loaded_list_version("Todo"), None, "no longer the list loaded");
         r.refresh("Todo", "a", &Queue::default());
         assert_eq!(r.list_json("Todo").as_str(), loaded.as_str());
+    }
+
+    #[test]
+    fn a_list_is_handed_out_in_parts_as_it_is_read() {
+        let mut texts = Texts::default();
+        assert_eq!(texts.part(0), None, "no list begun");
+        texts.begin_list();
+        assert_eq!(texts.part(0), None, "no rows yet");
+        texts.push(r#"{"id":"a"}"#);
+        assert_eq!(texts.part(100), None, "fewer bytes than asked for");
+        texts.push(r#"{"id":"b"}"#);
+        assert_eq!(texts.part(10).as_deref(), Some(r#"[{"id":"a"},{"id":"b"}]"#));
+        texts.push(r#"{"id":"c"}"#);
+        assert_eq!(texts.part(0).as_deref(), Some(r#"[{"id":"c"}]"#));
+        assert_eq!(texts.part(0), None, "every row handed out");
+        texts.begin_list();
+        texts.push(r#"{"id":"d"}"#);
+        assert_eq!(texts.part(0).as_deref(), Some(r#"[{"id":"d"}]"#), "the next list's rows only");
+        let lists = texts.finish();
+        assert_eq!(lists.list(0).unwrap().as_str(), r#"[{"id":"a"},{"id":"b"},{"id":"c"}]"#);
     }
 
     #[test]

@@ -43,7 +43,7 @@ use serde_json::Value;
 
 use crate::api::Api;
 use crate::config::{Config, Which};
-use crate::db::{Db, Stored};
+use crate::db::{Db, ListParts, Stored};
 use crate::error::{Error, Result};
 use crate::events::{ErrorInfo, Event, Listener, Phase, SyncStatus};
 use crate::io::{random_suffix, Io};
@@ -152,6 +152,9 @@ struct State {
     /// lifetime cannot be looked for in today's log.
     server_gen: u64,
     loaded: bool,
+    /// Entities whose rows the load handed to [`ListParts`], each with its
+    /// version while its visible list was still those rows.
+    preloaded: BTreeMap<String, u64>,
     pending_hydration: Option<Hydration>,
     status: SyncStatus,
 }
@@ -209,6 +212,8 @@ struct Inner {
     /// The epoch in which every manifest entity was found covered: the
     /// manifest is read once per replica generation, not on every poll.
     complete_in_epoch: AtomicU64,
+    /// Where the first load hands the rows as it reads them (see `reads`).
+    list_parts: Mutex<Option<ListParts>>,
 }
 
 /// `meta` key of `State::replaced_by_replay` (a JSON array).
@@ -316,6 +321,7 @@ impl Engine {
             parked_in_doubt: Default::default(),
             witness: Default::default(),
             loaded: false,
+            preloaded: BTreeMap::new(),
             pending_hydration: None,
             status,
         };
@@ -349,6 +355,7 @@ impl Engine {
                 counters: Default::default(),
                 waiters: Default::default(),
                 complete_in_epoch: AtomicU64::new(u64::MAX),
+                list_parts: Mutex::new(None),
             }),
         })
     }
@@ -513,7 +520,13 @@ impl Engine {
         let replaced_by_replay: BTreeSet<String> =
             db.meta(REPLACED_BY_REPLAY)?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
         let fp = fingerprint(self.inner.token.read().as_deref());
-        let Stored { rows, mutations } = db.load()?;
+        // rows go to a reader as they are read only on the first load, and
+        // only when they are this token's to show
+        let parts =
+            if again || stored_fp.as_deref() != Some(fp.as_str()) { None } else { self.inner.list_parts.lock().take() };
+        let Stored { rows, mutations } = db.load(parts.as_ref())?;
+        let handed: Vec<String> =
+            parts.map_or_else(Vec::new, |p| rows.rows.keys().filter(|e| p.wants(e)).cloned().collect());
         let server_boot = db.meta("server_boot")?.as_deref().and_then(Boot::parse);
         let anchor = db.meta("anchor")?.and_then(|t| serde_json::from_str::<Option<Anchor>>(&t).ok()).flatten();
         let awaited = db.awaited()?;
@@ -550,6 +563,8 @@ impl Engine {
         st.queue_key = queue_key;
         st.quarantined = !same_token;
         st.view.take_over(view);
+        st.preloaded =
+            handed.into_iter().filter_map(|e| st.view.replica().loaded_list_version(&e).map(|v| (e, v))).collect();
         st.loaded = true;
         drop(st);
         // the entity views show no rows held back (see `sql`)

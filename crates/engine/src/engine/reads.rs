@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::db::ListParts;
 use crate::events::SyncStatus;
 use crate::protocol::{Row, Session};
 use crate::queue::Mutation;
@@ -12,6 +13,21 @@ use crate::replica::RowText;
 use super::Engine;
 
 impl Engine {
+    /// Hands the rows of `parts`' entities to it as the first `start()` (or
+    /// the first read of the file) reads them; see [`Engine::take_preloaded`].
+    pub fn preload_lists(&self, parts: ListParts) {
+        *self.inner.list_parts.lock() = Some(parts);
+    }
+
+    /// The entities whose rows went to [`ListParts`], each with the version
+    /// at which its visible list was those parts' rows, in order: a reader
+    /// holding them holds that version's list (changes since then come
+    /// from [`Engine::changes_json`]). Once; an entity whose list changed
+    /// before the load finished is left out.
+    pub fn take_preloaded(&self) -> std::collections::BTreeMap<String, u64> {
+        std::mem::take(&mut self.inner.state.write().preloaded)
+    }
+
     /// The visible rows of `entity` as one JSON array, in id order.
     pub fn list_json(&self, entity: &str) -> RowText {
         self.inner.state.read().view.replica().list_json(entity)

@@ -173,7 +173,8 @@ impl Engine {
                     }
                     Ok(())
                 })?;
-                let stored = if !flipped && me.inner.state.read().quarantined { Some(db.load()?.rows) } else { None };
+                let stored =
+                    if !flipped && me.inner.state.read().quarantined { Some(db.load(None)?.rows) } else { None };
                 let (mut mine, parked_in_doubt) = split_queue(db.mutations()?, &identity);
                 // writes parked while another identity's insert was acknowledged
                 // may still name its temporary id
