@@ -9,7 +9,7 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use parking_lot::RwLock;
 use pylon_sync_engine::infinite::{Direction, InfiniteQuery};
-use pylon_sync_engine::{Engine, Event, RowText};
+use pylon_sync_engine::{Engine, Event};
 use serde_json::Value;
 use tracing::Instrument;
 
@@ -371,7 +371,7 @@ impl NativeEngine {
         self.engine.preload_lists(pylon_sync_engine::ListParts {
             entities: entities.map(|e| e.into_iter().collect()),
             sink: Box::new(move |entity, json| {
-                parts.push(types::ListPart { entity: entity.to_string(), json: JsonText(RowText::whole(json)) })
+                parts.push(types::ListPart { entity: entity.to_string(), json: JsonText(json) })
             }),
         });
         Ok(())

@@ -110,7 +110,7 @@ pub struct ListParts {
 }
 
 /// Takes an entity's name and a JSON list of some of its rows.
-pub type PartSink = dyn Fn(&str, String) + Send + Sync;
+pub type PartSink = dyn Fn(&str, RowText) + Send + Sync;
 
 impl ListParts {
     pub fn wants(&self, entity: &str) -> bool {
@@ -119,7 +119,8 @@ impl ListParts {
 }
 
 /// How much of a list [`ListParts`] gets at a time: a few milliseconds of
-/// parsing, so the reader starts soon after the load does.
+/// parsing, so the reader starts soon after the load does. The entity's
+/// rows are read into buffers of this size, so a part is not a copy.
 pub const PART_BYTES: usize = 1 << 20;
 
 /// Everything `start()` needs from disk.
@@ -281,11 +282,12 @@ impl Db {
         let mut query = stmt.query([])?;
         let mut texts = Texts::default();
         let mut runs: Vec<(String, Vec<StoredRow>)> = Vec::new();
-        // the list being read goes to `parts`
+        // the list being read is laid out in parts for `parts`, and each
+        // part goes to it as it closes
         let mut wanted: Option<&ListParts> = None;
-        let hand_out = |texts: &mut Texts, to: Option<&ListParts>, entity: &str, min: usize| {
-            if let Some(to) = to {
-                if let Some(part) = texts.part(min) {
+        let hand_out = |texts: &mut Texts, to: Option<&ListParts>, entity: &str| {
+            for part in texts.closed() {
+                if let Some(to) = to {
                     (to.sink)(entity, part);
                 }
             }
@@ -293,21 +295,25 @@ impl Db {
         while let Some(r) = query.next()? {
             let entity = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
             if runs.last().is_none_or(|(e, _)| e != entity) {
+                texts.end_list();
                 if let Some((last, _)) = runs.last() {
-                    hand_out(&mut texts, wanted, last, 0);
+                    hand_out(&mut texts, wanted, last);
                 }
                 runs.push((entity.to_string(), Vec::new()));
-                texts.begin_list();
                 wanted = parts.filter(|p| p.wants(entity));
+                texts.begin_list(wanted.map(|_| PART_BYTES));
             }
             let data = r.get_ref(3)?.as_str_or_null().map_err(rusqlite::Error::from)?;
             let row = (r.get(1)?, r.get::<_, i64>(2)? as u64, data.map(|d| texts.push(d)));
             let run = runs.last_mut().expect("a run is open");
             run.1.push(row);
-            hand_out(&mut texts, wanted, &run.0, PART_BYTES);
+            if wanted.is_some() {
+                hand_out(&mut texts, wanted, &run.0);
+            }
         }
+        texts.end_list();
         if let Some((last, _)) = runs.last() {
-            hand_out(&mut texts, wanted, last, 0);
+            hand_out(&mut texts, wanted, last);
         }
         let lists = texts.finish();
         let mut loaded = Loaded::default();
@@ -795,7 +801,7 @@ mod tests {
         effects.extend((0..10).map(|i| put("User", i)));
         effects.push(Effect::Tombstone { entity: "Todo".into(), id: "00005".into(), seq: 2 });
         db.write(|w| w.effects(&effects)).unwrap();
-        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, RowText)>::new()));
         let sink = got.clone();
         let parts = ListParts {
             entities: Some(["Todo".to_string(), "User".to_string()].into()),
@@ -804,14 +810,18 @@ mod tests {
         let stored = db.load(Some(&parts)).unwrap();
         let got = got.lock().unwrap();
         assert!(got.iter().all(|(e, _)| e != "Note"), "only the entities asked for");
+        assert!(stored.rows.lists.contains_key("Note"), "an entity not asked for is read as one list");
+        assert!(!stored.rows.lists.contains_key("Todo"), "one asked for is read in parts");
         for entity in ["Todo", "User"] {
             let mut rows: Vec<serde_json::Value> = Vec::new();
             let mut count = 0;
             for (_, json) in got.iter().filter(|(e, _)| e == entity) {
                 count += 1;
-                rows.extend(serde_json::from_str::<Vec<serde_json::Value>>(json).unwrap());
+                rows.extend(serde_json::from_str::<Vec<serde_json::Value>>(json.as_str()).unwrap());
             }
-            let whole: Vec<serde_json::Value> = serde_json::from_str(stored.rows.lists[entity].as_str()).unwrap();
+            let stored_rows = stored.rows.rows[entity].values().filter_map(|r| r.data.as_ref());
+            let whole: Vec<serde_json::Value> =
+                stored_rows.map(|t| serde_json::from_str(t.as_str()).unwrap()).collect();
             assert_eq!(rows, whole, "the parts of {entity} make its list");
             if entity == "Todo" {
                 assert_eq!(whole.len(), 2999, "tombstones left out");

@@ -41,11 +41,17 @@ impl RowText {
 
     /// A text made whole, kept where it was made (no copy into an
     /// `Arc<str>`): for a list built to be handed out at once.
-    pub fn whole(text: String) -> RowText {
+    fn whole(text: String) -> RowText {
         match u32::try_from(text.len()) {
             Ok(end) => RowText(Repr::Slice { buf: Arc::new(text), start: 0, end }),
             Err(_) => RowText::own(text),
         }
+    }
+
+    /// All of `buf`.
+    fn of_buffer(buf: Arc<String>) -> RowText {
+        let end = u32::try_from(buf.len()).expect("a buffer's offsets fit in 32 bits");
+        RowText(Repr::Slice { buf, start: 0, end })
     }
 
     pub fn as_str(&self) -> &str {
@@ -74,21 +80,26 @@ impl Eq for RowText {}
 /// few allocations instead of 100,000, which was most of the time the load
 /// took, and the first read of the whole list needs no text built (see
 /// `Table::list`). A buffer is freed with the last of its rows, so what
-/// stays is never more than was loaded.
+/// stays is never more than was loaded. A list begun in parts is laid out
+/// in buffers of about that size instead, each a JSON list of its own rows,
+/// handed out as it is closed (see `Db::load`): no copy is made of them.
 pub struct Texts {
-    done: Vec<String>,
+    done: Vec<Arc<String>>,
     open: Option<String>,
     /// For each list begun: the buffer that holds it whole, unless it
-    /// outgrew one (a slice's offsets are 32 bits).
+    /// outgrew one (a slice's offsets are 32 bits) or was begun in parts.
     whole: Vec<Option<usize>>,
     max: usize,
-    /// Where the rows not yet handed out by [`Texts::part`] begin in `open`.
-    part_from: usize,
+    /// Where the open list's buffers end (`max`, or the size of its parts).
+    split: usize,
+    /// Buffers in `done` already handed out by [`Texts::closed`].
+    handed: usize,
 }
 
 impl Default for Texts {
     fn default() -> Texts {
-        Texts { done: Vec::new(), open: None, whole: Vec::new(), max: u32::MAX as usize, part_from: 1 }
+        let max = u32::MAX as usize;
+        Texts { done: Vec::new(), open: None, whole: Vec::new(), max, split: max, handed: 0 }
     }
 }
 
@@ -107,26 +118,28 @@ pub struct Lists {
 }
 
 impl Texts {
-    /// A new entity's rows follow.
-    pub fn begin_list(&mut self) {
+    /// A new entity's rows follow; `parts`: in buffers of about that many
+    /// bytes, each a list of its own.
+    pub fn begin_list(&mut self, parts: Option<usize>) {
         self.end_buffer();
-        self.open = Some(String::from("["));
+        self.split = parts.map_or(self.max, |p| p.min(self.max));
+        self.open = Some(String::with_capacity(parts.map_or(0, |p| p + p / 8)));
+        self.open.as_mut().expect("just opened").push('[');
         self.whole.push(Some(self.done.len()));
     }
 
     fn end_buffer(&mut self) {
-        self.part_from = 1;
         if let Some(mut list) = self.open.take() {
             list.push(']');
             list.shrink_to_fit();
-            self.done.push(list);
+            self.done.push(Arc::new(list));
         }
     }
 
     pub fn push(&mut self, text: &str) -> TextAt {
-        if self.open.as_ref().is_some_and(|l| l.len() + text.len() + 2 > self.max) {
-            // past what 32-bit offsets reach: on in a new buffer, and the
-            // list is built when asked for
+        if self.open.as_ref().is_some_and(|l| l.len() > 1 && l.len() + text.len() + 2 > self.split) {
+            // a part is full, or past what 32-bit offsets reach: on in a
+            // new buffer, and the whole list is built when asked for
             self.end_buffer();
             if let Some(whole) = self.whole.last_mut() {
                 *whole = None;
@@ -143,28 +156,22 @@ impl Texts {
         TextAt { buf: at(self.done.len()), start: at(start), end: at(list.len()) }
     }
 
-    /// The rows pushed since the last part, as a JSON list of their own,
-    /// once they reach `min` bytes (at least one row). A
-    /// list that outgrew its buffer is not held whole, so its parts never
-    /// stand for it (see `Db::load`).
-    pub fn part(&mut self, min: usize) -> Option<String> {
-        let list = self.open.as_ref()?;
-        let rows = &list[self.part_from..];
-        if rows.len() < min.max(1) {
-            return None;
-        }
-        let rows = rows.strip_prefix(',').unwrap_or(rows);
-        let mut part = String::with_capacity(rows.len() + 2);
-        part.push('[');
-        part.push_str(rows);
-        part.push(']');
-        self.part_from = list.len();
-        Some(part)
+    /// The last list's rows are all pushed: its last buffer is closed.
+    pub fn end_list(&mut self) {
+        self.end_buffer();
+    }
+
+    /// The buffers closed since the last call, each a JSON list of the rows
+    /// it holds.
+    pub fn closed(&mut self) -> Vec<RowText> {
+        let closed = self.done[self.handed..].iter().map(|buf| RowText::of_buffer(buf.clone())).collect();
+        self.handed = self.done.len();
+        closed
     }
 
     pub fn finish(mut self) -> Lists {
         self.end_buffer();
-        Lists { buffers: self.done.into_iter().map(Arc::new).collect(), whole: self.whole }
+        Lists { buffers: self.done, whole: self.whole }
     }
 }
 
@@ -175,9 +182,7 @@ impl Lists {
 
     /// The `n`th list begun, as JSON, if one buffer holds it whole.
     pub fn list(&self, n: usize) -> Option<RowText> {
-        let buf = self.buffers[self.whole[n]?].clone();
-        let end = u32::try_from(buf.len()).expect("a whole list's offsets fit in 32 bits");
-        Some(RowText(Repr::Slice { buf, start: 0, end }))
+        Some(RowText::of_buffer(self.buffers[self.whole[n]?].clone()))
     }
 }
 
@@ -255,6 +260,8 @@ struct Table {
     /// The visible list as JSON while it is the text the rows were loaded
     /// from (see [`Texts`]): dropped at the first visible change.
     list: Option<RowText>,
+    /// Whether the visible rows are still the rows loaded from the file.
+    as_loaded: bool,
 }
 
 /// A snapshot's rows of one entity, with the ids that differ from ours
@@ -289,12 +296,14 @@ impl Table {
         self.journal.clear();
         self.journal_from = self.version;
         self.list = None;
+        self.as_loaded = false;
     }
 
     /// One row's visible state may have changed.
     fn touch_row(&mut self, id: &str) {
         self.version += 1;
         self.list = None;
+        self.as_loaded = false;
         self.journal.push_back((self.version, id.to_string()));
         if self.journal.len() > JOURNAL_CAP {
             let (v, _) = self.journal.pop_front().expect("journal is not empty");
@@ -361,11 +370,15 @@ impl Replica {
 
     /// Loads stored rows (rows and tombstones) without planning.
     pub fn load(&mut self, loaded: Loaded) {
+        let entities: Vec<String> = loaded.rows.keys().cloned().collect();
         for (entity, base) in loaded.rows {
             self.tables.entry(entity).or_default().base = base;
         }
         for t in self.tables.values_mut() {
             t.touch();
+        }
+        for entity in entities {
+            self.tables.get_mut(&entity).expect("loaded just now").as_loaded = true;
         }
         for (entity, list) in loaded.lists {
             if let Some(t) = self.tables.get_mut(&entity) {
@@ -383,9 +396,9 @@ impl Replica {
             let old = self.tables.get(entity).map_or(0, |o| o.version);
             t.version = t.version.max(old);
             // the same rows: readers' caches go, the list text stays
-            let list = t.list.take();
+            let (list, as_loaded) = (t.list.take(), t.as_loaded);
             t.touch();
-            t.list = list;
+            (t.list, t.as_loaded) = (list, as_loaded);
         }
         for (entity, mut t) in self.tables.drain() {
             if let std::collections::hash_map::Entry::Vacant(slot) = tables.entry(entity) {
@@ -458,10 +471,10 @@ impl Replica {
         self.tables.get(entity).map_or(0, |t| t.visible().count())
     }
 
-    /// The entity's version while its visible list is still the text it was
-    /// loaded as (what [`Texts::part`] handed out), else `None`.
-    pub fn loaded_list_version(&self, entity: &str) -> Option<u64> {
-        self.tables.get(entity).filter(|t| t.list.is_some()).map(|t| t.version)
+    /// The entity's version while its visible rows are still those loaded
+    /// from the file (what [`Texts::closed`] handed out), else `None`.
+    pub fn loaded_version(&self, entity: &str) -> Option<u64> {
+        self.tables.get(entity).filter(|t| t.as_loaded).map(|t| t.version)
     }
 
     /// Visible rows as one JSON array, built from the rows' text (no parsing).
@@ -934,10 +947,10 @@ mod tests {
     #[test]
     fn a_loaded_list_is_handed_out_as_loaded_until_a_row_shows_differently() {
         let mut texts = Texts::default();
-        texts.begin_list();
+        texts.begin_list(None);
         let a = texts.push(r#"{"t":1,"id":"a"}"#);
         let b = texts.push(r#"{"t":2,"id":"b"}"#);
-        texts.begin_list();
+        texts.begin_list(None);
         let lists = texts.finish();
         let rows: BTreeMap<String, BaseRow> = [("a", a), ("b", b)]
             .into_iter()
@@ -950,45 +963,46 @@ mod tests {
         let loaded = r.list_json("Todo");
         assert_eq!(loaded.as_str(), r#"[{"t":1,"id":"a"},{"t":2,"id":"b"}]"#);
         let version = r.entity_version("Todo");
-        assert_eq!(r.loaded_list_version("Todo"), Some(version));
+        assert_eq!(r.loaded_version("Todo"), Some(version));
         assert_eq!(r.get("Todo", "b").unwrap().as_str(), r#"{"t":2,"id":"b"}"#, "a row is its slice of the list");
         // a pending write shows on a row: the list is built again
         let mut q = Queue::default();
         q.push(mutation(1, "a", Kind::Update, Some(json!({ "t": 9 }))));
         r.refresh("Todo", "a", &q);
         assert_eq!(r.list_json("Todo").as_str(), r#"[{"t":9,"id":"a"},{"t":2,"id":"b"}]"#);
-        assert_eq!(r.loaded_list_version("Todo"), None, "no longer the list loaded");
+        assert_eq!(r.loaded_version("Todo"), None, "no longer the rows loaded");
         r.refresh("Todo", "a", &Queue::default());
         assert_eq!(r.list_json("Todo").as_str(), loaded.as_str());
     }
 
     #[test]
-    fn a_list_is_handed_out_in_parts_as_it_is_read() {
+    fn a_list_begun_in_parts_is_laid_out_in_lists_of_its_own_handed_out_as_they_close() {
         let mut texts = Texts::default();
-        assert_eq!(texts.part(0), None, "no list begun");
-        texts.begin_list();
-        assert_eq!(texts.part(0), None, "no rows yet");
-        texts.push(r#"{"id":"a"}"#);
-        assert_eq!(texts.part(100), None, "fewer bytes than asked for");
-        texts.push(r#"{"id":"b"}"#);
-        assert_eq!(texts.part(10).as_deref(), Some(r#"[{"id":"a"},{"id":"b"}]"#));
-        texts.push(r#"{"id":"c"}"#);
-        assert_eq!(texts.part(0).as_deref(), Some(r#"[{"id":"c"}]"#));
-        assert_eq!(texts.part(0), None, "every row handed out");
-        texts.begin_list();
-        texts.push(r#"{"id":"d"}"#);
-        assert_eq!(texts.part(0).as_deref(), Some(r#"[{"id":"d"}]"#), "the next list's rows only");
+        texts.begin_list(Some(24));
+        assert!(texts.closed().is_empty(), "nothing closed yet");
+        let at: Vec<TextAt> =
+            [r#"{"id":"a"}"#, r#"{"id":"b"}"#, r#"{"id":"c"}"#].iter().map(|t| texts.push(t)).collect();
+        let closed: Vec<String> = texts.closed().iter().map(|t| t.as_str().to_string()).collect();
+        assert_eq!(closed, [r#"[{"id":"a"},{"id":"b"}]"#], "a part closes when the next row would not fit");
+        texts.end_list();
+        let closed: Vec<String> = texts.closed().iter().map(|t| t.as_str().to_string()).collect();
+        assert_eq!(closed, [r#"[{"id":"c"}]"#], "the last part closes with the list");
+        texts.begin_list(None);
+        texts.push("{}");
         let lists = texts.finish();
-        assert_eq!(lists.list(0).unwrap().as_str(), r#"[{"id":"a"},{"id":"b"},{"id":"c"}]"#);
+        let shown: Vec<String> = at.iter().map(|a| lists.text(*a).as_str().to_string()).collect();
+        assert_eq!(shown, [r#"{"id":"a"}"#, r#"{"id":"b"}"#, r#"{"id":"c"}"#], "each row a slice of its part");
+        assert!(lists.list(0).is_none(), "in parts: built when asked for");
+        assert_eq!(lists.list(1).unwrap().as_str(), "[{}]");
     }
 
     #[test]
     fn a_list_too_long_for_one_buffer_goes_on_in_another_and_is_not_whole() {
         let mut texts = Texts { max: 20, ..Texts::default() };
-        texts.begin_list();
+        texts.begin_list(None);
         let at: Vec<TextAt> =
             ["{\"id\":\"a\"}", "{\"id\":\"b\"}", "{\"id\":\"c\"}"].iter().map(|t| texts.push(t)).collect();
-        texts.begin_list();
+        texts.begin_list(None);
         texts.push("{}");
         let lists = texts.finish();
         let shown: Vec<String> = at.iter().map(|a| lists.text(*a).as_str().to_string()).collect();

@@ -564,7 +564,7 @@ impl Engine {
         st.quarantined = !same_token;
         st.view.take_over(view);
         st.preloaded =
-            handed.into_iter().filter_map(|e| st.view.replica().loaded_list_version(&e).map(|v| (e, v))).collect();
+            handed.into_iter().filter_map(|e| st.view.replica().loaded_version(&e).map(|v| (e, v))).collect();
         st.loaded = true;
         drop(st);
         // the entity views show no rows held back (see `sql`)
