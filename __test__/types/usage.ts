@@ -6,6 +6,8 @@ async function main(): Promise<void> {
   const engine = createSyncEngine('http://127.0.0.1:4321', { transport: 'poll', appName: 'default', persist: false, storage })
   engine.hydrate(await getServerData('http://127.0.0.1:4321', ['Todo'], { token: 't', timeout: 2000, signal: AbortSignal.timeout(3000) }))
   createSyncEngine('http://127.0.0.1:4321', { timeout: { connect: 500, request: 5000 } })
+  createSyncEngine('http://127.0.0.1:4321', { preload: ['Todo'] })
+  createSyncEngine('http://127.0.0.1:4321', { preload: true })
   await engine.start()
   const todos: readonly Row[] = engine.store.list('Todo')
   const off = engine.store.subscribe(() => console.log(todos.length))
