@@ -82,9 +82,15 @@ export declare class NativeEngine {
   takeListParts(): Array<ListPart>
   /**
    * The entities whose parts make their list at the version given, once
-   * the load is over; the preload ends (its wake-up is let go).
+   * the first load is over (null before: the preload goes on). Every
+   * part was handed out before this answers.
    */
-  takePreloaded(): Array<Preloaded>
+  takePreloaded(): Array<Preloaded> | null
+  /**
+   * Ends the preload: nothing more is handed out, what waits is dropped,
+   * and the wake-up is let go.
+   */
+  endPreload(): void
   /** Resolves when the write (a mutation id, or a row id: its last write) is acknowledged. */
   settled(id: string): Promise<{ ok: true; value: null } | { ok: false; error: ErrorInfo }>
   /** Resolves once every write queued before the call is acknowledged and pulled past. */

@@ -519,17 +519,22 @@ test("preload: a list with pending writes is read as it shows; only the entities
     const dbPath = path.join(dir, 'alice.db')
     const first = engine(srv.url, { persist: true, dbPath, token: alice })
     await first.start()
+    const stored = await first.insert('Todo', { title: 'stored', done: false })
+    await first.caughtUp()
+    const [{ id }] = first.store.list('Todo')
+    assert.notEqual(id, stored, 'the row has its server id')
     await first.stop()
-    // a write the server refuses for now: pending at the next start
-    await srv.control('faults', { rules: [{ path: '/api/entities/Todo', method: 'POST', status: 503 }] })
-    const tempId = await first.insert('Todo', { title: 'pending', done: false })
+    // a write the server refuses for now: pending at the next start, over a stored row
+    await srv.control('faults', { rules: [{ path: `/api/entities/Todo/${id}`, method: 'PATCH', status: 503 }] })
+    await first.update('Todo', id, { title: 'pending' })
     await first.close({ flush: false })
     const e = engine(srv.url, { persist: true, dbPath, token: alice, preload: ['Todo'] })
     const seen = spyOnLists(e)
     await e.start()
     try {
+      assert.equal(seen.parts.get('Todo'), 1, 'the stored row was handed out')
       assert.ok(!seen.parts.has('Note'), 'an entity not named is not parsed')
-      assert.deepEqual(e.store.list('Todo').map((r) => r.id), [tempId], 'the pending write shows')
+      assert.deepEqual(e.store.list('Todo').map((r) => r.title), ['pending'], 'the pending write shows')
       assert.deepEqual(e.store.list('Note').map((n) => n.body), ['alice secret'])
     } finally {
       await e.close({ flush: false })
@@ -543,6 +548,35 @@ test("preload: a list with pending writes is read as it shows; only the entities
       assert.deepEqual(b.store.list('Note').map((n) => n.body), ['bob note'])
     } finally {
       await b.close({ flush: false })
+    }
+  } finally {
+    await srv.stop()
+  }
+})
+
+test('preload: a second start() while the first loads, and lists read meanwhile, still end with the rows parsed once and right', async () => {
+  const srv = await startDevserver()
+  const dir = tempDir()
+  const dbPath = path.join(dir, 'r.db')
+  try {
+    await srv.control('seed', { entity: 'Todo', count: 12000, data: { title: 'row {i} ' + 'x'.repeat(100), done: false } })
+    const first = engine(srv.url, { persist: true, dbPath })
+    await first.start()
+    await first.close()
+    const e = engine(srv.url, { persist: true, dbPath, preload: ['Todo'] })
+    const seen = spyOnLists(e)
+    // what a UI does: it lists at every change, the load's own included
+    let listed = 0
+    e.store.subscribe(() => (listed = e.store.list('Todo').length))
+    const starting = e.start()
+    await e.start() // returns at once: the first is loading
+    await starting
+    try {
+      assert.equal(seen.lists, 0, 'no whole list was read')
+      assert.equal(listed, 12000, 'the listener saw every row')
+      assert.deepEqual(e.store.list('Todo'), JSON.parse(e._native.listJson('Todo')))
+    } finally {
+      await e.close()
     }
   } finally {
     await srv.stop()

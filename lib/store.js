@@ -97,24 +97,32 @@ class Store {
   }
 
   /**
-   * Once the load is over: each entity whose parts make its list at a
-   * version native names is cached as that version's list, so the first
-   * `list` reads only what changed since (usually nothing).
+   * Once the first load is over: each entity whose parts make its list at
+   * a version native names is cached as that version's list, so the first
+   * `list` reads only what changed since (usually nothing). Before, it does
+   * nothing and the preload goes on.
    */
   _adoptPreloaded() {
     if (!this._parts) return
+    const native = this._engine._native
+    // the versions first: every part was handed out before they are known
+    const preloaded = native.takePreloaded()
+    if (preloaded === null) return
     this._takeParts()
-    for (const { entity, version } of this._engine._native.takePreloaded()) {
-      const parts = this._parts.get(entity) ?? []
-      if (parts === null || this._cache.has(entity)) continue
+    for (const { entity, version } of preloaded) {
+      const parts = this._parts.get(entity)
+      const held = this._cache.get(entity)
+      if (!parts || (held && held.version >= version)) continue
       const rows = parts.length === 1 ? parts[0] : [].concat(...parts)
       this._cache.set(entity, { version, rows: Object.freeze(rows), byId: null })
     }
-    this._parts = null
+    this._endPreload()
   }
 
   _endPreload() {
+    if (!this._parts) return
     this._parts = null
+    this._engine._native.endPreload()
   }
 
   /** The cached rows of `entity` if they are still current, else null. */
@@ -139,6 +147,9 @@ class Store {
   }
 
   _entry(entity) {
+    // a list read while the replica loads, or at the change that tells it
+    // loaded, takes what `preload` parsed
+    if (this._parts) this._adoptPreloaded()
     let entry = this._fresh(entity)
     if (!entry) {
       const native = this._engine._native

@@ -384,12 +384,25 @@ impl NativeEngine {
     }
 
     /// The entities whose parts make their list at the version given, once
-    /// the load is over; the preload ends (its wake-up is let go).
+    /// the first load is over (null before: the preload goes on). Every
+    /// part was handed out before this answers.
     #[napi(catch_unwind)]
-    pub fn take_preloaded(&self) -> Vec<types::Preloaded> {
-        self.list_parts.clear_wake();
-        let preloaded = self.engine.take_preloaded();
-        preloaded.into_iter().map(|(entity, version)| types::Preloaded { entity, version: version as f64 }).collect()
+    pub fn take_preloaded(&self) -> Option<Vec<types::Preloaded>> {
+        let preloaded = self.engine.take_preloaded()?;
+        Some(
+            preloaded
+                .into_iter()
+                .map(|(entity, version)| types::Preloaded { entity, version: version as f64 })
+                .collect(),
+        )
+    }
+
+    /// Ends the preload: nothing more is handed out, what waits is dropped,
+    /// and the wake-up is let go.
+    #[napi(catch_unwind)]
+    pub fn end_preload(&self) {
+        self.engine.end_preload();
+        self.list_parts.close();
     }
 
     /// Resolves when the write (a mutation id, or a row id: its last write) is acknowledged.

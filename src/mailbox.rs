@@ -12,13 +12,14 @@ use parking_lot::{Mutex, RwLock};
 type Wake = ThreadsafeFunction<(), (), (), Status, false, true>;
 
 pub struct Mailbox<T> {
-    waiting: Mutex<Vec<T>>,
+    /// `None` once closed: nothing more is kept.
+    waiting: Mutex<Option<Vec<T>>>,
     wake: RwLock<Option<Arc<Wake>>>,
 }
 
 impl<T> Default for Mailbox<T> {
     fn default() -> Self {
-        Mailbox { waiting: Mutex::new(Vec::new()), wake: RwLock::new(None) }
+        Mailbox { waiting: Mutex::new(Some(Vec::new())), wake: RwLock::new(None) }
     }
 }
 
@@ -30,20 +31,23 @@ impl<T> Mailbox<T> {
         let wake = Arc::new(wake);
         *self.wake.write() = Some(wake.clone());
         // items that came before it would otherwise wait for the next one
-        if !self.waiting.lock().is_empty() {
+        if self.waiting.lock().as_ref().is_some_and(|w| !w.is_empty()) {
             wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
         }
         Ok(())
     }
 
-    /// Lets the wake-up's function go: nothing more is coming.
-    pub fn clear_wake(&self) {
+    /// Drops what waits and whatever comes later, and lets the wake-up's
+    /// function go.
+    pub fn close(&self) {
         *self.wake.write() = None;
+        self.waiting.lock().take();
     }
 
     pub fn push(&self, item: T) {
         let first = {
             let mut waiting = self.waiting.lock();
+            let Some(waiting) = waiting.as_mut() else { return };
             waiting.push(item);
             waiting.len() == 1
         };
@@ -57,6 +61,6 @@ impl<T> Mailbox<T> {
 
     /// Every item waiting, oldest first.
     pub fn take(&self) -> Vec<T> {
-        std::mem::take(&mut *self.waiting.lock())
+        self.waiting.lock().as_mut().map(std::mem::take).unwrap_or_default()
     }
 }

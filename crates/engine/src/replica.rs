@@ -82,12 +82,13 @@ impl Eq for RowText {}
 /// `Table::list`). A buffer is freed with the last of its rows, so what
 /// stays is never more than was loaded. A list begun in parts is laid out
 /// in buffers of about that size instead, each a JSON list of its own rows,
-/// handed out as it is closed (see `Db::load`): no copy is made of them.
+/// handed out as it is closed (see `Db::load`): no copy is made of them
+/// (one that fits in one part is still held whole, by that part).
 pub struct Texts {
     done: Vec<Arc<String>>,
     open: Option<String>,
     /// For each list begun: the buffer that holds it whole, unless it
-    /// outgrew one (a slice's offsets are 32 bits) or was begun in parts.
+    /// outgrew one (a slice's offsets are 32 bits, or it was begun in parts).
     whole: Vec<Option<usize>>,
     max: usize,
     /// Where the open list's buffers end (`max`, or the size of its parts).
@@ -123,9 +124,15 @@ impl Texts {
     pub fn begin_list(&mut self, parts: Option<usize>) {
         self.end_buffer();
         self.split = parts.map_or(self.max, |p| p.min(self.max));
-        self.open = Some(String::with_capacity(parts.map_or(0, |p| p + p / 8)));
-        self.open.as_mut().expect("just opened").push('[');
+        self.open = Some(self.new_buffer());
         self.whole.push(Some(self.done.len()));
+    }
+
+    /// A part is made at its size, not grown to it.
+    fn new_buffer(&self) -> String {
+        let mut buf = String::with_capacity(if self.split < self.max { self.split + self.split / 8 } else { 0 });
+        buf.push('[');
+        buf
     }
 
     fn end_buffer(&mut self) {
@@ -145,7 +152,10 @@ impl Texts {
                 *whole = None;
             }
         }
-        let list = self.open.get_or_insert_with(|| String::from("["));
+        if self.open.is_none() {
+            self.open = Some(self.new_buffer());
+        }
+        let list = self.open.as_mut().expect("a buffer is open");
         if list.len() > 1 {
             list.push(',');
         }

@@ -22,10 +22,17 @@ impl Engine {
     /// The entities whose rows went to [`ListParts`], each with the version
     /// at which its visible list was those parts' rows, in order: a reader
     /// holding them holds that version's list (changes since then come
-    /// from [`Engine::changes_json`]). Once; an entity whose list changed
-    /// before the load finished is left out.
-    pub fn take_preloaded(&self) -> std::collections::BTreeMap<String, u64> {
-        std::mem::take(&mut self.inner.state.write().preloaded)
+    /// from [`Engine::changes_json`]). `None` until the first load is over;
+    /// then once (an entity whose rows showed differently from those loaded
+    /// is left out). Every part was handed out before this answers.
+    pub fn take_preloaded(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+        let mut st = self.inner.state.write();
+        st.loaded.then(|| std::mem::take(&mut st.preloaded))
+    }
+
+    /// No rows are handed to [`ListParts`] from now on.
+    pub fn end_preload(&self) {
+        self.inner.list_parts.lock().take();
     }
 
     /// The visible rows of `entity` as one JSON array, in id order.
