@@ -13,7 +13,8 @@ const { createSyncEngine, getServerData } = require('pylon-sync-native')
 const PYLON_URL = process.env.PYLON_URL ?? 'http://127.0.0.1:4321'
 
 // the server's own engine: rows every visitor may read, kept in a replica file
-const shared = createSyncEngine(PYLON_URL, { dbPath: path.join(__dirname, 'data', 'server.db') })
+// (every page lists Todo: its rows are parsed while start() reads the replica)
+const shared = createSyncEngine(PYLON_URL, { dbPath: path.join(__dirname, 'data', 'server.db'), preload: ['Todo'] })
 shared.on('error', (e) => console.error(`sync error ${e.code}: ${e.message}`))
 const ready = shared.start()
 
