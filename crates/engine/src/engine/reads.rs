@@ -26,8 +26,11 @@ impl Engine {
     /// then once (an entity whose rows showed differently from those loaded
     /// is left out). Every part was handed out before this answers.
     pub fn take_preloaded(&self) -> Option<std::collections::BTreeMap<String, u64>> {
-        let mut st = self.inner.state.write();
-        st.loaded.then(|| std::mem::take(&mut st.preloaded))
+        // asked at every list until then: readers are not held up meanwhile
+        if !self.inner.state.read().loaded {
+            return None;
+        }
+        Some(std::mem::take(&mut self.inner.state.write().preloaded))
     }
 
     /// No rows are handed to [`ListParts`] from now on.
