@@ -374,15 +374,21 @@ test('the store takes changes row by row and always equals the whole list', asyn
   }
 })
 
+/** A replica file holding `count` seeded Todo rows, as a restart finds it: its path, and the rows it holds. */
+async function storedReplica(srv, count) {
+  const dbPath = path.join(tempDir(), 'r.db')
+  await srv.control('seed', { entity: 'Todo', count, data: { title: 'row {i} ' + 'x'.repeat(100), done: false } })
+  const first = engine(srv.url, { persist: true, dbPath })
+  await first.start()
+  const rows = first.store.list('Todo')
+  await first.close()
+  return { dbPath, rows }
+}
+
 test('a large list reaches JavaScript without a copy into the heap, and reads the same after collections', { timeout: 60000 }, async () => {
   const srv = await startDevserver()
-  const dir = tempDir()
-  const dbPath = path.join(dir, 'r.db')
   try {
-    await srv.control('seed', { entity: 'Todo', count: 20000, data: { title: 'row {i} ' + 'x'.repeat(100), done: false } })
-    const first = engine(srv.url, { persist: true, dbPath })
-    await first.start()
-    await first.close()
+    const { dbPath } = await storedReplica(srv, 20000)
     // a restart: the list is the buffer the replica was loaded into
     const e = engine(srv.url, { persist: true, dbPath })
     await e.start()
@@ -480,15 +486,9 @@ function spyOnLists(e) {
 
 test('preload: rows parsed while the replica loads are the first list, with what changed since patched in', { timeout: 60000 }, async () => {
   const srv = await startDevserver()
-  const dir = tempDir()
-  const dbPath = path.join(dir, 'r.db')
   try {
     // about 1.6 MB of rows: more than one part
-    await srv.control('seed', { entity: 'Todo', count: 12000, data: { title: 'row {i} ' + 'x'.repeat(100), done: false } })
-    const first = engine(srv.url, { persist: true, dbPath })
-    await first.start()
-    const [gone, changed] = first.store.list('Todo')
-    await first.close()
+    const { dbPath, rows: [gone, changed] } = await storedReplica(srv, 12000)
     // while it is closed the server changes: start() pulls these after the load
     await api(srv.url, 'DELETE', `/api/entities/Todo/${gone.id}`)
     await api(srv.url, 'PATCH', `/api/entities/Todo/${changed.id}`, { title: 'changed' })
@@ -558,13 +558,8 @@ test("preload: a list with pending writes is read as it shows; only the entities
 
 test('preload: a second start() while the first loads, and lists read meanwhile, still end with the rows parsed once and right', { timeout: 60000 }, async () => {
   const srv = await startDevserver()
-  const dir = tempDir()
-  const dbPath = path.join(dir, 'r.db')
   try {
-    await srv.control('seed', { entity: 'Todo', count: 12000, data: { title: 'row {i} ' + 'x'.repeat(100), done: false } })
-    const first = engine(srv.url, { persist: true, dbPath })
-    await first.start()
-    await first.close()
+    const { dbPath } = await storedReplica(srv, 12000)
     const e = engine(srv.url, { persist: true, dbPath, preload: ['Todo'] })
     const seen = spyOnLists(e)
     // what a UI does: it lists at every change, the load's own included
