@@ -580,6 +580,28 @@ test('preload: a second start() while the first loads, and lists read meanwhile,
   }
 })
 
+test('preload: a part that does not parse leaves the list to be read whole', { timeout: 60000 }, async () => {
+  const srv = await startDevserver()
+  try {
+    const { dbPath } = await storedReplica(srv, 12000)
+    const e = engine(srv.url, { persist: true, dbPath, preload: ['Todo'] })
+    const native = e._native
+    const takeListParts = native.takeListParts.bind(native)
+    let n = 0
+    native.takeListParts = () => takeListParts().map((p) => (++n === 1 ? { ...p, json: '[{' } : p))
+    await e.start()
+    try {
+      assert.ok(n > 1, `several parts: ${n}`)
+      assert.equal(e.store.list('Todo').length, 12000)
+      assert.deepEqual(e.store.list('Todo'), JSON.parse(native.listJson('Todo')))
+    } finally {
+      await e.close()
+    }
+  } finally {
+    await srv.stop()
+  }
+})
+
 test('preload takes a boolean or entity names', () => {
   for (const preload of ['Todo', [1], {}]) {
     assert.throws(() => engine('http://127.0.0.1:1', { preload }), { code: 'ERR_SYNC_INVALID_ARG' })

@@ -85,11 +85,11 @@ class Store {
     const taken = this._engine._native.takeListParts()
     if (!this._parts) return
     for (const { entity, json } of taken) {
-      const parts = this._parts.get(entity) ?? []
+      let parts = this._parts.get(entity)
       if (parts === null) continue
+      if (parts === undefined) this._parts.set(entity, (parts = []))
       try {
         parts.push(JSON.parse(json))
-        this._parts.set(entity, parts)
       } catch {
         this._parts.set(entity, null) // read from the whole list, as without preload
       }
