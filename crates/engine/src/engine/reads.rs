@@ -1,6 +1,9 @@
 //! Reads: what the store shows now. Every read takes the `state` read lock
 //! briefly and nothing else — never the database or the network — so the
-//! JS thread is never blocked by disk or server.
+//! JS thread is never blocked by disk or server. Also the rows the first
+//! load hands a reader as it reads them (`preload_lists`), and the versions
+//! they stand for (`take_preloaded`, the one read that takes the lock to
+//! write, once).
 
 use std::time::Duration;
 
